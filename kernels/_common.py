@@ -1,0 +1,58 @@
+"""Helpers shared by every kernel module: accumulation dtype, block sizes, launch guard, and the
+jit helpers for tap geometry (so forward and backward kernels share one address arithmetic)."""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_launchable(t: torch.Tensor) -> None:
+    """Triton kernels run on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``."""
+    if t.device.type != "cuda" and not interpreting():
+        raise RuntimeError(
+            f"psfops Triton kernels need CUDA tensors (got {t.device}); set TRITON_INTERPRET=1 to "
+            "run them on the CPU (slow, for testing) or use the reference backend"
+        )
+
+
+def acc_dtype(t: torch.Tensor):
+    """Accumulation dtype for inputs of ``t.dtype``: float64 for float64, else float32."""
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def torch_acc_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def pixel_block(hw: int, gpu_block: int = 128) -> int:
+    """Pixels per program. The interpreter runs programs one by one in Python, so there a large
+    block (fewer programs) is much faster; on the GPU, ``gpu_block``."""
+    cap = 1024 if interpreting() else gpu_block
+    return max(16, min(triton.next_power_of_2(max(hw, 1)), cap))
+
+
+def channel_block(c: int, cap: int = 32) -> int:
+    return max(2, min(triton.next_power_of_2(max(c, 1)), cap))
+
+
+@triton.jit
+def tap_shift(t, KSIZE: tl.constexpr, dilation):
+    """Row and column offset of tap ``t = u*KSIZE + v``: ((u - KSIZE//2)*d, (v - KSIZE//2)*d)."""
+    r: tl.constexpr = KSIZE // 2
+    return (t // KSIZE - r) * dilation, (t % KSIZE - r) * dilation
+
+
+@triton.jit
+def shifted_pixels(h, w, dh, dw, H, W, valid):
+    """Flat in-plane index of pixels (h+dh, w+dw) and the mask of those inside the image."""
+    hh = h + dh
+    ww = w + dw
+    inside = valid & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+    return hh * W + ww, inside

@@ -1,0 +1,140 @@
+"""Input validation shared by every op: clear errors naming the argument, before any launch."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(name: str, t, ndim: int | None = 4) -> None:
+    """``t`` is a floating tensor of rank ``ndim``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+
+
+def check_same(first: str, t0: torch.Tensor, **others: torch.Tensor) -> None:
+    """All tensors share ``t0``'s dtype and device."""
+    for name, t in others.items():
+        if t.dtype != t0.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first} has {t0.dtype}; use one dtype")
+        if t.device != t0.device:
+            raise ValueError(f"{name} is on {t.device} but {first} is on {t0.device}; use one device")
+
+
+def check_dim(name: str, t: torch.Tensor, dim: int, expected: int, what: str) -> None:
+    """``t.shape[dim] == expected``, else a ValueError naming ``what`` it must match."""
+    if t.shape[dim] != expected:
+        raise ValueError(
+            f"{name} has size {t.shape[dim]} in dim {dim}, expected {expected} ({what}); "
+            f"got shape {tuple(t.shape)}"
+        )
+
+
+def check_dilation(dilation) -> None:
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
+
+
+def check_kernel_size(name: str, k: int) -> None:
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"{name} kernel size must be odd and positive, got {k}")
+
+
+# ---- per-op argument checks (shared by psfops.<op> and psfops.reference.<op>) ----
+
+def check_psf_conv(x, weights, basis, dilation) -> None:
+    check_tensor("x", x)
+    check_tensor("weights", weights)
+    check_tensor("basis", basis, ndim=3)
+    check_same("x", x, weights=weights, basis=basis)
+    check_dim("weights", weights, 0, x.shape[0], "batch size B of x")
+    check_dim("weights", weights, 2, x.shape[2], "height H of x")
+    check_dim("weights", weights, 3, x.shape[3], "width W of x")
+    check_dim("basis", basis, 0, weights.shape[1], "number of basis kernels J = weights.shape[1]")
+    if basis.shape[1] != basis.shape[2]:
+        raise ValueError(f"basis must have shape (J, k, k) with square kernels, got {tuple(basis.shape)}")
+    check_kernel_size("basis", basis.shape[1])
+    check_dilation(dilation)
+
+
+def check_synthesize_psf(weights, basis) -> None:
+    check_tensor("weights", weights)
+    check_tensor("basis", basis, ndim=3)
+    check_same("weights", weights, basis=basis)
+    check_dim("basis", basis, 0, weights.shape[1], "number of basis kernels J = weights.shape[1]")
+    if basis.shape[1] != basis.shape[2]:
+        raise ValueError(f"basis must have shape (J, k, k) with square kernels, got {tuple(basis.shape)}")
+    check_kernel_size("basis", basis.shape[1])
+
+
+def psf_kernel_size(psf: torch.Tensor) -> int:
+    """k for a (B, k*k, H, W) psf, or ValueError if its channel count is not an odd square."""
+    kk = psf.shape[1]
+    k = int(round(kk ** 0.5))
+    if k * k != kk:
+        raise ValueError(f"psf must have k*k channels for an odd k, got {kk} channels (not a square)")
+    check_kernel_size("psf", k)
+    return k
+
+
+def check_apply_psf(x, psf, dilation) -> None:
+    check_tensor("x", x)
+    check_tensor("psf", psf)
+    check_same("x", x, psf=psf)
+    check_dim("psf", psf, 0, x.shape[0], "batch size B of x")
+    check_dim("psf", psf, 2, x.shape[2], "height H of x")
+    check_dim("psf", psf, 3, x.shape[3], "width W of x")
+    psf_kernel_size(psf)
+    check_dilation(dilation)
+
+
+def check_spatial_normalize(x, mode, eps) -> None:
+    check_tensor("x", x)
+    if mode not in ("softmax", "l1"):
+        raise ValueError(f"mode must be 'softmax' or 'l1', got {mode!r}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps < 0:
+        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+
+
+def check_gated_blend(cur, prev, gate) -> None:
+    check_tensor("cur", cur)
+    check_tensor("prev", prev)
+    check_tensor("gate", gate)
+    check_same("cur", cur, prev=prev, gate=gate)
+    if prev.shape != cur.shape:
+        raise ValueError(f"prev must have the shape of cur {tuple(cur.shape)}, got {tuple(prev.shape)}")
+    B, C, H, W = cur.shape
+    if gate.shape not in ((B, C, H, W), (B, 1, H, W)):
+        raise ValueError(f"gate must have shape {(B, C, H, W)} or {(B, 1, H, W)}, got {tuple(gate.shape)}")
+
+
+def check_gated_fusion(cur, prev, weight, bias) -> None:
+    check_tensor("cur", cur)
+    check_tensor("prev", prev)
+    check_tensor("weight", weight, ndim=None)
+    check_same("cur", cur, prev=prev, weight=weight)
+    if prev.shape != cur.shape:
+        raise ValueError(f"prev must have the shape of cur {tuple(cur.shape)}, got {tuple(prev.shape)}")
+    C = cur.shape[1]
+    if tuple(weight.shape) not in ((C, 2 * C), (C, 2 * C, 1, 1)):
+        raise ValueError(f"weight must have shape {(C, 2 * C)} or {(C, 2 * C, 1, 1)}, got {tuple(weight.shape)}")
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1)
+        check_same("cur", cur, bias=bias)
+        if tuple(bias.shape) != (C,):
+            raise ValueError(f"bias must have shape {(C,)}, got {tuple(bias.shape)}")
+
+
+def check_lstm_cell(gates, c_prev) -> None:
+    check_tensor("gates", gates)
+    check_tensor("c_prev", c_prev)
+    check_same("gates", gates, c_prev=c_prev)
+    B, C4, H, W = gates.shape
+    if C4 % 4 != 0:
+        raise ValueError(f"gates must have 4*C channels (i,f,g,o), got {C4}")
+    if tuple(c_prev.shape) != (B, C4 // 4, H, W):
+        raise ValueError(f"c_prev must have shape {(B, C4 // 4, H, W)}, got {tuple(c_prev.shape)}")

@@ -1,0 +1,191 @@
+"""The PSF filtering ops: ``psf_conv``, ``synthesize_psf``, ``apply_psf``.
+
+Each public function validates its arguments, then runs either the fused Triton op
+(``torch.ops.psfops.<name>``, a ``torch.library`` custom op with a fake implementation and
+registered autograd) or ``psfops.reference`` (see :mod:`psfops._backend` for the choice).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _checks, reference
+from ._backend import use_triton
+
+__all__ = ["psf_conv", "synthesize_psf", "apply_psf"]
+
+
+def _kernels():
+    from .kernels import psf  # imports triton: only on the Triton path
+
+    return psf
+
+
+# ---- psf_conv -------------------------------------------------------------------------------
+
+@torch.library.custom_op("psfops::psf_conv", mutates_args=())
+def _psf_conv_op(x: Tensor, weights: Tensor, basis: Tensor, dilation: int) -> Tensor:
+    return _kernels().filter_forward(x, weights, basis, dilation, synth=True)
+
+
+@_psf_conv_op.register_fake
+def _(x, weights, basis, dilation):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("psfops::psf_conv_backward", mutates_args=())
+def _psf_conv_backward_op(grad: Tensor, x: Tensor, weights: Tensor, basis: Tensor,
+                          dilation: int) -> tuple[Tensor, Tensor, Tensor]:
+    return _kernels().filter_backward(grad, x, weights, basis, dilation, synth=True)
+
+
+@_psf_conv_backward_op.register_fake
+def _(grad, x, weights, basis, dilation):
+    fmt = torch.contiguous_format
+    return (torch.empty_like(x, memory_format=fmt), torch.empty_like(weights, memory_format=fmt),
+            torch.empty_like(basis, memory_format=fmt))
+
+
+def _psf_conv_setup(ctx, inputs, output):
+    x, weights, basis, dilation = inputs
+    ctx.save_for_backward(x, weights, basis)
+    ctx.dilation = dilation
+
+
+def _psf_conv_backward(ctx, grad):
+    x, weights, basis = ctx.saved_tensors
+    dx, dw, db = _psf_conv_backward_op(grad, x, weights, basis, ctx.dilation)
+    return dx, dw, db, None
+
+
+_psf_conv_op.register_autograd(_psf_conv_backward, setup_context=_psf_conv_setup)
+
+
+def psf_conv(x: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1) -> Tensor:
+    """Spatially varying PSF filtering with a kernel dictionary, fused.
+
+    ``y[b,c,h,w] = sum_j weights[b,j,h,w] * sum_{u,v} basis[j,u,v] * x[b,c,h+(u-k//2)d, w+(v-k//2)d]``
+    with zero padding. Equals ``apply_psf(x, synthesize_psf(weights, basis), dilation)``, but the
+    Triton path never builds the (B,k*k,H,W) kernels or any (B,C*k*k,H,W) / (B,C*J,H,W) tensor,
+    forward or backward; d(basis) is reduced deterministically (bitwise-reproducible).
+
+    Args:
+        x: (B, C, H, W) image or features.
+        weights: (B, J, H, W) per-pixel mixing weights (not normalized here).
+        basis: (J, k, k), k odd.
+        dilation: int >= 1, spacing of the kernel taps.
+    Returns:
+        (B, C, H, W), dtype of ``x`` (contiguous NCHW on the Triton path).
+    """
+    _checks.check_psf_conv(x, weights, basis, dilation)
+    if use_triton(x):
+        return _psf_conv_op(x, weights, basis, dilation)
+    return reference.psf_conv(x, weights, basis, dilation)
+
+
+# ---- apply_psf ------------------------------------------------------------------------------
+
+@torch.library.custom_op("psfops::apply_psf", mutates_args=())
+def _apply_psf_op(x: Tensor, psf: Tensor, dilation: int) -> Tensor:
+    return _kernels().filter_forward(x, psf, None, dilation, synth=False)
+
+
+@_apply_psf_op.register_fake
+def _(x, psf, dilation):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("psfops::apply_psf_backward", mutates_args=())
+def _apply_psf_backward_op(grad: Tensor, x: Tensor, psf: Tensor, dilation: int) -> tuple[Tensor, Tensor]:
+    return _kernels().filter_backward(grad, x, psf, None, dilation, synth=False)
+
+
+@_apply_psf_backward_op.register_fake
+def _(grad, x, psf, dilation):
+    fmt = torch.contiguous_format
+    return torch.empty_like(x, memory_format=fmt), torch.empty_like(psf, memory_format=fmt)
+
+
+def _apply_psf_setup(ctx, inputs, output):
+    x, psf, dilation = inputs
+    ctx.save_for_backward(x, psf)
+    ctx.dilation = dilation
+
+
+def _apply_psf_backward(ctx, grad):
+    x, psf = ctx.saved_tensors
+    dx, dpsf = _apply_psf_backward_op(grad, x, psf, ctx.dilation)
+    return dx, dpsf, None
+
+
+_apply_psf_op.register_autograd(_apply_psf_backward, setup_context=_apply_psf_setup)
+
+
+def apply_psf(x: Tensor, psf: Tensor, dilation: int = 1) -> Tensor:
+    """Apply explicit per-pixel kernels (the kernel-prediction-network form).
+
+    ``y[b,c,h,w] = sum_{u,v} psf[b,u*k+v,h,w] * x[b,c,h+(u-k//2)d, w+(v-k//2)d]``, zero padding;
+    the same kernel is applied to every channel.
+
+    Args:
+        x: (B, C, H, W).
+        psf: (B, k*k, H, W), k odd (the channel count must be an odd square).
+        dilation: int >= 1.
+    Returns:
+        (B, C, H, W), dtype of ``x``.
+    """
+    _checks.check_apply_psf(x, psf, dilation)
+    if use_triton(x):
+        return _apply_psf_op(x, psf, dilation)
+    return reference.apply_psf(x, psf, dilation)
+
+
+# ---- synthesize_psf -------------------------------------------------------------------------
+
+@torch.library.custom_op("psfops::synthesize_psf", mutates_args=())
+def _synthesize_psf_op(weights: Tensor, basis: Tensor) -> Tensor:
+    return _kernels().synthesize_forward(weights, basis)
+
+
+@_synthesize_psf_op.register_fake
+def _(weights, basis):
+    B, _, H, W = weights.shape
+    return weights.new_empty((B, basis.shape[1] * basis.shape[2], H, W))
+
+
+@torch.library.custom_op("psfops::synthesize_psf_backward", mutates_args=())
+def _synthesize_psf_backward_op(grad: Tensor, weights: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
+    return _kernels().synthesize_backward(grad, weights, basis)
+
+
+@_synthesize_psf_backward_op.register_fake
+def _(grad, weights, basis):
+    fmt = torch.contiguous_format
+    return torch.empty_like(weights, memory_format=fmt), torch.empty_like(basis, memory_format=fmt)
+
+
+def _synthesize_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _synthesize_backward(ctx, grad):
+    weights, basis = ctx.saved_tensors
+    return _synthesize_psf_backward_op(grad, weights, basis)
+
+
+_synthesize_psf_op.register_autograd(_synthesize_backward, setup_context=_synthesize_setup)
+
+
+def synthesize_psf(weights: Tensor, basis: Tensor) -> Tensor:
+    """Per-pixel kernels from a dictionary: ``K[b,u*k+v,h,w] = sum_j weights[b,j,h,w] * basis[j,u,v]``.
+
+    Args:
+        weights: (B, J, H, W).
+        basis: (J, k, k), k odd.
+    Returns:
+        (B, k*k, H, W), dtype of ``weights``.
+    """
+    _checks.check_synthesize_psf(weights, basis)
+    if use_triton(weights):
+        return _synthesize_psf_op(weights, basis)
+    return reference.synthesize_psf(weights, basis)

@@ -1,0 +1,123 @@
+"""Pure-PyTorch reference implementations of every psfops op (same signatures).
+
+They are the truth in tests and the CPU path. They may materialize intermediates (unfold, concat);
+arithmetic runs in float32 for half inputs (float64 for float64) and the result is cast back to the
+input dtype, as the fused kernels do. Autograd flows through them natively.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _checks
+
+__all__ = [
+    "psf_conv", "psf_conv_convstack", "synthesize_psf", "apply_psf", "spatial_normalize",
+    "gated_blend", "gated_fusion", "lstm_cell",
+]
+
+
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the accumulation dtype: float64 stays, everything else goes to float32."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _unfold_taps(x: torch.Tensor, k: int, dilation: int) -> torch.Tensor:
+    """(B,C,H,W) -> (B,C,k*k,H,W): tap u*k+v holds x shifted by ((u-k//2)*d, (v-k//2)*d), zero padded."""
+    B, C, H, W = x.shape
+    cols = F.unfold(x, k, dilation=dilation, padding=dilation * (k // 2))
+    return cols.view(B, C, k * k, H, W)
+
+
+def synthesize_psf(weights: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """(B,J,H,W), (J,k,k) -> (B,k*k,H,W): ``K[b,u*k+v] = sum_j weights[b,j] * basis[j,u,v]``."""
+    _checks.check_synthesize_psf(weights, basis)
+    J, k, _ = basis.shape
+    psf = torch.einsum("bjhw,jt->bthw", _acc(weights), _acc(basis).reshape(J, k * k))
+    return psf.to(weights.dtype)
+
+
+def apply_psf(x: torch.Tensor, psf: torch.Tensor, dilation: int = 1) -> torch.Tensor:
+    """(B,C,H,W), (B,k*k,H,W) -> (B,C,H,W): per-pixel kernels applied by unfold + sum."""
+    _checks.check_apply_psf(x, psf, dilation)
+    if x.numel() == 0 or psf.numel() == 0:
+        return torch.zeros_like(x)
+    k = _checks.psf_kernel_size(psf)
+    taps = _unfold_taps(_acc(x), k, dilation)
+    return torch.einsum("bcthw,bthw->bchw", taps, _acc(psf)).to(x.dtype)
+
+
+def psf_conv(x: torch.Tensor, weights: torch.Tensor, basis: torch.Tensor, dilation: int = 1) -> torch.Tensor:
+    """(B,C,H,W), (B,J,H,W), (J,k,k) -> (B,C,H,W): ``apply_psf(x, synthesize_psf(weights, basis))``.
+
+    Unfold form: builds the (B,C*k*k,H,W) tap tensor (the thing the fused kernel avoids).
+    """
+    _checks.check_psf_conv(x, weights, basis, dilation)
+    if x.numel() == 0 or weights.numel() == 0:
+        return torch.zeros_like(x)
+    J, k, _ = basis.shape
+    taps = _unfold_taps(_acc(x), k, dilation)
+    psf = torch.einsum("bjhw,jt->bthw", _acc(weights), _acc(basis).reshape(J, k * k))
+    return torch.einsum("bcthw,bthw->bchw", taps, psf).to(x.dtype)
+
+
+def psf_conv_convstack(x: torch.Tensor, weights: torch.Tensor, basis: torch.Tensor, dilation: int = 1) -> torch.Tensor:
+    """Same result as :func:`psf_conv`, in conv-stack form: each basis kernel as a depthwise conv2d
+    giving a (B,C,J,H,W) stack, then mixed per pixel by ``weights``. Used as a second baseline."""
+    _checks.check_psf_conv(x, weights, basis, dilation)
+    if x.numel() == 0 or weights.numel() == 0:
+        return torch.zeros_like(x)
+    B, C, H, W = x.shape
+    J, k, _ = basis.shape
+    stack = F.conv2d(_acc(x).reshape(B * C, 1, H, W), _acc(basis).unsqueeze(1),
+                     dilation=dilation, padding=dilation * (k // 2))
+    return torch.einsum("bcjhw,bjhw->bchw", stack.view(B, C, J, H, W), _acc(weights)).to(x.dtype)
+
+
+def spatial_normalize(x: torch.Tensor, mode: str = "softmax", eps: float = 1e-6) -> torch.Tensor:
+    """(B,C,H,W) -> (B,C,H,W), each (b,c) plane normalized over its H*W values to sum to 1.
+
+    ``"softmax"``: softmax over the plane. ``"l1"``: ``abs(x) / (sum(abs(x)) + eps)``.
+    """
+    _checks.check_spatial_normalize(x, mode, eps)
+    B, C, H, W = x.shape
+    flat = _acc(x).reshape(B, C, H * W)
+    if mode == "softmax":
+        out = torch.softmax(flat, dim=-1)
+    else:
+        a = flat.abs()
+        out = a / (a.sum(dim=-1, keepdim=True) + eps)
+    return out.reshape(B, C, H, W).to(x.dtype)
+
+
+def gated_blend(cur: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``s = sigmoid(gate); s*cur + (1-s)*prev``; gate (B,C,H,W) or (B,1,H,W) (broadcast over C)."""
+    _checks.check_gated_blend(cur, prev, gate)
+    s = torch.sigmoid(_acc(gate))
+    return (s * _acc(cur) + (1 - s) * _acc(prev)).to(cur.dtype)
+
+
+def gated_fusion(cur: torch.Tensor, prev: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``gate = conv1x1(cat([cur, prev], 1), weight, bias)``, then :func:`gated_blend`.
+
+    weight (C,2C) or (C,2C,1,1) as in ``nn.Conv2d(2C, C, 1)``; bias (C,) or None.
+    """
+    _checks.check_gated_fusion(cur, prev, weight, bias)
+    C = cur.shape[1]
+    w = _acc(weight).reshape(C, 2 * C, 1, 1)
+    b = None if bias is None else _acc(bias)
+    gate = F.conv2d(torch.cat([_acc(cur), _acc(prev)], dim=1), w, b)
+    s = torch.sigmoid(gate)
+    return (s * _acc(cur) + (1 - s) * _acc(prev)).to(cur.dtype)
+
+
+def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ConvLSTM pointwise update. gates (B,4C,H,W) in order i,f,g,o; c_prev (B,C,H,W).
+
+    ``c = sigmoid(f)*c_prev + sigmoid(i)*tanh(g)``, ``h = sigmoid(o)*tanh(c)``; returns (h, c).
+    """
+    _checks.check_lstm_cell(gates, c_prev)
+    i, f, g, o = _acc(gates).chunk(4, dim=1)
+    c = torch.sigmoid(f) * _acc(c_prev) + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h.to(gates.dtype), c.to(gates.dtype)

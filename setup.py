@@ -1,0 +1,29 @@
+"""psfops: Triton kernels for spatially varying PSF filtering, and SD-PSFNet built on them.
+
+The top-level ``kernels/`` folder is installed as ``psfops.kernels`` (never as a top-level
+``kernels`` package, which would collide with the unrelated PyPI project of that name).
+"""
+from setuptools import setup
+
+setup(
+    name="psfops",
+    version="0.1.0",
+    description="Fused Triton ops for spatially varying PSF filtering, and the SD-PSFNet deraining model",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["psfops", "psfops.kernels", "sdpsfnet", "bench"],
+    package_dir={"psfops.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.4",
+        "triton>=3.0; platform_system == 'Linux'",
+        "numpy",
+        "einops",
+        "pillow",
+        "tqdm",
+        "scikit-image",
+        "matplotlib",
+    ],
+    extras_require={"dev": ["pytest", "hypothesis", "pytest-benchmark", "pytest-timeout"]},
+    entry_points={"console_scripts": ["sdpsfnet = sdpsfnet.cli:main"]},
+)
