@@ -1,0 +1,51 @@
+"""Shared test utilities: random inputs, float64 truth, tolerances, gradient collection."""
+from __future__ import annotations
+
+import torch
+
+# Relative tolerances (||out - ref|| / ||ref||, ref computed in float64) per dtype of the inputs.
+# fp32 kernels accumulate in fp32: far under 1e-5 for these sizes. Half inputs are rounded to
+# 8 (bf16) or 11 (fp16) mantissa bits on the way out.
+FWD_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+GRAD_RTOL = {torch.float64: 1e-12, torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def rand(*shape, dtype=torch.float32, device="cpu", requires_grad=False, scale=1.0) -> torch.Tensor:
+    """Fresh standard-normal values (never zeros), in ``dtype`` on ``device``."""
+    t = (torch.randn(*shape, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+    return t.requires_grad_(requires_grad)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64; NaN anywhere in ``out`` gives inf (never passes)."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    if torch.isnan(out).any():
+        return float("inf")
+    denom = ref.norm().item()
+    return (out - ref).norm().item() / (denom if denom > 0 else 1.0)
+
+
+def assert_rel_close(out, ref, rtol: float, what: str = "") -> None:
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    err = rel_err(out, ref)
+    assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.1e}"
+
+
+def value_and_grads(fn, inputs, grad_out=None, seed=0):
+    """Run ``fn(*inputs)``; backprop a fixed random cotangent; return (outputs, grads of inputs).
+
+    ``fn`` may return a tensor or a tuple of tensors; ``inputs`` are leaf tensors requiring grad.
+    """
+    out = fn(*inputs)
+    outs = out if isinstance(out, tuple) else (out,)
+    if grad_out is None:
+        g = torch.Generator().manual_seed(seed)
+        grad_out = tuple(torch.randn(o.shape, generator=g, dtype=torch.float64).to(o) for o in outs)
+    grads = torch.autograd.grad(outs, [i for i in inputs if i.requires_grad], grad_out, allow_unused=True)
+    return outs, grads, grad_out
+
+
+def float64_leaves(*tensors):
+    """Detached float64 CPU copies requiring grad: the independent truth's inputs."""
+    return [t.detach().double().cpu().requires_grad_(True) for t in tensors]
