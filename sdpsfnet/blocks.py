@@ -40,3 +40,62 @@ class CAB(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.ca(self.body(x))
+
+
+class DownSample(nn.Module):
+    """Bilinear 1/2 downscale, then a 1x1 conv widening channels. (B,C,H,W) -> (B,C+extra,H/2,W/2)."""
+
+    def __init__(self, channels: int, extra: int):
+        super().__init__()
+        self.proj = nn.Conv2d(channels, channels + extra, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False))
+
+
+class SkipUpSample(nn.Module):
+    """Bilinear x2 upscale of ``x`` and a 1x1 conv narrowing channels, plus the skip ``y``.
+
+    x (B,C+extra,H/2,W/2), y (B,C,H,W) -> (B,C,H,W).
+    """
+
+    def __init__(self, channels: int, extra: int):
+        super().__init__()
+        self.proj = nn.Conv2d(channels + extra, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        up = nn.functional.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        return self.proj(up) + y
+
+
+class SAM(nn.Module):
+    """Supervised attention module (MPRNet): emits an image and attention-gated features.
+
+    feats (B,C,H,W), image (B,3,H,W) -> (feats' (B,C,H,W), restored (B,3,H,W)) where
+    ``restored = conv(feats) + image`` and ``feats' = conv(feats) * sigmoid(conv(restored)) + feats``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, bias: bool = False, image_channels: int = 3):
+        super().__init__()
+        self.conv1 = conv(channels, channels, kernel_size, bias=bias)
+        self.conv2 = conv(channels, image_channels, kernel_size, bias=bias)
+        self.conv3 = conv(image_channels, channels, kernel_size, bias=bias)
+
+    def forward(self, feats: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        restored = self.conv2(feats) + image
+        attn = torch.sigmoid(self.conv3(restored))
+        return self.conv1(feats) * attn + feats, restored
+
+
+class ORB(nn.Module):
+    """Original-resolution block (MPRNet): ``num_cab`` CABs and a conv, residual. (B,C,H,W) -> same."""
+
+    def __init__(self, channels: int, num_cab: int, kernel_size: int = 3, reduction: int = 4, bias: bool = False):
+        super().__init__()
+        self.body = nn.Sequential(
+            *[CAB(channels, kernel_size, reduction, bias) for _ in range(num_cab)],
+            conv(channels, channels, kernel_size, bias=bias),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
