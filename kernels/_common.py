@@ -56,3 +56,38 @@ def shifted_pixels(h, w, dh, dw, H, W, valid):
     ww = w + dw
     inside = valid & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
     return hh * W + ww, inside
+
+
+# ---- appended for the normalize / gating / lstm kernels ----
+
+@triton.jit
+def pixel_tile(pid, HW, BLOCK_P: tl.constexpr):
+    """Flat in-plane indices of pixel tile ``pid`` and their in-range mask."""
+    pix = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    return pix, pix < HW
+
+
+@triton.jit
+def plane_offsets(b, C, cc, HW):
+    """int64 element offsets of planes (b, cc) of a contiguous (B, C, H, W) tensor."""
+    return (b * C + cc).to(tl.int64) * HW
+
+
+@triton.jit
+def tanh(x):
+    """tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|): no overflow, saturates to +-1 at
+    +-inf, NaN in -> NaN out; the same formula on every backend and in the interpreter."""
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def matmul_tile(a, b, USE_DOT: tl.constexpr):
+    """(M, K) @ (K, N) in the operands' dtype. ``USE_DOT``: ``tl.dot`` in IEEE precision (no
+    TF32; needs M, N, K >= 16 and float32 or half operands); else a broadcast multiply and
+    ``tl.sum`` over K (the float64 path: tl.dot does not take float64 on every GPU)."""
+    if USE_DOT:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.sum(a[:, :, None] * b[None, :, :], axis=1)

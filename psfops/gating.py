@@ -1,3 +1,137 @@
-"""Placeholder: routes to psfops.reference until the Triton kernels land (issue 3)."""
-from .reference import gated_blend, gated_fusion  # noqa: F401
-__all__ = ["gated_blend","gated_fusion"]
+"""Gated blending ops: ``gated_blend`` and the fused ``gated_fusion``.
+
+Each public function validates its arguments, then runs either the Triton op
+(``torch.ops.psfops.<name>``, a ``torch.library`` custom op with a fake implementation and
+registered autograd; the backward is its own custom op ``psfops::<name>_backward``) or
+``psfops.reference`` (see :mod:`psfops._backend` for the choice).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _checks, reference
+from ._backend import use_triton
+
+__all__ = ["gated_blend", "gated_fusion"]
+
+
+def _kernels():
+    from .kernels import gating  # imports triton: only on the Triton path
+
+    return gating
+
+
+def _like(*ts: Tensor):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in ts)
+
+
+# ---- gated_blend ----------------------------------------------------------------------------
+
+@torch.library.custom_op("psfops::gated_blend", mutates_args=())
+def _gated_blend_op(cur: Tensor, prev: Tensor, gate: Tensor) -> Tensor:
+    return _kernels().blend_forward(cur, prev, gate)
+
+
+@_gated_blend_op.register_fake
+def _(cur, prev, gate):
+    return _like(cur)[0]
+
+
+@torch.library.custom_op("psfops::gated_blend_backward", mutates_args=())
+def _gated_blend_backward_op(grad: Tensor, cur: Tensor, prev: Tensor,
+                             gate: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return _kernels().blend_backward(grad, cur, prev, gate)
+
+
+@_gated_blend_backward_op.register_fake
+def _(grad, cur, prev, gate):
+    return _like(cur, prev, gate)
+
+
+def _blend_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _blend_backward(ctx, grad):
+    return _gated_blend_backward_op(grad, *ctx.saved_tensors)
+
+
+_gated_blend_op.register_autograd(_blend_backward, setup_context=_blend_setup)
+
+
+def gated_blend(cur: Tensor, prev: Tensor, gate: Tensor) -> Tensor:
+    """Sigmoid-gated blend: ``s = sigmoid(gate)``, ``y = s*cur + (1-s)*prev``.
+
+    Args:
+        cur, prev: (B, C, H, W).
+        gate: (B, C, H, W), or (B, 1, H, W) shared by all channels (its gradient is then summed
+            over C, deterministically).
+    Returns:
+        (B, C, H, W), dtype of ``cur`` (contiguous NCHW on the Triton path).
+    """
+    _checks.check_gated_blend(cur, prev, gate)
+    if use_triton(cur):
+        return _gated_blend_op(cur, prev, gate)
+    return reference.gated_blend(cur, prev, gate)
+
+
+# ---- gated_fusion ---------------------------------------------------------------------------
+
+@torch.library.custom_op("psfops::gated_fusion", mutates_args=())
+def _gated_fusion_op(cur: Tensor, prev: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return _kernels().fusion_forward(cur, prev, weight, bias)
+
+
+@_gated_fusion_op.register_fake
+def _(cur, prev, weight, bias):
+    return _like(cur)[0]
+
+
+@torch.library.custom_op("psfops::gated_fusion_backward", mutates_args=())
+def _gated_fusion_backward_op(grad: Tensor, cur: Tensor, prev: Tensor, weight: Tensor,
+                              bias: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _kernels().fusion_backward(grad, cur, prev, weight, bias)
+
+
+@_gated_fusion_backward_op.register_fake
+def _(grad, cur, prev, weight, bias):
+    return (*_like(cur, prev, weight), cur.new_empty((cur.shape[1],)))
+
+
+def _fusion_setup(ctx, inputs, output):
+    cur, prev, weight, bias = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(cur, prev, weight, bias)
+
+
+def _fusion_backward(ctx, grad):
+    cur, prev, weight, bias = ctx.saved_tensors
+    dcur, dprev, dweight, dbias = _gated_fusion_backward_op(grad, cur, prev, weight, bias)
+    return dcur, dprev, dweight, (dbias if ctx.has_bias else None)
+
+
+_gated_fusion_op.register_autograd(_fusion_backward, setup_context=_fusion_setup)
+
+
+def gated_fusion(cur: Tensor, prev: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """Gated fusion with a 1x1-conv gate, fused: ``g = W @ [cur; prev] + bias`` per pixel,
+    ``s = sigmoid(g)``, ``y = s*cur + (1-s)*prev``.
+
+    Equals ``gated_blend(cur, prev, conv2d(cat([cur, prev], 1), weight, bias))``; the Triton path
+    uses no concat and never writes the gate in the forward. d(weight) and d(bias) are reduced
+    over pixels deterministically (bitwise-reproducible).
+
+    Args:
+        cur, prev: (B, C, H, W).
+        weight: (C, 2C) or (C, 2C, 1, 1) as in ``nn.Conv2d(2C, C, 1)``; columns [:C] act on cur.
+        bias: (C,) or None.
+    Returns:
+        (B, C, H, W), dtype of ``cur`` (contiguous NCHW on the Triton path).
+    """
+    _checks.check_gated_fusion(cur, prev, weight, bias)
+    if use_triton(cur):
+        return _gated_fusion_op(cur, prev, weight, bias)
+    return reference.gated_fusion(cur, prev, weight, bias)

@@ -1,3 +1,77 @@
-"""Placeholder: routes to psfops.reference until the Triton kernels land (issue 3)."""
-from .reference import spatial_normalize  # noqa: F401
+"""``spatial_normalize``: normalize each (b, c) plane to sum to 1 (softmax or l1).
+
+The public function validates its arguments, then runs either the Triton op
+(``torch.ops.psfops.spatial_normalize``, a ``torch.library`` custom op with a fake implementation
+and registered autograd; backward is the custom op ``psfops::spatial_normalize_backward``) or
+``psfops.reference`` (see :mod:`psfops._backend` for the choice).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _checks, reference
+from ._backend import use_triton
+
 __all__ = ["spatial_normalize"]
+
+
+def _kernels():
+    from .kernels import normalize  # imports triton: only on the Triton path
+
+    return normalize
+
+
+@torch.library.custom_op("psfops::spatial_normalize", mutates_args=())
+def _spatial_normalize_op(x: Tensor, mode: str, eps: float) -> Tensor:
+    return _kernels().normalize_forward(x, mode, eps)
+
+
+@_spatial_normalize_op.register_fake
+def _(x, mode, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("psfops::spatial_normalize_backward", mutates_args=())
+def _spatial_normalize_backward_op(grad: Tensor, saved: Tensor, mode: str, eps: float) -> Tensor:
+    return _kernels().normalize_backward(grad, saved, mode, eps)
+
+
+@_spatial_normalize_backward_op.register_fake
+def _(grad, saved, mode, eps):
+    return torch.empty_like(saved, memory_format=torch.contiguous_format)
+
+
+def _setup(ctx, inputs, output):
+    x, mode, eps = inputs
+    ctx.save_for_backward(output if mode == "softmax" else x)  # what each backward reads
+    ctx.mode, ctx.eps = mode, eps
+
+
+def _backward(ctx, grad):
+    (saved,) = ctx.saved_tensors
+    return _spatial_normalize_backward_op(grad, saved, ctx.mode, ctx.eps), None, None
+
+
+_spatial_normalize_op.register_autograd(_backward, setup_context=_setup)
+
+
+def spatial_normalize(x: Tensor, mode: str = "softmax", eps: float = 1e-6) -> Tensor:
+    """Normalize each (b, c) plane of x over its H*W values to sum to 1.
+
+    ``"softmax"``: ``y = exp(x - max) / sum exp(x - max)`` (stable). ``"l1"``:
+    ``y = |x| / (sum |x| + eps)``; its gradient uses sign(0) = 0, like ``torch.abs``. Any plane
+    size (the Triton path loops over the plane in blocks). NaN/Inf propagate as in
+    ``torch.softmax`` / the l1 formula. For a (J, k, k) kernel basis use ``x.view(1, J, k, k)``.
+
+    Args:
+        x: (B, C, H, W).
+        mode: ``"softmax"`` or ``"l1"``.
+        eps: non-negative float, l1 only.
+    Returns:
+        (B, C, H, W), dtype of ``x`` (contiguous NCHW on the Triton path).
+    """
+    _checks.check_spatial_normalize(x, mode, eps)
+    if use_triton(x):
+        return _spatial_normalize_op(x, mode, float(eps))
+    return reference.spatial_normalize(x, mode, eps)
