@@ -1,0 +1,72 @@
+"""Backend choice: auto / env var / context manager, the CPU-without-interpreter error, and that
+`import psfops` needs no triton."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import psfops
+from psfops import _backend
+from helpers import rand
+
+
+def test_context_manager_nests_and_restores(monkeypatch):
+    monkeypatch.delenv("PSFOPS_BACKEND", raising=False)
+    assert psfops.current_backend() == "auto"
+    with psfops.backend("triton"):
+        with psfops.backend("reference"):
+            assert psfops.current_backend() == "reference"
+        assert psfops.current_backend() == "triton"
+    assert psfops.current_backend() == "auto"
+
+
+def test_env_var(monkeypatch):
+    monkeypatch.setenv("PSFOPS_BACKEND", "reference")
+    assert psfops.current_backend() == "reference"
+    with psfops.backend("triton"):
+        assert psfops.current_backend() == "triton"
+    monkeypatch.setenv("PSFOPS_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="PSFOPS_BACKEND"):
+        psfops.current_backend()
+
+
+def test_bad_backend_name():
+    with pytest.raises(ValueError, match="backend"):
+        with psfops.backend("fast"):
+            pass
+
+
+def test_auto_picks_reference_on_cpu(monkeypatch):
+    monkeypatch.delenv("PSFOPS_BACKEND", raising=False)
+    assert not _backend.use_triton(torch.zeros(1))
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x, w, b = rand(1, 2, 5, 5), rand(1, 3, 5, 5), rand(3, 3, 3)
+    with psfops.backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        psfops.psf_conv(x, w, b)
+
+
+def test_reference_backend_runs_the_reference_on_any_device(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # would make the triton path raise on CPU
+    x, w, b = rand(1, 2, 5, 5), rand(1, 3, 5, 5), rand(3, 3, 3)
+    with psfops.backend("reference"):
+        torch.testing.assert_close(psfops.psf_conv(x, w, b), psfops.reference.psf_conv(x, w, b), rtol=0, atol=0)
+
+
+def test_import_without_triton():
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import torch, psfops\n"
+            "assert not psfops._backend.TRITON_AVAILABLE\n"
+            "x = torch.randn(1, 2, 6, 6); w = torch.randn(1, 3, 6, 6); b = torch.randn(3, 3, 3)\n"
+            "y = psfops.psf_conv(x, w, b)\n"
+            "with psfops.backend('triton'):\n"
+            "    try:\n"
+            "        psfops.psf_conv(x, w, b)\n"
+            "    except RuntimeError as e:\n"
+            "        assert 'triton' in str(e)\n"
+            "    else:\n"
+            "        raise SystemExit('no error')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env={"PATH": "", "TRITON_INTERPRET": "1"})

@@ -1,0 +1,305 @@
+"""psf_conv, synthesize_psf, apply_psf: the Triton path (interpreter on CPU, compiled on GPU) and
+the reference against an independent float64 implementation of SPEC section 2, plus gradients,
+determinism, layouts, bad input, opcheck and torch.compile."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import psfops
+from psfops import reference
+from helpers import FWD_RTOL, GRAD_RTOL, DTYPES, assert_rel_close, float64_leaves, rand, value_and_grads
+
+
+# ---- independent float64 truth: explicit shifted slices of a zero-padded image -------------
+
+def shifted(x: torch.Tensor, u: int, v: int, k: int, d: int) -> torch.Tensor:
+    """x[..., h+(u-k//2)d, w+(v-k//2)d] with zeros outside (works for k larger than the image)."""
+    H, W = x.shape[-2:]
+    p = (k // 2) * d
+    xp = F.pad(x, (p, p, p, p))
+    return xp[..., u * d:u * d + H, v * d:v * d + W]
+
+
+def truth_synthesize(weights, basis):
+    J, k, _ = basis.shape
+    return torch.stack([(weights * basis[:, u, v].view(1, J, 1, 1)).sum(1)
+                        for u in range(k) for v in range(k)], dim=1)
+
+
+def truth_apply(x, psf, d=1):
+    k = int(round(psf.shape[1] ** 0.5))
+    return sum(psf[:, u * k + v:u * k + v + 1] * shifted(x, u, v, k, d) for u in range(k) for v in range(k))
+
+
+def truth_psf_conv(x, weights, basis, d=1):
+    return truth_apply(x, truth_synthesize(weights, basis), d)
+
+
+def psf_inputs(B, C, H, W, J, k, dtype, device, requires_grad=True):
+    return (rand(B, C, H, W, dtype=dtype, device=device, requires_grad=requires_grad),
+            rand(B, J, H, W, dtype=dtype, device=device, requires_grad=requires_grad, scale=0.5),
+            rand(J, k, k, dtype=dtype, device=device, requires_grad=requires_grad, scale=0.5))
+
+
+def check_against_truth(op, truth, inputs, dtype, what):
+    """Triton op vs float64 truth on the same (rounded) inputs: output and every gradient."""
+    with psfops.backend("triton"):
+        outs, grads, gout = value_and_grads(op, inputs)
+    truth_inputs = float64_leaves(*inputs)
+    touts, tgrads, _ = value_and_grads(truth, truth_inputs, tuple(g.double().cpu() for g in gout))
+    for o, t in zip(outs, touts):
+        assert o.dtype == dtype
+        assert_rel_close(o, t, FWD_RTOL[dtype], f"{what} forward {dtype}")
+    for i, (g, t) in enumerate(zip(grads, tgrads)):
+        assert g.dtype == dtype
+        assert_rel_close(g, t, GRAD_RTOL[dtype], f"{what} grad {i} {dtype}")
+
+
+# ---- parity -------------------------------------------------------------------------------
+
+SHAPES = [  # B, C, H, W, J, k, dilation
+    (2, 3, 9, 11, 5, 3, 1),
+    (1, 4, 13, 8, 7, 5, 2),
+    (2, 2, 6, 5, 3, 7, 1),       # k larger than the image
+    (1, 3, 10, 10, 40, 7, 1),    # the paper's J
+    (1, 35, 8, 9, 4, 3, 3),      # C over one channel block
+    (1, 1, 5, 7, 2, 1, 1),       # k = 1
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}C{}H{}W{}J{}k{}d{}".format(*s))
+def test_psf_conv_matches_truth_fp32(shape, device):
+    B, C, H, W, J, k, d = shape
+    check_against_truth(lambda x, w, b: psfops.psf_conv(x, w, b, d), lambda x, w, b: truth_psf_conv(x, w, b, d),
+                        psf_inputs(B, C, H, W, J, k, torch.float32, device), torch.float32, "psf_conv")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_psf_ops_dtypes(dtype, device):
+    x, w, b = psf_inputs(2, 3, 10, 9, 6, 5, dtype, device)
+    check_against_truth(lambda x, w, b: psfops.psf_conv(x, w, b, 2), lambda x, w, b: truth_psf_conv(x, w, b, 2),
+                        (x, w, b), dtype, "psf_conv")
+    check_against_truth(psfops.synthesize_psf, truth_synthesize, (w, b), dtype, "synthesize_psf")
+    psf = rand(2, 25, 10, 9, dtype=dtype, device=device, requires_grad=True, scale=0.3)
+    check_against_truth(lambda x, p: psfops.apply_psf(x, p, 2), lambda x, p: truth_apply(x, p, 2),
+                        (x, psf), dtype, "apply_psf")
+
+
+@pytest.mark.parametrize("k,d", [(3, 1), (5, 3), (9, 1)])
+def test_apply_psf_matches_truth(k, d, device):
+    x = rand(2, 3, 11, 12, device=device, requires_grad=True)
+    psf = rand(2, k * k, 11, 12, device=device, requires_grad=True, scale=0.3)
+    check_against_truth(lambda x, p: psfops.apply_psf(x, p, d), lambda x, p: truth_apply(x, p, d),
+                        (x, psf), torch.float32, "apply_psf")
+
+
+def test_reference_matches_truth():
+    x, w, b = psf_inputs(2, 3, 9, 8, 4, 5, torch.float64, "cpu")
+    for d in (1, 2):
+        assert_rel_close(reference.psf_conv(x, w, b, d), truth_psf_conv(x, w, b, d), 1e-13, "reference.psf_conv")
+        assert_rel_close(reference.psf_conv_convstack(x, w, b, d), truth_psf_conv(x, w, b, d), 1e-13, "convstack")
+    assert_rel_close(reference.synthesize_psf(w, b), truth_synthesize(w, b), 1e-13, "reference.synthesize_psf")
+
+
+def test_psf_conv_equals_apply_of_synthesized(device):
+    x, w, b = psf_inputs(1, 2, 8, 10, 3, 3, torch.float64, device, requires_grad=False)
+    with psfops.backend("triton"):
+        direct = psfops.psf_conv(x, w, b)
+        composed = psfops.apply_psf(x, psfops.synthesize_psf(w, b))
+    assert_rel_close(direct, composed, 1e-13, "psf_conv == apply_psf(synthesize_psf)")
+
+
+@settings(max_examples=12, deadline=None)
+@given(B=st.integers(1, 2), C=st.integers(1, 6), H=st.integers(1, 14), W=st.integers(1, 14),
+       J=st.integers(1, 9), r=st.integers(0, 3), d=st.integers(1, 3))
+def test_psf_conv_hypothesis(B, C, H, W, J, r, d):
+    from conftest import DEVICE
+    k = 2 * r + 1
+    check_against_truth(lambda x, w, b: psfops.psf_conv(x, w, b, d), lambda x, w, b: truth_psf_conv(x, w, b, d),
+                        psf_inputs(B, C, H, W, J, k, torch.float32, DEVICE), torch.float32, "psf_conv")
+
+
+# ---- gradcheck ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_gradcheck_float64(backend, device):
+    dev = device if backend == "triton" else "cpu"
+    x, w, b = psf_inputs(1, 2, 4, 3, 2, 3, torch.float64, dev)
+    psf = rand(1, 9, 4, 3, dtype=torch.float64, device=dev, requires_grad=True)
+    with psfops.backend(backend):
+        assert torch.autograd.gradcheck(lambda x, w, b: psfops.psf_conv(x, w, b, 2), (x, w, b))
+        assert torch.autograd.gradcheck(psfops.synthesize_psf, (w, b))
+        assert torch.autograd.gradcheck(psfops.apply_psf, (x, psf))
+
+
+# ---- layouts, determinism, edge cases ------------------------------------------------------
+
+def test_noncontiguous_and_channels_last(device):
+    x, w, b = psf_inputs(2, 4, 9, 7, 3, 3, torch.float32, device, requires_grad=False)
+    expect = truth_psf_conv(x.double(), w.double(), b.double())
+    variants = {
+        "channels_last": (x.to(memory_format=torch.channels_last), w.to(memory_format=torch.channels_last), b),
+        "transposed": (x.transpose(2, 3).contiguous().transpose(2, 3), w.transpose(2, 3).contiguous().transpose(2, 3),
+                       b.transpose(1, 2).contiguous().transpose(1, 2)),
+        "strided": (torch.stack([x, -x], 2).flatten(1, 2)[:, ::2], torch.stack([w, -w], 2).flatten(1, 2)[:, ::2], b),
+    }
+    for name, (xv, wv, bv) in variants.items():
+        assert not (xv.is_contiguous() and wv.is_contiguous() and bv.is_contiguous()), name
+        with psfops.backend("triton"):
+            assert_rel_close(psfops.psf_conv(xv, wv, bv), expect, 1e-5, name)
+
+
+def test_gradients_bitwise_deterministic(device):
+    x, w, b = psf_inputs(2, 3, 12, 11, 6, 5, torch.float32, device)
+    runs = []
+    for _ in range(2):
+        with psfops.backend("triton"):
+            _, grads, _ = value_and_grads(lambda x, w, b: psfops.psf_conv(x, w, b), (x, w, b), seed=3)
+            _, sgrads, _ = value_and_grads(psfops.synthesize_psf, (w, b), seed=4)
+        runs.append(grads + sgrads)
+    for g0, g1 in zip(*runs):
+        assert torch.equal(g0, g1)
+
+
+@pytest.mark.parametrize("B,C", [(0, 3), (2, 0)])
+def test_empty_inputs(B, C, device):
+    x, w, b = psf_inputs(B, C, 6, 5, 3, 3, torch.float32, device)
+    with psfops.backend("triton"):
+        y = psfops.psf_conv(x, w, b)
+        assert y.shape == x.shape
+        y.sum().backward()
+        assert psfops.synthesize_psf(w, b).shape == (B, 9, 6, 5)
+        assert psfops.apply_psf(x, rand(B, 9, 6, 5, device=device)).shape == x.shape
+    assert b.grad is not None and torch.all(b.grad == 0)
+
+
+def test_nan_propagates_like_reference(device):
+    x, w, b = psf_inputs(1, 2, 7, 7, 3, 3, torch.float32, device, requires_grad=False)
+    x[0, 1, 3, 3] = float("nan")
+    w[0, 2, 0, 0] = float("inf")
+    with psfops.backend("triton"):
+        y = psfops.psf_conv(x, w, b)
+    ref = reference.psf_conv(x, w, b)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    finite = torch.isfinite(ref)
+    assert_rel_close(y[finite], ref[finite], 1e-5, "finite part")
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+def _good():
+    return rand(1, 2, 6, 6), rand(1, 3, 6, 6), rand(3, 3, 3)
+
+
+BAD_PSF_CONV = [
+    ("x", TypeError, lambda x, w, b: (x.numpy(), w, b, 1)),
+    ("x", ValueError, lambda x, w, b: (x[0], w, b, 1)),
+    ("weights", ValueError, lambda x, w, b: (x, w[:, :, :5], b, 1)),
+    ("weights", ValueError, lambda x, w, b: (x, torch.cat([w, w]), b, 1)),
+    ("basis", ValueError, lambda x, w, b: (x, w, b[:2], 1)),
+    ("basis", ValueError, lambda x, w, b: (x, w, rand(3, 4, 4), 1)),
+    ("basis", ValueError, lambda x, w, b: (x, w, rand(3, 3, 5), 1)),
+    ("basis", ValueError, lambda x, w, b: (x, w, rand(3, 0, 0), 1)),
+    ("dilation", ValueError, lambda x, w, b: (x, w, b, 0)),
+    ("dilation", ValueError, lambda x, w, b: (x, w, b, 1.5)),
+    ("weights", TypeError, lambda x, w, b: (x, w.double(), b, 1)),
+    ("x", TypeError, lambda x, w, b: (x.long(), w, b, 1)),
+    ("basis", TypeError, lambda x, w, b: (x, w, b.half(), 1)),
+]
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("name,exc,make", BAD_PSF_CONV, ids=[f"{n}-{e.__name__}-{i}" for i, (n, e, _) in enumerate(BAD_PSF_CONV)])
+def test_psf_conv_bad_input(backend, name, exc, make):
+    with psfops.backend(backend), pytest.raises(exc, match=name):
+        psfops.psf_conv(*make(*_good()))
+
+
+def test_apply_and_synthesize_bad_input():
+    x, w, b = _good()
+    with pytest.raises(ValueError, match="psf"):
+        psfops.apply_psf(x, rand(1, 8, 6, 6))          # 8 is not a square
+    with pytest.raises(ValueError, match="psf"):
+        psfops.apply_psf(x, rand(1, 4, 6, 6))          # k = 2 is even
+    with pytest.raises(ValueError, match="psf"):
+        psfops.apply_psf(x, rand(1, 9, 6, 7))
+    with pytest.raises(ValueError, match="dilation"):
+        psfops.apply_psf(x, rand(1, 9, 6, 6), dilation=-1)
+    with pytest.raises(TypeError, match="psf"):
+        psfops.apply_psf(x, rand(1, 9, 6, 6).to(torch.int32))
+    with pytest.raises(ValueError, match="basis"):
+        psfops.synthesize_psf(w, rand(4, 3, 3))
+    with pytest.raises(ValueError, match="weights"):
+        psfops.synthesize_psf(w[0], b)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device"):
+            psfops.psf_conv(x.cuda(), w, b)
+
+
+# ---- registration: opcheck and torch.compile -------------------------------------------------
+
+def test_opcheck(device):
+    x, w, b = psf_inputs(1, 2, 5, 6, 3, 3, torch.float32, device)
+    psf = rand(1, 9, 5, 6, device=device, requires_grad=True)
+    g = rand(1, 2, 5, 6, device=device)
+    torch.library.opcheck(torch.ops.psfops.psf_conv.default, (x, w, b, 2))
+    torch.library.opcheck(torch.ops.psfops.apply_psf.default, (x, psf, 1))
+    torch.library.opcheck(torch.ops.psfops.synthesize_psf.default, (w, b))
+    torch.library.opcheck(torch.ops.psfops.psf_conv_backward.default, (g, x.detach(), w.detach(), b.detach(), 1))
+
+
+def test_torch_compile_fullgraph_matches_eager(device):
+    x, w, b = psf_inputs(1, 2, 7, 6, 3, 3, torch.float32, device)
+
+    def f(x, w, b):
+        psf = psfops.synthesize_psf(torch.softmax(w, 1), b)
+        return psfops.apply_psf(psfops.psf_conv(x, w, b), psf).square().mean()
+
+    with psfops.backend("triton"):
+        eager = f(x, w, b)
+        eager_grads = torch.autograd.grad(eager, (x, w, b))
+        compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
+        out = compiled(x, w, b)
+        grads = torch.autograd.grad(out, (x, w, b))
+    assert_rel_close(out, eager, 1e-6, "compiled forward")
+    for g, e in zip(grads, eager_grads):
+        assert_rel_close(g, e, 1e-5, "compiled grad")
+
+
+# ---- GPU: compiled kernels at realistic sizes -----------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(8, 64, 256, 256, 40, 7, 1), (2, 16, 97, 131, 40, 5, 2), (4, 3, 64, 64, 40, 3, 1)],
+                         ids=lambda s: "B{}C{}H{}W{}J{}k{}d{}".format(*s))
+def test_gpu_psf_conv_vs_reference(shape, dtype):
+    B, C, H, W, J, k, d = shape
+    x, w, b = psf_inputs(B, C, H, W, J, k, dtype, "cuda")
+    with psfops.backend("triton"):
+        outs, grads, gout = value_and_grads(lambda x, w, b: psfops.psf_conv(x, w, b, d), (x, w, b))
+    ref_in = [t.detach().double().requires_grad_(True) for t in (x, w, b)]
+    routs, rgrads, _ = value_and_grads(lambda x, w, b: reference.psf_conv(x, w, b, d), ref_in,
+                                       tuple(g.double() for g in gout))
+    assert_rel_close(outs[0], routs[0], FWD_RTOL[dtype], "gpu forward")
+    for g, r in zip(grads, rgrads):
+        assert_rel_close(g, r, GRAD_RTOL[dtype], "gpu grad")
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_int64_indexing():
+    """A tensor over 2**31 elements: the last planes must be filtered, not wrapped around."""
+    B, C, H, W = 1, 131, 4096, 4096  # 2.2e9 elements of x
+    if torch.cuda.get_device_properties(0).total_memory < 40 * 2**30:
+        pytest.skip("needs 40 GB")
+    x = torch.randn(B, C, H, W, device="cuda", dtype=torch.bfloat16)
+    w = torch.rand(B, 2, H, W, device="cuda", dtype=torch.bfloat16)
+    b = torch.rand(2, 3, 3, device="cuda", dtype=torch.bfloat16)
+    with psfops.backend("triton"):
+        y = psfops.psf_conv(x, w, b)
+    tail = reference.psf_conv(x[:, -2:].float(), w.float(), b.float())
+    assert_rel_close(y[:, -2:], tail, FWD_RTOL[torch.bfloat16], "last planes")
