@@ -1,0 +1,164 @@
+"""spatial_normalize: the Triton path (interpreter on CPU, compiled on GPU) against an independent
+float64 implementation of SPEC section 2, gradients, multi-block planes, layouts, bad input,
+opcheck."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import psfops
+from helpers import DTYPES, FWD_RTOL, GRAD_RTOL, assert_rel_close, float64_leaves, rand, value_and_grads
+
+MODES = ("softmax", "l1")
+
+
+def truth(x: torch.Tensor, mode: str, eps: float = 1e-6) -> torch.Tensor:
+    """Plane-wise normalization written out: exp(x - max)/sum, or |x|/(sum|x| + eps)."""
+    flat = x.flatten(2)
+    if mode == "softmax":
+        e = torch.exp(flat - flat.max(dim=-1, keepdim=True).values)
+        out = e / e.sum(dim=-1, keepdim=True)
+    else:
+        out = flat.abs() / (flat.abs().sum(dim=-1, keepdim=True) + eps)
+    return out.view_as(x)
+
+
+def check_against_truth(x: torch.Tensor, mode: str, eps: float = 1e-6) -> None:
+    """Triton output and dx vs the float64 truth on the same (rounded) input."""
+    with psfops.backend("triton"):
+        (y,), (dx,), gout = value_and_grads(lambda t: psfops.spatial_normalize(t, mode, eps), [x])
+    (ty,), (tdx,), _ = value_and_grads(lambda t: truth(t, mode, eps), float64_leaves(x),
+                                       tuple(g.double().cpu() for g in gout))
+    assert y.dtype == dx.dtype == x.dtype
+    assert_rel_close(y, ty, FWD_RTOL[x.dtype], f"{mode} forward {x.dtype}")
+    assert_rel_close(dx, tdx, GRAD_RTOL[x.dtype], f"{mode} grad {x.dtype}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_truth(mode, dtype, device):
+    check_against_truth(rand(2, 3, 9, 11, dtype=dtype, device=device, requires_grad=True, scale=2.0), mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_plane_larger_than_a_block(mode, device):
+    from psfops.kernels.normalize import plane_block
+    assert plane_block(70 * 70) < 70 * 70 / 2, "the test must run several blocks per plane"
+    x = rand(1, 1, 70, 70, device=device, requires_grad=True, scale=3.0)
+    check_against_truth(x, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_basis_view_sums_to_one(mode, device):
+    basis = rand(40, 7, 7, device=device)
+    with psfops.backend("triton"):
+        k = psfops.spatial_normalize(basis.view(1, 40, 7, 7), mode).view(40, 7, 7)
+    sums = k.sum(dim=(1, 2)).double()
+    assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
+    assert_rel_close(k, truth(basis.double().view(1, 40, 7, 7), mode).view(40, 7, 7), 1e-5, mode)
+
+
+@settings(max_examples=10, deadline=None)
+@given(B=st.integers(1, 2), C=st.integers(1, 4), H=st.integers(1, 20), W=st.integers(1, 20),
+       mode=st.sampled_from(MODES))
+def test_hypothesis_shapes(B, C, H, W, mode):
+    from conftest import DEVICE
+    check_against_truth(rand(B, C, H, W, device=DEVICE, requires_grad=True, scale=2.0), mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck_float64(mode, device):
+    x = rand(1, 2, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    with psfops.backend("triton"):
+        assert torch.autograd.gradcheck(lambda t: psfops.spatial_normalize(t, mode, 1e-3), (x,))
+
+
+def test_l1_gradient_at_zero_is_zero(device):
+    """d|x|/dx at x = 0 is taken as 0 (torch.abs's choice): a zero input gets a zero gradient."""
+    x = rand(1, 1, 4, 5, device=device)
+    x[0, 0, 1, 2] = 0.0
+    x.requires_grad_(True)
+    with psfops.backend("triton"):
+        psfops.spatial_normalize(x, "l1").mul(rand(1, 1, 4, 5, device=device)).sum().backward()
+    assert x.grad[0, 0, 1, 2] == 0
+    assert (x.grad != 0).sum() == 19
+
+
+def test_nonfinite_propagate_like_truth(device):
+    x = rand(3, 1, 5, 6, device=device, scale=2.0)
+    x[0, 0, :2] = float("-inf")   # leading -inf blocks: still a valid softmax of the rest
+    x[1, 0, 2, 3] = float("nan")  # NaN: the whole plane is NaN
+    x[2, 0] = float("-inf")       # all -inf: 0/0 = NaN, as torch.softmax
+    with psfops.backend("triton"):
+        y = psfops.spatial_normalize(x, "softmax")
+    t = truth(x.double(), "softmax")
+    assert torch.equal(torch.isnan(y), torch.isnan(t))
+    assert torch.isnan(y[1:]).all() and not torch.isnan(y[0]).any()
+    assert_rel_close(y[0], t[0], 1e-5, "finite plane")
+
+
+def test_gradients_bitwise_deterministic(device):
+    x = rand(2, 3, 33, 40, device=device, requires_grad=True)
+    for mode in MODES:
+        with psfops.backend("triton"):
+            g0 = value_and_grads(lambda t: psfops.spatial_normalize(t, mode), [x], seed=1)[1][0]
+            g1 = value_and_grads(lambda t: psfops.spatial_normalize(t, mode), [x], seed=1)[1][0]
+        assert torch.equal(g0, g1)
+
+
+@pytest.mark.parametrize("B,C", [(0, 3), (2, 0)])
+def test_empty(B, C, device):
+    x = rand(B, C, 5, 6, device=device, requires_grad=True)
+    with psfops.backend("triton"):
+        y = psfops.spatial_normalize(x)
+        y.sum().backward()
+    assert y.shape == x.shape and x.grad.shape == x.shape
+
+
+def test_noncontiguous_and_channels_last(device):
+    x = rand(2, 3, 7, 9, device=device)
+    expect = truth(x.double(), "softmax")
+    variants = {"channels_last": x.to(memory_format=torch.channels_last),
+                "transposed": x.transpose(2, 3).contiguous().transpose(2, 3),
+                "strided": torch.stack([x, -x], 2).flatten(1, 2)[:, ::2]}
+    for name, xv in variants.items():
+        assert not xv.is_contiguous(), name
+        with psfops.backend("triton"):
+            y = psfops.spatial_normalize(xv)
+        assert y.is_contiguous()
+        assert_rel_close(y, expect, 1e-5, name)
+
+
+BAD = [
+    ("x", TypeError, lambda x: (x.numpy(),)),
+    ("x", TypeError, lambda x: (x.long(),)),
+    ("x", ValueError, lambda x: (x[0],)),
+    ("mode", ValueError, lambda x: (x, "max")),
+    ("eps", ValueError, lambda x: (x, "l1", -1.0)),
+    ("eps", ValueError, lambda x: (x, "l1", "1e-6")),
+]
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("name,exc,make", BAD, ids=[f"{n}-{e.__name__}-{i}" for i, (n, e, _) in enumerate(BAD)])
+def test_bad_input(backend, name, exc, make):
+    with psfops.backend(backend), pytest.raises(exc, match=name):
+        psfops.spatial_normalize(*make(rand(1, 2, 4, 4)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_opcheck(mode, device):
+    x = rand(1, 2, 4, 5, device=device, requires_grad=True)
+    g = rand(1, 2, 4, 5, device=device)
+    torch.library.opcheck(torch.ops.psfops.spatial_normalize.default, (x, mode, 1e-6))
+    torch.library.opcheck(torch.ops.psfops.spatial_normalize_backward.default, (g, x.detach(), mode, 1e-6))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES)
+def test_gpu_large_plane(mode):
+    """A 4096x4096 plane (4096 loop steps of 4096 values) vs the float64 truth."""
+    x = rand(2, 1, 4096, 4096, device="cuda", requires_grad=True, scale=3.0)
+    check_against_truth(x, mode)
