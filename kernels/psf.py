@@ -24,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, channel_block, check_launchable, pixel_block, shifted_pixels,
-                      tap_shift, torch_acc_dtype)
+from ._common import (acc_dtype, channel_block, check_launchable, pixel_block, pixel_tile,
+                      plane_offsets, shifted_pixels, tap_shift, torch_acc_dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -36,7 +36,7 @@ from ._common import (acc_dtype, channel_block, check_launchable, pixel_block, s
 def _load_weights_tile(w_ptr, b, J, HW, pix, pmask, BLOCK_J: tl.constexpr, ACC: tl.constexpr):
     """weights[b, :, pix] as a (BLOCK_J, BLOCK_P) tile (zeros outside J and the mask)."""
     jj = tl.arange(0, BLOCK_J)
-    rows = (b * J + jj).to(tl.int64) * HW
+    rows = plane_offsets(b, J, jj, HW)
     tile = tl.load(w_ptr + rows[:, None] + pix[None, :], mask=(jj < J)[:, None] & pmask[None, :], other=0.0)
     return tile.to(ACC)
 
@@ -56,14 +56,14 @@ def _tap_weight(src_ptr, basis_ptr, b, t, J, HW, pix, pmask, w_tile,
         col = _basis_column(basis_ptr, t, J, KK, BLOCK_J, ACC)
         return tl.sum(w_tile * col[:, None], axis=0)
     else:
-        plane = (b * KK + t).to(tl.int64) * HW
-        return tl.load(src_ptr + plane + pix, mask=pmask, other=0.0).to(ACC)
+        return tl.load(src_ptr + plane_offsets(b, KK, t, HW) + pix, mask=pmask, other=0.0).to(ACC)
 
 
 @triton.jit
-def _pixel_tile(pid, H, W, BLOCK_P: tl.constexpr):
-    pix = pid * BLOCK_P + tl.arange(0, BLOCK_P)
-    return pix, pix < H * W, pix // W, pix % W
+def _pixel_tile_hw(pid, H, W, BLOCK_P: tl.constexpr):
+    """Pixel tile ``pid``: flat indices, mask, and their rows and columns."""
+    pix, pmask = pixel_tile(pid, H * W, BLOCK_P)
+    return pix, pmask, pix // W, pix % W
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,10 +77,10 @@ def _filter_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, C, H, W, J, dilation,
     KK: tl.constexpr = KSIZE * KSIZE
     b = tl.program_id(2).to(tl.int64)
     HW = H * W
-    pix, pmask, h, w = _pixel_tile(tl.program_id(0), H, W, BLOCK_P)
+    pix, pmask, h, w = _pixel_tile_hw(tl.program_id(0), H, W, BLOCK_P)
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cc < C
-    rows = (b * C + cc).to(tl.int64) * HW
+    rows = plane_offsets(b, C, cc, HW)
     w_tile = tl.zeros((BLOCK_J, BLOCK_P), ACC)
     if SYNTH:
         w_tile = _load_weights_tile(src_ptr, b, J, HW, pix, pmask, BLOCK_J, ACC)
@@ -102,10 +102,10 @@ def _filter_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, C, H, W, J, dilation,
     KK: tl.constexpr = KSIZE * KSIZE
     b = tl.program_id(2).to(tl.int64)
     HW = H * W
-    pix, pmask, h, w = _pixel_tile(tl.program_id(0), H, W, BLOCK_P)
+    pix, pmask, h, w = _pixel_tile_hw(tl.program_id(0), H, W, BLOCK_P)
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cc < C
-    rows = (b * C + cc).to(tl.int64) * HW
+    rows = plane_offsets(b, C, cc, HW)
     acc = tl.zeros((BLOCK_C, BLOCK_P), ACC)
     for t in range(KK):
         dh, dw = tap_shift(t, KSIZE, dilation)
@@ -135,7 +135,7 @@ def _basis_grads_step(dk, w_tile, basis_ptr, part_ptr, part_row, t, J,
 @triton.jit
 def _store_weights_tile(ptr, tile, b, J, HW, pix, pmask, BLOCK_J: tl.constexpr):
     jj = tl.arange(0, BLOCK_J)
-    rows = (b * J + jj).to(tl.int64) * HW
+    rows = plane_offsets(b, J, jj, HW)
     tl.store(ptr + rows[:, None] + pix[None, :], tile.to(ptr.dtype.element_ty),
              mask=(jj < J)[:, None] & pmask[None, :])
 
@@ -149,7 +149,7 @@ def _filter_dtap_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, C, 
     b = tl.program_id(1).to(tl.int64)
     HW = H * W
     pid = tl.program_id(0)
-    pix, pmask, h, w = _pixel_tile(pid, H, W, BLOCK_P)
+    pix, pmask, h, w = _pixel_tile_hw(pid, H, W, BLOCK_P)
     part_row = (b * tl.num_programs(0) + pid) * J * KK
     w_tile = tl.zeros((BLOCK_J, BLOCK_P), ACC)
     if SYNTH:
@@ -162,15 +162,14 @@ def _filter_dtap_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, C, 
         for c0 in range(0, C, BLOCK_C):
             cc = c0 + tl.arange(0, BLOCK_C)
             cmask = cc < C
-            rows = (b * C + cc).to(tl.int64) * HW
+            rows = plane_offsets(b, C, cc, HW)
             dyv = tl.load(dy_ptr + rows[:, None] + pix[None, :], mask=cmask[:, None] & pmask[None, :], other=0.0)
             xv = tl.load(x_ptr + rows[:, None] + spix[None, :], mask=cmask[:, None] & smask[None, :], other=0.0)
             dk += tl.sum(dyv.to(ACC) * xv.to(ACC), axis=0)
         if SYNTH:
             dw_acc = _basis_grads_step(dk, w_tile, basis_ptr, part_ptr, part_row, t, J, dw_acc, KK, BLOCK_J, ACC)
         else:
-            plane = (b * KK + t).to(tl.int64) * HW
-            tl.store(dsrc_ptr + plane + pix, dk.to(dsrc_ptr.dtype.element_ty), mask=pmask)
+            tl.store(dsrc_ptr + plane_offsets(b, KK, t, HW) + pix, dk.to(dsrc_ptr.dtype.element_ty), mask=pmask)
     if SYNTH:
         _store_weights_tile(dsrc_ptr, dw_acc, b, J, HW, pix, pmask, BLOCK_J)
 
@@ -182,12 +181,11 @@ def _synthesize_fwd_kernel(w_ptr, basis_ptr, psf_ptr, H, W, J,
     KK: tl.constexpr = KSIZE * KSIZE
     b = tl.program_id(1).to(tl.int64)
     HW = H * W
-    pix, pmask, h, w = _pixel_tile(tl.program_id(0), H, W, BLOCK_P)
+    pix, pmask, h, w = _pixel_tile_hw(tl.program_id(0), H, W, BLOCK_P)
     w_tile = _load_weights_tile(w_ptr, b, J, HW, pix, pmask, BLOCK_J, ACC)
     for t in range(KK):
         k_t = _tap_weight(w_ptr, basis_ptr, b, t, J, HW, pix, pmask, w_tile, True, KK, BLOCK_J, ACC)
-        plane = (b * KK + t).to(tl.int64) * HW
-        tl.store(psf_ptr + plane + pix, k_t.to(psf_ptr.dtype.element_ty), mask=pmask)
+        tl.store(psf_ptr + plane_offsets(b, KK, t, HW) + pix, k_t.to(psf_ptr.dtype.element_ty), mask=pmask)
 
 
 @triton.jit
@@ -198,13 +196,12 @@ def _synthesize_bwd_kernel(dpsf_ptr, w_ptr, basis_ptr, dw_ptr, part_ptr, H, W, J
     b = tl.program_id(1).to(tl.int64)
     HW = H * W
     pid = tl.program_id(0)
-    pix, pmask, h, w = _pixel_tile(pid, H, W, BLOCK_P)
+    pix, pmask, h, w = _pixel_tile_hw(pid, H, W, BLOCK_P)
     part_row = (b * tl.num_programs(0) + pid) * J * KK
     w_tile = _load_weights_tile(w_ptr, b, J, HW, pix, pmask, BLOCK_J, ACC)
     dw_acc = tl.zeros((BLOCK_J, BLOCK_P), ACC)
     for t in range(KK):
-        plane = (b * KK + t).to(tl.int64) * HW
-        dk = tl.load(dpsf_ptr + plane + pix, mask=pmask, other=0.0).to(ACC)
+        dk = tl.load(dpsf_ptr + plane_offsets(b, KK, t, HW) + pix, mask=pmask, other=0.0).to(ACC)
         dw_acc = _basis_grads_step(dk, w_tile, basis_ptr, part_ptr, part_row, t, J, dw_acc, KK, BLOCK_J, ACC)
     _store_weights_tile(dw_ptr, dw_acc, b, J, HW, pix, pmask, BLOCK_J)
 
