@@ -1,0 +1,143 @@
+"""lstm_cell: the fused Triton ConvLSTM update against an independent float64 implementation,
+gradients of both outputs, determinism, layouts, bad input, opcheck."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import psfops
+from helpers import DTYPES, FWD_RTOL, GRAD_RTOL, assert_rel_close, float64_leaves, rand, value_and_grads
+
+
+def truth(gates, c_prev):
+    """i, f, g, o = channel quarters; c = sig(f) c_prev + sig(i) tanh(g); h = sig(o) tanh(c)."""
+    C = c_prev.shape[1]
+    sig = lambda t: 1.0 / (1.0 + torch.exp(-t))  # noqa: E731
+    i, f, g, o = (gates[:, q * C:(q + 1) * C] for q in range(4))
+    c = sig(f) * c_prev + sig(i) * torch.tanh(g)
+    return sig(o) * torch.tanh(c), c
+
+
+def inputs(B, C, H, W, dtype=torch.float32, device="cpu"):
+    return [rand(B, 4 * C, H, W, dtype=dtype, device=device, requires_grad=True, scale=2.0),
+            rand(B, C, H, W, dtype=dtype, device=device, requires_grad=True)]
+
+
+def check_against_truth(ins, dtype):
+    with psfops.backend("triton"):
+        outs, grads, gout = value_and_grads(psfops.lstm_cell, ins)
+    touts, tgrads, _ = value_and_grads(truth, float64_leaves(*ins), tuple(g.double().cpu() for g in gout))
+    for name, o, t in zip("hc", outs, touts):
+        assert o.dtype == dtype
+        assert_rel_close(o, t, FWD_RTOL[dtype], f"{name} {dtype}")
+    for name, g, t in zip(("dgates", "dc_prev"), grads, tgrads):
+        assert g.dtype == dtype
+        assert_rel_close(g, t, GRAD_RTOL[dtype], f"{name} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_truth(dtype, device):
+    check_against_truth(inputs(2, 3, 9, 11, dtype, device), dtype)
+
+
+@settings(max_examples=10, deadline=None)
+@given(B=st.integers(1, 2), C=st.integers(1, 5), H=st.integers(1, 12), W=st.integers(1, 12))
+def test_hypothesis_shapes(B, C, H, W):
+    from conftest import DEVICE
+    check_against_truth(inputs(B, C, H, W, device=DEVICE), torch.float32)
+
+
+def test_gradcheck_float64(device):
+    with psfops.backend("triton"):
+        assert torch.autograd.gradcheck(psfops.lstm_cell, inputs(1, 1, 2, 3, torch.float64, device))
+
+
+def test_only_h_used(device):
+    """Backpropagating through h alone (c unused) gives the truth's gradients (dc = 0)."""
+    ins = inputs(1, 2, 5, 6, device=device)
+    with psfops.backend("triton"):
+        psfops.lstm_cell(*ins)[0].square().sum().backward()
+    tins = float64_leaves(*ins)
+    truth(*tins)[0].square().sum().backward()
+    for t, r in zip(ins, tins):
+        assert_rel_close(t.grad, r.grad, GRAD_RTOL[torch.float32], "h-only grad")
+
+
+def test_saturation_and_nan(device):
+    gates, c_prev = (t.detach() for t in inputs(1, 2, 4, 4, device=device))
+    gates[0, 0, 0, 0] = 1e4     # i saturates: no overflow
+    gates[0, 4, 1, 1] = -1e4    # g saturates to -1
+    gates[0, 6, 2, 2] = float("nan")  # o is NaN: h NaN, c finite
+    with psfops.backend("triton"):
+        h, c = psfops.lstm_cell(gates, c_prev)
+    th, tc = truth(gates.double(), c_prev.double())
+    assert torch.equal(torch.isnan(h), torch.isnan(th)) and torch.equal(torch.isnan(c), torch.isnan(tc))
+    assert torch.isnan(h).sum() == 1 and not torch.isnan(c).any()
+    finite = ~torch.isnan(th)
+    assert_rel_close(h[finite], th[finite], 1e-5, "h")
+    assert_rel_close(c, tc, 1e-5, "c")
+
+
+def test_gradients_bitwise_deterministic(device):
+    ins = inputs(2, 3, 13, 14, device=device)
+    with psfops.backend("triton"):
+        g0 = value_and_grads(psfops.lstm_cell, ins, seed=2)[1]
+        g1 = value_and_grads(psfops.lstm_cell, ins, seed=2)[1]
+    for a, b in zip(g0, g1):
+        assert torch.equal(a, b)
+
+
+def test_noncontiguous_and_channels_last(device):
+    gates, c_prev = (t.detach() for t in inputs(2, 3, 7, 9, device=device))
+    th, tc = truth(gates.double(), c_prev.double())
+    cl = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
+    tr = lambda t: t.transpose(2, 3).contiguous().transpose(2, 3)  # noqa: E731
+    for name, f in {"channels_last": cl, "transposed": tr}.items():
+        with psfops.backend("triton"):
+            h, c = psfops.lstm_cell(f(gates), f(c_prev))
+        assert h.is_contiguous() and c.is_contiguous()
+        assert_rel_close(h, th, 1e-5, name)
+        assert_rel_close(c, tc, 1e-5, name)
+
+
+@pytest.mark.parametrize("B,C", [(0, 3), (2, 0)])
+def test_empty(B, C, device):
+    ins = inputs(B, C, 4, 5, device=device)
+    with psfops.backend("triton"):
+        h, c = psfops.lstm_cell(*ins)
+        (h.sum() + c.sum()).backward()
+    assert h.shape == c.shape == (B, C, 4, 5)
+    assert ins[0].grad.shape == ins[0].shape and ins[1].grad.shape == ins[1].shape
+
+
+BAD = [
+    ("gates", TypeError, lambda g, c: (g.numpy(), c)),
+    ("gates", ValueError, lambda g, c: (g[0], c)),
+    ("gates", ValueError, lambda g, c: (g[:, :7], c)),       # not a multiple of 4
+    ("c_prev", ValueError, lambda g, c: (g, c[:, :1])),
+    ("c_prev", ValueError, lambda g, c: (g, c[..., :3])),
+    ("c_prev", TypeError, lambda g, c: (g, c.double())),
+    ("c_prev", TypeError, lambda g, c: (g, c.int())),
+]
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("name,exc,make", BAD, ids=[f"{n}-{e.__name__}-{i}" for i, (n, e, _) in enumerate(BAD)])
+def test_bad_input(backend, name, exc, make):
+    with psfops.backend(backend), pytest.raises(exc, match=name):
+        psfops.lstm_cell(*make(rand(1, 8, 4, 4), rand(1, 2, 4, 4)))
+
+
+def test_opcheck(device):
+    gates, c_prev = inputs(1, 2, 4, 5, device=device)
+    dh, dc = rand(1, 2, 4, 5, device=device), rand(1, 2, 4, 5, device=device)
+    torch.library.opcheck(torch.ops.psfops.lstm_cell.default, (gates, c_prev))
+    torch.library.opcheck(torch.ops.psfops.lstm_cell_backward.default, (dh, dc, gates.detach(), c_prev.detach()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_realistic_sizes(dtype):
+    check_against_truth(inputs(4, 64, 96, 96, dtype, "cuda"), dtype)
