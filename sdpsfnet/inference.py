@@ -1,0 +1,242 @@
+"""Inference: restore a batch, tiled deraining of large images, folder evaluation, PSF figures.
+
+Tiling (:func:`derain_image`): tiles of ``tile`` px start every ``tile - overlap`` px (the last
+one flush with the image edge). Each tile's output is blended with a separable weight that is 1
+in its interior, 0 for the ``overlap // 4`` px next to an edge shared with another tile, and rises
+linearly across the rest of the overlap; image borders keep weight 1. The blend is
+``sum(w * tile_out) / sum(w)``. So a model whose receptive radius is at most ``overlap // 4``
+gives exactly its whole-image output, and larger receptive fields (SD-PSFNet's UNets, channel
+attention's global pooling) give smooth seams. Only one tile is on the device at a time.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+
+
+def _final(outputs) -> Tensor:
+    return outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
+
+
+@torch.no_grad()
+def restore(model: nn.Module, x: Tensor, amp_dtype: torch.dtype | None = None) -> Tensor:
+    """Final restored image of ``model`` for x (B,3,H,W) in [0,1] -> (B,3,H,W) float, clamped to
+    [0,1]. Runs under ``no_grad`` (and autocast with ``amp_dtype`` when given)."""
+    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        y = _final(model(x))
+    return y.float().clamp_(0, 1)
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of length ``tile`` covering ``size`` with at least ``overlap``."""
+    if size <= tile:
+        return [0]
+    return list(range(0, size - tile, tile - overlap)) + [size - tile]
+
+
+def _edge_window(length: int, left: bool, right: bool, overlap: int) -> Tensor:
+    """1-D blend weight (length,): 1 inside, 0 for ``overlap//4`` px at a shared edge, then a
+    linear ramp to 1 over the rest of the overlap (see the module docstring)."""
+    margin = overlap // 4
+    d = torch.arange(length, dtype=torch.float32)
+    ramp = lambda dist: ((dist - margin + 1) / (overlap - 2 * margin + 1)).clamp(0, 1)  # noqa: E731
+    w = torch.ones(length)
+    if left:
+        w = torch.minimum(w, ramp(d))
+    if right:
+        w = torch.minimum(w, ramp(length - 1 - d))
+    return w
+
+
+def derain_image(model: nn.Module, image: Tensor, tile: int | None = 512, overlap: int = 64,
+                 device: torch.device | str | None = None, amp_dtype: torch.dtype | None = None) -> Tensor:
+    """Restore one image (3,H,W) in [0,1] -> (3,H,W) float32 on the CPU, clamped to [0,1].
+
+    ``tile=None`` (or an image no larger than ``tile``) runs the whole image at once; otherwise
+    overlapping tiles are blended as described in the module docstring. ``0 <= overlap < tile``.
+    """
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
+    if device is None:
+        device = next(model.parameters()).device
+    _, H, W = image.shape
+    if tile is None or (H <= tile and W <= tile):
+        return restore(model, image[None].to(device), amp_dtype)[0].cpu()
+    if tile < 1 or not 0 <= overlap < tile:
+        raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    th, tw = min(tile, H), min(tile, W)
+    acc = torch.zeros(3, H, W)
+    norm = torch.zeros(1, H, W)
+    for top in tile_starts(H, th, overlap):
+        wy = _edge_window(th, top > 0, top + th < H, overlap)
+        for left in tile_starts(W, tw, overlap):
+            wx = _edge_window(tw, left > 0, left + tw < W, overlap)
+            patch = image[None, :, top:top + th, left:left + tw].to(device)
+            out = restore(model, patch, amp_dtype)[0].cpu()
+            w = wy[:, None] * wx[None, :]
+            acc[:, top:top + th, left:left + tw] += w * out
+            norm[:, top:top + th, left:left + tw] += w
+    return acc / norm
+
+
+def list_images(inputs: Iterable[str]) -> list[str]:
+    """Expand files and folders (non-recursive, sorted) into image paths; ValueError naming a
+    path that does not exist or a folder without images."""
+    from .data import IMAGE_EXTENSIONS
+
+    paths = []
+    for p in inputs:
+        if os.path.isdir(p):
+            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise ValueError(f"input folder {p} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            paths += found
+        elif os.path.isfile(p):
+            paths.append(p)
+        else:
+            raise ValueError(f"input {p} does not exist")
+    return paths
+
+
+def derain_paths(model: nn.Module, inputs: Iterable[str], out_dir: str, tile: int | None = 512,
+                 overlap: int = 64, progress: bool = True, amp_dtype: torch.dtype | None = None) -> list[str]:
+    """Derain image files/folders into ``out_dir`` as ``<stem>.png`` (same size); returns paths."""
+    from tqdm import tqdm
+
+    from .data import load_image, save_image
+
+    paths = list_images(inputs)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for p in tqdm(paths, desc="derain", unit="img", disable=not progress):
+        y = derain_image(model, load_image(p), tile, overlap, amp_dtype=amp_dtype)
+        dst = os.path.join(out_dir, os.path.splitext(os.path.basename(p))[0] + ".png")
+        save_image(y, dst)
+        written.append(dst)
+    return written
+
+
+def evaluate(model: nn.Module, data_dir: str, tile: int | None = 512, overlap: int = 64,
+             progress: bool = True, amp_dtype: torch.dtype | None = None) -> dict:
+    """PSNR/SSIM (Y and RGB) of the model's output on every pair of a paired folder.
+
+    Returns ``{"psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"}`` (means), ``"input"`` (the same means
+    for the rainy input, as a baseline) and ``"per_image"``: a list of
+    ``{"name", "psnr_y", ..., "input_psnr_y"}`` in ``find_pairs`` order.
+    """
+    from tqdm import tqdm
+
+    from .data import find_pairs, load_image
+    from .metrics import image_metrics
+
+    keys = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+    pairs = find_pairs(data_dir)
+    if not pairs:
+        raise ValueError(f"data folder {data_dir} has no image pairs")
+    per_image = []
+    for rainy_path, clean_path in tqdm(pairs, desc="eval", unit="img", disable=not progress):
+        rainy, clean = load_image(rainy_path), load_image(clean_path)
+        pred = derain_image(model, rainy, tile, overlap, amp_dtype=amp_dtype)
+        m, m0 = image_metrics(pred, clean), image_metrics(rainy, clean)
+        per_image.append({"name": os.path.basename(rainy_path), **{k: float(m[k]) for k in keys},
+                          **{f"input_{k}": float(m0[k]) for k in keys}})
+    mean = lambda k: sum(r[k] for r in per_image) / len(per_image)  # noqa: E731
+    return {**{k: mean(k) for k in keys}, "input": {k: mean(f"input_{k}") for k in keys},
+            "per_image": per_image}
+
+
+def psf_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's dynamic-PSF modules: ``model.psf_modules()`` if it has one, else every
+    ``psfops.nn.DynamicPSF`` inside it."""
+    if hasattr(model, "psf_modules"):
+        return list(model.psf_modules())
+    from psfops.nn import DynamicPSF
+    return [m for m in model.modules() if isinstance(m, DynamicPSF)]
+
+
+def _basis(module: nn.Module) -> Tensor:
+    """Normalized basis (J,k,k): ``kernels()`` (psfops.nn.DynamicPSF) or ``basis()`` (SD-PSFNet's)."""
+    get = getattr(module, "kernels", None) or getattr(module, "basis")
+    return get()
+
+
+def _call_weights(module: nn.Module, args: tuple) -> Tensor:
+    """Per-pixel mixing weights (B,J,H,W) of one forward call: the ``weights`` argument when the
+    caller passes them (SD-PSFNet's ``forward(x, weights)``), else ``mixing_weights(x)``."""
+    return args[1] if len(args) > 1 else module.mixing_weights(args[0])
+
+
+@torch.no_grad()
+def psf_maps(model: nn.Module, image: Tensor | None = None) -> list[dict]:
+    """For each dynamic-PSF module: ``{"name", "basis": (J,k,k), "weights": (J,H',W') or None}``.
+
+    The weights are those the module applied (first call) during a forward pass of ``image``
+    (3,H,W), at that module's feature resolution H', W'.
+    """
+    mods = psf_modules(model)
+    if not mods:
+        raise ValueError("the model has no dynamic-PSF modules (e.g. num_basis=0): nothing to show")
+    names = {id(m): n for n, m in model.named_modules()}
+    seen: dict[int, Tensor] = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.setdefault(id(mod), _call_weights(mod, args)))
+             for m in mods]
+    try:
+        if image is not None:
+            device = next(model.parameters()).device
+            model(image[None].to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [{"name": names.get(id(m), type(m).__name__), "basis": _basis(m).float().cpu(),
+             "weights": seen[id(m)][0].float().cpu() if id(m) in seen else None} for m in mods]
+
+
+def show_psf(model: nn.Module, out_png: str, image: Tensor | None = None, module: int = 0,
+             top: int = 8) -> str:
+    """Figure of one DynamicPSF module (index ``module`` in :func:`psf_modules` order): its J
+    normalized basis kernels as a grid; with ``image`` also the input, the per-pixel index of the
+    dominant kernel, and the ``top`` mixing-weight maps with the largest spatial variance."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    maps = psf_maps(model, image)
+    if not 0 <= module < len(maps):
+        raise ValueError(f"module must be in [0, {len(maps)}), got {module}")
+    info = maps[module]
+    basis, weights = info["basis"], info["weights"]
+    J = basis.shape[0]
+    cols = min(10, J)
+    krows = -(-J // cols)
+    wrows = 0 if weights is None else 1 + -(-min(top, J) // cols)
+    fig, axes = plt.subplots(krows + wrows, cols, figsize=(1.3 * cols, 1.3 * (krows + wrows) + 0.4),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for j in range(J):
+        ax = axes[j // cols, j % cols]
+        ax.imshow(basis[j].numpy(), cmap="magma")
+        ax.set_title(f"k{j}", fontsize=7)
+    if weights is not None:
+        r = krows
+        axes[r, 0].imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+        axes[r, 0].set_title("input", fontsize=7)
+        if cols > 1:
+            axes[r, 1].imshow(weights.argmax(0).numpy(), cmap="tab20", interpolation="nearest")
+            axes[r, 1].set_title("dominant k", fontsize=7)
+        order = weights.flatten(1).var(1).argsort(descending=True)[:top].tolist()
+        for i, j in enumerate(order):
+            ax = axes[r + 1 + i // cols, i % cols]
+            ax.imshow(weights[j].numpy(), cmap="viridis", vmin=0)
+            ax.set_title(f"w{j}", fontsize=7)
+    fig.suptitle(f"{info['name']}: {J} basis kernels {tuple(basis.shape[1:])}", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
