@@ -8,7 +8,7 @@ What the renderer models (``render_rain``), per image:
   grid of angles x lengths; smooth random per-pixel ``weights`` (bilinear "hat" weights over the
   grid, a partition of unity) make the streak angle and length drift across the image, as wind
   and perspective do.
-- Several layers (2 to 4) at different depths: a near layer has long, wide, bright, sparse
+- Several layers (2 or 3) at different depths: a near layer has long, wide, bright, sparse
   streaks, a far layer short, thin, dim, dense ones; all share the wind angle (vertical +- 30
   degrees), each with a small jitter. Layers add up; drops are rendered on a padded canvas so
   streaks enter from outside the frame.
@@ -64,15 +64,15 @@ class RainConfig:
     parameters: length, width and brightness grow with depth, density falls.
     """
 
-    layers: tuple[int, int] = (2, 4)                 # number of streak layers (inclusive)
+    layers: tuple[int, int] = (2, 3)                 # number of streak layers (inclusive)
     angle: tuple[float, float] = (-30.0, 30.0)       # wind angle from vertical, degrees
     angle_jitter: float = 6.0                        # per-layer angle offset, degrees (+-)
     drift: tuple[float, float] = (2.0, 12.0)         # angle drift across the image, degrees (+-)
     length: tuple[float, float] = (10.0, 36.0)       # streak length far..near, pixels
     length_drift: float = 0.25                       # relative length drift across the image (+-)
     width: tuple[float, float] = (1.0, 2.4)          # streak width far..near, pixels
-    brightness: tuple[float, float] = (0.35, 0.85)   # streak brightness far..near
-    density: tuple[float, float] = (0.012, 0.003)    # drops per pixel far..near
+    brightness: tuple[float, float] = (0.3, 0.7)     # streak brightness far..near
+    density: tuple[float, float] = (0.006, 0.0015)   # drops per pixel far..near
     transmission: tuple[float, float] = (0.65, 0.95) # haze transmission t
     airlight: tuple[float, float] = (0.7, 1.0)       # airlight A (grey level)
 
