@@ -1,0 +1,199 @@
+"""sdpsfnet.data: image I/O, pairing rules and their errors, and PairedImages' aligned augmentation."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdpsfnet.data import PairedImages, find_pairs, load_image, pad_to, save_image
+
+DEV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rain100h-dev"
+
+
+def _levels(*shape) -> torch.Tensor:
+    """Random exact 8-bit levels in [0, 1] (round-trip through PNG without loss)."""
+    return torch.randint(0, 256, shape).float() / 255
+
+
+def _write_png(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+# ---- load / save ---------------------------------------------------------------------------------
+
+def test_save_load_roundtrip_is_exact(tmp_path):
+    img = _levels(3, 17, 23)
+    save_image(img, tmp_path / "sub" / "a.png")
+    back = load_image(tmp_path / "sub" / "a.png")
+    assert back.dtype == torch.float32 and back.shape == (3, 17, 23)
+    assert torch.equal(back, img)
+    assert os.listdir(tmp_path / "sub") == ["a.png"]  # no temp file left behind
+    # compared with Pillow's own reading of the file
+    ref = np.asarray(Image.open(tmp_path / "sub" / "a.png"))
+    assert np.array_equal(ref, np.round(img.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+
+
+def test_save_quantizes_clamps_and_overwrites(tmp_path):
+    img = torch.rand(3, 8, 9) * 1.4 - 0.2
+    save_image(img, tmp_path / "q.png")
+    save_image(img, tmp_path / "q.png")
+    expected = torch.round(img.clamp(0, 1) * 255) / 255
+    assert torch.equal(load_image(tmp_path / "q.png"), expected)
+    save_image(img[0], tmp_path / "g.png")  # (H, W) grey
+    assert torch.equal(load_image(tmp_path / "g.png"), expected[0].expand(3, -1, -1))
+    with pytest.raises(ValueError, match="img"):
+        save_image(torch.rand(2, 8, 8), tmp_path / "bad.png")
+
+
+def test_load_converts_grey_and_rgba_to_rgb(tmp_path):
+    grey = np.random.randint(0, 256, (6, 7), dtype=np.uint8)
+    rgba = np.random.randint(0, 256, (6, 7, 4), dtype=np.uint8)
+    _write_png(tmp_path / "l.png", grey)
+    _write_png(tmp_path / "rgba.png", rgba)
+    assert torch.equal(load_image(tmp_path / "l.png"), torch.from_numpy(grey).float().div(255).expand(3, -1, -1))
+    assert torch.equal(load_image(tmp_path / "rgba.png"), torch.from_numpy(rgba[..., :3]).permute(2, 0, 1).float() / 255)
+
+
+def test_unreadable_or_missing_file_is_named(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        load_image(bad)
+    with pytest.raises(FileNotFoundError, match="nothere.png"):
+        load_image(tmp_path / "nothere.png")
+
+
+# ---- find_pairs ----------------------------------------------------------------------------------
+
+def _make_folder(root: Path, rainy: str, clean: str, rainy_names, clean_names, size=(12, 10)):
+    for n in rainy_names:
+        save_image(_levels(3, *size), root / rainy / n)
+    for n in clean_names:
+        save_image(_levels(3, *size), root / clean / n)
+
+
+def test_find_pairs_input_target_natural_order(tmp_path):
+    names = ["10.png", "2.png", "1.png"]
+    _make_folder(tmp_path, "input", "target", names, names)
+    (tmp_path / "input" / "notes.txt").write_text("ignored")
+    pairs = find_pairs(tmp_path)
+    assert [(p.name, q.parent.name) for p, q in pairs] == [("1.png", "target"), ("2.png", "target"), ("10.png", "target")]
+    assert all(p.stem == q.stem for p, q in pairs)
+
+
+def test_find_pairs_rain_norain_release_names(tmp_path):
+    _make_folder(tmp_path, "rain", "norain", ["rain-001.png", "rain-002.png"], ["norain-001.png", "norain-002.png"])
+    pairs = find_pairs(tmp_path)
+    assert [(p.name, q.name) for p, q in pairs] == [("rain-001.png", "norain-001.png"), ("rain-002.png", "norain-002.png")]
+
+
+def test_find_pairs_matches_stems_across_extensions(tmp_path):
+    save_image(_levels(3, 8, 8), tmp_path / "input" / "x.png")
+    (tmp_path / "target").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "target" / "x.jpg")
+    assert [(p.name, q.name) for p, q in find_pairs(tmp_path)] == [("x.png", "x.jpg")]
+
+
+def test_find_pairs_errors_name_the_file_or_folder(tmp_path):
+    _make_folder(tmp_path / "a", "input", "target", ["1.png", "2.png"], ["1.png"])
+    with pytest.raises(ValueError, match=r"input/2\.png has no clean partner"):
+        find_pairs(tmp_path / "a")
+    _make_folder(tmp_path / "b", "input", "target", ["1.png"], ["1.png", "3.png"])
+    with pytest.raises(ValueError, match=r"target/3\.png has no rainy partner"):
+        find_pairs(tmp_path / "b")
+    (tmp_path / "c" / "input").mkdir(parents=True)
+    _make_folder(tmp_path / "c", "input", "target", [], ["1.png"])
+    with pytest.raises(ValueError, match=r"c/input contains no images"):
+        find_pairs(tmp_path / "c")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ValueError, match="input/ \\+ target/ or rain/ \\+ norain/"):
+        find_pairs(tmp_path / "d")
+    with pytest.raises(ValueError, match="not a directory"):
+        find_pairs(tmp_path / "missing")
+
+
+@pytest.mark.skipif(not (DEV / "input").is_dir(), reason="shared Rain100H dev pairs absent")
+def test_find_pairs_on_the_dev_set():
+    pairs = find_pairs(DEV)
+    assert len(pairs) == 30 and pairs[0][0].name == "1.png" and pairs[-1][0].name == "30.png"
+
+
+# ---- PairedImages --------------------------------------------------------------------------------
+
+def _coded_pair(root: Path, name: str, h: int, w: int) -> None:
+    """Clean image whose R/G channels code the pixel's column/row; rainy = 255 - clean (exact)."""
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    clean = np.stack([cols * 4, rows * 4, np.random.randint(0, 256, (h, w))], -1).astype(np.uint8)
+    _write_png(root / "target" / name, clean)
+    _write_png(root / "input" / name, 255 - clean)
+
+
+def test_train_crops_keep_pairs_aligned_and_are_windows(tmp_path):
+    _coded_pair(tmp_path, "0.png", 40, 50)
+    ds = PairedImages(tmp_path, crop=16, train=True)
+    seen = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        rainy, clean, name = ds[0]
+        assert name == "0" and rainy.shape == clean.shape == (3, 16, 16)
+        assert torch.allclose(rainy, 1 - clean, atol=1e-6)  # same transform on both images
+        col, row = (torch.round(clean[c] * 255 / 4).long() for c in (0, 1))
+        # a window of the original, up to one of the 8 square symmetries: neighbours are 1 apart
+        step_x = (col[:, 1:] - col[:, :-1]).abs() + (row[:, 1:] - row[:, :-1]).abs()
+        step_y = (col[1:] - col[:-1]).abs() + (row[1:] - row[:-1]).abs()
+        assert (step_x == 1).all() and (step_y == 1).all()
+        assert col.max() - col.min() == 15 and row.max() - row.min() == 15
+        seen.add(tuple(int(d) for d in (col[0, 1] - col[0, 0], row[0, 1] - row[0, 0],
+                                        col[1, 0] - col[0, 0], row[1, 0] - row[0, 0])))
+    assert len(seen) == 8  # all 8 orientations (flips x rot90) occur over these fixed seeds
+
+
+def test_train_items_follow_torch_seed(tmp_path):
+    _coded_pair(tmp_path, "0.png", 40, 50)
+    ds = PairedImages(tmp_path, crop=16)
+    torch.manual_seed(3)
+    a = ds[0]
+    torch.manual_seed(3)
+    b = ds[0]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_small_images_are_reflect_padded(tmp_path):
+    _coded_pair(tmp_path, "s.png", 10, 12)
+    rainy, clean, _ = PairedImages(tmp_path, crop=16)[0]
+    assert rainy.shape == clean.shape == (3, 16, 16)
+    assert torch.allclose(rainy, 1 - clean, atol=1e-6)
+    x = torch.rand(2, 5, 7)
+    expected = np.pad(x.numpy(), ((0, 0), (0, 13), (0, 2)), mode="reflect")  # pad > size: repeated
+    assert np.array_equal(pad_to(x, 18, 9).numpy(), expected)
+
+
+def test_eval_mode_returns_full_images(tmp_path):
+    _coded_pair(tmp_path, "e.png", 21, 34)
+    rainy, clean, name = PairedImages(tmp_path, train=False)[0]
+    assert clean.shape == (3, 21, 34) and name == "e"
+    assert torch.equal(clean, load_image(tmp_path / "target" / "e.png"))
+    assert torch.equal(rainy, load_image(tmp_path / "input" / "e.png"))
+
+
+def test_size_mismatch_names_the_file(tmp_path):
+    save_image(_levels(3, 20, 20), tmp_path / "input" / "m.png")
+    save_image(_levels(3, 20, 24), tmp_path / "target" / "m.png")
+    ds = PairedImages(tmp_path, crop=8)
+    with pytest.raises(ValueError, match=r"input/m\.png is 20x20 but its partner .*target/m\.png is 24x20"):
+        ds[0]
+
+
+def test_batches_through_a_dataloader(tmp_path):
+    for i in range(3):
+        _coded_pair(tmp_path, f"{i}.png", 30, 30)
+    loader = torch.utils.data.DataLoader(PairedImages(tmp_path, crop=8), batch_size=3)
+    rainy, clean, names = next(iter(loader))
+    assert rainy.shape == (3, 3, 8, 8) and sorted(names) == ["0", "1", "2"]
+    with pytest.raises(ValueError, match="crop"):
+        PairedImages(tmp_path, crop=0)
