@@ -74,11 +74,25 @@ def test_fusion_matches_truth(dtype, device):
                         dtype, "gated_fusion")
 
 
-@pytest.mark.parametrize("C,bias,conv_shape", [(1, True, True), (3, False, False), (40, True, False)],
-                         ids=["C1", "C3-nobias-2d", "C40-two-channel-tiles"])
-def test_fusion_shapes(C, bias, conv_shape, device):
-    check_against_truth(fusion, truth_fusion, fusion_inputs(1, C, 5, 7, bias, conv_shape, device=device),
+@pytest.mark.parametrize("B,C,H,W,bias,conv_shape",
+                         [(1, 1, 5, 7, True, True), (1, 3, 5, 7, False, False), (1, 40, 5, 7, True, False),
+                          (2, 3, 33, 40, True, True)],
+                         ids=["C1", "C3-nobias-2d", "C40-two-channel-tiles", "several-pixel-tiles"])
+def test_fusion_shapes(B, C, H, W, bias, conv_shape, device):
+    from psfops.kernels.gating import _fusion_blocks
+    if H * W > 1000:  # dweight/dbias partial sums from several programs per image
+        assert _fusion_blocks(C, H * W)[1] < H * W
+    check_against_truth(fusion, truth_fusion, fusion_inputs(B, C, H, W, bias, conv_shape, device=device),
                         torch.float32, "gated_fusion")
+
+
+def test_blend_channel_and_pixel_tiles(device):
+    """Broadcast gate over several channel blocks and pixel tiles (its C-reduction spans blocks)."""
+    from psfops.kernels.gating import _blend_blocks
+    BC, BP = _blend_blocks(20, 33 * 40)
+    assert BC < 20 and BP < 33 * 40
+    check_against_truth(psfops.gated_blend, truth_blend, blend_inputs(2, 20, 33, 40, 1, device=device),
+                        torch.float32, "gated_blend")
 
 
 def test_fusion_float64_path(device):

@@ -42,6 +42,13 @@ def test_matches_truth(dtype, device):
     check_against_truth(inputs(2, 3, 9, 11, dtype, device), dtype)
 
 
+def test_several_pixel_tiles(device):
+    from psfops.kernels.lstm import _grid
+    ins = inputs(2, 2, 33, 40, device=device)
+    assert _grid(ins[1])[0][1] > 1
+    check_against_truth(ins, torch.float32)
+
+
 @settings(max_examples=10, deadline=None)
 @given(B=st.integers(1, 2), C=st.integers(1, 5), H=st.integers(1, 12), W=st.integers(1, 12))
 def test_hypothesis_shapes(B, C, H, W):
