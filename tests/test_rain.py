@@ -1,0 +1,165 @@
+"""sdpsfnet.rain: streak kernels, renderer determinism and physics sanity, SyntheticRain, synth_folder."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sdpsfnet.data import PairedImages, load_image, save_image
+from sdpsfnet.metrics import image_metrics
+from sdpsfnet.rain import RainConfig, SyntheticRain, render_rain, streak_kernels, synth_folder
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _clean(b=2, h=48, w=40, seed=0) -> torch.Tensor:
+    """A smooth-ish random clean image in [0.1, 0.8] (never 0 or 1, so clipping is not the test)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(b, 3, 6, 5, generator=g)
+    return 0.1 + 0.7 * torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+
+
+# ---- streak kernels ------------------------------------------------------------------------------
+
+def test_vertical_streak_kernel_by_hand():
+    k = streak_kernels(torch.tensor([0.0]), torch.tensor([9.0]), width=1.0, k=15)[0]
+    expected = torch.zeros(15, 15)
+    expected[7 - 4:7 + 5, 7] = 1.0          # 9 full pixels on the centre column
+    expected[[7 - 5, 7 + 5], 7] = 0.0        # |along| = 5 > 4.5 + 0.5 - 1: the ramp ends at 0
+    torch.testing.assert_close(k, expected, rtol=0, atol=1e-6)
+
+
+def test_streak_kernel_symmetries():
+    ang = torch.tensor([17.0, -17.0, 90.0, 0.0])
+    ks = streak_kernels(ang, torch.tensor([21.0, 21.0, 13.0, 13.0]), width=1.7, k=25)
+    torch.testing.assert_close(ks[1], ks[0].flip(-1), rtol=0, atol=1e-6)   # mirror angle = mirror image
+    torch.testing.assert_close(ks[2], ks[3].T, rtol=0, atol=1e-5)          # 90 degrees = transpose
+    # positive angle leans right at the bottom: mass below-right of centre
+    r = torch.arange(25) - 12
+    assert (ks[0] * r.view(-1, 1) * r.view(1, -1)).sum() > 0
+    assert ks.max() == pytest.approx(1.0) and ks.min() >= 0
+
+
+# ---- render_rain ---------------------------------------------------------------------------------
+
+def test_render_is_deterministic_given_the_generator():
+    clean = _clean()
+    a, b = render_rain(clean, _gen(5)), render_rain(clean, _gen(5))
+    c = render_rain(clean, _gen(6))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert a.shape == clean.shape and a.dtype == clean.dtype
+    assert a.min() >= 0 and a.max() <= 1
+    assert not torch.equal(a[0], a[1])  # each image of a batch gets its own rain
+
+
+def test_without_haze_rain_only_brightens_and_only_on_streaks():
+    clean = _clean(b=3, h=64, w=64, seed=1)
+    rainy, streaks = render_rain(clean, _gen(11), haze=False, return_streaks=True)
+    assert streaks.shape == (3, 1, 64, 64) and streaks.min() >= 0
+    on = (streaks > 0).expand_as(clean)
+    assert 0.05 < on.float().mean() < 0.9                        # sparse-ish, but present
+    assert torch.equal(rainy[~on], clean[~on])                   # untouched off the streaks
+    assert (rainy[on] > clean[on]).all()                         # brighter on them
+    torch.testing.assert_close(rainy, (clean + streaks).clamp(0, 1), rtol=0, atol=1e-6)
+
+
+def test_haze_is_the_atmospheric_veil():
+    """With haze, off-streak pixels follow I = t*J + (1-t)*A: a contrast reduction toward a grey
+    airlight, so dark pixels get brighter and the image's spread shrinks."""
+    clean = _clean(b=1, h=64, w=64, seed=2)
+    hazy, streaks = render_rain(clean, _gen(3), haze=True, return_streaks=True)
+    off = (streaks == 0).expand_as(clean)
+    assert not torch.equal(hazy[off], clean[off])
+    assert hazy[off].std() < clean[off].std()
+    dark = off & (clean < 0.3)
+    assert (hazy[dark] > clean[dark]).all()
+
+
+def test_streaks_follow_the_wind_angle():
+    """Streak maps are correlated along the wind direction, barely across it."""
+    angle = 25.0
+    cfg = RainConfig(angle=(angle, angle), angle_jitter=0.0, drift=(0.0, 0.0), layers=(1, 1))
+    _, s = render_rain(_clean(b=1, h=96, w=96), _gen(0), config=cfg, haze=False, return_streaks=True)
+    s = s[0, 0] - s[0, 0].mean()
+
+    def corr(dy, dx):
+        a = s[max(dy, 0):96 + min(dy, 0), max(dx, 0):96 + min(dx, 0)]
+        b = s[max(-dy, 0):96 + min(-dy, 0), max(-dx, 0):96 + min(-dx, 0)]
+        return float((a * b).mean() / (a.std() * b.std()))
+
+    th = math.radians(angle)
+    along = corr(round(4 * math.cos(th)), round(4 * math.sin(th)))
+    across = corr(round(-4 * math.sin(th)), round(4 * math.cos(th)))
+    assert along > 0.5 and across < 0.2, (along, across)
+
+
+def test_render_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="clean"):
+        render_rain(torch.rand(3, 16, 16), _gen(0))
+    with pytest.raises(TypeError, match="generator"):
+        render_rain(torch.rand(1, 3, 16, 16), 0)
+    with pytest.raises(TypeError, match="clean"):
+        render_rain(torch.randint(0, 255, (1, 3, 16, 16)), _gen(0))
+
+
+# ---- SyntheticRain -------------------------------------------------------------------------------
+
+def test_val_split_is_fixed_and_heavy_rain():
+    a, b = SyntheticRain("val"), SyntheticRain("val")
+    assert len(a) == 2
+    psnrs = []
+    for i in range(len(a)):
+        ra, ca, na = a[i]
+        rb, cb, nb = b[i]
+        assert na == nb and torch.equal(ra, rb) and torch.equal(ca, cb)
+        assert ra.shape[1] % 8 == 0 and ra.shape[2] % 8 == 0 and ra.shape[1] >= 296
+        psnrs.append(image_metrics(ra, ca)["psnr_y"])
+    assert {n.split("_")[0] for n in (a[0][2], a[1][2])} == {"coffee", "chelsea"}
+    # heavy rain, like Rain100H (whose rainy inputs score 8..22 dB, mean 13.8)
+    assert all(9 < p < 20 for p in psnrs), psnrs
+
+
+def test_train_items_are_fresh_crops_and_follow_torch_seed():
+    ds = SyntheticRain("train", crop=64, size=8)
+    assert len(ds) == 8
+    torch.manual_seed(0)
+    items = [ds[i] for i in range(8)]
+    torch.manual_seed(0)
+    again = ds[0]
+    assert torch.equal(items[0][0], again[0]) and torch.equal(items[0][1], again[1])
+    for rainy, clean, name in items:
+        assert rainy.shape == clean.shape == (3, 64, 64)
+        assert 0 <= rainy.min() and rainy.max() <= 1 and not torch.equal(rainy, clean)
+    assert {n.split("_")[0] for _, _, n in items} == {"astronaut", "rocket", "motorcycle", "camera"}
+    # the same item index gives a new crop and new rain on the next draw
+    assert not torch.equal(ds[0][0], items[0][0])
+    mean_psnr = np.mean([image_metrics(r, c)["psnr_y"] for r, c, _ in items])
+    assert 10 < mean_psnr < 19, mean_psnr
+    with pytest.raises(ValueError, match="split"):
+        SyntheticRain("test")
+    with pytest.raises(IndexError):
+        ds[8]
+
+
+# ---- synth_folder --------------------------------------------------------------------------------
+
+def test_synth_folder_writes_a_paired_folder(tmp_path):
+    for i in range(2):
+        save_image(_clean(b=1, h=40, w=36, seed=i)[0], tmp_path / "clean" / f"{i}.png")
+    written = synth_folder(tmp_path / "clean", tmp_path / "out", seed=4, progress=False)
+    assert [(p.relative_to(tmp_path).as_posix(), q.relative_to(tmp_path).as_posix()) for p, q in written] == [
+        ("out/input/0.png", "out/target/0.png"), ("out/input/1.png", "out/target/1.png")]
+    ds = PairedImages(tmp_path / "out", train=False)
+    for i in range(2):
+        rainy, clean, name = ds[i]
+        assert torch.equal(clean, load_image(tmp_path / "clean" / f"{i}.png"))
+        expected = render_rain(clean[None], _gen(4 + i))[0]
+        assert torch.equal(rainy, torch.round(expected * 255) / 255)  # reproducible from the seed
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty.* contains no images"):
+        synth_folder(tmp_path / "empty", tmp_path / "x", progress=False)
