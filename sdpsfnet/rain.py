@@ -23,8 +23,8 @@ noise, defocus of near drops, and colour of streaks beyond the airlight tint. So
 stand-in for smoke tests, demos and pre-training, not a substitute for Rain100H/Rain13K.
 
 Randomness comes only from the ``torch.Generator`` passed in (a CPU generator; all draws happen on
-the CPU), so a render is a pure function of ``(clean, generator state)``. On CUDA tensors the
-streaks are filtered by the fused Triton ``psfops.psf_conv``; on the CPU by
+the CPU), so a render is a pure function of ``(clean, generator state)``. On CUDA tensors (or inside
+``psfops.backend("triton")``) the streaks are filtered by the fused ``psfops.psf_conv``; otherwise by
 ``psfops.reference.psf_conv_convstack`` (the same operator in conv-stack form, which needs J
 instead of k*k planes of memory: the unfold reference would need k*k = 1681 planes at k = 41).
 
@@ -135,8 +135,8 @@ def _streak_layer(g: torch.Generator, h: int, w: int, wind: float, depth: float,
     drops = (torch.rand(1, 1, H, W, generator=g) < density).float()
     drops = drops * (bright * (0.6 + 0.4 * torch.rand(1, 1, H, W, generator=g)))
     drops, weights, basis = drops.to(device), weights.to(device), basis.to(device)
-    if device.type == "cuda":
-        streaks = psfops.psf_conv(drops, weights, basis)
+    if device.type == "cuda" or psfops.current_backend() == "triton":
+        streaks = psfops.psf_conv(drops, weights, basis)  # fused Triton kernel
     else:
         streaks = reference.psf_conv_convstack(drops, weights, basis)
     return streaks[0, 0, pad:pad + h, pad:pad + w]
