@@ -11,11 +11,13 @@ gated_fusion: weight W = [Wc | Wp] (C, 2C) acts on [cur; prev] without a concat:
     g = Wc @ cur + Wp @ prev + bias          (per pixel; tl.dot over channel tiles)
 Forward (one kernel): a program owns BLOCK_P pixels and BLOCK_C output channels, accumulates g
 over input-channel tiles, then applies the sigmoid and the blend; the gate is never written.
-Backward, two kernels:
-    A (pixels x output channels): recompute g, write s and dg (float32/float64 buffers), and the
-      program's partial dW[:, :C] = dg @ cur^T, dW[:, C:] = dg @ prev^T and dbias = sum_p dg
-      into a (programs, C, 2C + 1) buffer that torch reduces in a fixed order afterwards;
-    B (pixels x input channels): dcur = s*dy + Wc^T @ dg, dprev = (1-s)*dy + Wp^T @ dg.
+Backward, three kernels:
+    A (pixels x output channels): recompute g, write s and dg (float32/float64 buffers);
+    B (pixels x input channels): dcur = s*dy + Wc^T @ dg, dprev = (1-s)*dy + Wp^T @ dg;
+    C (pixel chunks x weight tiles): each of a fixed number of programs along the pixels sums
+      dW[:, :C] = dg @ cur^T, dW[:, C:] = dg @ prev^T and dbias = sum_p dg over its chunk of
+      (image, tile) items into its row of a (chunks, C, 2C + 1) buffer, which torch reduces in a
+      fixed order afterwards (deterministic; no atomics).
 tl.dot runs in IEEE float32 (no TF32) on operands cast to float32, so it matches the float32
 reference to ~1e-6; float64 inputs use a multiply-and-sum path instead (``USE_DOT=False``).
 Channel tiles are padded to >= 16 (tl.dot's minimum) and masked.
@@ -26,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, check_launchable, matmul_tile, pixel_block, pixel_tile,
+from ._common import (acc_dtype, check_launchable, interpreting, matmul_tile, pixel_block, pixel_tile,
                       plane_offsets, torch_acc_dtype)
 
 
@@ -174,35 +176,51 @@ def _fusion_fwd_kernel(cur_ptr, prev_ptr, w_ptr, bias_ptr, y_ptr, C, HW, HAS_BIA
 
 
 @triton.jit
-def _fusion_bwd_gate_kernel(dy_ptr, cur_ptr, prev_ptr, w_ptr, bias_ptr, s_ptr, dg_ptr, part_ptr,
-                            C, HW, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
-                            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
-    """Kernel A: s and dg for output channels co at this tile, and the tile's partial dW, dbias."""
-    tile = tl.program_id(0)
+def _fusion_bwd_gate_kernel(dy_ptr, cur_ptr, prev_ptr, w_ptr, bias_ptr, s_ptr, dg_ptr, C, HW,
+                            HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, BLOCK_C: tl.constexpr,
+                            BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """Kernel A: s = sigmoid(g) and dg = dy*(cur-prev)*s*(1-s) for output channels co at a tile."""
     b = tl.program_id(2).to(tl.int64)
-    pix, pmask = pixel_tile(tile, HW, BLOCK_P)
+    pix, pmask = pixel_tile(tl.program_id(0), HW, BLOCK_P)
     co = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     s = tl.sigmoid(_gate_tile(cur_ptr, prev_ptr, w_ptr, bias_ptr, b, co, C, HW, pix, pmask,
                               HAS_BIAS, USE_DOT, BLOCK_C, BLOCK_P, ACC))
     dy = _load_tile(dy_ptr, b, C, co, HW, pix, pmask, ACC)
     d = _load_tile(cur_ptr, b, C, co, HW, pix, pmask, ACC) - _load_tile(prev_ptr, b, C, co, HW, pix, pmask, ACC)
-    dg = dy * d * s * (1.0 - s)  # zero outside (dy is loaded as 0 there)
     mask = (co < C)[:, None] & pmask[None, :]
     offs = plane_offsets(b, C, co, HW)[:, None] + pix[None, :]
     tl.store(s_ptr + offs, s, mask=mask)
-    tl.store(dg_ptr + offs, dg, mask=mask)
-    # partial row (tile, b): (C, 2C + 1) = [dWc | dWp | dbias]
-    row = (b * tl.num_programs(0) + tile) * C * (2 * C + 1)
-    prow = row + co.to(tl.int64) * (2 * C + 1)
-    for c0 in range(0, C, BLOCK_C):
-        ci = c0 + tl.arange(0, BLOCK_C)
-        pmask_w = (co < C)[:, None] & (ci < C)[None, :]
-        xc = _load_tile(cur_ptr, b, C, ci, HW, pix, pmask, ACC)
-        xp = _load_tile(prev_ptr, b, C, ci, HW, pix, pmask, ACC)
-        tl.store(part_ptr + prow[:, None] + ci[None, :], matmul_tile(dg, tl.trans(xc), USE_DOT), mask=pmask_w)
-        tl.store(part_ptr + prow[:, None] + C + ci[None, :], matmul_tile(dg, tl.trans(xp), USE_DOT),
-                 mask=pmask_w)
-    tl.store(part_ptr + prow + 2 * C, tl.sum(dg, axis=1), mask=co < C)
+    tl.store(dg_ptr + offs, dy * d * s * (1.0 - s), mask=mask)
+
+
+@triton.jit
+def _fusion_dweight_kernel(dg_ptr, cur_ptr, prev_ptr, part_ptr, C, HW, n_tiles, n_items,
+                           items_per_prog, USE_DOT: tl.constexpr, BLOCK_C: tl.constexpr,
+                           BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """Kernel C: partial dW[co, ci] and dW[co, C + ci] (and dbias) over a fixed chunk of
+    (image, pixel tile) items: acc_c = dg @ cur^T, acc_p = dg @ prev^T; the first ci block also
+    sums dg into dbias. Each chunk writes its own row of the (chunks, C, 2C + 1) buffer; torch
+    sums the rows afterwards."""
+    chunk = tl.program_id(0)
+    co = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ci = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    acc_c = tl.zeros((BLOCK_C, BLOCK_C), ACC)
+    acc_p = tl.zeros((BLOCK_C, BLOCK_C), ACC)
+    dbias = tl.zeros((BLOCK_C,), ACC)
+    start = chunk * items_per_prog
+    for item in range(start, tl.minimum(start + items_per_prog, n_items)):
+        b = (item // n_tiles).to(tl.int64)
+        pix, pmask = pixel_tile(item % n_tiles, HW, BLOCK_P)
+        dg = _load_tile(dg_ptr, b, C, co, HW, pix, pmask, ACC)
+        acc_c += matmul_tile(dg, tl.trans(_load_tile(cur_ptr, b, C, ci, HW, pix, pmask, ACC)), USE_DOT)
+        acc_p += matmul_tile(dg, tl.trans(_load_tile(prev_ptr, b, C, ci, HW, pix, pmask, ACC)), USE_DOT)
+        dbias += tl.sum(dg, axis=1)
+    prow = (chunk.to(tl.int64) * C + co) * (2 * C + 1)
+    wmask = (co < C)[:, None] & (ci < C)[None, :]
+    tl.store(part_ptr + prow[:, None] + ci[None, :], acc_c, mask=wmask)
+    tl.store(part_ptr + prow[:, None] + C + ci[None, :], acc_p, mask=wmask)
+    if tl.program_id(2) == 0:
+        tl.store(part_ptr + prow + 2 * C, dbias, mask=co < C)
 
 
 @triton.jit
@@ -227,6 +245,13 @@ def _fusion_bwd_input_kernel(dy_ptr, w_ptr, s_ptr, dg_ptr, dcur_ptr, dprev_ptr, 
     offs = plane_offsets(b, C, ci, HW)[:, None] + pix[None, :]
     tl.store(dcur_ptr + offs, (s * dy + acc_c).to(dcur_ptr.dtype.element_ty), mask=mask)
     tl.store(dprev_ptr + offs, ((1.0 - s) * dy + acc_p).to(dprev_ptr.dtype.element_ty), mask=mask)
+
+
+def dweight_chunks() -> int:
+    """Programs along the pixels for dW: a fixed count (for a given shape), so the partial-sum
+    buffer is (chunks, C, 2C+1) whatever the image size. Under the interpreter 2, so the tests
+    run both the per-program loop and the cross-program reduction."""
+    return 2 if interpreting() else 256
 
 
 def _fusion_blocks(C: int, HW: int):
@@ -269,12 +294,19 @@ def fusion_backward(dy, cur, prev, weight, bias):
     acc, use_dot = acc_dtype(cur), cur.dtype != torch.float64
     s = torch.empty(cur.shape, device=cur.device, dtype=torch_acc_dtype(cur))
     dg = torch.empty_like(s)
-    partials = torch.empty((B * n_tiles, C, 2 * C + 1), device=cur.device, dtype=s.dtype)
     _fusion_bwd_gate_kernel[(n_tiles, n_cb, B)](
-        dy, cur, prev, w, w if bias is None else bias.contiguous(), s, dg, partials, C, HW,
+        dy, cur, prev, w, w if bias is None else bias.contiguous(), s, dg, C, HW,
         HAS_BIAS=bias is not None, USE_DOT=use_dot, BLOCK_C=BC, BLOCK_P=BP, ACC=acc)
     _fusion_bwd_input_kernel[(n_tiles, n_cb, B)](
         dy, w, s, dg, dcur, dprev, C, HW, USE_DOT=use_dot, BLOCK_C=BC, BLOCK_P=BP, ACC=acc)
+    n_items = B * n_tiles
+    n_chunks = min(n_items, dweight_chunks())
+    per_chunk = triton.cdiv(n_items, n_chunks)
+    n_chunks = triton.cdiv(n_items, per_chunk)
+    partials = torch.empty((n_chunks, C, 2 * C + 1), device=cur.device, dtype=s.dtype)
+    _fusion_dweight_kernel[(n_chunks, n_cb, n_cb)](
+        dg, cur, prev, partials, C, HW, n_tiles, n_items, per_chunk, USE_DOT=use_dot,
+        BLOCK_C=BC, BLOCK_P=BP, ACC=acc)
     total = partials.sum(dim=0)  # fixed-order reduction: deterministic
     dweight.copy_(total[:, : 2 * C].reshape(weight.shape))
     dbias.copy_(total[:, 2 * C])
