@@ -19,9 +19,9 @@ Choices where the paper leaves room (all in ``MSPFNConfig``):
 - ``lstm_steps`` (T): the ConvLSTM runs T recurrent steps on the same input from a zero state.
   The authors' code runs one step (T = 1, the ``mspfn`` default); ``mspfn-tiny`` uses T = 2 so the
   recurrence is exercised.
-- Padding: the input is replicate-padded on the bottom/right to a multiple of ``2**S`` (the
-  coarsest scale is halved once more inside the fine-fusion block) and the output cropped back,
-  so any H, W >= 1 works.
+- Padding: the input is reflect-padded on the bottom/right to a multiple of ``2**S`` (the
+  coarsest scale is halved once more inside the fine-fusion block; replicate when the image is
+  too small to reflect, as SD-PSFNet does) and the output cropped back, so any H, W >= 1 works.
 - Supervision: ``model(x)`` returns ``[derained]``, a one-element list, as the paper supervises
   only the final image. No clamping, so gradients flow everywhere.
 - The forget-gate bias of every ConvLSTM starts at 1 (the usual LSTM initialisation).
@@ -253,8 +253,8 @@ class MSPFN(nn.Module):
     def rain(self, x: torch.Tensor) -> torch.Tensor:
         """The predicted rain layer (B,in_channels,H,W); pads to a multiple of 2**S and crops back."""
         S, (H, W) = self.config.num_scales, x.shape[-2:]
-        m = 2 ** S
-        xp = F.pad(x, (0, -W % m, 0, -H % m), mode="replicate")
+        ph, pw = -H % 2 ** S, -W % 2 ** S
+        xp = F.pad(x, (0, pw, 0, ph), mode="reflect" if H > ph and W > pw else "replicate")
         pyramid = [xp]
         for _ in range(S - 1):
             pyramid.append(self._down(pyramid[-1]))
