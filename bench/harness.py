@@ -1,0 +1,305 @@
+"""How things are measured: timing, peak memory, the copy roofline, and one record per case.
+
+Timing (:func:`time_ms`): on CUDA ``triton.testing.do_bench(fn, return_mode="median")`` (it
+synchronizes, warms up and flushes L2 between runs); on CPU a warm-up then repeated
+``time.perf_counter`` calls, median. Peak memory (:func:`peak_mb`): on CUDA
+``max_memory_allocated`` after ``reset_peak_memory_stats``, minus what was allocated before the
+call (inputs and cotangents are allocated before, so this is what the call itself adds); on CPU
+``None`` (not measured). Roofline (:func:`copy_bandwidth_gbps`): a large device-to-device copy,
+bytes read + written over the median time, measured once per run.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Iterable
+
+import torch
+
+import psfops
+
+from . import cases as C
+
+MB = 2.0 ** 20
+
+
+# ---- environment --------------------------------------------------------------------------
+
+def device_name(device: torch.device) -> str:
+    """Human-readable device name: the CUDA device name, or ``cpu: <model>`` (clearly a CPU run)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"cpu: {model} ({os.cpu_count()} threads)"
+
+
+def device_slug(device: torch.device) -> str:
+    """File-name form of the device: ``nvidia-h100-80gb-hbm3`` or ``cpu``."""
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).lower()
+    return "".join(ch if ch.isalnum() else "-" for ch in name).strip("-").replace("--", "-")
+
+
+def environment(device: torch.device) -> dict:
+    """Fields shared by every record of a run: device, versions, date."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {"device": device_name(device), "device_type": device.type,
+            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "triton": triton_version, "psfops": psfops.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
+
+
+# ---- measurement --------------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, *, warmup_ms: float = 25.0,
+            rep_ms: float = 100.0, min_reps: int = 5) -> float:
+    """Median wall time of ``fn()`` in ms (see the module docstring for the method per device)."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+        return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    t_end = time.perf_counter() + warmup_ms / 1e3
+    fn()  # at least one warm-up call, whatever it costs
+    while time.perf_counter() < t_end:
+        fn()
+    samples: list[float] = []
+    t_end = time.perf_counter() + rep_ms / 1e3
+    while len(samples) < min_reps or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def peak_mb(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak memory ``fn()`` allocates on top of what is already allocated, in MiB (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    out = fn()
+    _sync(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del out
+    return peak / MB
+
+
+def copy_bandwidth_gbps(device: torch.device, nbytes: int | None = None) -> float:
+    """Measured device copy bandwidth in GB/s (1e9 B/s), counting bytes read + written.
+
+    Default size: 1 GiB on CUDA (far beyond L2), 64 MiB on CPU.
+    """
+    if nbytes is None:
+        nbytes = 2 ** 30 if device.type == "cuda" else 2 ** 26
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+# ---- implementations ----------------------------------------------------------------------
+
+def _set_recompile_limit(n: int = 256) -> None:
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed in newer torch
+        if hasattr(cfg, name) and getattr(cfg, name) < n:
+            setattr(cfg, name, n)
+
+
+_COMPILED: dict = {}
+
+
+def compiled(fn: Callable, dynamic: bool) -> Callable:
+    """``torch.compile(fn, dynamic=dynamic)``, cached so a run compiles each graph once."""
+    key = (fn, dynamic)
+    if key not in _COMPILED:
+        _set_recompile_limit()
+        _COMPILED[key] = torch.compile(fn, dynamic=dynamic)
+    return _COMPILED[key]
+
+
+def skip_reason(impl: str, fn, device: torch.device) -> str | None:
+    """Why ``impl`` is not run here, or None if it runs."""
+    if impl == "triton":
+        if fn is None:
+            return "no Triton kernel yet: psfops routes this op to the reference"
+        if not psfops._backend.TRITON_AVAILABLE:
+            return "triton is not installed"
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+            return "no CUDA device (the Triton interpreter is far too slow to time; set TRITON_INTERPRET=1 to force)"
+    return None
+
+
+def make_step(spec: C.OpSpec, impl: str, fn: Callable, inputs: tuple, pass_: str,
+              compile_dynamic: bool = True) -> tuple[Callable[[], object], int]:
+    """A zero-argument callable running one forward (``fwd``) or forward + backward (``fwd+bwd``),
+    and the op's output size in bytes.
+
+    The backward is ``torch.autograd.grad`` of all outputs w.r.t. all inputs with fixed random
+    cotangents (created here, before any measurement), so no ``.grad`` accumulates between calls.
+    """
+    if impl == "compile":
+        fn = compiled(fn, compile_dynamic)
+
+    def forward():
+        if impl == "triton":
+            with psfops.backend("triton"):
+                return spec.call(fn, *inputs)
+        return spec.call(fn, *inputs)
+
+    with torch.no_grad():
+        probe = forward()  # first call: compiles / autotunes the forward
+    outs = probe if isinstance(probe, tuple) else (probe,)
+    out_bytes = C.nbytes(outs)
+    if pass_ == "fwd":
+        del probe, outs
+
+        def step():
+            with torch.no_grad():
+                return forward()
+        return step, out_bytes
+
+    cotangents = tuple(torch.randn_like(o) for o in outs)
+    del probe, outs
+
+    def step():
+        out = forward()
+        out = out if isinstance(out, tuple) else (out,)
+        return torch.autograd.grad(out, inputs, cotangents)
+
+    return step, out_bytes
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def base_record(case: C.Case, impl: str, pass_: str, env: dict, roofline_gbps: float,
+                compile_dynamic: bool = True) -> dict:
+    """A record for (case, impl, pass) with nothing measured yet (status "ok")."""
+    return {**case.fields(), "pass": pass_, "impl": impl, "ms": None, "peak_mb": None,
+            "gbps": None, "tflops": None, "pct_roofline": None, "bytes": None,
+            "flops": C.flops(case, pass_), "held_mb": None, "ideal_mb": None,
+            "roofline_gbps": roofline_gbps,
+            "compile": (("dynamic" if compile_dynamic else "static") if impl == "compile" else None),
+            "status": "ok", "reason": None, **env}
+
+
+def measure(case: C.Case, impl: str, pass_: str, device: torch.device, env: dict,
+            roofline_gbps: float, *, compile_dynamic: bool = True, timing: dict | None = None) -> dict:
+    """Benchmark one (case, impl, pass) and return its record (status ok/skipped/oom/error)."""
+    spec = C.OPS[case.op]
+    fn = spec.implementations().get(impl, "absent")
+    rec = base_record(case, impl, pass_, env, roofline_gbps, compile_dynamic)
+    if fn == "absent":
+        return {**rec, "status": "skipped", "reason": f"{impl} does not exist for {case.op}"}
+    reason = skip_reason(impl, fn, device)
+    if reason:
+        return {**rec, "status": "skipped", "reason": reason}
+    inputs = step = None
+    try:
+        torch.manual_seed(0)
+        inputs = spec.make_inputs(case, device, pass_ == "fwd+bwd")
+        step, out_bytes = make_step(spec, impl, fn, inputs, pass_, compile_dynamic)
+        step()  # first full call: compiles / autotunes the backward too
+        in_bytes = C.nbytes(inputs)
+        # held before each call: the inputs (+ the cotangents); ideal: that + outputs (+ input grads)
+        held = in_bytes + (out_bytes if pass_ == "fwd+bwd" else 0)
+        ideal = held + out_bytes + (in_bytes if pass_ == "fwd+bwd" else 0)
+        rec.update(held_mb=held / MB, ideal_mb=ideal / MB,
+                   bytes=C.min_bytes_from_sizes(in_bytes, out_bytes, pass_))
+        rec["peak_mb"] = peak_mb(step, device)
+        rec["ms"] = time_ms(step, device, **(timing or {}))
+    except Exception as err:  # one failing case must not end the run
+        if not _is_oom(err):
+            return {**rec, "status": "error", "reason": f"{type(err).__name__}: {err}"[:500]}
+        rec.update(status="oom", reason="out of memory", ms=None, peak_mb=None)
+    finally:
+        del inputs, step
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if rec["ms"]:
+        rec["gbps"] = rec["bytes"] / (rec["ms"] * 1e-3) / 1e9
+        rec["tflops"] = rec["flops"] / (rec["ms"] * 1e-3) / 1e12
+        rec["pct_roofline"] = 100.0 * rec["gbps"] / roofline_gbps
+    return rec
+
+
+RECORD_KEY = ("op", "pass", "impl", "dtype", "B", "C", "H", "W", "J", "k", "device")
+
+
+def record_key(rec: dict) -> tuple:
+    """Identity of a record: a newer record with the same key replaces an older one."""
+    return tuple(rec.get(k) for k in RECORD_KEY)
+
+
+def run_cases(case_list: Iterable[C.Case], device: torch.device, impls: Iterable[str],
+              passes: Iterable[str] = C.PASSES, *, env: dict, roofline_gbps: float,
+              done: set | None = None, deadline: float | None = None,
+              on_record: Callable[[dict], None] | None = None, compile_dynamic: bool = True,
+              timing: dict | None = None, skip: Callable[[C.Case, str], str | None] | None = None,
+              log: Callable[[str], None] = print) -> list[dict]:
+    """Measure every (case, pass, impl); skip keys in ``done``; stop cleanly at ``deadline``
+    (a ``time.monotonic()`` value). ``skip(case, impl)`` may return a reason not to run a pair
+    (recorded as skipped). Calls ``on_record`` after each record (for incremental saves)."""
+    records = []
+    for case in case_list:
+        for pass_ in passes:
+            for impl in impls:
+                if impl not in C.OPS[case.op].implementations():
+                    continue
+                key = record_key({**case.fields(), "pass": pass_, "impl": impl, "device": env["device"]})
+                if done and key in done:
+                    continue
+                if deadline is not None and time.monotonic() > deadline:
+                    log("time limit reached: stopping (rerun with --resume to continue)")
+                    return records
+                t0 = time.monotonic()
+                why = skip(case, impl) if skip else None
+                if why:
+                    rec = {**base_record(case, impl, pass_, env, roofline_gbps, compile_dynamic),
+                           "status": "skipped", "reason": why}
+                else:
+                    rec = measure(case, impl, pass_, device, env, roofline_gbps,
+                                  compile_dynamic=compile_dynamic, timing=timing)
+                rec["wall_s"] = round(time.monotonic() - t0, 2)  # includes compile and warm-up
+                records.append(rec)
+                log(format_record(rec))
+                if on_record:
+                    on_record(rec)
+    return records
+
+
+def format_record(rec: dict) -> str:
+    """One log line for a record."""
+    head = f"{rec['op']:<17} {rec['pass']:<7} {rec['impl']:<15} {rec['dtype']:<8} " \
+           f"B{rec['B']} C{rec['C']} {rec['H']}x{rec['W']}" \
+           + (f" J{rec['J']}" if rec.get("J") is not None else "") \
+           + (f" k{rec['k']}" if rec.get("k") is not None else "")
+    if rec.get("wall_s") is not None:
+        head += f" [{rec['wall_s']:.1f}s]"
+    if rec["status"] != "ok":
+        return f"{head:<80} {rec['status']}: {rec['reason']}"
+    bw = "" if rec.get("gbps") is None else f"  {rec['gbps']:8.1f} GB/s ({rec['pct_roofline']:5.1f}%)"
+    mem = "" if rec["peak_mb"] is None else f"  {rec['peak_mb']:9.1f} MB"
+    return f"{head:<80} {rec['ms']:9.3f} ms{bw}{mem}"

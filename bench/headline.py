@@ -1,0 +1,32 @@
+"""The issue's headline check: psf_conv fwd+bwd at B8 C64 128x128 J40 k7, float32 and bfloat16.
+
+Prints target-vs-measured lines (>= 5x the faster eager form, >= 2x torch.compile(reference),
+>= 70% of the copy roofline, peak memory <= 1.1x inputs+outputs+gradients) and returns the
+records. ``torch.compile`` is static here (``dynamic=False``: the strongest baseline for one shape).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import cases as C
+from . import harness, report
+
+DTYPES = ("float32", "bfloat16")
+
+
+def run(device: torch.device, dtypes=DTYPES, log=print) -> list[dict]:
+    env = harness.environment(device)
+    roof = harness.copy_bandwidth_gbps(device)
+    log(f"device {env['device']}; torch {env['torch']}, triton {env['triton']}; "
+        f"copy roofline {roof:.1f} GB/s")
+    shape = {k: v for k, v in report.HEADLINE.items() if k != "op"}
+    records = []
+    for dtype in dtypes:
+        case = C.Case(op="psf_conv", dtype=dtype, **shape)
+        recs = harness.run_cases([case], device, C.OPS["psf_conv"].implementations(), ("fwd+bwd",),
+                                 env=env, roofline_gbps=roof, compile_dynamic=False, log=log)
+        records += recs
+        log(f"psf_conv fwd+bwd {case.label()} {dtype}:")
+        for line in report.target_lines({r["impl"]: r for r in recs}, dtype):
+            log("  " + line)
+    return records

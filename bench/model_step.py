@@ -1,0 +1,89 @@
+"""The whole SD-PSFNet training step, psfops' Triton ops vs the reference ops (issue item 4).
+
+One step = ``zero_grad``, forward (a list of images), loss over all outputs
+(``sdpsfnet.losses.DerainLoss`` when it exists, else L1 on the last output), backward, AdamW
+step. On CUDA the forward and loss run under bf16 autocast; on CPU in float32 (CPU autocast is not
+what anyone trains with). Records use the op table's keys: ``op="sdpsfnet_step:<model>"``,
+``pass="fwd+bwd"``, ``impl`` = the backend (``triton`` or ``reference``), ``C=3``, ``J=k=None``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import harness
+
+FULL = dict(model="sdpsfnet", B=4, H=128)   # tau=3, the issue's 4x3x128x128
+QUICK = dict(model="tiny", B=1, H=32)       # CPU smoke size
+
+
+def _loss_fn() -> Callable:
+    try:
+        from sdpsfnet.losses import DerainLoss
+        return DerainLoss()
+    except ImportError:
+        return lambda outputs, target: torch.nn.functional.l1_loss(outputs[-1].float(), target)
+
+
+def _build(name: str, backend: str, device: torch.device):
+    try:
+        import sdpsfnet.model  # noqa: F401  (registers the models if __init__ does not yet)
+    except ImportError:
+        pass
+    from sdpsfnet import build_model
+    return build_model(name, backend=backend).to(device)
+
+
+def measure_step(model_name: str, backend: str, B: int, H: int, device: torch.device, env: dict,
+                 roofline_gbps: float, timing: dict | None = None) -> dict:
+    """Time and peak memory of one training step of ``model_name`` on ``backend``."""
+    amp = device.type == "cuda"
+    rec = {"op": f"sdpsfnet_step:{model_name}", "pass": "fwd+bwd", "impl": backend,
+           "dtype": "bfloat16-autocast" if amp else "float32", "B": B, "C": 3, "H": H, "W": H,
+           "J": None, "k": None, "ms": None, "peak_mb": None, "gbps": None, "tflops": None,
+           "pct_roofline": None, "bytes": None, "flops": None, "held_mb": None, "ideal_mb": None,
+           "roofline_gbps": roofline_gbps, "compile": None, "status": "ok", "reason": None, **env}
+    if backend == "triton":
+        reason = harness.skip_reason("triton", True, device)
+        if reason:
+            return {**rec, "status": "skipped", "reason": reason}
+    try:
+        torch.manual_seed(0)
+        model = _build(model_name, backend, device)
+        rec["params"] = sum(p.numel() for p in model.parameters())
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        loss_fn = _loss_fn()
+        x = torch.rand(B, 3, H, H, device=device)
+        target = torch.rand(B, 3, H, H, device=device)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = loss_fn(model(x), target)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        step()  # builds optimizer state, autotunes kernels
+        rec["peak_mb"] = harness.peak_mb(step, device)
+        rec["ms"] = harness.time_ms(step, device, **(timing or {}))
+    except Exception as err:  # noqa: BLE001  (the model may not exist yet: record why)
+        status = "oom" if harness._is_oom(err) else "error"
+        rec.update(status=status, reason=f"{type(err).__name__}: {err}"[:500])
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rec
+
+
+def run(device: torch.device, env: dict, roofline_gbps: float, quick: bool,
+        backends=("triton", "reference"), timing: dict | None = None, log=print) -> list[dict]:
+    """Both backends at the full (or quick) size; returns their records."""
+    cfg = QUICK if quick else FULL
+    records = []
+    for backend in backends:
+        rec = measure_step(cfg["model"], backend, cfg["B"], cfg["H"], device, env, roofline_gbps, timing)
+        records.append(rec)
+        log(harness.format_record(rec))
+    return records

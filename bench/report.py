@@ -1,0 +1,339 @@
+"""Results files and the report: JSON records -> ``bench/RESULTS.md`` tables and PNG plots.
+
+A results file is a JSON list of records (see :func:`bench.harness.measure` for the keys). Saving
+merges into an existing file (a newer record with the same key replaces the older one), so a
+suite can be run in pieces (``--ops``) or resumed. :func:`write_report` regenerates the markdown
+and plots from any set of results files; it never measures anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from . import cases as C
+from .harness import record_key
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+RESULTS_MD = BENCH_DIR / "RESULTS.md"
+HEADLINE = dict(op="psf_conv", B=8, C=64, H=128, J=40, k=7)
+EAGER_FORMS = ("eager", "eager-convstack")
+
+
+# ---- files --------------------------------------------------------------------------------
+
+def load(paths: Iterable[str | os.PathLike]) -> dict[str, list[dict]]:
+    """path -> its records, for every results file in ``paths``."""
+    out = {}
+    for p in paths:
+        with open(p, encoding="utf-8") as f:
+            recs = json.load(f)
+        if not isinstance(recs, list):
+            raise ValueError(f"{p}: a results file must hold a JSON list of records")
+        out[str(p)] = recs
+    return out
+
+
+def save(records: Sequence[dict], path: str | os.PathLike) -> list[dict]:
+    """Merge ``records`` into the JSON list at ``path`` (created if absent), atomically."""
+    path = Path(path)
+    merged: dict[tuple, dict] = {}
+    if path.exists():
+        for rec in load([path])[str(path)]:
+            merged[record_key(rec)] = rec
+    for rec in records:
+        merged[record_key(rec)] = rec
+    out = list(merged.values())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return out
+
+
+def default_results() -> list[Path]:
+    """Every results file under ``bench/results``, GPU runs first, newest first."""
+    files = sorted(RESULTS_DIR.glob("*.json"), key=lambda p: p.name, reverse=True)
+    return sorted(files, key=lambda p: p.name.startswith("cpu"))
+
+
+# ---- tables -------------------------------------------------------------------------------
+
+def _fmt(v, spec: str = ".3g") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def _ratio(a, b) -> str:
+    return "—" if a is None or b is None or a == 0 else f"{b / a:.2f}x"
+
+
+def _shape_key(r: dict) -> tuple:
+    return (r["B"], r["C"], r["H"], r["W"], r.get("J") or 0, r.get("k") or 0)
+
+
+def _shape_label(r: dict) -> str:
+    s = f"B{r['B']} C{r['C']} {r['H']}x{r['W']}"
+    return s + (f" J{r['J']}" if r.get("J") is not None else "") + (f" k{r['k']}" if r.get("k") is not None else "")
+
+
+def _by_impl(recs: Iterable[dict]) -> dict[str, dict]:
+    return {r["impl"]: r for r in recs}
+
+
+def _ms(rows: dict, impl: str):
+    r = rows.get(impl)
+    return r["ms"] if r and r["status"] == "ok" else None
+
+
+def _cell(rows: dict, impl: str) -> str:
+    r = rows.get(impl)
+    if r is None:
+        return ""
+    if r["status"] == "ok":
+        return _fmt(r["ms"])
+    return {"skipped": "skip", "oom": "OOM", "error": "error"}.get(r["status"], r["status"])
+
+
+def best_eager_ms(rows: dict):
+    """Fastest eager form's ms (None if none ran)."""
+    ms = [_ms(rows, i) for i in EAGER_FORMS if _ms(rows, i) is not None]
+    return min(ms) if ms else None
+
+
+def op_table(recs: list[dict], op: str, pass_: str) -> list[str]:
+    """Markdown table for one op and pass: one row per (dtype, shape). Columns that hold no value
+    in any row (e.g. speed-ups without Triton timings, peak memory on CPU) are left out."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in recs:
+        if r["op"] == op and r["pass"] == pass_:
+            groups[(r["dtype"], _shape_key(r))].append(r)
+    if not groups:
+        return []
+    impls = [i for i in C.IMPLS if any(r["impl"] == i for rs in groups.values() for r in rs)]
+    head = ["dtype", "shape"] + [f"{i} ms" for i in impls] + [
+        "x eager (best form)", "x compile", "triton GB/s", "% roofline"] + [f"{i} peak MB" for i in impls]
+    rows_out = []
+    for (dtype, _), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        rows = _by_impl(rs)
+        t = rows.get("triton")
+        ok_t = t if t and t["status"] == "ok" else None
+        rows_out.append([dtype, _shape_label(rs[0])] + [_cell(rows, i) for i in impls] + [
+            _ratio(_ms(rows, "triton"), best_eager_ms(rows)),
+            _ratio(_ms(rows, "triton"), _ms(rows, "compile")),
+            _fmt(ok_t and ok_t["gbps"], ".1f"), _fmt(ok_t and ok_t["pct_roofline"], ".1f")] +
+            [_fmt(rows[i]["peak_mb"], ".1f") if i in rows else "" for i in impls])
+    keep = [j for j in range(len(head)) if any(row[j] not in ("—", "") for row in rows_out)]
+    lines = ["| " + " | ".join(head[j] for j in keep) + " |", "|" + "---|" * len(keep)]
+    lines += ["| " + " | ".join(row[j] for j in keep) + " |" for row in rows_out]
+    return lines
+
+
+def step_table(recs: list[dict]) -> list[str]:
+    steps = [r for r in recs if r["op"].startswith("sdpsfnet_step")]
+    if not steps:
+        return []
+    lines = ["| model | backend | dtype | input | ms | peak MB | params | note |", "|---|---|---|---|---|---|---|---|"]
+    for r in steps:
+        note = "" if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+        lines.append(f"| {r['op'].split(':', 1)[-1]} | {r['impl']} | {r['dtype']} | "
+                     f"{r['B']}x3x{r['H']}x{r['W']} | {_fmt(r['ms'])} | {_fmt(r['peak_mb'], '.1f')} | "
+                     f"{_fmt(r.get('params'), ',')} | {note} |")
+    ok = {r["impl"]: r for r in steps if r["status"] == "ok"}
+    if "triton" in ok and "reference" in ok:
+        lines.append("")
+        lines.append(f"Training step speed-up, Triton ops vs reference ops: "
+                     f"{_ratio(ok['triton']['ms'], ok['reference']['ms'])}.")
+    return lines
+
+
+def headline_lines(recs: list[dict]) -> list[str]:
+    """The issue's targets for psf_conv fwd+bwd at the headline shape, per dtype, when present."""
+    out = []
+    for dtype in C.DTYPES:
+        rows = _by_impl(r for r in recs if r["pass"] == "fwd+bwd" and r["dtype"] == dtype
+                        and all(r.get(k) == v for k, v in HEADLINE.items()))
+        if not rows:
+            continue
+        out.extend(f"- {line}" for line in target_lines(rows, dtype))
+    return out
+
+
+def target_lines(rows: dict, dtype: str) -> list[str]:
+    """Target-vs-measured lines for one dtype of the headline case (rows: impl -> record)."""
+    t = rows.get("triton")
+    if not t or t["status"] != "ok":
+        why = t["reason"] if t else "not run"
+        return [f"{dtype}: Triton not measured ({why}); targets cannot be checked. "
+                f"eager {_fmt(_ms(rows, 'eager'))} ms, eager-convstack {_fmt(_ms(rows, 'eager-convstack'))} ms, "
+                f"compile {_fmt(_ms(rows, 'compile'))} ms"]
+
+    def verdict(ok):
+        return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+    e, c = best_eager_ms(rows), _ms(rows, "compile")
+    sp_e = None if e is None else e / t["ms"]
+    sp_c = None if c is None else c / t["ms"]
+    mem = None if t["peak_mb"] is None else (t["held_mb"] + t["peak_mb"]) / t["ideal_mb"]
+    return [
+        f"{dtype}: triton {t['ms']:.3f} ms, eager {_fmt(_ms(rows, 'eager'))} ms, "
+        f"eager-convstack {_fmt(_ms(rows, 'eager-convstack'))} ms, compile {_fmt(c)} ms",
+        f"{dtype}: speed-up vs best eager {_fmt(sp_e, '.2f')}x (target >= 5x) {verdict(sp_e and sp_e >= 5)}",
+        f"{dtype}: speed-up vs torch.compile(reference) {_fmt(sp_c, '.2f')}x (target >= 2x) "
+        f"{verdict(sp_c and sp_c >= 2)}",
+        f"{dtype}: {t['gbps']:.1f} GB/s = {t['pct_roofline']:.1f}% of copy roofline "
+        f"{t['roofline_gbps']:.1f} GB/s (target >= 70%) {verdict(t['pct_roofline'] >= 70)}",
+        f"{dtype}: peak memory / (inputs+outputs+gradients) {_fmt(mem, '.2f')}x (target <= 1.1x) "
+        f"{verdict(None if mem is None else mem <= 1.1)}",
+    ]
+
+
+def skipped_lines(recs: list[dict]) -> list[str]:
+    counts: dict[tuple, int] = defaultdict(int)
+    for r in recs:
+        if r["status"] != "ok":
+            counts[(r["impl"], r["status"], r["reason"])] += 1
+    return [f"- `{impl}` {status} x{n}: {reason}" for (impl, status, reason), n in sorted(counts.items())]
+
+
+# ---- plots --------------------------------------------------------------------------------
+
+def size_series(recs: list[dict], op: str, pass_: str = "fwd+bwd"):
+    """Records of ``op``/``pass_`` in the (B, C, J, k) group with the most sizes H: the size sweep.
+    Returns (label, {(impl, dtype): [(H, ms), ...]})."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in recs:
+        if r["op"] == op and r["pass"] == pass_ and r["status"] == "ok":
+            groups[(r["B"], r["C"], r.get("J"), r.get("k"))].append(r)
+    if not groups:
+        return None, {}
+    key, rs = max(groups.items(), key=lambda kv: len({r["H"] for r in kv[1]}))
+    series: dict[tuple, list] = defaultdict(list)
+    for r in sorted(rs, key=lambda r: r["H"]):
+        series[(r["impl"], r["dtype"])].append((r["H"], r["ms"]))
+    B, Cc, J, k = key
+    label = f"B{B} C{Cc}" + (f" J{J}" if J is not None else "") + (f" k{k}" if k is not None else "")
+    return label, series
+
+
+def plot_op(recs: list[dict], op: str, path: Path) -> bool:
+    """PNG for ``op``: fwd+bwd time vs size per impl, and Triton speed-up vs size. False if no data."""
+    label, series = size_series(recs, op)
+    if len({h for pts in series.values() for h, _ in pts}) < 2:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 4))
+    for (impl, dtype), pts in sorted(series.items()):
+        ax_t.plot([h for h, _ in pts], [m for _, m in pts], marker="o", label=f"{impl} {dtype}")
+    ax_t.set(yscale="log", xlabel="H = W", ylabel="ms (median)",
+             title=f"{op} fwd+bwd, {label}")
+    ax_t.legend(fontsize=7)
+    any_speedup = False
+    for (impl, dtype), pts in sorted(series.items()):
+        if impl == "triton":
+            continue
+        tri = dict(series.get(("triton", dtype), []))
+        xs = [h for h, m in pts if h in tri]
+        if xs:
+            any_speedup = True
+            ax_s.plot(xs, [m / tri[h] for h, m in pts if h in tri], marker="o", label=f"vs {impl} {dtype}")
+    ax_s.set(xlabel="H = W", ylabel="speed-up of triton", title="Triton speed-up")
+    if any_speedup:
+        ax_s.axhline(1.0, color="gray", lw=0.8)
+        ax_s.legend(fontsize=7)
+    else:
+        ax_s.text(0.5, 0.5, "no Triton timings in this run", ha="center", va="center",
+                  transform=ax_s.transAxes)
+    sizes = sorted({h for pts in series.values() for h, _ in pts})
+    for ax in (ax_t, ax_s) if any_speedup else (ax_t,):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(h) for h in sizes])
+        ax.minorticks_off()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ---- the report ---------------------------------------------------------------------------
+
+METHOD = """\
+Method (see `bench/cases.py`, `bench/harness.py`): times are medians, on CUDA of
+`triton.testing.do_bench` (warm-up, synchronized, L2 flushed), on CPU of repeated
+`time.perf_counter` calls after warm-up. `peak MB` is `torch.cuda.max_memory_allocated` (reset per
+case) minus what was allocated before the call (the inputs and cotangents); not measured on CPU.
+GB/s counts the fewest bytes any implementation must move (each input read once, each output
+written once; fwd+bwd adds the backward's reads of cotangents and inputs and its writes of input
+gradients); `% roofline` compares that with the device's measured copy bandwidth (1 GiB
+device-to-device copy, read + write). `eager` is `psfops.reference` (psf_conv: unfold + einsum;
+`eager-convstack`: depthwise conv stack + per-pixel mix), `compile` is `torch.compile` of the
+reference (`dynamic=True` in the sweep), `triton` the psfops op under `psfops.backend("triton")`.
+`x eager`/`x compile` are speed-ups of `triton` (time of the baseline / time of triton)."""
+
+
+def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path) -> str:
+    """Markdown for all results files (one section each); writes the plots into ``plot_dir``."""
+    lines = ["# psfops benchmarks", "",
+             "Generated by `python -m bench report` from " +
+             ", ".join(f"`{os.path.relpath(p, md_path.parent)}`" for p in results) + ".",
+             "Run the suite with `python -m bench` on a CUDA machine (`--quick` for the CPU smoke "
+             "subset); check the issue's targets with `python -m bench headline`.", "", METHOD, ""]
+    if not any(r.get("device_type") == "cuda" for recs in results.values() for r in recs):
+        lines += ["**GPU results are pending**: no CUDA run has been recorded yet. The numbers below "
+                  "come from a CPU smoke run (`--quick`, reference paths only) and say nothing about "
+                  "the Triton kernels' speed.", ""]
+    for path, recs in results.items():
+        if not recs:
+            continue
+        r0 = recs[0]
+        cpu = r0.get("device_type") != "cuda"
+        lines += [f"## {r0['device']}, {r0['date']}" + (" (CPU run: reference paths only)" if cpu else ""),
+                  "", f"torch {r0['torch']}, triton {r0['triton']}, psfops {r0.get('psfops')}; "
+                  f"copy roofline {r0['roofline_gbps']:.1f} GB/s; {len(recs)} records in "
+                  f"`{os.path.relpath(path, md_path.parent)}`.", ""]
+        head = headline_lines(recs)
+        if head:
+            lines += ["### Headline: psf_conv fwd+bwd, B8 C64 128x128 J40 k7", ""] + head + [""]
+        stem = Path(path).stem
+        for op in C.OPS:
+            body = []
+            for pass_ in C.PASSES:
+                table = op_table(recs, op, pass_)
+                if table:
+                    body += [f"**{pass_}**", ""] + table + [""]
+            if not body:
+                continue
+            lines += [f"### {op}", ""] + body
+            png = plot_dir / f"{stem}-{op}.png"
+            if plot_op(recs, op, png):
+                lines += [f"![{op} vs size]({os.path.relpath(png, md_path.parent)})", ""]
+        steps = step_table(recs)
+        if steps:
+            lines += ["### SD-PSFNet training step", ""] + steps + [""]
+        skipped = skipped_lines(recs)
+        if skipped:
+            lines += ["### Not measured", ""] + skipped + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(json_paths: Sequence[str | os.PathLike] | None = None,
+                 md_path: str | os.PathLike = RESULTS_MD,
+                 plot_dir: str | os.PathLike | None = None) -> Path:
+    """Regenerate the markdown (and plots) from results files (default: all in bench/results)."""
+    paths = list(json_paths) if json_paths else default_results()
+    if not paths:
+        raise FileNotFoundError(f"no results files given and none in {RESULTS_DIR}")
+    md_path = Path(md_path)
+    plot_dir = Path(plot_dir) if plot_dir else Path(paths[0]).parent / "plots"
+    text = render(load(paths), md_path, plot_dir)
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(text, encoding="utf-8")
+    return md_path
