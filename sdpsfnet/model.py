@@ -18,7 +18,8 @@ MPRNet (Zamir et al. 2021) for everything they leave open. Data flow (``x``: rai
            PSF block:  d + PSFAttention(DynamicPSF(d, w(P)), P)
       dec1 ─► SAM ─► I_s, SAM features;   encoder memory  M_l = G2_l(enc_l, M_l)   (hierarchical)
 
-    ORStage: x ─► conv+CAB ─► G1 ─► 1x1... 3 × [ORB (num_cab CABs) ─► CSFF from scale l upsampled]
+    ORStage: x ─► conv+CAB ─► G1 (+3x3 conv to n_feat+16) ─► 3 × [ORB (num_cab CABs) ─►
+             CSFF from the last UNet stage's scale l, upsampled]
              ─► conv ─► + x ─► I_final
 
 Choices where the paper is silent (all switchable through :class:`SDPSFNetConfig`):
@@ -32,8 +33,9 @@ Choices where the paper is silent (all switchable through :class:`SDPSFNetConfig
   feature scale): the weights then average 1/K_c per map, so with sum-1 basis kernels the
   synthesized per-pixel kernel sums to 1 on average ("energy conservation"). The head's last
   1x1 conv starts at zero, so a fresh model filters with the mean basis kernel everywhere.
-* Dynamic PSF filtering: one ``DynamicPSF`` (its own K_c-kernel k x k basis, normalized with
-  ``spatial_normalize``) per decoder scale, applied to the decoder features with ``psf_conv``.
+* Dynamic PSF filtering: one ``DynamicPSF`` (``psfops.nn.DynamicPSF``'s K_c-kernel k x k basis,
+  ``spatial_normalize``d, starting near a delta) per decoder scale, applied to the decoder
+  features with ``psf_conv``; its weights are the head's maps (its own weight conv is dropped).
 * PSF-aware attention: the PSF encoder (3x3 conv, PReLU, 1x1 conv; last conv zero-initialised)
   maps ``P * h*w`` to spatially varying gamma, beta at the feature scale; ``x_mod = x*(1+gamma)+beta``.
   Spatial weights ``sigmoid(conv7x7([mean_c x_mod, max_c x_mod, s]))`` where ``s`` is the
@@ -66,6 +68,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import psfops
+import psfops.nn
 from psfops import BACKENDS
 
 from .blocks import CAB, ORB, SAM, DownSample, SkipUpSample, conv
@@ -141,46 +144,34 @@ def _resize(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 # ---- psfops-backed modules ------------------------------------------------------------------
 
-class GatedFusion(nn.Module):
-    """``G*cur + (1-G)*prev`` with ``G = sigmoid(conv1x1([cur, prev]))``, via ``psfops.gated_fusion``.
-
-    cur, prev (B,C,H,W) -> (B,C,H,W). Zero bias: a fresh gate sits near 1/2 for small features.
-    """
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(channels, 2 * channels, 1, 1))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Conv2d's default
+class GatedFusion(psfops.nn.GatedFusion):
+    """:class:`psfops.nn.GatedFusion` (``G*cur + (1-G)*prev``, ``G = sigmoid(conv1x1([cur, prev]))``)
+    that also runs under ``torch.autocast``: parameters and ``prev`` are cast to ``cur``'s dtype,
+    since the op wants one dtype. cur, prev (B,C,H,W) -> (B,C,H,W)."""
 
     def forward(self, cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        dt = cur.dtype  # autocast leaves parameters in float32: the op wants one dtype
-        return psfops.gated_fusion(cur, prev.to(dt), self.weight.to(dt), self.bias.to(dt))
+        dt = cur.dtype
+        bias = None if self.bias is None else self.bias.to(dt)
+        return psfops.gated_fusion(cur, prev.to(dt), self.weight.to(dt), bias)
 
 
-class DynamicPSF(nn.Module):
-    """``psf_conv(x, weights, basis)`` with a learnable basis of ``num_basis`` k x k kernels.
-
-    The basis is stored as logits and ``spatial_normalize``d (softmax per kernel, sum 1); they
-    start as Gaussians of widths 0.5..2 px, so a fresh module is a mild blur.
-    x (B,C,H,W), weights (B,num_basis,H,W) -> (B,C,H,W).
-    """
+class DynamicPSF(psfops.nn.DynamicPSF):
+    """:class:`psfops.nn.DynamicPSF` (learnable ``spatial_normalize``d basis, ``psf_conv``) whose
+    per-pixel mixing weights come from the stage's multi-scale PSF head instead of its own 3x3
+    conv (which is removed). x (B,C,H,W), weights (B,num_basis,H,W) -> (B,C,H,W).
+    ``kernels()`` gives the normalized basis (num_basis, k, k)."""
 
     def __init__(self, channels: int, num_basis: int = 40, kernel_size: int = 7, dilation: int = 1):
-        super().__init__()
-        self.channels, self.num_basis, self.dilation = channels, num_basis, dilation
-        r = torch.arange(kernel_size, dtype=torch.float32) - kernel_size // 2
-        d2 = r[:, None] ** 2 + r[None, :] ** 2
-        sigma = torch.linspace(0.5, 2.0, num_basis)[:, None, None]
-        self.basis_logits = nn.Parameter(-d2 / (2 * sigma ** 2))
+        super().__init__(channels, num_basis, kernel_size, dilation)
+        del self.weight_head  # the weights are an input here
 
-    def basis(self) -> torch.Tensor:
-        """(num_basis, k, k) kernels, each summing to 1."""
-        return psfops.spatial_normalize(self.basis_logits.unsqueeze(0))[0]
+    def mixing_weights(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("SD-PSFNet's mixing weights come from the PSF head: "
+                                  "use SDPSFNet.forward(x, return_psf=True)")
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         dt = x.dtype
-        return psfops.psf_conv(x, weights.to(dt), self.basis().to(dt), self.dilation)
+        return psfops.psf_conv(x, weights.to(dt), self.kernels().to(dt), self.dilation)
 
 
 class PSFHead(nn.Module):
@@ -192,9 +183,9 @@ class PSFHead(nn.Module):
         self.branches = nn.ModuleList(
             nn.Sequential(conv(channels, hidden, k), nn.PReLU()) for k in (3, 5, 7))
         self.fuse = nn.Sequential(nn.Conv2d(3 * hidden, hidden, 1, bias=False), CAB(hidden, 3, reduction))
-        self.proj = nn.Conv2d(hidden, num_basis, 1, bias=True)
+        # no bias: a per-map constant cancels in the plane softmax (its gradient is exactly 0)
+        self.proj = nn.Conv2d(hidden, num_basis, 1, bias=False)
         nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         y = self.fuse(torch.cat([b(feats) for b in self.branches], dim=1))
@@ -300,7 +291,8 @@ def _cabs(channels: int, count: int, cfg: SDPSFNetConfig) -> nn.Sequential:
 class UNetStage(nn.Module):
     """Stage In (``first``) or Stage Mid: full-image 3-scale encoder-decoder with PSF components.
 
-    x (B,3,H,W) with H, W multiples of 4, previous StageState or None -> (image, StageState).
+    x (B,3,H,W) with H, W multiples of 4, previous StageState or None ->
+    (image (B,3,H,W), StageState, PSF maps (B,K_c,H/4,W/4) or None).
     """
 
     def __init__(self, cfg: SDPSFNetConfig, first: bool):
@@ -349,7 +341,7 @@ class UNetStage(nn.Module):
         memory = enc
         if self.memory_update is not None:
             memory = [g(e, m) for g, e, m in zip(self.memory_update, enc, prev.enc)]
-        return image, StageState(memory, dec, sam_feats)
+        return image, StageState(memory, dec, sam_feats), psf
 
 
 class ORStage(nn.Module):
@@ -391,7 +383,10 @@ class SDPSFNet(nn.Module):
         full resolution first; empty when ``num_basis == 0``."""
         return [m for m in self.modules() if isinstance(m, DynamicPSF)]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, return_psf: bool = False):
+        """x (B,3,H,W) -> list of images (B,3,H,W), final last. With ``return_psf``:
+        ``(images, psf_maps)``, psf_maps one (B,K_c,ceil(H/4),ceil(W/4)) tensor per UNet stage
+        (each map sums to 1 over the padded plane); empty when ``num_basis == 0``."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"x must be a floating-point torch.Tensor, got "
                             f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -400,20 +395,23 @@ class SDPSFNet(nn.Module):
         name = self.config.backend
         ctx = contextlib.nullcontext() if name == "auto" else psfops.backend(name)
         with ctx:
-            return self._forward(x)
+            images, psf_maps = self._forward(x)
+        return (images, psf_maps) if return_psf else images
 
-    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _forward(self, x: torch.Tensor):
         H, W = x.shape[-2:]
         ph, pw = (-H) % PAD_MULTIPLE, (-W) % PAD_MULTIPLE
         if ph or pw:
             mode = "reflect" if H > ph and W > pw else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        images, state = [], None
+        images, psf_maps, state = [], [], None
         for stage in self.stages:
-            image, state = stage(x, state)
+            image, state, psf = stage(x, state)
             images.append(image)
+            if psf is not None:
+                psf_maps.append(psf)
         images.append(self.orstage(x, state))
-        return [im[..., :H, :W] for im in images]
+        return [im[..., :H, :W] for im in images], psf_maps
 
 
 # ---- presets and ablations ------------------------------------------------------------------
