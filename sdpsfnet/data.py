@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "load_image", "save_image", "find_pairs", "PairedImages",
+    "IMAGE_EXTENSIONS", "load_image", "save_image", "find_pairs", "images_by_key", "PairedImages",
     "random_crop", "random_flip_rot", "pad_to", "natural_key",
 ]
 
@@ -88,16 +88,24 @@ def _pair_key(stem: str) -> str:
     return _RAIN_PREFIX.sub("", stem) or stem
 
 
-def _images_by_key(folder: Path) -> dict[str, Path]:
+def images_by_key(folder: str | os.PathLike, what: str = "folder") -> dict[str, Path]:
+    """The image files directly in ``folder``, keyed by their matching name (the file stem, less a
+    leading ``rain``/``norain`` token; see the module docstring). Hidden and non-image files are
+    skipped. ValueError naming ``what`` and the folder if it is missing or holds no images, or
+    naming both files if two share a key (``1.png`` and ``1.jpg``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{what} {str(folder)!r} is not a directory")
     found: dict[str, Path] = {}
-    for p in folder.iterdir():
+    for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
             key = _pair_key(p.stem)
             if key in found:
                 raise ValueError(f"{p} and {found[key]} in {folder} have the same name {key!r}; keep one")
             found[key] = p
     if not found:
-        raise ValueError(f"folder {folder} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise ValueError(f"{what} {str(folder)!r} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
     return found
 
 
@@ -117,7 +125,7 @@ def find_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
     else:
         expected = " or ".join(f"{a}/ + {b}/" for a, b in LAYOUTS)
         raise ValueError(f"root {str(root)!r} must contain {expected}")
-    rainy, clean = _images_by_key(rainy_dir), _images_by_key(clean_dir)
+    rainy, clean = images_by_key(rainy_dir, "rainy folder"), images_by_key(clean_dir, "clean folder")
     for key, p in rainy.items():
         if key not in clean:
             raise ValueError(f"{p} has no clean partner named {p.stem}.* in {clean_dir}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -129,25 +128,11 @@ def image_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
     }
 
 
-def _images_by_stem(folder: Path, what: str) -> dict[str, Path]:
-    from .data import IMAGE_EXTENSIONS
-
-    if not folder.is_dir():
-        raise ValueError(f"{what} {str(folder)!r} is not a directory")
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-            if p.stem in found:
-                raise ValueError(f"{what} has two images named {p.stem!r}: {found[p.stem].name} and {p.name}")
-            found[p.stem] = p
-    if not found:
-        raise ValueError(f"{what} {str(folder)!r} contains no images")
-    return found
-
-
 def score_folders(pred_dir: str | os.PathLike, target_dir: str | os.PathLike,
                   progress: bool = True) -> dict:
-    """Score every image in ``pred_dir`` against its namesake (same file stem) in ``target_dir``.
+    """Score every image in ``pred_dir`` against its namesake (same file stem, extension free; the
+    ``rain-``/``norain-`` prefixes of the Rain100H release are ignored, as in
+    :func:`sdpsfnet.data.find_pairs`) in ``target_dir``.
 
     Returns ``{psnr_y, ssim_y, psnr_rgb, ssim_rgb}`` (means over images) plus ``per_image``: a list
     of ``{name, psnr_y, ssim_y, psnr_rgb, ssim_rgb}`` in natural name order. A file without a
@@ -156,22 +141,22 @@ def score_folders(pred_dir: str | os.PathLike, target_dir: str | os.PathLike,
     """
     from tqdm.auto import tqdm
 
-    from .data import load_image, natural_key
+    from .data import images_by_key, load_image, natural_key
 
-    preds = _images_by_stem(Path(pred_dir), "pred_dir")
-    targets = _images_by_stem(Path(target_dir), "target_dir")
-    for stem, p in preds.items():
-        if stem not in targets:
-            raise ValueError(f"{p} has no partner named {stem}.* in target_dir {str(target_dir)!r}")
-    for stem, p in targets.items():
-        if stem not in preds:
-            raise ValueError(f"{p} has no partner named {stem}.* in pred_dir {str(pred_dir)!r}")
+    preds = images_by_key(pred_dir, "pred_dir")
+    targets = images_by_key(target_dir, "target_dir")
+    for key, p in preds.items():
+        if key not in targets:
+            raise ValueError(f"{p} has no partner named {p.stem}.* in target_dir {str(target_dir)!r}")
+    for key, p in targets.items():
+        if key not in preds:
+            raise ValueError(f"{p} has no partner named {p.stem}.* in pred_dir {str(pred_dir)!r}")
     per_image = []
-    for stem in tqdm(sorted(preds, key=natural_key), desc="scoring", disable=not progress):
-        pred, target = load_image(preds[stem]), load_image(targets[stem])
+    for key in tqdm(sorted(preds, key=natural_key), desc="scoring", disable=not progress):
+        pred, target = load_image(preds[key]), load_image(targets[key])
         if pred.shape != target.shape:
-            raise ValueError(f"{preds[stem]} has size {tuple(pred.shape[1:])} but its target "
-                             f"{targets[stem]} has {tuple(target.shape[1:])}")
-        per_image.append({"name": stem, **image_metrics(pred, target)})
+            raise ValueError(f"{preds[key]} has size {tuple(pred.shape[1:])} but its target "
+                             f"{targets[key]} has {tuple(target.shape[1:])}")
+        per_image.append({"name": preds[key].stem, **image_metrics(pred, target)})
     means = {k: sum(r[k] for r in per_image) / len(per_image) for k in METRIC_KEYS}
     return {**means, "per_image": per_image}

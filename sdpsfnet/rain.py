@@ -48,7 +48,7 @@ from torch.utils.data import Dataset
 import psfops
 from psfops import reference
 
-from .data import IMAGE_EXTENSIONS, load_image, natural_key, random_crop, random_flip_rot, save_image
+from .data import images_by_key, load_image, natural_key, random_crop, random_flip_rot, save_image
 
 __all__ = [
     "RainConfig", "streak_kernels", "render_rain", "SyntheticRain", "synth_folder",
@@ -289,18 +289,9 @@ def synth_folder(clean_dir: str | os.PathLike, out_dir: str | os.PathLike, seed:
     """
     from tqdm.auto import tqdm
 
-    clean_dir, out_dir = Path(clean_dir), Path(out_dir)
-    if not clean_dir.is_dir():
-        raise ValueError(f"clean_dir {str(clean_dir)!r} is not a directory")
-    files = sorted((p for p in clean_dir.iterdir()
-                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
-                   key=lambda p: natural_key(p.name))
-    if not files:
-        raise ValueError(f"clean_dir {str(clean_dir)!r} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-    stems = [p.stem for p in files]
-    dup = {s for s in stems if stems.count(s) > 1}
-    if dup:
-        raise ValueError(f"clean_dir has several images with the stem(s) {sorted(dup)}; outputs would collide")
+    found = images_by_key(clean_dir, "clean_dir")  # one image per name, else outputs would collide
+    files = [found[k] for k in sorted(found, key=natural_key)]
+    out_dir = Path(out_dir)
     written = []
     for i, path in enumerate(tqdm(files, desc="synth", disable=not progress)):
         clean = load_image(path)
