@@ -124,7 +124,10 @@ def find_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
             break
     else:
         expected = " or ".join(f"{a}/ + {b}/" for a, b in LAYOUTS)
-        raise ValueError(f"root {str(root)!r} must contain {expected}")
+        half = [f"{a}/ but no {b}/" if (root / a).is_dir() else f"{b}/ but no {a}/"
+                for a, b in LAYOUTS if (root / a).is_dir() != (root / b).is_dir()]
+        found = f" (it has {half[0]})" if half else ""
+        raise ValueError(f"root {str(root)!r} must contain {expected}{found}")
     rainy, clean = images_by_key(rainy_dir, "rainy folder"), images_by_key(clean_dir, "clean folder")
     for key, p in rainy.items():
         if key not in clean:

@@ -116,6 +116,9 @@ def test_find_pairs_errors_name_the_file_or_folder(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(ValueError, match="input/ \\+ target/ or rain/ \\+ norain/"):
         find_pairs(tmp_path / "d")
+    (tmp_path / "d" / "rain").mkdir()
+    with pytest.raises(ValueError, match=r"it has rain/ but no norain/"):
+        find_pairs(tmp_path / "d")
     with pytest.raises(ValueError, match="not a directory"):
         find_pairs(tmp_path / "missing")
 
