@@ -165,16 +165,17 @@ def test_synth_folder_writes_a_paired_folder(tmp_path):
         synth_folder(tmp_path / "empty", tmp_path / "x", progress=False)
 
 
-def test_triton_path_renders_the_same_rain():
-    """The CUDA path filters with the fused psfops.psf_conv; here its Triton kernel runs in the
-    interpreter (tiny image, short streaks) and must match the CPU conv-stack path."""
+def test_triton_path_renders_the_same_rain(device):
+    """The CUDA path filters with the fused psfops.psf_conv (on a GPU machine: compiled; without
+    one: the Triton interpreter, on a tiny image with short streaks) and must match the CPU
+    conv-stack path."""
     import psfops
 
     cfg = RainConfig(length=(3.0, 5.0), width=(1.0, 1.5), density=(0.05, 0.03))
     clean = _clean(b=1, h=12, w=10, seed=3)
     cpu = render_rain(clean, _gen(9), config=cfg, return_streaks=True)
     with psfops.backend("triton"):
-        tri = render_rain(clean, _gen(9), config=cfg, return_streaks=True)
+        tri = render_rain(clean.to(device), _gen(9), config=cfg, return_streaks=True)
     assert cpu[1].abs().sum() > 0
     for a, b in zip(cpu, tri):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-5, atol=1e-6)
