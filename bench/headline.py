@@ -14,7 +14,9 @@ from . import harness, report
 DTYPES = ("float32", "bfloat16")
 
 
-def run(device: torch.device, dtypes=DTYPES, log=print) -> list[dict]:
+def run(device: torch.device, dtypes=DTYPES, impls=None, log=print, timing: dict | None = None) -> list[dict]:
+    """Measure the headline case per dtype (``impls``: default every implementation of psf_conv),
+    print the target lines, return the records."""
     env = harness.environment(device)
     roof = harness.copy_bandwidth_gbps(device)
     log(f"device {env['device']}; torch {env['torch']}, triton {env['triton']}; "
@@ -23,8 +25,9 @@ def run(device: torch.device, dtypes=DTYPES, log=print) -> list[dict]:
     records = []
     for dtype in dtypes:
         case = C.Case(op="psf_conv", dtype=dtype, **shape)
-        recs = harness.run_cases([case], device, C.OPS["psf_conv"].implementations(), ("fwd+bwd",),
-                                 env=env, roofline_gbps=roof, compile_dynamic=False, log=log)
+        recs = harness.run_cases([case], device, impls or C.OPS["psf_conv"].implementations(),
+                                 ("fwd+bwd",), env=env, roofline_gbps=roof, compile_dynamic=False,
+                                 timing=timing, log=log)
         records += recs
         log(f"psf_conv fwd+bwd {case.label()} {dtype}:")
         for line in report.target_lines({r["impl"]: r for r in recs}, dtype):
