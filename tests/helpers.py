@@ -50,3 +50,20 @@ def value_and_grads(fn, inputs, grad_out=None, seed=0):
 def float64_leaves(*tensors):
     """Detached float64 CPU copies requiring grad: the independent truth's inputs."""
     return [t.detach().double().cpu().requires_grad_(True) for t in tensors]
+
+
+def check_triton_against_truth(op, truth, inputs, what: str = "") -> None:
+    """``op`` on the Triton path vs the float64 ``truth`` on the same (rounded) inputs: every
+    output and every input gradient, same dtype and shape, within FWD_RTOL/GRAD_RTOL."""
+    import psfops
+
+    dtype = inputs[0].dtype
+    with psfops.backend("triton"):
+        outs, grads, gout = value_and_grads(op, inputs)
+    touts, tgrads, _ = value_and_grads(truth, float64_leaves(*inputs), tuple(g.double().cpu() for g in gout))
+    for i, (o, t) in enumerate(zip(outs, touts)):
+        assert o.dtype == dtype
+        assert_rel_close(o, t, FWD_RTOL[dtype], f"{what} output {i} {dtype}")
+    for i, (g, t) in enumerate(zip(grads, tgrads)):
+        assert g.dtype == dtype and g.shape == inputs[i].shape
+        assert_rel_close(g, t, GRAD_RTOL[dtype], f"{what} grad {i} {dtype}")

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import psfops
-from helpers import DTYPES, FWD_RTOL, GRAD_RTOL, assert_rel_close, float64_leaves, rand, value_and_grads
+from helpers import DTYPES, assert_rel_close, check_triton_against_truth, rand, value_and_grads
 
 
 def truth_blend(cur, prev, gate):
@@ -27,15 +27,8 @@ def truth_fusion(cur, prev, weight, bias=None):
 
 
 def check_against_truth(op, truth, inputs, dtype, what):
-    """Triton op vs float64 truth on the same (rounded) inputs: output and every gradient."""
-    with psfops.backend("triton"):
-        outs, grads, gout = value_and_grads(op, inputs)
-    touts, tgrads, _ = value_and_grads(truth, float64_leaves(*inputs), tuple(g.double().cpu() for g in gout))
-    assert outs[0].dtype == dtype
-    assert_rel_close(outs[0], touts[0], FWD_RTOL[dtype], f"{what} forward {dtype}")
-    for i, (g, t) in enumerate(zip(grads, tgrads)):
-        assert g.dtype == dtype and g.shape == inputs[i].shape
-        assert_rel_close(g, t, GRAD_RTOL[dtype], f"{what} grad {i} {dtype}")
+    assert inputs[0].dtype == dtype
+    check_triton_against_truth(op, truth, inputs, what)
 
 
 def blend_inputs(B, C, H, W, gate_c, dtype=torch.float32, device="cpu"):

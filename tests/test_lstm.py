@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import psfops
-from helpers import DTYPES, FWD_RTOL, GRAD_RTOL, assert_rel_close, float64_leaves, rand, value_and_grads
+from helpers import (DTYPES, GRAD_RTOL, assert_rel_close, check_triton_against_truth, float64_leaves, rand, value_and_grads)
 
 
 def truth(gates, c_prev):
@@ -26,15 +26,8 @@ def inputs(B, C, H, W, dtype=torch.float32, device="cpu"):
 
 
 def check_against_truth(ins, dtype):
-    with psfops.backend("triton"):
-        outs, grads, gout = value_and_grads(psfops.lstm_cell, ins)
-    touts, tgrads, _ = value_and_grads(truth, float64_leaves(*ins), tuple(g.double().cpu() for g in gout))
-    for name, o, t in zip("hc", outs, touts):
-        assert o.dtype == dtype
-        assert_rel_close(o, t, FWD_RTOL[dtype], f"{name} {dtype}")
-    for name, g, t in zip(("dgates", "dc_prev"), grads, tgrads):
-        assert g.dtype == dtype
-        assert_rel_close(g, t, GRAD_RTOL[dtype], f"{name} {dtype}")
+    assert ins[0].dtype == dtype
+    check_triton_against_truth(psfops.lstm_cell, truth, ins, "lstm_cell")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

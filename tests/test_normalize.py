@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import psfops
-from helpers import DTYPES, FWD_RTOL, GRAD_RTOL, assert_rel_close, float64_leaves, rand, value_and_grads
+from helpers import DTYPES, assert_rel_close, check_triton_against_truth, rand, value_and_grads
 
 MODES = ("softmax", "l1")
 
@@ -27,13 +27,8 @@ def truth(x: torch.Tensor, mode: str, eps: float = 1e-6) -> torch.Tensor:
 
 def check_against_truth(x: torch.Tensor, mode: str, eps: float = 1e-6) -> None:
     """Triton output and dx vs the float64 truth on the same (rounded) input."""
-    with psfops.backend("triton"):
-        (y,), (dx,), gout = value_and_grads(lambda t: psfops.spatial_normalize(t, mode, eps), [x])
-    (ty,), (tdx,), _ = value_and_grads(lambda t: truth(t, mode, eps), float64_leaves(x),
-                                       tuple(g.double().cpu() for g in gout))
-    assert y.dtype == dx.dtype == x.dtype
-    assert_rel_close(y, ty, FWD_RTOL[x.dtype], f"{mode} forward {x.dtype}")
-    assert_rel_close(dx, tdx, GRAD_RTOL[x.dtype], f"{mode} grad {x.dtype}")
+    check_triton_against_truth(lambda t: psfops.spatial_normalize(t, mode, eps), lambda t: truth(t, mode, eps),
+                               [x], f"spatial_normalize {mode}")
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import psfops
 from psfops import reference
-from helpers import FWD_RTOL, GRAD_RTOL, DTYPES, assert_rel_close, float64_leaves, rand, value_and_grads
+from helpers import (FWD_RTOL, GRAD_RTOL, DTYPES, assert_rel_close, check_triton_against_truth, rand, value_and_grads)
 
 
 # ---- independent float64 truth: explicit shifted slices of a zero-padded image -------------
@@ -46,17 +46,8 @@ def psf_inputs(B, C, H, W, J, k, dtype, device, requires_grad=True):
 
 
 def check_against_truth(op, truth, inputs, dtype, what):
-    """Triton op vs float64 truth on the same (rounded) inputs: output and every gradient."""
-    with psfops.backend("triton"):
-        outs, grads, gout = value_and_grads(op, inputs)
-    truth_inputs = float64_leaves(*inputs)
-    touts, tgrads, _ = value_and_grads(truth, truth_inputs, tuple(g.double().cpu() for g in gout))
-    for o, t in zip(outs, touts):
-        assert o.dtype == dtype
-        assert_rel_close(o, t, FWD_RTOL[dtype], f"{what} forward {dtype}")
-    for i, (g, t) in enumerate(zip(grads, tgrads)):
-        assert g.dtype == dtype
-        assert_rel_close(g, t, GRAD_RTOL[dtype], f"{what} grad {i} {dtype}")
+    assert inputs[0].dtype == dtype
+    check_triton_against_truth(op, truth, inputs, what)
 
 
 # ---- parity -------------------------------------------------------------------------------
