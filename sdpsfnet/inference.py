@@ -183,8 +183,12 @@ def psf_maps(model: nn.Module, image: Tensor | None = None) -> list[dict]:
         raise ValueError("the model has no dynamic-PSF modules (e.g. num_basis=0): nothing to show")
     names = {id(m): n for n, m in model.named_modules()}
     seen: dict[int, Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out: seen.setdefault(id(mod), _call_weights(mod, args)))
-             for m in mods]
+
+    def grab(mod, args, out):  # returns None: the module's output is left alone
+        if id(mod) not in seen:
+            seen[id(mod)] = _call_weights(mod, args)
+
+    hooks = [m.register_forward_hook(grab) for m in mods]
     try:
         if image is not None:
             device = next(model.parameters()).device

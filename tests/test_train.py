@@ -194,7 +194,7 @@ def _ddp_worker(rank, world, port, out):
     torch.set_num_threads(1)
     model = Standin()
     train(_cfg(out, steps=3, val_every=3, ckpt_every=3), model=model, train_set=Pairs(),
-                       val_set=Pairs(2, 16, 16, seed=2))
+          val_set=Pairs(2, 16, 16, seed=2))
     torch.save([p.detach() for p in model.parameters()], os.path.join(out, f"params{rank}.pt"))
 
 
