@@ -42,6 +42,13 @@ def results_path(out: Path, device: torch.device, env: dict) -> Path:
     return out / f"{harness.device_slug(device)}-{env['date']}.json"
 
 
+def _quick_cpu_skip(case: C.Case, impl: str) -> str | None:
+    if impl == "compile" and case.op not in C.QUICK_CPU_COMPILE_OPS:
+        return (f"--quick on CPU compiles only {', '.join(C.QUICK_CPU_COMPILE_OPS)} "
+                "(CPU compile time); run without --quick for the rest")
+    return None
+
+
 def main_run(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description="Run the psfops benchmark suite.")
     p.add_argument("--quick", action="store_true", help="small shapes, float32, CPU-friendly smoke subset")
@@ -80,13 +87,7 @@ def main_run(argv) -> int:
     case_list = C.sweep_cases(a.ops, dtypes, a.axes, quick=a.quick)
     # CPU: short timing windows (the quick suite must stay under 2 minutes)
     timing = None if device.type == "cuda" else dict(warmup_ms=20.0, rep_ms=60.0, min_reps=3)
-    skip = None
-    if a.quick and device.type == "cpu":
-        def skip(case, impl):
-            if impl == "compile" and case.op not in C.QUICK_CPU_COMPILE_OPS:
-                return (f"--quick on CPU compiles only {', '.join(C.QUICK_CPU_COMPILE_OPS)} "
-                        "(CPU compile time); run without --quick for the rest")
-            return None
+    skip = _quick_cpu_skip if a.quick and device.type == "cpu" else None
     harness.run_cases(case_list, device, a.impls, a.passes, env=env, roofline_gbps=roof, done=done,
                       deadline=deadline, on_record=lambda r: report.save([r], path), timing=timing,
                       skip=skip)

@@ -4,7 +4,9 @@ One step = ``zero_grad``, forward (a list of images), loss over all outputs
 (``sdpsfnet.losses.DerainLoss`` when it exists, else L1 on the last output), backward, AdamW
 step. On CUDA the forward and loss run under bf16 autocast; on CPU in float32 (CPU autocast is not
 what anyone trains with). Records use the op table's keys: ``op="sdpsfnet_step:<model>"``,
-``pass="fwd+bwd"``, ``impl`` = the backend (``triton`` or ``reference``), ``C=3``, ``J=k=None``.
+``pass="fwd+bwd"``, ``impl`` = the backend (``triton`` or ``reference``), ``C=3``, ``J=k=None``,
+plus ``params`` and ``loss``. ``peak_mb`` is what a step allocates beyond what is held between
+steps (weights, optimizer state, the batch): activations, gradients, temporaries.
 """
 from __future__ import annotations
 
@@ -18,12 +20,13 @@ FULL = dict(model="sdpsfnet", B=4, H=128)   # tau=3, the issue's 4x3x128x128
 QUICK = dict(model="tiny", B=1, H=32)       # CPU smoke size
 
 
-def _loss_fn() -> Callable:
+def _loss_fn() -> tuple[str, Callable]:
+    """(name, loss(outputs, target)): DerainLoss if the colleague's module exists, else L1 on the last output."""
     try:
         from sdpsfnet.losses import DerainLoss
-        return DerainLoss()
+        return "DerainLoss", DerainLoss()
     except ImportError:
-        return lambda outputs, target: torch.nn.functional.l1_loss(outputs[-1].float(), target)
+        return "l1(last)", lambda outputs, target: torch.nn.functional.l1_loss(outputs[-1].float(), target)
 
 
 def _build(name: str, backend: str, device: torch.device):
@@ -53,7 +56,7 @@ def measure_step(model_name: str, backend: str, B: int, H: int, device: torch.de
         model = _build(model_name, backend, device)
         rec["params"] = sum(p.numel() for p in model.parameters())
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        loss_fn = _loss_fn()
+        rec["loss"], loss_fn = _loss_fn()
         x = torch.rand(B, 3, H, H, device=device)
         target = torch.rand(B, 3, H, H, device=device)
 

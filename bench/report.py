@@ -56,10 +56,15 @@ def save(records: Sequence[dict], path: str | os.PathLike) -> list[dict]:
     return out
 
 
-def default_results() -> list[Path]:
-    """Every results file under ``bench/results``, GPU runs first, newest first."""
-    files = sorted(RESULTS_DIR.glob("*.json"), key=lambda p: p.name, reverse=True)
+def order_results(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Results files in report order: GPU runs first, then newest first (by file name)."""
+    files = sorted((Path(p) for p in paths), key=lambda p: p.name, reverse=True)
     return sorted(files, key=lambda p: p.name.startswith("cpu"))
+
+
+def default_results() -> list[Path]:
+    """Every results file under ``bench/results``, in report order."""
+    return order_results(RESULTS_DIR.glob("*.json"))
 
 
 # ---- tables -------------------------------------------------------------------------------
@@ -139,7 +144,7 @@ def step_table(recs: list[dict]) -> list[str]:
         return []
     lines = ["| model | backend | dtype | input | ms | peak MB | params | note |", "|---|---|---|---|---|---|---|---|"]
     for r in steps:
-        note = "" if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+        note = f"loss {r.get('loss')}" if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
         lines.append(f"| {r['op'].split(':', 1)[-1]} | {r['impl']} | {r['dtype']} | "
                      f"{r['B']}x3x{r['H']}x{r['W']} | {_fmt(r['ms'])} | {_fmt(r['peak_mb'], '.1f')} | "
                      f"{_fmt(r.get('params'), ',')} | {note} |")
@@ -297,7 +302,8 @@ def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path) -> str
         cpu = r0.get("device_type") != "cuda"
         lines += [f"## {r0['device']}, {r0['date']}" + (" (CPU run: reference paths only)" if cpu else ""),
                   "", f"torch {r0['torch']}, triton {r0['triton']}, psfops {r0.get('psfops')}; "
-                  f"copy roofline {r0['roofline_gbps']:.1f} GB/s; {len(recs)} records in "
+                  + (f"torch CPU threads {r0.get('cpu_threads')}; " if cpu else "")
+                  + f"copy roofline {r0['roofline_gbps']:.1f} GB/s; {len(recs)} records in "
                   f"`{os.path.relpath(path, md_path.parent)}`.", ""]
         head = headline_lines(recs)
         if head:
@@ -328,7 +334,7 @@ def write_report(json_paths: Sequence[str | os.PathLike] | None = None,
                  md_path: str | os.PathLike = RESULTS_MD,
                  plot_dir: str | os.PathLike | None = None) -> Path:
     """Regenerate the markdown (and plots) from results files (default: all in bench/results)."""
-    paths = list(json_paths) if json_paths else default_results()
+    paths = order_results(json_paths) if json_paths else default_results()
     if not paths:
         raise FileNotFoundError(f"no results files given and none in {RESULTS_DIR}")
     md_path = Path(md_path)
