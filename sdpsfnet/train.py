@@ -13,7 +13,7 @@ Choices where the spec is silent:
   still spend most of their time at a useful learning rate. The warmup starts at
   ``lr * 1e-3`` (``LinearLR(start_factor=1e-3)``).
 - **Batch size** is per process; under ``torchrun`` the effective batch is ``batch_size * world``.
-- **Validation**: every ``val_every`` steps and at the end, mean PSNR/SSIM (Y) of the final output
+- **Validation**: before the first step, every ``val_every`` steps and at the end, mean PSNR/SSIM (Y) of the final output
   over a fixed validation set (``--val DIR``, else the first ``val_size`` pairs of ``--data``
   centre-cropped, else ``SyntheticRain("val")``), next to the same metric for the rainy input.
 - **Files** in ``out``: ``last.pt`` (every ``ckpt_every`` steps and at the end), ``best.pt``
@@ -246,21 +246,21 @@ def write_curves(csv_path: str, png_path: str) -> None:
     rows = _read_csv(csv_path)
     if not rows:
         return
-    steps = [int(r["step"]) for r in rows]
-    loss = [float(r["loss"]) for r in rows]
+    steps = [int(r["step"]) for r in rows if r["loss"]]
+    loss = [float(r["loss"]) for r in rows if r["loss"]]
     val = [(int(r["step"]), float(r["val_psnr_y"]), float(r["input_psnr_y"]))
            for r in rows if r.get("val_psnr_y")]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     a.plot(steps, loss, lw=0.6, alpha=0.5, label="loss")
-    if len(loss) >= 20:
-        w = max(1, len(loss) // 50)
+    w = len(loss) // 50
+    if w > 1:
         smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
         a.plot(steps[w - 1:], smooth, lw=1.5, label=f"mean of {w}")
     a.set_yscale("log"), a.set_xlabel("step"), a.set_ylabel("training loss"), a.legend()
     if val:
         s, p, p0 = zip(*val)
         b.plot(s, p, "o-", label="restored")
-        b.plot(s, p0, "--", color="gray", label="rainy input")
+        b.plot(s, p0, "x--", color="gray", label="rainy input")
         b.legend()
     b.set_xlabel("step"), b.set_ylabel("validation PSNR-Y (dB)")
     fig.tight_layout()
@@ -403,6 +403,11 @@ def train(cfg: TrainConfig, *, resume: str | None = None, model: nn.Module | Non
         loader_iter = None
         last_val: dict = {}
         t0 = time.perf_counter()
+        if is_main and step == 0 and stop > 0:  # the starting point of the PSNR curve
+            last_val = validate(0)
+            with open(csv_path, "a", newline="") as f:
+                csv.DictWriter(f, CSV_FIELDS).writerow(
+                    {"step": 0, "epoch": 0, **{k: f"{v:.4f}" for k, v in last_val.items()}})
         while step < stop:
             epoch, in_epoch = divmod(step, steps_per_epoch)
             if loader_iter is None or in_epoch == 0:

@@ -64,7 +64,7 @@ def test_train_writes_checkpoints_logs_and_figures(run):
     ck = torch.load(run / "last.pt", weights_only=True)
     assert ck["step"] == 2 and ck["build_spec"]["name"] == "tiny" and ck["config"]["crop"] == 16
     lines = (run / "metrics.csv").read_text().splitlines()
-    assert len(lines) == 3 and lines[0].startswith("step,epoch,lr,loss")
+    assert len(lines) == 4 and lines[0].startswith("step,epoch,lr,loss")  # header, step 0 (val), 1, 2
 
 
 def test_eval_json(run, pairs, tmp_path):

@@ -84,10 +84,10 @@ def test_resume_is_bitwise(tmp_path):
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 12
     # The logged curve continues: same losses and learning rates, step by step, no duplicate rows.
     ra, rb = _rows(tmp_path / "straight"), _rows(tmp_path / "half")
-    assert [r["step"] for r in rb] == [str(i) for i in range(1, 13)]
+    assert [r["step"] for r in rb] == [str(i) for i in range(0, 13)]  # 0: validation before training
     assert [(r["loss"], r["lr"]) for r in ra] == [(r["loss"], r["lr"]) for r in rb]
     # A resume that skipped the RNG restore would draw other crops: check the test can tell.
-    assert len({r["loss"] for r in ra}) == 12
+    assert len({r["loss"] for r in ra if r["loss"]}) == 12
 
 
 def test_checkpoint_contents_and_rebuild(tmp_path):
@@ -150,7 +150,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     ck = load_checkpoint(tmp_path / "last.pt")
     assert ck["step"] == 6
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
-    assert [r["step"] for r in _rows(tmp_path)] == [str(i) for i in range(1, 7)]
+    assert [r["step"] for r in _rows(tmp_path)] == [str(i) for i in range(0, 7)]
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -211,7 +211,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert ck["step"] == 3 and len(ck["rng"]) == 2  # both ranks' RNG states
     assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # per-rank augmentation
     rows = _rows(tmp_path)  # only rank 0 logs
-    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    assert [r["step"] for r in rows] == ["0", "1", "2", "3"]
     p0, p1 = torch.load(tmp_path / "params0.pt"), torch.load(tmp_path / "params1.pt")
     torch.manual_seed(3)
     fresh = Standin()  # the init train() gives with seed 3
