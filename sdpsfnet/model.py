@@ -427,8 +427,9 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(num_mid_stages=1, num_basis=8, **TINY_WIDTHS),
 }
 
-# The paper's ablation rows (Table "incremental component contributions") and its tau study,
-# each as overrides of the ``sdpsfnet`` preset.
+# The paper's ablation rows (incremental component contributions, cumulative: each row adds one
+# component to the row before, all at tau=3) and its tau study, each as overrides of the
+# ``sdpsfnet`` preset: ``build_model("sdpsfnet", **ABLATIONS[row])``.
 ABLATIONS: dict[str, dict] = {
     "baseline": dict(gates=False, hierarchical_update=False, enhanced_csff=False, num_basis=0),
     "+gate": dict(gates=True, hierarchical_update=False, enhanced_csff=False, num_basis=0),
@@ -436,6 +437,9 @@ ABLATIONS: dict[str, dict] = {
     "+enhanced-csff": dict(gates=True, hierarchical_update=True, enhanced_csff=True, num_basis=0),
     "+psf-1ch": dict(num_basis=1),
     "+psf-40ch": dict(num_basis=40),
+    # Not a paper row: MPRNet's own layout in this code (two UNet stages + ORStage, plain fusion).
+    "mprnet-like": dict(num_mid_stages=1, gates=False, hierarchical_update=False, enhanced_csff=False,
+                        num_basis=0),
     "tau0": dict(num_mid_stages=0),
     "tau1": dict(num_mid_stages=1),
     "tau2": dict(num_mid_stages=2),
