@@ -59,8 +59,10 @@ def environment(device: torch.device) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    return {"device": device_name(device), "device_type": device.type,
-            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "triton": triton_version, "psfops": psfops.__version__,
+    interpret = device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return {"device": device_name(device), "device_type": device.type, "triton_interpret": interpret,
+            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "triton": triton_version, "psfops": psfops.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 

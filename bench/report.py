@@ -305,6 +305,9 @@ def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path) -> str
                   + (f"torch CPU threads {r0.get('cpu_threads')}; " if cpu else "")
                   + f"copy roofline {r0['roofline_gbps']:.1f} GB/s; {len(recs)} records in "
                   f"`{os.path.relpath(path, md_path.parent)}`.", ""]
+        if any(r.get("triton_interpret") and r["impl"] == "triton" and r["status"] == "ok" for r in recs):
+            lines += ["Triton timings in this run come from the CPU interpreter (`TRITON_INTERPRET=1`): "
+                      "they test the harness, not the kernels' speed.", ""]
         head = headline_lines(recs)
         if head:
             lines += ["### Headline: psf_conv fwd+bwd, B8 C64 128x128 J40 k7", ""] + head + [""]
