@@ -1,7 +1,8 @@
 """``python -m bench``: run the benchmark suite, the headline check, or regenerate the report.
 
     python -m bench [--quick] [--ops psf_conv,...] [--dtypes float32,...] [--impls ...]
-                    [--axes B,C,H,J,k] [--out bench/results] [--resume] [--max-minutes M]
+                    [--axes B,C,H,J,k] [--compile dynamic|static] [--out bench/results]
+                    [--resume] [--max-minutes M] [--no-model]
     python -m bench headline [--dtypes float32,bfloat16] [--out bench/results]
     python -m bench report [JSON ...] [--md bench/RESULTS.md]
 
@@ -63,6 +64,9 @@ def main_run(argv) -> int:
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--resume", action="store_true", help="skip cases already in today's results file")
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long")
+    p.add_argument("--compile", choices=("dynamic", "static"), default="dynamic",
+                   help="torch.compile mode of the reference: dynamic (default: one graph per "
+                        "op/dtype/pass for all shapes) or static (one graph per shape: slower to run)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: 1 with --quick on CPU, else torch's default)")
     p.add_argument("--no-model", action="store_true", help="skip the SD-PSFNet training step")
@@ -90,7 +94,7 @@ def main_run(argv) -> int:
     skip = _quick_cpu_skip if a.quick and device.type == "cpu" else None
     harness.run_cases(case_list, device, a.impls, a.passes, env=env, roofline_gbps=roof, done=done,
                       deadline=deadline, on_record=lambda r: report.save([r], path), timing=timing,
-                      skip=skip)
+                      skip=skip, compile_dynamic=a.compile == "dynamic")
     if not a.no_model and (deadline is None or time.monotonic() < deadline):
         backends = [b for b in ("triton", "reference") if b != "triton" or "triton" in a.impls]
         recs = model_step.run(device, env, roof, a.quick, backends, timing=timing)

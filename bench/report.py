@@ -280,7 +280,9 @@ written once; fwd+bwd adds the backward's reads of cotangents and inputs and its
 gradients); `% roofline` compares that with the device's measured copy bandwidth (1 GiB
 device-to-device copy, read + write). `eager` is `psfops.reference` (psf_conv: unfold + einsum;
 `eager-convstack`: depthwise conv stack + per-pixel mix), `compile` is `torch.compile` of the
-reference (`dynamic=True` in the sweep), `triton` the psfops op under `psfops.backend("triton")`.
+reference (`dynamic=True` in the sweep unless run with `--compile static`; static in
+`python -m bench headline`; each record's `compile` field says which), `triton` the psfops op
+under `psfops.backend("triton")`.
 `x eager`/`x compile` are speed-ups of `triton` (time of the baseline / time of triton)."""
 
 
