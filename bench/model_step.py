@@ -21,19 +21,12 @@ QUICK = dict(model="tiny", B=1, H=32)       # CPU smoke size
 
 
 def _loss_fn() -> tuple[str, Callable]:
-    """(name, loss(outputs, target)): DerainLoss if the colleague's module exists, else L1 on the last output."""
-    try:
-        from sdpsfnet.losses import DerainLoss
-        return "DerainLoss", DerainLoss()
-    except ImportError:
-        return "l1(last)", lambda outputs, target: torch.nn.functional.l1_loss(outputs[-1].float(), target)
+    """(name, loss(outputs, target)): the training loss, SPEC section 4."""
+    from sdpsfnet.losses import DerainLoss
+    return "DerainLoss", DerainLoss()
 
 
 def _build(name: str, backend: str, device: torch.device):
-    try:
-        import sdpsfnet.model  # noqa: F401  (registers the models if __init__ does not yet)
-    except ImportError:
-        pass
     from sdpsfnet import build_model
     return build_model(name, backend=backend).to(device)
 
