@@ -49,6 +49,9 @@ Choices where the paper is silent (all switchable through :class:`SDPSFNetConfig
   1x1-projected previous encoder and decoder features through two gates, one each (off: plain
   sum, as MPRNet). In the ORStage, CSFF inputs are projected by 1x1 convs, then bilinearly
   upsampled to full resolution.
+* Outputs: each UNet stage emits its image through a SAM (``conv(feats) + x``), whose gated
+  features feed the next stage; the ORStage emits ``conv(feats) + x`` (SAM's image branch; no
+  stage follows to use attention features), as MPRNet's last stage.
 * ``num_basis`` = 0 removes the PSF head, DynamicPSF and PSF attention; 1 keeps them with a
   single map and a single basis kernel.
 * Input: any H, W; reflect-padded to a multiple of 4 (replicate when the image is too small to
@@ -437,9 +440,10 @@ ABLATIONS: dict[str, dict] = {
     "+enhanced-csff": dict(gates=True, hierarchical_update=True, enhanced_csff=True, num_basis=0),
     "+psf-1ch": dict(num_basis=1),
     "+psf-40ch": dict(num_basis=40),
-    # Not a paper row: MPRNet's own layout in this code (two UNet stages + ORStage, plain fusion).
+    # Not a paper row: MPRNet's own layout in this code (two UNet stages + ORStage, plain fusion,
+    # 2 CABs per scale): 3.65M parameters, MPRNet's 3.64M.
     "mprnet-like": dict(num_mid_stages=1, gates=False, hierarchical_update=False, enhanced_csff=False,
-                        num_basis=0),
+                        num_basis=0, unet_cabs=2),
     "tau0": dict(num_mid_stages=0),
     "tau1": dict(num_mid_stages=1),
     "tau2": dict(num_mid_stages=2),

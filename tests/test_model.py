@@ -94,7 +94,7 @@ def _expected_gates(cfg):
 @pytest.mark.parametrize("row", sorted(ABLATIONS))
 def test_ablation_rows_build_and_train(row):
     torch.manual_seed(0)
-    model = build_model("sdpsfnet", **TINY_WIDTHS, **ABLATIONS[row])
+    model = build_model("sdpsfnet", **{**TINY_WIDTHS, **ABLATIONS[row]})
     cfg = model.config
     assert sum(isinstance(m, GatedFusion) for m in model.modules()) == _expected_gates(cfg)
     assert len(model.psf_modules()) == (3 * (cfg.num_mid_stages + 1) if cfg.num_basis else 0)
