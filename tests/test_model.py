@@ -3,16 +3,14 @@
 Everything runs at the ``tiny`` widths on small images (the CPU here is shared and slow); only
 the parameter-count test builds the full-width models (construction only, no forward).
 """
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import psfops
-import sdpsfnet.model  # noqa: F401  (registers the SD-PSFNet presets)
 from sdpsfnet import build_model
-from sdpsfnet.model import ABLATIONS, TINY_WIDTHS, DynamicPSF, GatedFusion, SDPSFNet, SDPSFNetConfig
+from sdpsfnet.model import ABLATIONS, TINY_WIDTHS, DynamicPSF, GatedFusion, SDPSFNetConfig
 
 from helpers import FWD_RTOL, GRAD_RTOL, assert_rel_close
 
