@@ -39,7 +39,9 @@ class DynamicPSF(nn.Module):
     - ``k = spatial_normalize(basis.view(1, J, k, k), basis_norm)[0]``: J kernels (J, k, k), each
       summing to 1 (energy conserving; non-negative with the default ``"softmax"``).
 
-    So every per-pixel kernel sums to 1. Init: the basis logits are a narrow Gaussian
+    So every per-pixel kernel sums to 1. With ``predict_weights=False`` the module has no weight
+    head and the caller passes the weights (SD-PSFNet predicts them with its multi-scale PSF head).
+    Weights and basis are cast to ``x``'s dtype, so the module runs under ``torch.autocast``. Init: the basis logits are a narrow Gaussian
     (``init_sigma`` = 0.3 px) floored at -9, plus 0.01 noise: centre tap ~0.98 for k=7, so a fresh
     module is close to the identity filter (||y - x|| / ||x|| ~ 0.02 on white noise, less on
     smooth images). With ``basis_norm="l1"`` the raw basis starts at a delta plus 2e-4 noise.
@@ -50,10 +52,12 @@ class DynamicPSF(nn.Module):
         kernel_size: k, odd.
         dilation: spacing of the kernel taps.
         basis_norm: ``"softmax"`` (default) or ``"l1"``, the ``spatial_normalize`` mode of the basis.
+        predict_weights: whether the module predicts its mixing weights (a 3x3 conv + softmax over J)
+            or takes them as the second argument of ``forward``.
     """
 
     def __init__(self, channels: int, num_basis: int = 40, kernel_size: int = 7, dilation: int = 1,
-                 basis_norm: str = "softmax", init_sigma: float = 0.3):
+                 basis_norm: str = "softmax", init_sigma: float = 0.3, predict_weights: bool = True):
         super().__init__()
         if channels < 1 or num_basis < 1:
             raise ValueError(f"channels and num_basis must be >= 1, got {channels}, {num_basis}")
@@ -63,7 +67,7 @@ class DynamicPSF(nn.Module):
             raise ValueError(f"basis_norm must be 'softmax' or 'l1', got {basis_norm!r}")
         self.channels, self.num_basis, self.kernel_size = channels, num_basis, kernel_size
         self.dilation, self.basis_norm = dilation, basis_norm
-        self.weight_head = nn.Conv2d(channels, num_basis, 3, padding=1)
+        self.weight_head = nn.Conv2d(channels, num_basis, 3, padding=1) if predict_weights else None
         if basis_norm == "softmax":
             init = _narrow_gaussian_logits(num_basis, kernel_size, init_sigma, 0.01)
         else:
@@ -79,12 +83,17 @@ class DynamicPSF(nn.Module):
 
     def mixing_weights(self, x: Tensor) -> Tensor:
         """Per-pixel mixing weights (B, J, H, W) for x (B, C, H, W); softmax over J."""
+        if self.weight_head is None:
+            raise RuntimeError("this DynamicPSF was built with predict_weights=False: its weights are "
+                               "an input of forward(x, weights)")
         return torch.softmax(self.weight_head(x), dim=1)
 
-    def forward(self, x: Tensor, return_weights: bool = False):
-        """x (B, C, H, W) -> y (B, C, H, W), or (y, weights (B, J, H, W)) if ``return_weights``."""
-        weights = self.mixing_weights(x)
-        y = psf_conv(x, weights, self.kernels().to(x.dtype), self.dilation)
+    def forward(self, x: Tensor, weights: Tensor | None = None, return_weights: bool = False):
+        """x (B, C, H, W) [, weights (B, J, H, W)] -> y (B, C, H, W), or (y, weights) if
+        ``return_weights``. ``weights`` defaults to :meth:`mixing_weights` of ``x``."""
+        if weights is None:
+            weights = self.mixing_weights(x)
+        y = psf_conv(x, weights.to(x.dtype), self.kernels().to(x.dtype), self.dilation)
         return (y, weights) if return_weights else y
 
     def extra_repr(self) -> str:
@@ -98,7 +107,8 @@ class GatedFusion(nn.Module):
     ``forward(cur, prev)``: cur, prev (B, C, H, W) -> (B, C, H, W), via ``psfops.gated_fusion``
     (one fused kernel on the Triton path; no concat, no materialized gate). The parameters are
     exactly those of ``nn.Conv2d(2C, C, 1, bias=bias)``: ``weight`` (C, 2C, 1, 1), ``bias`` (C,),
-    same names, shapes and default init (so state dicts are interchangeable).
+    same names, shapes and default init (so state dicts are interchangeable). ``prev`` and the
+    parameters are cast to ``cur``'s dtype, so the module runs under ``torch.autocast``.
     """
 
     def __init__(self, channels: int, bias: bool = True):
@@ -118,7 +128,9 @@ class GatedFusion(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, cur: Tensor, prev: Tensor) -> Tensor:
-        return gated_fusion(cur, prev, self.weight, self.bias)
+        dt = cur.dtype
+        bias = None if self.bias is None else self.bias.to(dt)
+        return gated_fusion(cur, prev.to(dt), self.weight.to(dt), bias)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, bias={self.bias is not None}"

@@ -3,6 +3,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (B,C,H,W) on the bottom/right to multiples of ``multiple``: reflect, or replicate when
+    the image is too small to reflect. Crop back with ``y[..., :H, :W]``."""
+    H, W = x.shape[-2:]
+    ph, pw = -H % multiple, -W % multiple
+    if not (ph or pw):
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="reflect" if H > ph and W > pw else "replicate")
 
 
 def conv(in_ch: int, out_ch: int, kernel_size: int = 3, bias: bool = False, stride: int = 1) -> nn.Conv2d:

@@ -71,13 +71,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import psfops
-import psfops.nn
 from psfops import BACKENDS
+from psfops.nn import DynamicPSF, GatedFusion
 
-from .blocks import CAB, ORB, SAM, DownSample, SkipUpSample, conv
+from .blocks import CAB, ORB, SAM, DownSample, SkipUpSample, conv, pad_to_multiple
 from .registry import register_model
 
-__all__ = ["SDPSFNetConfig", "SDPSFNet", "PRESETS", "ABLATIONS", "DynamicPSF", "PSFHead", "PSFAttention"]
+__all__ = ["SDPSFNetConfig", "SDPSFNet", "PRESETS", "ABLATIONS", "PSFHead", "PSFAttention"]
 
 PAD_MULTIPLE = 4  # two 2x downsamplings in the UNet stages
 
@@ -145,38 +145,6 @@ def _resize(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(t, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
-# ---- psfops-backed modules ------------------------------------------------------------------
-
-class GatedFusion(psfops.nn.GatedFusion):
-    """:class:`psfops.nn.GatedFusion` (``G*cur + (1-G)*prev``, ``G = sigmoid(conv1x1([cur, prev]))``)
-    that also runs under ``torch.autocast``: parameters and ``prev`` are cast to ``cur``'s dtype,
-    since the op wants one dtype. cur, prev (B,C,H,W) -> (B,C,H,W)."""
-
-    def forward(self, cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        dt = cur.dtype
-        bias = None if self.bias is None else self.bias.to(dt)
-        return psfops.gated_fusion(cur, prev.to(dt), self.weight.to(dt), bias)
-
-
-class DynamicPSF(psfops.nn.DynamicPSF):
-    """:class:`psfops.nn.DynamicPSF` (learnable ``spatial_normalize``d basis, ``psf_conv``) whose
-    per-pixel mixing weights come from the stage's multi-scale PSF head instead of its own 3x3
-    conv (which is removed). x (B,C,H,W), weights (B,num_basis,H,W) -> (B,C,H,W).
-    ``kernels()`` gives the normalized basis (num_basis, k, k)."""
-
-    def __init__(self, channels: int, num_basis: int = 40, kernel_size: int = 7, dilation: int = 1):
-        super().__init__(channels, num_basis, kernel_size, dilation)
-        del self.weight_head  # the weights are an input here
-
-    def mixing_weights(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("SD-PSFNet's mixing weights come from the PSF head: "
-                                  "use SDPSFNet.forward(x, return_psf=True)")
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        dt = x.dtype
-        return psfops.psf_conv(x, weights.to(dt), self.kernels().to(dt), self.dilation)
-
-
 class PSFHead(nn.Module):
     """Multi-scale PSF head: 3x3/5x5/7x7 conv branches, concat, 1x1 conv, CAB, 1x1 conv to K_c maps,
     ``spatial_normalize``d. feats (B,C,h,w) -> P (B,K_c,h,w), each map summing to 1."""
@@ -225,7 +193,8 @@ class PSFBlock(nn.Module):
 
     def __init__(self, channels: int, cfg: SDPSFNetConfig):
         super().__init__()
-        self.dynamic_psf = DynamicPSF(channels, cfg.num_basis, cfg.psf_kernel_size, cfg.psf_dilation)
+        self.dynamic_psf = DynamicPSF(channels, cfg.num_basis, cfg.psf_kernel_size, cfg.psf_dilation,
+                                      predict_weights=False)
         self.attention = PSFAttention(channels, cfg.num_basis)
 
     def forward(self, x: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
@@ -403,10 +372,7 @@ class SDPSFNet(nn.Module):
 
     def _forward(self, x: torch.Tensor):
         H, W = x.shape[-2:]
-        ph, pw = (-H) % PAD_MULTIPLE, (-W) % PAD_MULTIPLE
-        if ph or pw:
-            mode = "reflect" if H > ph and W > pw else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        x = pad_to_multiple(x, PAD_MULTIPLE)
         images, psf_maps, state = [], [], None
         for stage in self.stages:
             image, state, psf = stage(x, state)

@@ -40,7 +40,7 @@ import psfops
 from psfops import _checks
 from psfops._backend import BACKENDS
 
-from .blocks import CAB, conv
+from .blocks import CAB, conv, pad_to_multiple
 from .registry import register_model
 
 __all__ = ["MSPFNConfig", "MSPFN", "ConvLSTM", "TINY", "mspfn", "mspfn_tiny"]
@@ -253,8 +253,7 @@ class MSPFN(nn.Module):
     def rain(self, x: torch.Tensor) -> torch.Tensor:
         """The predicted rain layer (B,in_channels,H,W); pads to a multiple of 2**S and crops back."""
         S, (H, W) = self.config.num_scales, x.shape[-2:]
-        ph, pw = -H % 2 ** S, -W % 2 ** S
-        xp = F.pad(x, (0, pw, 0, ph), mode="reflect" if H > ph and W > pw else "replicate")
+        xp = pad_to_multiple(x, 2 ** S)
         pyramid = [xp]
         for _ in range(S - 1):
             pyramid.append(self._down(pyramid[-1]))

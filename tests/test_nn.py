@@ -174,3 +174,23 @@ def test_torch_compile_fullgraph_matches_eager(device):
     assert_rel_close(out, eager, 1e-6, "compiled forward")
     for a, b in zip(grads, eager_grads):
         assert_rel_close(a, b, 1e-5, "compiled grad")
+
+
+def test_modules_run_under_autocast():
+    """Float32 parameters meet bf16 activations under autocast: the modules cast to x's dtype."""
+    x = torch.randn(1, 4, 6, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cur = torch.nn.functional.conv2d(x, torch.randn(4, 4, 1, 1))  # bf16 under autocast
+        assert cur.dtype == torch.bfloat16
+        assert GatedFusion(4)(cur, x).dtype == torch.bfloat16
+        assert DynamicPSF(4, num_basis=3, kernel_size=3)(cur).dtype == torch.bfloat16
+
+
+def test_dynamic_psf_with_external_weights():
+    m = DynamicPSF(2, num_basis=3, kernel_size=3, predict_weights=False)
+    assert m.weight_head is None
+    x, w = torch.randn(1, 2, 5, 5), torch.softmax(torch.randn(1, 3, 5, 5), 1)
+    expect = psfops.reference.psf_conv(x, w, m.kernels())
+    assert torch.allclose(m(x, w), expect, rtol=1e-6, atol=1e-6)
+    with pytest.raises(RuntimeError, match="predict_weights=False"):
+        m(x)
