@@ -105,12 +105,19 @@ def list_images(inputs: Iterable[str]) -> list[str]:
 
 def derain_paths(model: nn.Module, inputs: Iterable[str], out_dir: str, tile: int | None = 512,
                  overlap: int = 64, progress: bool = True, amp_dtype: torch.dtype | None = None) -> list[str]:
-    """Derain image files/folders into ``out_dir`` as ``<stem>.png`` (same size); returns paths."""
+    """Derain image files/folders into ``out_dir`` as ``<stem>.png`` (same size); returns paths.
+    Two inputs with the same stem raise ValueError naming both."""
     from tqdm import tqdm
 
     from .data import load_image, save_image
 
     paths = list_images(inputs)
+    stems: dict[str, str] = {}
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(p))[0]
+        if stem in stems:
+            raise ValueError(f"inputs {stems[stem]} and {p} would both be written as {stem}.png")
+        stems[stem] = p
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for p in tqdm(paths, desc="derain", unit="img", disable=not progress):
