@@ -86,7 +86,7 @@ def _blend_bwd_kernel(dy_ptr, cur_ptr, prev_ptr, gate_ptr, dcur_ptr, dprev_ptr, 
 
 def _blend_blocks(C: int, HW: int):
     BC = max(2, min(triton.next_power_of_2(max(C, 1)), 16))
-    return BC, pixel_block(HW, gpu_block=256)
+    return BC, pixel_block(HW, gpu_block=128)  # 256 spills the backward on sm_90
 
 
 def blend_forward(cur, prev, gate) -> torch.Tensor:
@@ -297,8 +297,11 @@ def fusion_backward(dy, cur, prev, weight, bias):
     _fusion_bwd_gate_kernel[(n_tiles, n_cb, B)](
         dy, cur, prev, w, w if bias is None else bias.contiguous(), s, dg, C, HW,
         HAS_BIAS=bias is not None, USE_DOT=use_dot, BLOCK_C=BC, BLOCK_P=BP, ACC=acc)
+    # 8 warps, no software pipelining: the two accumulator tiles of the kernels below spill
+    # registers on sm_90 otherwise (bf16 d(weight): 3 KB of stack), see `python -m bench sm90`.
     _fusion_bwd_input_kernel[(n_tiles, n_cb, B)](
-        dy, w, s, dg, dcur, dprev, C, HW, USE_DOT=use_dot, BLOCK_C=BC, BLOCK_P=BP, ACC=acc)
+        dy, w, s, dg, dcur, dprev, C, HW, USE_DOT=use_dot, BLOCK_C=BC, BLOCK_P=BP, ACC=acc,
+        num_warps=8, num_stages=1)
     n_items = B * n_tiles
     n_chunks = min(n_items, dweight_chunks())
     per_chunk = triton.cdiv(n_items, n_chunks)
@@ -306,7 +309,7 @@ def fusion_backward(dy, cur, prev, weight, bias):
     partials = torch.empty((n_chunks, C, 2 * C + 1), device=cur.device, dtype=s.dtype)
     _fusion_dweight_kernel[(n_chunks, n_cb, n_cb)](
         dg, cur, prev, partials, C, HW, n_tiles, n_items, per_chunk, USE_DOT=use_dot,
-        BLOCK_C=BC, BLOCK_P=BP, ACC=acc)
+        BLOCK_C=BC, BLOCK_P=BP, ACC=acc, num_warps=8, num_stages=1)
     total = partials.sum(dim=0)  # fixed-order reduction: deterministic
     dweight.copy_(total[:, : 2 * C].reshape(weight.shape))
     dbias.copy_(total[:, 2 * C])

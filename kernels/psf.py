@@ -210,8 +210,17 @@ def _synthesize_bwd_kernel(dpsf_ptr, w_ptr, basis_ptr, dw_ptr, part_ptr, H, W, J
 # launchers (inputs already validated by psfops; here: contiguity, allocation, grid, blocks)
 # --------------------------------------------------------------------------------------------
 
-def _blocks(C: int, H: int, W: int, J: int):
-    return channel_block(C), pixel_block(H * W), triton.next_power_of_2(max(J, 1))
+# GPU launch shapes, read off the sm_90 resource usage (``python -m bench sm90``): a program that
+# holds the (BLOCK_J<=64, BLOCK_P) weights tile spills registers at 4 warps x 128 pixels, and
+# stays in registers at 8 warps x 64 pixels (forward, dx) or 8 warps x 128 pixels (tap gradients;
+# the larger tile halves the d(basis) partial rows). Explicit-psf kernels fit 4 warps x 128.
+def _launch(H: int, W: int, synth: bool, synth_pixels: int) -> tuple[int, int]:
+    """(BLOCK_P, num_warps) of one kernel."""
+    return pixel_block(H * W, synth_pixels if synth else 128), 8 if synth else 4
+
+
+def _jblock(J: int) -> int:
+    return triton.next_power_of_2(max(J, 1))
 
 
 def _empty(*ts: torch.Tensor) -> bool:
@@ -229,10 +238,11 @@ def filter_forward(x, src, basis, dilation: int, synth: bool) -> torch.Tensor:
     if _empty(x, src):
         return y.zero_()
     J = src.shape[1] if synth else 1
-    BC, BP, BJ = _blocks(C, H, W, J)
+    BC, (BP, warps) = channel_block(C), _launch(H, W, synth, 64)
     grid = (triton.cdiv(H * W, BP), triton.cdiv(C, BC), B)
     _filter_fwd_kernel[grid](x, src, basis, y, C, H, W, J, dilation, SYNTH=synth, KSIZE=k,
-                             BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=BJ, ACC=acc_dtype(x))
+                             BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=_jblock(J), ACC=acc_dtype(x),
+                             num_warps=warps)
     return y
 
 
@@ -250,17 +260,18 @@ def filter_backward(dy, x, src, basis, dilation: int, synth: bool):
     if _empty(x, src):
         dx.zero_(), dsrc.zero_()
         return (dx, dsrc, dbasis) if synth else (dx, dsrc)
-    BC, BP, BJ = _blocks(C, H, W, J)
-    acc = acc_dtype(x)
-    n_tiles = triton.cdiv(H * W, BP)
-    _filter_dx_kernel[(n_tiles, triton.cdiv(C, BC), B)](
+    BC, BJ, acc = channel_block(C), _jblock(J), acc_dtype(x)
+    BP, warps = _launch(H, W, synth, 64)
+    _filter_dx_kernel[(triton.cdiv(H * W, BP), triton.cdiv(C, BC), B)](
         dy, src, basis_arg, dx, C, H, W, J, dilation, SYNTH=synth, KSIZE=k,
-        BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=BJ, ACC=acc)
+        BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=BJ, ACC=acc, num_warps=warps)
+    BP, warps = _launch(H, W, synth, 128)
+    n_tiles = triton.cdiv(H * W, BP)
     partials = (torch.empty((B * n_tiles, J, k * k), device=x.device, dtype=torch_acc_dtype(x))
                 if synth else dsrc)  # unused pointer when not synth
     _filter_dtap_kernel[(n_tiles, B)](
         x, dy, src, basis_arg, dsrc, partials, C, H, W, J, dilation, SYNTH=synth, KSIZE=k,
-        BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=BJ, ACC=acc)
+        BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=BJ, ACC=acc, num_warps=warps)
     if not synth:
         return dx, dsrc
     dbasis.copy_(partials.sum(dim=0).view_as(basis))
@@ -276,9 +287,9 @@ def synthesize_forward(weights, basis) -> torch.Tensor:
     psf = torch.empty((B, k * k, H, W), device=weights.device, dtype=weights.dtype)
     if _empty(weights):
         return psf.zero_()
-    _, BP, BJ = _blocks(1, H, W, J)
+    BP = pixel_block(H * W, 128)
     _synthesize_fwd_kernel[(triton.cdiv(H * W, BP), B)](
-        weights, basis, psf, H, W, J, KSIZE=k, BLOCK_P=BP, BLOCK_J=BJ, ACC=acc_dtype(weights))
+        weights, basis, psf, H, W, J, KSIZE=k, BLOCK_P=BP, BLOCK_J=_jblock(J), ACC=acc_dtype(weights))
     return psf
 
 
@@ -292,11 +303,11 @@ def synthesize_backward(dpsf, weights, basis):
     dbasis = torch.zeros_like(basis, memory_format=torch.contiguous_format)
     if _empty(weights):
         return dw.zero_(), dbasis
-    _, BP, BJ = _blocks(1, H, W, J)
+    BP, warps = _launch(H, W, True, 128)
     n_tiles = triton.cdiv(H * W, BP)
     partials = torch.empty((B * n_tiles, J, k * k), device=weights.device, dtype=torch_acc_dtype(weights))
     _synthesize_bwd_kernel[(n_tiles, B)](
-        dpsf, weights, basis, dw, partials, H, W, J, KSIZE=k, BLOCK_P=BP, BLOCK_J=BJ,
-        ACC=acc_dtype(weights))
+        dpsf, weights, basis, dw, partials, H, W, J, KSIZE=k, BLOCK_P=BP, BLOCK_J=_jblock(J),
+        ACC=acc_dtype(weights), num_warps=warps)
     dbasis.copy_(partials.sum(dim=0).view_as(basis))
     return dw, dbasis

@@ -1,0 +1,181 @@
+"""Compile every Triton kernel the psfops launchers launch for Hopper (sm_90), ahead of time and
+without a GPU, and report each one's registers, stack (spills), local and shared memory.
+
+How: in a process where ``TRITON_INTERPRET`` is unset, the launchers of ``psfops.kernels`` run on
+small CPU tensors shaped like a real workload, with ``JITFunction.run`` patched to record each
+launch (kernel, arguments, constexprs, ``num_warps``) instead of running it. Each distinct launch
+is then compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`` and
+the cubin's resource usage is read with the ``cuobjdump`` shipped inside triton. The block sizes
+and constexprs are the launchers' own, so this checks what a GPU would compile: a kernel that
+only fails on the GPU compiler (a ``tl.dot`` shape or dtype, a layout) fails here, on a CPU.
+
+    python -m bench sm90 [--dtypes float32,bfloat16,float64] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+TARGET = ("cuda", 90, 32)  # Hopper: H100 / H200
+_TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+                  torch.float64: "fp64", torch.int32: "i32", torch.int64: "i64"}
+# Shapes of the headline workload (B8 C64 J40 k7), spatially small: block choices depend on C, J,
+# k and (for H*W >= the pixel block) nothing else, so 16x16 images give the full-size launches.
+WORKLOAD = dict(B=2, C=64, H=16, W=16, J=40, k=7)
+
+
+@contextlib.contextmanager
+def recording_launches():
+    """Within the block, Triton kernels record their launches in the yielded list, and the
+    launchers' CUDA check is lifted so they accept CPU tensors. Nothing is executed."""
+    from triton.runtime.jit import JITFunction
+
+    from psfops.kernels import _common
+
+    launches = []
+    real_run, real_interp = JITFunction.run, _common.interpreting
+
+    def record(self, *args, grid, warmup, **kwargs):
+        launches.append((self, args, kwargs))
+
+    JITFunction.run = record
+    lift = [(m, m.check_launchable) for m in _kernel_modules()]
+    for m, _ in lift:
+        m.check_launchable = lambda t: None
+    try:
+        yield launches
+    finally:
+        JITFunction.run = real_run
+        _common.interpreting = real_interp
+        for m, f in lift:
+            m.check_launchable = f
+
+
+def _kernel_modules():
+    from psfops.kernels import gating, lstm, normalize, psf
+    return psf, normalize, gating, lstm
+
+
+def _drive_launchers(dtype: torch.dtype, B, C, H, W, J, k) -> None:
+    """Call every launcher (forward and backward of each op) once on random CPU tensors."""
+    from psfops.kernels import gating, lstm, normalize, psf
+
+    r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    x, w, basis, p = r(B, C, H, W), r(B, J, H, W), r(J, k, k), r(B, k * k, H, W)
+    psf.filter_forward(x, w, basis, 1, synth=True)
+    psf.filter_backward(x, x, w, basis, 1, synth=True)
+    psf.filter_forward(x, p, None, 1, synth=False)
+    psf.filter_backward(x, x, p, None, 1, synth=False)
+    psf.synthesize_forward(w, basis)
+    psf.synthesize_backward(p, w, basis)
+    for mode in ("softmax", "l1"):
+        normalize.normalize_forward(x, mode, 1e-6)
+        normalize.normalize_backward(x, x, mode, 1e-6)
+    for gate in (x, r(B, 1, H, W)):
+        gating.blend_forward(x, x, gate)
+        gating.blend_backward(x, x, x, gate)
+    gating.fusion_forward(x, x, r(C, 2 * C), r(C))
+    gating.fusion_backward(x, x, x, r(C, 2 * C), r(C))
+    lstm.lstm_forward(r(B, 4 * C, H, W), x)
+    lstm.lstm_backward(x, x, r(B, 4 * C, H, W), x)
+
+
+def _signature(fn, args, kwargs):
+    """(signature, constexprs, options) of one recorded launch, as triton.compile wants them."""
+    options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages") if key in kwargs}
+    values = dict(zip(fn.arg_names, args))
+    values.update(kwargs)
+    signature, constexprs = {}, {}
+    for param in fn.params:
+        value = values[param.name]
+        if param.is_constexpr or value is None:
+            signature[param.name] = "constexpr"
+            constexprs[param.name] = value
+        elif isinstance(value, torch.Tensor):
+            signature[param.name] = "*" + _TRITON_DTYPES[value.dtype]
+        elif isinstance(value, bool):
+            signature[param.name] = "i1"
+        elif isinstance(value, int):
+            signature[param.name] = "i32" if -2**31 <= value < 2**31 else "i64"
+        elif isinstance(value, float):
+            signature[param.name] = "fp32"
+        else:
+            raise TypeError(f"{fn.__name__}: cannot type argument {param.name}={value!r}")
+    return signature, constexprs, options
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True,
+                             text=True, check=True).stdout
+    return {key.lower(): int(val) for key, val in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
+
+
+def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), workload=WORKLOAD) -> list[dict]:
+    """One record per distinct launch: kernel, dtype, constexprs, num_warps and the resources."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("run without TRITON_INTERPRET=1: the interpreter does not compile kernels")
+    records, seen = [], set()
+    for dtype in dtypes:
+        with recording_launches() as launches:
+            _drive_launchers(dtype, **workload)
+        for fn, args, kwargs in launches:
+            signature, constexprs, options = _signature(fn, args, dict(kwargs))
+            key = (fn.__name__, tuple(signature.items()), repr(sorted(constexprs.items())), repr(options))
+            if key in seen:
+                continue
+            seen.add(key)
+            rec = {"kernel": fn.__name__, "dtype": str(dtype).replace("torch.", ""),
+                   "constexprs": {k: str(v) for k, v in constexprs.items()},
+                   "num_warps": options.get("num_warps", 4)}
+            try:
+                compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                          target=GPUTarget(*TARGET), options=options)
+                rec.update(_resource_usage(compiled.asm["cubin"]), ok=True)
+            except Exception as e:  # report every failing kernel, not just the first
+                rec.update(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+            records.append(rec)
+    return records
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench sm90", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dtypes", default="float32,bfloat16,float64")
+    p.add_argument("--json", type=Path, default=None, help="write the records here")
+    a = p.parse_args(argv)
+    dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
+    records = compile_report(dtypes)
+    print(f"{'kernel':28} {'dtype':9} {'warps':>5} {'regs':>5} {'stack':>6} {'local':>6} {'shared':>7}  constexprs")
+    for r in records:
+        if r["ok"]:
+            print(f"{r['kernel']:28} {r['dtype']:9} {r['num_warps']:>5} {r.get('reg', '?'):>5} {r.get('stack', 0):>6} "
+                  f"{r.get('local', 0):>6} {r.get('shared', 0):>7}  {r['constexprs']}")
+        else:
+            print(f"{r['kernel']:28} {r['dtype']:9} FAILED: {r['error']}")
+    if a.json:
+        a.json.write_text(json.dumps(records, indent=1))
+    failed = [r for r in records if not r["ok"]]
+    print(f"{len(records) - len(failed)} of {len(records)} kernels compiled for sm_{TARGET[1]}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
