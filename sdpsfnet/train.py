@@ -311,6 +311,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, model: nn.Module | Non
         if criterion is None:
             from .losses import DerainLoss
             criterion = DerainLoss()
+        if isinstance(criterion, nn.Module):
+            criterion.to(device)
         if train_set is None or val_set is None:
             d_train, d_val = default_datasets(cfg)
             train_set = d_train if train_set is None else train_set

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -189,10 +190,17 @@ def test_torchrun_two_cpu_processes(pairs, tmp_path):
            "--master_addr=127.0.0.1", f"--master_port={port}",
            "-m", "sdpsfnet", "train", "--preset", "tiny", "--data", str(pairs), "--steps", "2",
            "--crop", "16", "--batch-size", "1", "--out", str(tmp_path), "--no-progress"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # own process group: a hang kills workers too
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
     ck = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ck["step"] == 2 and len(ck["rng"]) == 2
     # 2 pairs over 2 ranks with batch 1: one step per epoch, so 2 steps = 2 epochs.
     assert ck["epoch"] == 2
-    assert r.stdout.count("validation PSNR-Y") == 1  # only rank 0 reports
+    assert stdout.count("validation PSNR-Y") == 1  # only rank 0 reports
