@@ -172,10 +172,14 @@ def _basis(module: nn.Module) -> Tensor:
     return get()
 
 
-def _call_weights(module: nn.Module, args: tuple) -> Tensor:
+def _call_weights(module: nn.Module, args: tuple, kwargs: dict) -> Tensor:
     """Per-pixel mixing weights (B,J,H,W) of one forward call: the ``weights`` argument when the
-    caller passes them (SD-PSFNet's ``forward(x, weights)``), else ``mixing_weights(x)``."""
-    return args[1] if len(args) > 1 else module.mixing_weights(args[0])
+    caller passes them (SD-PSFNet's ``dynamic_psf(x, weights)``), else ``mixing_weights(x)``."""
+    if kwargs.get("weights") is not None:
+        return kwargs["weights"]
+    if len(args) > 1 and args[1] is not None:
+        return args[1]
+    return module.mixing_weights(args[0])
 
 
 @torch.no_grad()
@@ -191,11 +195,11 @@ def psf_maps(model: nn.Module, image: Tensor | None = None) -> list[dict]:
     names = {id(m): n for n, m in model.named_modules()}
     seen: dict[int, Tensor] = {}
 
-    def grab(mod, args, out):  # returns None: the module's output is left alone
+    def grab(mod, args, kwargs, out):  # returns None: the module's output is left alone
         if id(mod) not in seen:
-            seen[id(mod)] = _call_weights(mod, args)
+            seen[id(mod)] = _call_weights(mod, args, kwargs)
 
-    hooks = [m.register_forward_hook(grab) for m in mods]
+    hooks = [m.register_forward_hook(grab, with_kwargs=True) for m in mods]
     try:
         if image is not None:
             device = next(model.parameters()).device
