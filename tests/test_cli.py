@@ -204,3 +204,28 @@ def test_torchrun_two_cpu_processes(pairs, tmp_path):
     # 2 pairs over 2 ranks with batch 1: one step per epoch, so 2 steps = 2 epochs.
     assert ck["epoch"] == 2
     assert stdout.count("validation PSNR-Y") == 1  # only rank 0 reports
+
+
+def test_psf_maps_for_a_self_predicting_dynamic_psf():
+    """psf_maps finds psfops.nn.DynamicPSF modules in any model and reports the weights they used."""
+    from psfops.nn import DynamicPSF
+
+    from sdpsfnet.inference import psf_maps
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(3, 4, 3, padding=1)
+            self.psf = DynamicPSF(4, num_basis=5, kernel_size=3)
+
+        def forward(self, x):
+            return [self.psf(self.body(x))]
+
+    torch.manual_seed(5)
+    model, img = Wrap(), torch.rand(3, 12, 10)
+    (info,) = psf_maps(model, img)
+    assert info["name"] == "psf" and info["basis"].shape == (5, 3, 3)
+    torch.testing.assert_close(info["basis"].sum((1, 2)), torch.ones(5))
+    with torch.no_grad():
+        truth = torch.softmax(model.psf.weight_head(model.body(img[None])), dim=1)[0]
+    torch.testing.assert_close(info["weights"], truth)
