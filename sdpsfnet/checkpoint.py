@@ -67,18 +67,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     return state
 
 
-def ensure_registered() -> None:
-    """Import the model modules so ``build_model`` knows every built-in name."""
-    import importlib
-    for mod in ("sdpsfnet.model", "sdpsfnet.mspfn"):
-        importlib.import_module(mod)
-
-
 def model_from_checkpoint(ckpt: dict | str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
     """Rebuild the model from the checkpoint's ``build_spec`` and load its weights (eval mode)."""
     state = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt, map_location)
     spec = state["build_spec"]
-    ensure_registered()
     model = build_model(spec["name"], **spec.get("overrides", {}))
     model.load_state_dict(state["model"])
     return model.eval()

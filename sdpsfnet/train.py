@@ -46,7 +46,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .checkpoint import ensure_registered, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .registry import build_model
 
 # Small variant of each model, used by the `tiny` preset.
@@ -304,7 +304,6 @@ def train(cfg: TrainConfig, *, resume: str | None = None, model: nn.Module | Non
         # Seed everything; the model init is identical on every rank (DDP also broadcasts it).
         random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
         if model is None:
-            ensure_registered()
             model = build_model(cfg.model, **cfg.overrides)
         build_spec = getattr(model, "build_spec", {"name": cfg.model, "overrides": cfg.overrides})
         model.to(device)

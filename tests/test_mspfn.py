@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 import psfops
-import sdpsfnet.mspfn  # noqa: F401  (registers "mspfn" and "mspfn-tiny")
 from sdpsfnet import build_model
 from sdpsfnet.mspfn import ConvLSTM, MSPFNConfig
 
