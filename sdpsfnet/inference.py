@@ -166,12 +166,6 @@ def psf_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, DynamicPSF)]
 
 
-def _basis(module: nn.Module) -> Tensor:
-    """Normalized basis (J,k,k): ``kernels()`` (psfops.nn.DynamicPSF) or ``basis()`` (SD-PSFNet's)."""
-    get = getattr(module, "kernels", None) or getattr(module, "basis")
-    return get()
-
-
 def _call_weights(module: nn.Module, args: tuple, kwargs: dict) -> Tensor:
     """Per-pixel mixing weights (B,J,H,W) of one forward call: the ``weights`` argument when the
     caller passes them (SD-PSFNet's ``dynamic_psf(x, weights)``), else ``mixing_weights(x)``."""
@@ -207,7 +201,7 @@ def psf_maps(model: nn.Module, image: Tensor | None = None) -> list[dict]:
     finally:
         for h in hooks:
             h.remove()
-    return [{"name": names.get(id(m), type(m).__name__), "basis": _basis(m).float().cpu(),
+    return [{"name": names.get(id(m), type(m).__name__), "basis": m.kernels().float().cpu(),
              "weights": seen[id(m)][0].float().cpu() if id(m) in seen else None} for m in mods]
 
 

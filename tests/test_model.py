@@ -224,3 +224,10 @@ def test_torch_compile_tiny():
         got, want = compiled(x), model(x)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_complexity_counts_match_the_readme():
+    """The model-zoo figures in the README come from sdpsfnet.complexity."""
+    from sdpsfnet.complexity import count
+    params, macs = count("sdpsfnet-tau0", 256)
+    assert params == 3_501_309 and round(macs / 1e9, 2) == 129.89

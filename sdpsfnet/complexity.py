@@ -1,0 +1,49 @@
+"""Parameter counts and MACs of the registered models (the README's model-zoo figures).
+
+MACs = FLOPs / 2 from ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (no memory,
+no compute), where the ops run their reference form: convolutions and matmuls are counted (psf_conv through
+the reference's einsums); elementwise ops, interpolation and pooling are not.
+
+    python -m sdpsfnet.complexity [--size 256] [--ablations]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .registry import MODELS, build_model
+
+
+def count(name: str, size: int = 256, **overrides) -> tuple[int, float]:
+    """(parameters, MACs of one forward pass on a 1x3x``size``x``size`` image)."""
+    with torch.device("meta"):  # the default backend runs the reference ops on meta tensors
+        model = build_model(name, **overrides)
+        x = torch.rand(1, 3, size, size)
+    params = sum(p.numel() for p in model.parameters())
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return params, counter.get_total_flops() / 2
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m sdpsfnet.complexity", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--ablations", action="store_true", help="also the SD-PSFNet ablation rows")
+    a = p.parse_args(argv)
+    print(f"| model | params | MACs @{a.size}x{a.size} |\n|---|---|---|")
+    for name in MODELS:
+        params, macs = count(name, a.size)
+        print(f"| `{name}` | {params:,} | {macs / 1e9:.2f}G |")
+    if a.ablations:
+        from .model import ABLATIONS
+        print(f"\n| ablation row | params | MACs @{a.size}x{a.size} |\n|---|---|---|")
+        for row, overrides in ABLATIONS.items():
+            params, macs = count("sdpsfnet", a.size, **overrides)
+            print(f"| `{row}` | {params:,} | {macs / 1e9:.2f}G |")
+
+
+if __name__ == "__main__":
+    main()
