@@ -160,14 +160,24 @@ def _gate_tile(cur_ptr, prev_ptr, w_ptr, bias_ptr, b, co, C, HW, pix, pmask, HAS
 
 
 @triton.jit
-def _fusion_fwd_kernel(cur_ptr, prev_ptr, w_ptr, bias_ptr, y_ptr, C, HW, HAS_BIAS: tl.constexpr,
-                       USE_DOT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-                       ACC: tl.constexpr):
+def _gate_of_tile(cur_ptr, prev_ptr, w_ptr, bias_ptr, C, HW, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """A program of the (pixel tiles, channel blocks, B) grid: its image b, output channels co,
+    pixels (pix, pmask) and the gate s = sigmoid(g) there, (BLOCK_C, BLOCK_P)."""
     b = tl.program_id(2).to(tl.int64)
     pix, pmask = pixel_tile(tl.program_id(0), HW, BLOCK_P)
     co = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     s = tl.sigmoid(_gate_tile(cur_ptr, prev_ptr, w_ptr, bias_ptr, b, co, C, HW, pix, pmask,
                               HAS_BIAS, USE_DOT, BLOCK_C, BLOCK_P, ACC))
+    return b, co, pix, pmask, s
+
+
+@triton.jit
+def _fusion_fwd_kernel(cur_ptr, prev_ptr, w_ptr, bias_ptr, y_ptr, C, HW, HAS_BIAS: tl.constexpr,
+                       USE_DOT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+                       ACC: tl.constexpr):
+    b, co, pix, pmask, s = _gate_of_tile(cur_ptr, prev_ptr, w_ptr, bias_ptr, C, HW, HAS_BIAS, USE_DOT,
+                                         BLOCK_C, BLOCK_P, ACC)
     cur = _load_tile(cur_ptr, b, C, co, HW, pix, pmask, ACC)
     prev = _load_tile(prev_ptr, b, C, co, HW, pix, pmask, ACC)
     offs = plane_offsets(b, C, co, HW)[:, None] + pix[None, :]
@@ -180,11 +190,8 @@ def _fusion_bwd_gate_kernel(dy_ptr, cur_ptr, prev_ptr, w_ptr, bias_ptr, s_ptr, d
                             HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, BLOCK_C: tl.constexpr,
                             BLOCK_P: tl.constexpr, ACC: tl.constexpr):
     """Kernel A: s = sigmoid(g) and dg = dy*(cur-prev)*s*(1-s) for output channels co at a tile."""
-    b = tl.program_id(2).to(tl.int64)
-    pix, pmask = pixel_tile(tl.program_id(0), HW, BLOCK_P)
-    co = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    s = tl.sigmoid(_gate_tile(cur_ptr, prev_ptr, w_ptr, bias_ptr, b, co, C, HW, pix, pmask,
-                              HAS_BIAS, USE_DOT, BLOCK_C, BLOCK_P, ACC))
+    b, co, pix, pmask, s = _gate_of_tile(cur_ptr, prev_ptr, w_ptr, bias_ptr, C, HW, HAS_BIAS, USE_DOT,
+                                         BLOCK_C, BLOCK_P, ACC)
     dy = _load_tile(dy_ptr, b, C, co, HW, pix, pmask, ACC)
     d = _load_tile(cur_ptr, b, C, co, HW, pix, pmask, ACC) - _load_tile(prev_ptr, b, C, co, HW, pix, pmask, ACC)
     mask = (co < C)[:, None] & pmask[None, :]

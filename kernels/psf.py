@@ -66,6 +66,16 @@ def _pixel_tile_hw(pid, H, W, BLOCK_P: tl.constexpr):
     return pix, pmask, pix // W, pix % W
 
 
+@triton.jit
+def _image_tile(C, H, W, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The (channel block, pixel tile, image) of a program on the grid (pixel tiles, channel
+    blocks, B): image b (int64), pixels (pix, pmask, h, w), channel planes (int64 offsets, mask)."""
+    b = tl.program_id(2).to(tl.int64)
+    pix, pmask, h, w = _pixel_tile_hw(tl.program_id(0), H, W, BLOCK_P)
+    cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return b, pix, pmask, h, w, plane_offsets(b, C, cc, H * W), cc < C
+
+
 # --------------------------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------------------------
@@ -75,12 +85,8 @@ def _filter_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, C, H, W, J, dilation,
                        SYNTH: tl.constexpr, KSIZE: tl.constexpr, BLOCK_C: tl.constexpr,
                        BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.constexpr):
     KK: tl.constexpr = KSIZE * KSIZE
-    b = tl.program_id(2).to(tl.int64)
     HW = H * W
-    pix, pmask, h, w = _pixel_tile_hw(tl.program_id(0), H, W, BLOCK_P)
-    cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cc < C
-    rows = plane_offsets(b, C, cc, HW)
+    b, pix, pmask, h, w, rows, cmask = _image_tile(C, H, W, BLOCK_C, BLOCK_P)
     w_tile = tl.zeros((BLOCK_J, BLOCK_P), ACC)
     if SYNTH:
         w_tile = _load_weights_tile(src_ptr, b, J, HW, pix, pmask, BLOCK_J, ACC)
@@ -100,12 +106,8 @@ def _filter_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, C, H, W, J, dilation,
                       SYNTH: tl.constexpr, KSIZE: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.constexpr):
     KK: tl.constexpr = KSIZE * KSIZE
-    b = tl.program_id(2).to(tl.int64)
     HW = H * W
-    pix, pmask, h, w = _pixel_tile_hw(tl.program_id(0), H, W, BLOCK_P)
-    cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cc < C
-    rows = plane_offsets(b, C, cc, HW)
+    b, pix, pmask, h, w, rows, cmask = _image_tile(C, H, W, BLOCK_C, BLOCK_P)
     acc = tl.zeros((BLOCK_C, BLOCK_P), ACC)
     for t in range(KK):
         dh, dw = tap_shift(t, KSIZE, dilation)

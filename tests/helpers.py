@@ -67,3 +67,18 @@ def check_triton_against_truth(op, truth, inputs, what: str = "") -> None:
     for i, (g, t) in enumerate(zip(grads, tgrads)):
         assert g.dtype == dtype and g.shape == inputs[i].shape
         assert_rel_close(g, t, GRAD_RTOL[dtype], f"{what} grad {i} {dtype}")
+
+
+def l1_training_losses(model, x, target, steps: int, lr: float) -> list[float]:
+    """Losses of ``steps`` AdamW steps on one fixed batch, L1 summed over the model's outputs."""
+    import torch.nn.functional as F
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = sum(F.l1_loss(o, target) for o in model(x))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -13,7 +13,7 @@ from sdpsfnet import build_model
 from psfops.nn import DynamicPSF, GatedFusion
 from sdpsfnet.model import ABLATIONS, TINY_WIDTHS, SDPSFNetConfig
 
-from helpers import FWD_RTOL, GRAD_RTOL, assert_rel_close
+from helpers import FWD_RTOL, GRAD_RTOL, assert_rel_close, l1_training_losses
 
 
 def n_params(model):
@@ -185,14 +185,7 @@ def test_adamw_steps_reduce_l1_loss():
     torch.manual_seed(3)
     x = torch.rand(1, 3, 16, 16)
     target = (x * 0.7 + 0.1).clamp(0, 1)  # a fixed, learnable mapping
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(6):
-        loss = sum(F.l1_loss(o, target) for o in model(x))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = l1_training_losses(model, x, target, steps=6, lr=3e-3)
     assert losses[-1] < 0.8 * losses[0] and losses == sorted(losses, reverse=True), losses
 
 

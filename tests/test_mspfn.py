@@ -16,7 +16,7 @@ import psfops
 from sdpsfnet import build_model
 from sdpsfnet.mspfn import ConvLSTM, MSPFNConfig
 
-from helpers import assert_rel_close, rand
+from helpers import assert_rel_close, l1_training_losses, rand
 
 
 def _tiny(**kw):
@@ -189,14 +189,7 @@ def test_adamw_steps_reduce_l1_loss():
     clean = F.avg_pool2d(torch.rand(2, 3, 16, 16), 3, 1, 1)      # smooth "background"
     streaks = (torch.rand(2, 1, 16, 16) > 0.9).float().expand(2, 3, 16, 16) * 0.5
     rainy = (clean + streaks).clamp(0, 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(10):
-        loss = sum(F.l1_loss(y, clean) for y in model(rainy))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = l1_training_losses(model, rainy, clean, steps=10, lr=1e-3)
     assert losses[-1] < 0.8 * losses[0], losses  # measured: about 0.66
 
 
