@@ -303,9 +303,10 @@ def fusion_backward(dy, cur, prev, weight, bias):
     dg = torch.empty_like(s)
     _fusion_bwd_gate_kernel[(n_tiles, n_cb, B)](
         dy, cur, prev, w, w if bias is None else bias.contiguous(), s, dg, C, HW,
-        HAS_BIAS=bias is not None, USE_DOT=use_dot, BLOCK_C=BC, BLOCK_P=BP, ACC=acc)
+        HAS_BIAS=bias is not None, USE_DOT=use_dot, BLOCK_C=BC, BLOCK_P=BP, ACC=acc, num_warps=8)
     # 8 warps, no software pipelining: the two accumulator tiles of the kernels below spill
-    # registers on sm_90 otherwise (bf16 d(weight): 3 KB of stack), see `python -m bench sm90`.
+    # registers on sm_90 otherwise (bf16 d(weight): 3 KB of stack; the gate kernel above spills
+    # under triton 3.6 at 4 warps), see `python -m bench sm90`.
     _fusion_bwd_input_kernel[(n_tiles, n_cb, B)](
         dy, w, s, dg, dcur, dprev, C, HW, USE_DOT=use_dot, BLOCK_C=BC, BLOCK_P=BP, ACC=acc,
         num_warps=8, num_stages=1)

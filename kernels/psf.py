@@ -212,13 +212,15 @@ def _synthesize_bwd_kernel(dpsf_ptr, w_ptr, basis_ptr, dw_ptr, part_ptr, H, W, J
 # launchers (inputs already validated by psfops; here: contiguity, allocation, grid, blocks)
 # --------------------------------------------------------------------------------------------
 
-# GPU launch shapes, read off the sm_90 resource usage (``python -m bench sm90``): a program that
-# holds the (BLOCK_J<=64, BLOCK_P) weights tile spills registers at 4 warps x 128 pixels, and
-# stays in registers at 8 warps x 64 pixels (forward, dx) or 8 warps x 128 pixels (tap gradients;
-# the larger tile halves the d(basis) partial rows). Explicit-psf kernels fit 4 warps x 128.
-def _launch(H: int, W: int, synth: bool, synth_pixels: int) -> tuple[int, int]:
+# GPU launch shapes, read off the sm_90 resource usage (``python -m bench sm90``) under both
+# triton 3.6 and 3.9: a program that holds the (BLOCK_J<=64, BLOCK_P) weights tile spills
+# registers at 4 warps x 128 pixels and stays in registers at 8 warps x 64 pixels; the
+# explicit-psf kernels fit 128 pixels (their tap-gradient kernel at 8 warps).
+def _launch(H: int, W: int, synth: bool, tap_grads: bool = False) -> tuple[int, int]:
     """(BLOCK_P, num_warps) of one kernel."""
-    return pixel_block(H * W, synth_pixels if synth else 128), 8 if synth else 4
+    if synth:
+        return pixel_block(H * W, 64), 8
+    return pixel_block(H * W, 128), 8 if tap_grads else 4
 
 
 def _jblock(J: int) -> int:
@@ -240,7 +242,7 @@ def filter_forward(x, src, basis, dilation: int, synth: bool) -> torch.Tensor:
     if _empty(x, src):
         return y.zero_()
     J = src.shape[1] if synth else 1
-    BC, (BP, warps) = channel_block(C), _launch(H, W, synth, 64)
+    BC, (BP, warps) = channel_block(C), _launch(H, W, synth)
     grid = (triton.cdiv(H * W, BP), triton.cdiv(C, BC), B)
     _filter_fwd_kernel[grid](x, src, basis, y, C, H, W, J, dilation, SYNTH=synth, KSIZE=k,
                              BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=_jblock(J), ACC=acc_dtype(x),
@@ -263,11 +265,11 @@ def filter_backward(dy, x, src, basis, dilation: int, synth: bool):
         dx.zero_(), dsrc.zero_()
         return (dx, dsrc, dbasis) if synth else (dx, dsrc)
     BC, BJ, acc = channel_block(C), _jblock(J), acc_dtype(x)
-    BP, warps = _launch(H, W, synth, 64)
+    BP, warps = _launch(H, W, synth)
     _filter_dx_kernel[(triton.cdiv(H * W, BP), triton.cdiv(C, BC), B)](
         dy, src, basis_arg, dx, C, H, W, J, dilation, SYNTH=synth, KSIZE=k,
         BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=BJ, ACC=acc, num_warps=warps)
-    BP, warps = _launch(H, W, synth, 128)
+    BP, warps = _launch(H, W, synth, tap_grads=True)
     n_tiles = triton.cdiv(H * W, BP)
     partials = (torch.empty((B * n_tiles, J, k * k), device=x.device, dtype=torch_acc_dtype(x))
                 if synth else dsrc)  # unused pointer when not synth
@@ -305,7 +307,7 @@ def synthesize_backward(dpsf, weights, basis):
     dbasis = torch.zeros_like(basis, memory_format=torch.contiguous_format)
     if _empty(weights):
         return dw.zero_(), dbasis
-    BP, warps = _launch(H, W, True, 128)
+    BP, warps = _launch(H, W, synth=True)
     n_tiles = triton.cdiv(H * W, BP)
     partials = torch.empty((B * n_tiles, J, k * k), device=weights.device, dtype=torch_acc_dtype(weights))
     _synthesize_bwd_kernel[(n_tiles, B)](
