@@ -91,6 +91,11 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
 
+    def __post_init__(self):
+        if self.val_every < 1 or self.ckpt_every < 1 or self.val_every % self.ckpt_every:
+            raise ValueError(f"val_every ({self.val_every}) must be a positive multiple of ckpt_every "
+                             f"({self.ckpt_every}), so best.pt is written at the step that scored best")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -121,7 +126,13 @@ def make_config(model: str = "sdpsfnet", preset: str = "paper", **options) -> Tr
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+    """The loss, or (without a GradScaler) the gradient, became NaN or Inf; the message names the
+    step and the last good checkpoint."""
+
+
+def _diverged(what: str, step: int, last_path: str) -> TrainingDiverged:
+    good = last_path if os.path.isfile(last_path) else "none written yet"
+    return TrainingDiverged(f"{what} at step {step + 1}; stopping. Last good checkpoint: {good}")
 
 
 class ResumableSampler(DistributedSampler):
@@ -155,8 +166,12 @@ def _dist_info() -> tuple[int, int, int]:
 
 
 def _pick_device(name: str, local_rank: int) -> torch.device:
+    """``auto``: this process's GPU if there is one, else the CPU; a bare ``cuda`` also means this
+    process's GPU (``cuda:LOCAL_RANK``), so torchrun ranks do not share one."""
     if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
     return torch.device(name)
 
 
@@ -424,17 +439,21 @@ def train(cfg: TrainConfig, *, resume: str | None = None, model: nn.Module | Non
                 outputs = net(rainy)
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
             loss = criterion([o.float() for o in outputs], clean)
-            finite = torch.isfinite(loss.detach()).float()
+            mean_loss = loss.detach().clone()  # the loss over all ranks (logged; NaN if any rank's is)
             if world > 1:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item() < 1:
-                good = last_path if os.path.isfile(last_path) else "none written yet"
-                raise TrainingDiverged(f"loss is {loss.item()} at step {step + 1}; stopping. "
-                                       f"Last good checkpoint: {good}")
+                dist.all_reduce(mean_loss)
+                mean_loss /= world
+            if not torch.isfinite(mean_loss):
+                raise _diverged(f"loss is {mean_loss.item()}", step, last_path)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            # A non-finite gradient with a finite loss: fp16's GradScaler skips the step and lowers
+            # its scale; without a scaler the step would write NaN into the weights. grad_norm is
+            # computed from the all-reduced gradients, so every rank takes the same branch.
+            if not scaler.is_enabled() and not torch.isfinite(grad_norm):
+                raise _diverged(f"gradient norm is {grad_norm.item()} (loss {mean_loss.item():.6g})", step, last_path)
             scaler.step(optimizer)
             scaler.update()
             lr = optimizer.param_groups[0]["lr"]
@@ -442,16 +461,16 @@ def train(cfg: TrainConfig, *, resume: str | None = None, model: nn.Module | Non
             step += 1
             bar.update(1)
 
-            row = {"step": step, "epoch": epoch, "lr": f"{lr:.6g}", "loss": f"{loss.item():.6g}",
+            row = {"step": step, "epoch": epoch, "lr": f"{lr:.6g}", "loss": f"{mean_loss.item():.6g}",
                    "grad_norm": f"{float(grad_norm):.6g}", "seconds": f"{time.perf_counter() - t0:.3f}"}
             if is_main and (step % cfg.val_every == 0 or step == stop):
                 last_val = validate(step)
                 row.update({k: f"{v:.4f}" for k, v in last_val.items()})
-                bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{last_val['val_psnr_y']:.2f}")
+                bar.set_postfix(loss=f"{mean_loss.item():.4f}", psnr=f"{last_val['val_psnr_y']:.2f}")
                 if last_val["val_psnr_y"] > best:
                     best, best_pending = last_val["val_psnr_y"], True
             elif is_main and step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{mean_loss.item():.4f}")
             if is_main:
                 with open(csv_path, "a", newline="") as f:
                     csv.DictWriter(f, CSV_FIELDS).writerow(row)
@@ -463,7 +482,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, model: nn.Module | Non
                         save_checkpoint(state, os.path.join(out, "best.pt"))
                         best_pending = False
                     write_curves(csv_path, os.path.join(out, "curves.png"))
-            summary.update(step=step, loss=loss.item())
+            summary.update(step=step, loss=mean_loss.item())
         bar.close()
         summary.update(total_steps=total, warmup_steps=warmup, steps_per_epoch=steps_per_epoch,
                        seconds=time.perf_counter() - t0, **last_val)

@@ -153,6 +153,42 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert [r["step"] for r in _rows(tmp_path)] == [str(i) for i in range(0, 7)]
 
 
+class NaNGradientAt:
+    """Loss that stays finite but whose gradient is NaN at call ``n`` (1-based) only."""
+
+    class _NaNGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.shape = x.shape
+            return x.sum() * 0
+
+        @staticmethod
+        def backward(ctx, g):
+            return torch.full(ctx.shape, float("nan"))
+
+    def __init__(self, n: int):
+        from sdpsfnet.losses import DerainLoss
+        self.loss, self.n, self.calls = DerainLoss(), n, 0
+
+    def __call__(self, outputs, target):
+        self.calls += 1
+        value = self.loss(outputs, target)
+        return value + self._NaNGrad.apply(outputs[-1]) if self.calls == self.n else value
+
+
+def test_nan_gradient_with_finite_loss_stops_before_the_weights_change(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"gradient norm is nan.*step 3.*last\.pt"):
+        _run(_cfg(tmp_path, ckpt_every=2, val_every=100), criterion=NaNGradientAt(3))
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_best_checkpoint_needs_validation_on_checkpoint_steps(tmp_path):
+    with pytest.raises(ValueError, match="val_every"):
+        _cfg(tmp_path, val_every=3, ckpt_every=2)
+
+
 def test_lr_schedule_warmup_then_cosine():
     from sdpsfnet.train import make_scheduler
 
