@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ._common import (acc_dtype, check_launchable, interpreting, matmul_tile, pixel_block, pixel_tile,
-                      plane_offsets, torch_acc_dtype)
+                      plane_and_tile, plane_offsets, torch_acc_dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -40,8 +40,7 @@ from ._common import (acc_dtype, check_launchable, interpreting, matmul_tile, pi
 def _blend_fwd_kernel(cur_ptr, prev_ptr, gate_ptr, y_ptr, C, HW, GATE_C,
                       BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
     """GATE_C is C (per-channel gate) or 1 (broadcast gate)."""
-    b = tl.program_id(1).to(tl.int64)
-    pix, pmask = pixel_tile(tl.program_id(0), HW, BLOCK_P)
+    b, pix, pmask = plane_and_tile(HW, BLOCK_P)  # grid: (images x pixel tiles,)
     for c0 in range(0, C, BLOCK_C):
         cc = c0 + tl.arange(0, BLOCK_C)
         mask = (cc < C)[:, None] & pmask[None, :]
@@ -57,8 +56,7 @@ def _blend_fwd_kernel(cur_ptr, prev_ptr, gate_ptr, y_ptr, C, HW, GATE_C,
 def _blend_bwd_kernel(dy_ptr, cur_ptr, prev_ptr, gate_ptr, dcur_ptr, dprev_ptr, dgate_ptr,
                       C, HW, BROADCAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
                       ACC: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    pix, pmask = pixel_tile(tl.program_id(0), HW, BLOCK_P)
+    b, pix, pmask = plane_and_tile(HW, BLOCK_P)  # grid: (images x pixel tiles,)
     dgate_sum = tl.zeros((BLOCK_P,), ACC)  # broadcast gate: sum over channels
     if BROADCAST:
         s_b = tl.sigmoid(tl.load(gate_ptr + b * HW + pix, mask=pmask, other=0.0).to(ACC))
@@ -98,7 +96,7 @@ def blend_forward(cur, prev, gate) -> torch.Tensor:
         return y
     B, C, H, W = cur.shape
     BC, BP = _blend_blocks(C, H * W)
-    _blend_fwd_kernel[(triton.cdiv(H * W, BP), B)](
+    _blend_fwd_kernel[(B * triton.cdiv(H * W, BP),)](
         cur, prev, gate, y, C, H * W, gate.shape[1], BLOCK_C=BC, BLOCK_P=BP, ACC=acc_dtype(cur))
     return y
 
@@ -112,7 +110,7 @@ def blend_backward(dy, cur, prev, gate):
     if cur.numel() == 0:
         return dcur, dprev, dgate.zero_()  # C = 0 with a (B,1,H,W) gate: its gradient is 0
     BC, BP = _blend_blocks(C, H * W)
-    _blend_bwd_kernel[(triton.cdiv(H * W, BP), B)](
+    _blend_bwd_kernel[(B * triton.cdiv(H * W, BP),)](
         dy, cur, prev, gate, dcur, dprev, dgate, C, H * W, BROADCAST=gate.shape[1] != C or C == 1,
         BLOCK_C=BC, BLOCK_P=BP, ACC=acc_dtype(cur))
     return dcur, dprev, dgate
@@ -164,8 +162,7 @@ def _gate_of_tile(cur_ptr, prev_ptr, w_ptr, bias_ptr, C, HW, HAS_BIAS: tl.conste
                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
     """A program of the (pixel tiles, channel blocks, B) grid: its image b, output channels co,
     pixels (pix, pmask) and the gate s = sigmoid(g) there, (BLOCK_C, BLOCK_P)."""
-    b = tl.program_id(2).to(tl.int64)
-    pix, pmask = pixel_tile(tl.program_id(0), HW, BLOCK_P)
+    b, pix, pmask = plane_and_tile(HW, BLOCK_P)  # grid: (images x pixel tiles, channel blocks)
     co = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     s = tl.sigmoid(_gate_tile(cur_ptr, prev_ptr, w_ptr, bias_ptr, b, co, C, HW, pix, pmask,
                               HAS_BIAS, USE_DOT, BLOCK_C, BLOCK_P, ACC))
@@ -235,8 +232,7 @@ def _fusion_bwd_input_kernel(dy_ptr, w_ptr, s_ptr, dg_ptr, dcur_ptr, dprev_ptr, 
                              USE_DOT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
                              ACC: tl.constexpr):
     """Kernel B: dcur = s*dy + Wc^T dg, dprev = (1-s)*dy + Wp^T dg for input channels ci."""
-    b = tl.program_id(2).to(tl.int64)
-    pix, pmask = pixel_tile(tl.program_id(0), HW, BLOCK_P)
+    b, pix, pmask = plane_and_tile(HW, BLOCK_P)  # grid: (images x pixel tiles, channel blocks)
     ci = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ci_valid = tl.where(ci < C, ci, 2 * C)
     acc_c = tl.zeros((BLOCK_C, BLOCK_P), ACC)
@@ -276,7 +272,7 @@ def fusion_forward(cur, prev, weight, bias) -> torch.Tensor:
     B, C, H, W = cur.shape
     w = weight.reshape(C, 2 * C).contiguous()
     BC, BP = _fusion_blocks(C, H * W)
-    _fusion_fwd_kernel[(triton.cdiv(H * W, BP), triton.cdiv(C, BC), B)](
+    _fusion_fwd_kernel[(B * triton.cdiv(H * W, BP), triton.cdiv(C, BC))](
         cur, prev, w, w if bias is None else bias.contiguous(), y, C, H * W,
         HAS_BIAS=bias is not None, USE_DOT=cur.dtype != torch.float64, BLOCK_C=BC, BLOCK_P=BP,
         ACC=acc_dtype(cur))
@@ -301,13 +297,13 @@ def fusion_backward(dy, cur, prev, weight, bias):
     acc, use_dot = acc_dtype(cur), cur.dtype != torch.float64
     s = torch.empty(cur.shape, device=cur.device, dtype=torch_acc_dtype(cur))
     dg = torch.empty_like(s)
-    _fusion_bwd_gate_kernel[(n_tiles, n_cb, B)](
+    _fusion_bwd_gate_kernel[(B * n_tiles, n_cb)](
         dy, cur, prev, w, w if bias is None else bias.contiguous(), s, dg, C, HW,
         HAS_BIAS=bias is not None, USE_DOT=use_dot, BLOCK_C=BC, BLOCK_P=BP, ACC=acc, num_warps=8)
     # 8 warps, no software pipelining: the two accumulator tiles of the kernels below spill
     # registers on sm_90 otherwise (bf16 d(weight): 3 KB of stack; the gate kernel above spills
     # under triton 3.6 at 4 warps), see `python -m bench sm90`.
-    _fusion_bwd_input_kernel[(n_tiles, n_cb, B)](
+    _fusion_bwd_input_kernel[(B * n_tiles, n_cb)](
         dy, w, s, dg, dcur, dprev, C, HW, USE_DOT=use_dot, BLOCK_C=BC, BLOCK_P=BP, ACC=acc,
         num_warps=8, num_stages=1)
     n_items = B * n_tiles

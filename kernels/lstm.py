@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, check_launchable, pixel_block, pixel_tile, tanh
+from ._common import acc_dtype, check_launchable, pixel_block, plane_and_tile, tanh
 
 
 @triton.jit
@@ -36,9 +36,8 @@ def _cell(gates_ptr, c_prev_ptr, b, c, C, HW, pix, pmask, ACC: tl.constexpr):
 @triton.jit
 def _lstm_fwd_kernel(gates_ptr, c_prev_ptr, h_ptr, c_ptr, C, HW, BLOCK_P: tl.constexpr,
                      ACC: tl.constexpr):
-    plane = tl.program_id(0)
+    plane, pix, pmask = plane_and_tile(HW, BLOCK_P)
     b, c = plane // C, plane % C
-    pix, pmask = pixel_tile(tl.program_id(1), HW, BLOCK_P)
     _, s_base, _, si, sf, so, tg, cp, cell = _cell(gates_ptr, c_prev_ptr, b, c, C, HW, pix, pmask, ACC)
     tl.store(c_ptr + s_base + pix, cell.to(c_ptr.dtype.element_ty), mask=pmask)
     tl.store(h_ptr + s_base + pix, (so * tanh(cell)).to(h_ptr.dtype.element_ty), mask=pmask)
@@ -47,9 +46,8 @@ def _lstm_fwd_kernel(gates_ptr, c_prev_ptr, h_ptr, c_ptr, C, HW, BLOCK_P: tl.con
 @triton.jit
 def _lstm_bwd_kernel(dh_ptr, dc_ptr, gates_ptr, c_prev_ptr, dgates_ptr, dc_prev_ptr, C, HW,
                      BLOCK_P: tl.constexpr, ACC: tl.constexpr):
-    plane = tl.program_id(0)
+    plane, pix, pmask = plane_and_tile(HW, BLOCK_P)
     b, c = plane // C, plane % C
-    pix, pmask = pixel_tile(tl.program_id(1), HW, BLOCK_P)
     g_base, s_base, step, si, sf, so, tg, cp, cell = _cell(gates_ptr, c_prev_ptr, b, c, C, HW, pix,
                                                            pmask, ACC)
     dh = tl.load(dh_ptr + s_base + pix, mask=pmask, other=0.0).to(ACC)
@@ -67,7 +65,7 @@ def _lstm_bwd_kernel(dh_ptr, dc_ptr, gates_ptr, c_prev_ptr, dgates_ptr, dc_prev_
 def _grid(c_prev: torch.Tensor):
     B, C, H, W = c_prev.shape
     BP = pixel_block(H * W, gpu_block=512)
-    return (B * C, triton.cdiv(H * W, BP)), BP  # planes on grid dim 0 (no 65535 limit)
+    return (B * C * triton.cdiv(H * W, BP),), BP
 
 
 def lstm_forward(gates, c_prev):

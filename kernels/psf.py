@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, channel_block, check_launchable, pixel_block, pixel_tile,
+from ._common import (acc_dtype, channel_block, check_launchable, pixel_block, plane_and_tile,
                       plane_offsets, shifted_pixels, tap_shift, torch_acc_dtype)
 
 
@@ -60,18 +60,18 @@ def _tap_weight(src_ptr, basis_ptr, b, t, J, HW, pix, pmask, w_tile,
 
 
 @triton.jit
-def _pixel_tile_hw(pid, H, W, BLOCK_P: tl.constexpr):
-    """Pixel tile ``pid``: flat indices, mask, and their rows and columns."""
-    pix, pmask = pixel_tile(pid, H * W, BLOCK_P)
-    return pix, pmask, pix // W, pix % W
+def _image_pixels(H, W, BLOCK_P: tl.constexpr):
+    """Grid axis 0 runs over (images x pixel tiles): image b (int64), the tile's flat pixel
+    indices, mask, rows and columns."""
+    b, pix, pmask = plane_and_tile(H * W, BLOCK_P)
+    return b, pix, pmask, pix // W, pix % W
 
 
 @triton.jit
 def _image_tile(C, H, W, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """The (channel block, pixel tile, image) of a program on the grid (pixel tiles, channel
-    blocks, B): image b (int64), pixels (pix, pmask, h, w), channel planes (int64 offsets, mask)."""
-    b = tl.program_id(2).to(tl.int64)
-    pix, pmask, h, w = _pixel_tile_hw(tl.program_id(0), H, W, BLOCK_P)
+    """A program of the grid (images x pixel tiles, channel blocks): image b (int64), pixels
+    (pix, pmask, h, w) and its channel planes (int64 offsets, mask)."""
+    b, pix, pmask, h, w = _image_pixels(H, W, BLOCK_P)
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     return b, pix, pmask, h, w, plane_offsets(b, C, cc, H * W), cc < C
 
@@ -148,11 +148,9 @@ def _filter_dtap_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, C, 
                         BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.constexpr):
     """dK_t(p) for every tap; stores d(psf) (SYNTH=False) or d(weights) + d(basis) partials."""
     KK: tl.constexpr = KSIZE * KSIZE
-    b = tl.program_id(1).to(tl.int64)
     HW = H * W
-    pid = tl.program_id(0)
-    pix, pmask, h, w = _pixel_tile_hw(pid, H, W, BLOCK_P)
-    part_row = (b * tl.num_programs(0) + pid) * J * KK
+    b, pix, pmask, h, w = _image_pixels(H, W, BLOCK_P)
+    part_row = tl.program_id(0).to(tl.int64) * J * KK  # one partial row per (image, tile)
     w_tile = tl.zeros((BLOCK_J, BLOCK_P), ACC)
     if SYNTH:
         w_tile = _load_weights_tile(w_ptr, b, J, HW, pix, pmask, BLOCK_J, ACC)
@@ -181,9 +179,8 @@ def _synthesize_fwd_kernel(w_ptr, basis_ptr, psf_ptr, H, W, J,
                            KSIZE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr,
                            ACC: tl.constexpr):
     KK: tl.constexpr = KSIZE * KSIZE
-    b = tl.program_id(1).to(tl.int64)
     HW = H * W
-    pix, pmask, h, w = _pixel_tile_hw(tl.program_id(0), H, W, BLOCK_P)
+    b, pix, pmask = plane_and_tile(HW, BLOCK_P)
     w_tile = _load_weights_tile(w_ptr, b, J, HW, pix, pmask, BLOCK_J, ACC)
     for t in range(KK):
         k_t = _tap_weight(w_ptr, basis_ptr, b, t, J, HW, pix, pmask, w_tile, True, KK, BLOCK_J, ACC)
@@ -195,11 +192,9 @@ def _synthesize_bwd_kernel(dpsf_ptr, w_ptr, basis_ptr, dw_ptr, part_ptr, H, W, J
                            KSIZE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr,
                            ACC: tl.constexpr):
     KK: tl.constexpr = KSIZE * KSIZE
-    b = tl.program_id(1).to(tl.int64)
     HW = H * W
-    pid = tl.program_id(0)
-    pix, pmask, h, w = _pixel_tile_hw(pid, H, W, BLOCK_P)
-    part_row = (b * tl.num_programs(0) + pid) * J * KK
+    b, pix, pmask = plane_and_tile(HW, BLOCK_P)
+    part_row = tl.program_id(0).to(tl.int64) * J * KK  # one partial row per (image, tile)
     w_tile = _load_weights_tile(w_ptr, b, J, HW, pix, pmask, BLOCK_J, ACC)
     dw_acc = tl.zeros((BLOCK_J, BLOCK_P), ACC)
     for t in range(KK):
@@ -243,7 +238,7 @@ def filter_forward(x, src, basis, dilation: int, synth: bool) -> torch.Tensor:
         return y.zero_()
     J = src.shape[1] if synth else 1
     BC, (BP, warps) = channel_block(C), _launch(H, W, synth)
-    grid = (triton.cdiv(H * W, BP), triton.cdiv(C, BC), B)
+    grid = (B * triton.cdiv(H * W, BP), triton.cdiv(C, BC))
     _filter_fwd_kernel[grid](x, src, basis, y, C, H, W, J, dilation, SYNTH=synth, KSIZE=k,
                              BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=_jblock(J), ACC=acc_dtype(x),
                              num_warps=warps)
@@ -266,14 +261,14 @@ def filter_backward(dy, x, src, basis, dilation: int, synth: bool):
         return (dx, dsrc, dbasis) if synth else (dx, dsrc)
     BC, BJ, acc = channel_block(C), _jblock(J), acc_dtype(x)
     BP, warps = _launch(H, W, synth)
-    _filter_dx_kernel[(triton.cdiv(H * W, BP), triton.cdiv(C, BC), B)](
+    _filter_dx_kernel[(B * triton.cdiv(H * W, BP), triton.cdiv(C, BC))](
         dy, src, basis_arg, dx, C, H, W, J, dilation, SYNTH=synth, KSIZE=k,
         BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=BJ, ACC=acc, num_warps=warps)
     BP, warps = _launch(H, W, synth, tap_grads=True)
     n_tiles = triton.cdiv(H * W, BP)
     partials = (torch.empty((B * n_tiles, J, k * k), device=x.device, dtype=torch_acc_dtype(x))
                 if synth else dsrc)  # unused pointer when not synth
-    _filter_dtap_kernel[(n_tiles, B)](
+    _filter_dtap_kernel[(B * n_tiles,)](
         x, dy, src, basis_arg, dsrc, partials, C, H, W, J, dilation, SYNTH=synth, KSIZE=k,
         BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=BJ, ACC=acc, num_warps=warps)
     if not synth:
@@ -292,7 +287,7 @@ def synthesize_forward(weights, basis) -> torch.Tensor:
     if _empty(weights):
         return psf.zero_()
     BP = pixel_block(H * W, 128)
-    _synthesize_fwd_kernel[(triton.cdiv(H * W, BP), B)](
+    _synthesize_fwd_kernel[(B * triton.cdiv(H * W, BP),)](
         weights, basis, psf, H, W, J, KSIZE=k, BLOCK_P=BP, BLOCK_J=_jblock(J), ACC=acc_dtype(weights))
     return psf
 
@@ -310,7 +305,7 @@ def synthesize_backward(dpsf, weights, basis):
     BP, warps = _launch(H, W, synth=True)
     n_tiles = triton.cdiv(H * W, BP)
     partials = torch.empty((B * n_tiles, J, k * k), device=weights.device, dtype=torch_acc_dtype(weights))
-    _synthesize_bwd_kernel[(n_tiles, B)](
+    _synthesize_bwd_kernel[(B * n_tiles,)](
         dpsf, weights, basis, dw, partials, H, W, J, KSIZE=k, BLOCK_P=BP, BLOCK_J=_jblock(J),
         ACC=acc_dtype(weights), num_warps=warps)
     dbasis.copy_(partials.sum(dim=0).view_as(basis))

@@ -22,6 +22,12 @@ def _acc(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+def _empty_like(x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    """Zeros shaped like ``x`` (which has no elements, or meets an input with none) that stay on
+    the autograd graph of every input, so backward gives (zero) gradients instead of an error."""
+    return x * 0 + sum(t.sum() * 0 for t in inputs)
+
+
 def _unfold_taps(x: torch.Tensor, k: int, dilation: int) -> torch.Tensor:
     """(B,C,H,W) -> (B,C,k*k,H,W): tap u*k+v holds x shifted by ((u-k//2)*d, (v-k//2)*d), zero padded."""
     B, C, H, W = x.shape
@@ -41,7 +47,7 @@ def apply_psf(x: torch.Tensor, psf: torch.Tensor, dilation: int = 1) -> torch.Te
     """(B,C,H,W), (B,k*k,H,W) -> (B,C,H,W): per-pixel kernels applied by unfold + sum."""
     _checks.check_apply_psf(x, psf, dilation)
     if x.numel() == 0 or psf.numel() == 0:
-        return torch.zeros_like(x)
+        return _empty_like(x, psf)
     k = _checks.psf_kernel_size(psf)
     taps = _unfold_taps(_acc(x), k, dilation)
     return torch.einsum("bcthw,bthw->bchw", taps, _acc(psf)).to(x.dtype)
@@ -54,7 +60,7 @@ def psf_conv(x: torch.Tensor, weights: torch.Tensor, basis: torch.Tensor, dilati
     """
     _checks.check_psf_conv(x, weights, basis, dilation)
     if x.numel() == 0 or weights.numel() == 0:
-        return torch.zeros_like(x)
+        return _empty_like(x, weights, basis)
     J, k, _ = basis.shape
     taps = _unfold_taps(_acc(x), k, dilation)
     psf = torch.einsum("bjhw,jt->bthw", _acc(weights), _acc(basis).reshape(J, k * k))
@@ -66,7 +72,7 @@ def psf_conv_convstack(x: torch.Tensor, weights: torch.Tensor, basis: torch.Tens
     giving a (B,C,J,H,W) stack, then mixed per pixel by ``weights``. Used as a second baseline."""
     _checks.check_psf_conv(x, weights, basis, dilation)
     if x.numel() == 0 or weights.numel() == 0:
-        return torch.zeros_like(x)
+        return _empty_like(x, weights, basis)
     B, C, H, W = x.shape
     J, k, _ = basis.shape
     stack = F.conv2d(_acc(x).reshape(B * C, 1, H, W), _acc(basis).unsqueeze(1),

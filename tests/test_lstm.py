@@ -35,10 +35,19 @@ def test_matches_truth(dtype, device):
     check_against_truth(inputs(2, 3, 9, 11, dtype, device), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("scale", [1e-6, 1e-3, 40.0])
+def test_tiny_and_huge_activations(scale, dtype, device):
+    """tanh near 0 (where 1 - exp(-2|x|) cancels) and in saturation keeps full relative precision."""
+    ins = [rand(2, 12, 5, 6, dtype=dtype, device=device, requires_grad=True, scale=scale),
+           rand(2, 3, 5, 6, dtype=dtype, device=device, requires_grad=True, scale=scale)]
+    check_against_truth(ins, dtype)
+
+
 def test_several_pixel_tiles(device):
     from psfops.kernels.lstm import _grid
     ins = inputs(2, 2, 33, 40, device=device)
-    assert _grid(ins[1])[0][1] > 1
+    assert _grid(ins[1])[0][0] > 2 * 2  # more programs than (b, c) planes: several tiles per plane
     check_against_truth(ins, torch.float32)
 
 

@@ -104,6 +104,22 @@ def test_psf_conv_equals_apply_of_synthesized(device):
     assert_rel_close(direct, composed, 1e-13, "psf_conv == apply_psf(synthesize_psf)")
 
 
+@pytest.mark.parametrize("k,d", [(3, 1), (5, 2)])
+def test_many_pixel_tiles(k, d, device, monkeypatch):
+    """16-pixel tiles, so each image spans many programs: tile edges, the (image x tile) grid and
+    the cross-program d(basis) reduction all run (the interpreter's default tile covers these
+    small images in one program)."""
+    from psfops.kernels import psf as kernels
+    monkeypatch.setattr(kernels, "pixel_block", lambda hw, gpu_block=128: 16)
+    x, w, b = psf_inputs(2, 3, 9, 13, 4, k, torch.float64, device)
+    check_against_truth(lambda x, w, b: psfops.psf_conv(x, w, b, d), lambda x, w, b: truth_psf_conv(x, w, b, d),
+                        (x, w, b), torch.float64, "psf_conv")
+    check_against_truth(psfops.synthesize_psf, truth_synthesize, (w, b), torch.float64, "synthesize_psf")
+    psf = rand(2, k * k, 9, 13, dtype=torch.float64, device=device, requires_grad=True)
+    check_against_truth(lambda x, p: psfops.apply_psf(x, p, d), lambda x, p: truth_apply(x, p, d),
+                        (x, psf), torch.float64, "apply_psf")
+
+
 @settings(max_examples=12, deadline=None)
 @given(B=st.integers(1, 2), C=st.integers(1, 6), H=st.integers(1, 14), W=st.integers(1, 14),
        J=st.integers(1, 9), r=st.integers(0, 3), d=st.integers(1, 3))
@@ -156,10 +172,12 @@ def test_gradients_bitwise_deterministic(device):
         assert torch.equal(g0, g1)
 
 
+@pytest.mark.parametrize("backend", ["triton", "reference"])
 @pytest.mark.parametrize("B,C", [(0, 3), (2, 0)])
-def test_empty_inputs(B, C, device):
+def test_empty_inputs(B, C, backend, device):
+    device = device if backend == "triton" else "cpu"
     x, w, b = psf_inputs(B, C, 6, 5, 3, 3, torch.float32, device)
-    with psfops.backend("triton"):
+    with psfops.backend(backend):
         y = psfops.psf_conv(x, w, b)
         assert y.shape == x.shape
         y.sum().backward()
