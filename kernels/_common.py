@@ -2,6 +2,8 @@
 jit helpers for tap geometry (so forward and backward kernels share one address arithmetic)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import torch
@@ -20,6 +22,20 @@ def check_launchable(t: torch.Tensor) -> None:
             f"psfops Triton kernels need CUDA tensors (got {t.device}); set TRITON_INTERPRET=1 to "
             "run them on the CPU (slow, for testing) or use the reference backend"
         )
+
+
+def launcher(fn):
+    """Decorator for the Python launchers: the first tensor argument says where the kernels run.
+    It must be a CUDA tensor (or any tensor under ``TRITON_INTERPRET=1``), and CUDA launches go to
+    its device: Triton launches on the current device, so inputs on ``cuda:1`` would otherwise
+    fail while device 0 is current."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        t = next(a for a in args if isinstance(a, torch.Tensor))
+        check_launchable(t)
+        with torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext():
+            return fn(*args, **kwargs)
+    return run
 
 
 def acc_dtype(t: torch.Tensor):

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, check_launchable, interpreting, matmul_tile, pixel_block, pixel_tile,
+from ._common import (acc_dtype, interpreting, launcher, matmul_tile, pixel_block, pixel_tile,
                       plane_and_tile, plane_offsets, torch_acc_dtype)
 
 
@@ -87,9 +87,9 @@ def _blend_blocks(C: int, HW: int):
     return BC, pixel_block(HW, gpu_block=128)  # 256 spills the backward on sm_90
 
 
+@launcher
 def blend_forward(cur, prev, gate) -> torch.Tensor:
     """(B,C,H,W) x2, gate (B,C,H,W) or (B,1,H,W) -> (B,C,H,W)."""
-    check_launchable(cur)
     cur, prev, gate = cur.contiguous(), prev.contiguous(), gate.contiguous()
     y = torch.empty_like(cur)
     if y.numel() == 0:
@@ -101,9 +101,9 @@ def blend_forward(cur, prev, gate) -> torch.Tensor:
     return y
 
 
+@launcher
 def blend_backward(dy, cur, prev, gate):
     """(dcur, dprev, dgate); dgate has gate's shape (summed over C for a broadcast gate)."""
-    check_launchable(cur)
     dy, cur, prev, gate = dy.contiguous(), cur.contiguous(), prev.contiguous(), gate.contiguous()
     dcur, dprev, dgate = torch.empty_like(cur), torch.empty_like(prev), torch.empty_like(gate)
     B, C, H, W = cur.shape
@@ -262,9 +262,9 @@ def _fusion_blocks(C: int, HW: int):
     return max(16, min(triton.next_power_of_2(max(C, 1)), 32)), pixel_block(HW, gpu_block=64)
 
 
+@launcher
 def fusion_forward(cur, prev, weight, bias) -> torch.Tensor:
     """cur, prev (B,C,H,W), weight (C,2C[,1,1]), bias (C,) or None -> (B,C,H,W)."""
-    check_launchable(cur)
     cur, prev = cur.contiguous(), prev.contiguous()
     y = torch.empty_like(cur)
     if y.numel() == 0:
@@ -279,10 +279,10 @@ def fusion_forward(cur, prev, weight, bias) -> torch.Tensor:
     return y
 
 
+@launcher
 def fusion_backward(dy, cur, prev, weight, bias):
     """(dcur, dprev, dweight, dbias); dweight has weight's shape; dbias (C,) (the gradient a bias
     would get: sum of dg over pixels) is returned even when ``bias`` is None."""
-    check_launchable(cur)
     dy, cur, prev = dy.contiguous(), cur.contiguous(), prev.contiguous()
     B, C, H, W = cur.shape
     dcur, dprev = torch.empty_like(cur), torch.empty_like(prev)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, check_launchable, pixel_block, plane_and_tile, tanh
+from ._common import acc_dtype, launcher, pixel_block, plane_and_tile, tanh
 
 
 @triton.jit
@@ -68,9 +68,9 @@ def _grid(c_prev: torch.Tensor):
     return (B * C * triton.cdiv(H * W, BP),), BP
 
 
+@launcher
 def lstm_forward(gates, c_prev):
     """gates (B,4C,H,W), c_prev (B,C,H,W) -> (h, c), each (B,C,H,W)."""
-    check_launchable(gates)
     gates, c_prev = gates.contiguous(), c_prev.contiguous()
     h, c = torch.empty_like(c_prev), torch.empty_like(c_prev)
     if c.numel() == 0:
@@ -81,9 +81,9 @@ def lstm_forward(gates, c_prev):
     return h, c
 
 
+@launcher
 def lstm_backward(dh, dc, gates, c_prev):
     """(dgates (B,4C,H,W), dc_prev (B,C,H,W)) from the output gradients dh, dc."""
-    check_launchable(gates)
     dh, dc, gates, c_prev = dh.contiguous(), dc.contiguous(), gates.contiguous(), c_prev.contiguous()
     dgates, dc_prev = torch.empty_like(gates), torch.empty_like(c_prev)
     if dc_prev.numel() == 0:

@@ -5,12 +5,16 @@ the plane is never held at once), in two passes:
 
 softmax  forward  pass 1: online max m and sum s = sum exp(x - m)   pass 2: y = exp(x - m) / s
          backward pass 1: t = sum dy*y                             pass 2: dx = y * (dy - t)
-l1       forward  pass 1: S = sum |x|                              pass 2: y = |x| / (S + eps)
-         backward pass 1: S = sum |x|, T = sum dy*|x|              pass 2:
-                  dx = sign(x) * (dy - T / (S + eps)) / (S + eps),  with sign(0) = 0
+l1       forward  pass 1: s = sum |x| + eps                         pass 2: y = |x| / s
+         backward pass 1: t = sum dy*|x|                            pass 2:
+                  dx = sign(x) * (dy - t / s) / s,  with sign(0) = 0
                   (the subgradient torch.abs uses, so a zero input gets a zero gradient).
-The softmax backward reads the saved output y; the l1 backward reads the input x.
-Accumulation is float32 (float64 for float64 inputs); plane offsets are int64.
+The forward also writes each plane's (m, s) in the accumulation dtype (2 values a plane); the
+backward reads the input x and those stats and recomputes y in that dtype, so half-precision
+inputs get gradients from an unrounded y, as the reference does. ``eps`` arrives as a
+1-element tensor of the accumulation dtype (a Python float argument would be typed float32,
+rounding a float64 eps). Accumulation is float32 (float64 for float64 inputs); plane offsets
+are int64.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, check_launchable, interpreting
+from ._common import acc_dtype, interpreting, launcher, torch_acc_dtype
 
 SOFTMAX, L1 = 0, 1
 _MODES = {"softmax": SOFTMAX, "l1": L1}
@@ -48,9 +52,10 @@ def _softmax_stats(x_ptr, base, HW, BLOCK: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def _normalize_fwd_kernel(x_ptr, y_ptr, HW, eps, MODE: tl.constexpr, BLOCK: tl.constexpr,
+def _normalize_fwd_kernel(x_ptr, eps_ptr, y_ptr, stats_ptr, HW, MODE: tl.constexpr, BLOCK: tl.constexpr,
                           ACC: tl.constexpr):
-    base = tl.program_id(0).to(tl.int64) * HW
+    plane = tl.program_id(0).to(tl.int64)
+    base = plane * HW
     if MODE == 0:
         m, s = _softmax_stats(x_ptr, base, HW, BLOCK, ACC)
     else:
@@ -60,69 +65,80 @@ def _normalize_fwd_kernel(x_ptr, y_ptr, HW, eps, MODE: tl.constexpr, BLOCK: tl.c
             offs = start + tl.arange(0, BLOCK)
             x = tl.load(x_ptr + base + offs, mask=offs < HW, other=0.0).to(ACC)
             s += tl.sum(tl.abs(x), axis=0)
-        s = s + eps
+        s = s + tl.load(eps_ptr).to(ACC)
+    tl.store(stats_ptr + 2 * plane, m)
+    tl.store(stats_ptr + 2 * plane + 1, s)
     for start in range(0, HW, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < HW
         x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC)
-        if MODE == 0:
-            y = tl.exp(x - m) / s
-        else:
-            y = tl.abs(x) / s
-        tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + base + offs, _normalized(x, m, s, MODE).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _normalize_bwd_kernel(dy_ptr, saved_ptr, dx_ptr, HW, eps, MODE: tl.constexpr,
+def _normalized(x, m, s, MODE: tl.constexpr):
+    """y from x and the plane's stats: exp(x - m) / s (softmax) or |x| / s (l1)."""
+    if MODE == 0:
+        return tl.exp(x - m) / s
+    else:
+        return tl.abs(x) / s
+
+
+@triton.jit
+def _normalize_bwd_kernel(dy_ptr, x_ptr, stats_ptr, dx_ptr, HW, MODE: tl.constexpr,
                           BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """``saved`` is the output y (softmax) or the input x (l1)."""
-    base = tl.program_id(0).to(tl.int64) * HW
-    t = tl.zeros((), ACC)  # softmax: sum dy*y; l1: sum dy*|x|
-    s = tl.zeros((), ACC)  # l1: sum |x|
+    plane = tl.program_id(0).to(tl.int64)
+    base = plane * HW
+    m = tl.load(stats_ptr + 2 * plane)
+    s = tl.load(stats_ptr + 2 * plane + 1)
+    t = tl.zeros((), ACC)  # sum dy*y (softmax) or sum dy*|x| (l1)
     for start in range(0, HW, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < HW
         dy = tl.load(dy_ptr + base + offs, mask=mask, other=0.0).to(ACC)
-        v = tl.load(saved_ptr + base + offs, mask=mask, other=0.0).to(ACC)
+        x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC)
         if MODE == 0:
-            t += tl.sum(dy * v, axis=0)
+            t += tl.sum(tl.where(mask, dy * _normalized(x, m, s, MODE), 0.0), axis=0)
         else:
-            t += tl.sum(dy * tl.abs(v), axis=0)
-            s += tl.sum(tl.abs(v), axis=0)
-    s = s + eps
+            t += tl.sum(dy * tl.abs(x), axis=0)
     for start in range(0, HW, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < HW
         dy = tl.load(dy_ptr + base + offs, mask=mask, other=0.0).to(ACC)
-        v = tl.load(saved_ptr + base + offs, mask=mask, other=0.0).to(ACC)
+        x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC)
         if MODE == 0:
-            dx = v * (dy - t)
+            dx = _normalized(x, m, s, MODE) * (dy - t)
         else:
-            sign = tl.where(v > 0, 1.0, tl.where(v < 0, -1.0, 0.0)).to(ACC)
-            sign = tl.where(v != v, v, sign)  # NaN input: NaN gradient, as in the reference
+            sign = tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0)).to(ACC)
+            sign = tl.where(x != x, x, sign)  # NaN input: NaN gradient, as in the reference
             dx = sign * (dy - t / s) / s
         tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch(kernel, out: torch.Tensor, *tensors, mode: str, eps: float) -> torch.Tensor:
-    B, C, H, W = out.shape
-    if out.numel() == 0:
-        return out
-    HW = H * W
-    kernel[(B * C,)](*tensors, out, HW, float(eps), MODE=_MODES[mode], BLOCK=plane_block(HW),
-                     ACC=acc_dtype(out))
-    return out
-
-
-def normalize_forward(x: torch.Tensor, mode: str, eps: float) -> torch.Tensor:
-    """(B,C,H,W) -> (B,C,H,W), each plane normalized (see the module docstring)."""
-    check_launchable(x)
+@launcher
+def normalize_forward(x: torch.Tensor, mode: str, eps: float):
+    """(B,C,H,W) -> (y (B,C,H,W), stats (B*C, 2)): each plane normalized (module docstring), and
+    its (m, s) in the accumulation dtype for the backward."""
     x = x.contiguous()
-    return _launch(_normalize_fwd_kernel, torch.empty_like(x), x, mode=mode, eps=eps)
+    B, C, H, W = x.shape
+    y = torch.empty_like(x)
+    stats = torch.empty((B * C, 2), device=x.device, dtype=torch_acc_dtype(x))
+    if x.numel() == 0:
+        return y, stats
+    eps_t = torch.full((1,), eps, device=x.device, dtype=stats.dtype)
+    _normalize_fwd_kernel[(B * C,)](x, eps_t, y, stats, H * W, MODE=_MODES[mode],
+                                    BLOCK=plane_block(H * W), ACC=acc_dtype(x))
+    return y, stats
 
 
-def normalize_backward(dy: torch.Tensor, saved: torch.Tensor, mode: str, eps: float) -> torch.Tensor:
-    """dx from dy and ``saved`` = the output y (softmax) or the input x (l1)."""
-    check_launchable(saved)
-    dy, saved = dy.contiguous(), saved.contiguous()
-    return _launch(_normalize_bwd_kernel, torch.empty_like(saved), dy, saved, mode=mode, eps=eps)
+@launcher
+def normalize_backward(dy: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, mode: str) -> torch.Tensor:
+    """dx from dy, the input x and the forward's per-plane stats."""
+    dy, x = dy.contiguous(), x.contiguous()
+    dx = torch.empty_like(x)
+    if x.numel() == 0:
+        return dx
+    B, C, H, W = x.shape
+    _normalize_bwd_kernel[(B * C,)](dy, x, stats, dx, H * W, MODE=_MODES[mode],
+                                    BLOCK=plane_block(H * W), ACC=acc_dtype(x))
+    return dx

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, channel_block, check_launchable, pixel_block, plane_and_tile,
+from ._common import (acc_dtype, channel_block, launcher, pixel_block, plane_and_tile,
                       plane_offsets, shifted_pixels, tap_shift, torch_acc_dtype)
 
 
@@ -226,9 +226,9 @@ def _empty(*ts: torch.Tensor) -> bool:
     return any(t.numel() == 0 for t in ts)
 
 
+@launcher
 def filter_forward(x, src, basis, dilation: int, synth: bool) -> torch.Tensor:
     """y = psf_conv(x, src, basis) if ``synth`` else apply_psf(x, src). (B,C,H,W) out."""
-    check_launchable(x)
     x, src = x.contiguous(), src.contiguous()
     B, C, H, W = x.shape
     k = basis.shape[-1] if synth else int(round(src.shape[1] ** 0.5))
@@ -245,9 +245,9 @@ def filter_forward(x, src, basis, dilation: int, synth: bool) -> torch.Tensor:
     return y
 
 
+@launcher
 def filter_backward(dy, x, src, basis, dilation: int, synth: bool):
     """Gradients of :func:`filter_forward`: (dx, d(weights), d(basis)) if ``synth`` else (dx, d(psf))."""
-    check_launchable(x)
     dy, x, src = dy.contiguous(), x.contiguous(), src.contiguous()
     B, C, H, W = x.shape
     k = basis.shape[-1] if synth else int(round(src.shape[1] ** 0.5))
@@ -277,9 +277,9 @@ def filter_backward(dy, x, src, basis, dilation: int, synth: bool):
     return dx, dsrc, dbasis
 
 
+@launcher
 def synthesize_forward(weights, basis) -> torch.Tensor:
     """(B,J,H,W), (J,k,k) -> (B,k*k,H,W)."""
-    check_launchable(weights)
     weights, basis = weights.contiguous(), basis.contiguous()
     B, J, H, W = weights.shape
     k = basis.shape[-1]
@@ -292,9 +292,9 @@ def synthesize_forward(weights, basis) -> torch.Tensor:
     return psf
 
 
+@launcher
 def synthesize_backward(dpsf, weights, basis):
     """Gradients of :func:`synthesize_forward`: (d(weights), d(basis))."""
-    check_launchable(weights)
     dpsf, weights, basis = dpsf.contiguous(), weights.contiguous(), basis.contiguous()
     B, J, H, W = weights.shape
     k = basis.shape[-1]

@@ -96,8 +96,8 @@ def check_spatial_normalize(x, mode, eps) -> None:
     check_tensor("x", x)
     if mode not in ("softmax", "l1"):
         raise ValueError(f"mode must be 'softmax' or 'l1', got {mode!r}")
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps < 0:
-        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 <= eps < float("inf"):
+        raise ValueError(f"eps must be a finite non-negative float, got {eps!r}")
 
 
 def check_gated_blend(cur, prev, gate) -> None:

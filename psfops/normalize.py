@@ -23,34 +23,38 @@ def _kernels():
 
 
 @torch.library.custom_op("psfops::spatial_normalize", mutates_args=())
-def _spatial_normalize_op(x: Tensor, mode: str, eps: float) -> Tensor:
+def _spatial_normalize_op(x: Tensor, mode: str, eps: float) -> tuple[Tensor, Tensor]:
+    """Returns y and the per-plane (m, s) stats (B*C, 2) its backward needs (not differentiable)."""
     return _kernels().normalize_forward(x, mode, eps)
 
 
 @_spatial_normalize_op.register_fake
 def _(x, mode, eps):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    B, C = x.shape[:2]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((B * C, 2), dtype=acc)
 
 
 @torch.library.custom_op("psfops::spatial_normalize_backward", mutates_args=())
-def _spatial_normalize_backward_op(grad: Tensor, saved: Tensor, mode: str, eps: float) -> Tensor:
-    return _kernels().normalize_backward(grad, saved, mode, eps)
+def _spatial_normalize_backward_op(grad: Tensor, x: Tensor, stats: Tensor, mode: str) -> Tensor:
+    return _kernels().normalize_backward(grad, x, stats, mode)
 
 
 @_spatial_normalize_backward_op.register_fake
-def _(grad, saved, mode, eps):
-    return torch.empty_like(saved, memory_format=torch.contiguous_format)
+def _(grad, x, stats, mode):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _setup(ctx, inputs, output):
-    x, mode, eps = inputs
-    ctx.save_for_backward(output if mode == "softmax" else x)  # what each backward reads
-    ctx.mode, ctx.eps = mode, eps
+    x, mode, _ = inputs
+    ctx.save_for_backward(x, output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.mode = mode
 
 
-def _backward(ctx, grad):
-    (saved,) = ctx.saved_tensors
-    return _spatial_normalize_backward_op(grad, saved, ctx.mode, ctx.eps), None, None
+def _backward(ctx, grad, _grad_stats):
+    x, stats = ctx.saved_tensors
+    return _spatial_normalize_backward_op(grad, x, stats, ctx.mode), None, None
 
 
 _spatial_normalize_op.register_autograd(_backward, setup_context=_setup)
@@ -73,5 +77,5 @@ def spatial_normalize(x: Tensor, mode: str = "softmax", eps: float = 1e-6) -> Te
     """
     _checks.check_spatial_normalize(x, mode, eps)
     if use_triton(x):
-        return _spatial_normalize_op(x, mode, float(eps))
+        return _spatial_normalize_op(x, mode, float(eps))[0]
     return reference.spatial_normalize(x, mode, eps)
