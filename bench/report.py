@@ -161,6 +161,7 @@ def headline_lines(recs: list[dict]) -> list[str]:
     out = []
     for dtype in C.DTYPES:
         rows = _by_impl(r for r in recs if r["pass"] == "fwd+bwd" and r["dtype"] == dtype
+                        and r.get("compile") != "dynamic"  # the targets compare with a static compile
                         and all(r.get(k) == v for k, v in HEADLINE.items()))
         if not rows:
             continue

@@ -32,6 +32,7 @@ def _like(*ts: Tensor):
 
 @torch.library.custom_op("psfops::gated_blend", mutates_args=())
 def _gated_blend_op(cur: Tensor, prev: Tensor, gate: Tensor) -> Tensor:
+    _checks.check_gated_blend(cur, prev, gate)  # direct torch.ops calls are checked too
     return _kernels().blend_forward(cur, prev, gate)
 
 
@@ -82,6 +83,7 @@ def gated_blend(cur: Tensor, prev: Tensor, gate: Tensor) -> Tensor:
 
 @torch.library.custom_op("psfops::gated_fusion", mutates_args=())
 def _gated_fusion_op(cur: Tensor, prev: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    _checks.check_gated_fusion(cur, prev, weight, bias)
     return _kernels().fusion_forward(cur, prev, weight, bias)
 
 

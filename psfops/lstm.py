@@ -24,6 +24,7 @@ def _kernels():
 
 @torch.library.custom_op("psfops::lstm_cell", mutates_args=())
 def _lstm_cell_op(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+    _checks.check_lstm_cell(gates, c_prev)  # direct torch.ops calls are checked too
     return _kernels().lstm_forward(gates, c_prev)
 
 

@@ -25,6 +25,7 @@ def _kernels():
 @torch.library.custom_op("psfops::spatial_normalize", mutates_args=())
 def _spatial_normalize_op(x: Tensor, mode: str, eps: float) -> tuple[Tensor, Tensor]:
     """Returns y and the per-plane (m, s) stats (B*C, 2) its backward needs (not differentiable)."""
+    _checks.check_spatial_normalize(x, mode, eps)  # direct torch.ops calls are checked too
     return _kernels().normalize_forward(x, mode, eps)
 
 

@@ -25,6 +25,7 @@ def _kernels():
 
 @torch.library.custom_op("psfops::psf_conv", mutates_args=())
 def _psf_conv_op(x: Tensor, weights: Tensor, basis: Tensor, dilation: int) -> Tensor:
+    _checks.check_psf_conv(x, weights, basis, dilation)  # direct torch.ops calls are checked too
     return _kernels().filter_forward(x, weights, basis, dilation, synth=True)
 
 
@@ -87,6 +88,7 @@ def psf_conv(x: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1) -> Te
 
 @torch.library.custom_op("psfops::apply_psf", mutates_args=())
 def _apply_psf_op(x: Tensor, psf: Tensor, dilation: int) -> Tensor:
+    _checks.check_apply_psf(x, psf, dilation)
     return _kernels().filter_forward(x, psf, None, dilation, synth=False)
 
 
@@ -144,6 +146,7 @@ def apply_psf(x: Tensor, psf: Tensor, dilation: int = 1) -> Tensor:
 
 @torch.library.custom_op("psfops::synthesize_psf", mutates_args=())
 def _synthesize_psf_op(weights: Tensor, basis: Tensor) -> Tensor:
+    _checks.check_synthesize_psf(weights, basis)
     return _kernels().synthesize_forward(weights, basis)
 
 
