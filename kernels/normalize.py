@@ -85,6 +85,16 @@ def _normalized(x, m, s, MODE: tl.constexpr):
 
 
 @triton.jit
+def _load_pair(dy_ptr, x_ptr, base, start, HW, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """Block ``start`` of a plane: its offsets, mask, and dy and x there in the ACC dtype."""
+    offs = start + tl.arange(0, BLOCK)
+    mask = offs < HW
+    dy = tl.load(dy_ptr + base + offs, mask=mask, other=0.0).to(ACC)
+    x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC)
+    return offs, mask, dy, x
+
+
+@triton.jit
 def _normalize_bwd_kernel(dy_ptr, x_ptr, stats_ptr, dx_ptr, HW, MODE: tl.constexpr,
                           BLOCK: tl.constexpr, ACC: tl.constexpr):
     plane = tl.program_id(0).to(tl.int64)
@@ -93,19 +103,13 @@ def _normalize_bwd_kernel(dy_ptr, x_ptr, stats_ptr, dx_ptr, HW, MODE: tl.constex
     s = tl.load(stats_ptr + 2 * plane + 1)
     t = tl.zeros((), ACC)  # sum dy*y (softmax) or sum dy*|x| (l1)
     for start in range(0, HW, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        mask = offs < HW
-        dy = tl.load(dy_ptr + base + offs, mask=mask, other=0.0).to(ACC)
-        x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC)
+        offs, mask, dy, x = _load_pair(dy_ptr, x_ptr, base, start, HW, BLOCK, ACC)
         if MODE == 0:
             t += tl.sum(tl.where(mask, dy * _normalized(x, m, s, MODE), 0.0), axis=0)
         else:
             t += tl.sum(dy * tl.abs(x), axis=0)
     for start in range(0, HW, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        mask = offs < HW
-        dy = tl.load(dy_ptr + base + offs, mask=mask, other=0.0).to(ACC)
-        x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC)
+        offs, mask, dy, x = _load_pair(dy_ptr, x_ptr, base, start, HW, BLOCK, ACC)
         if MODE == 0:
             dx = _normalized(x, m, s, MODE) * (dy - t)
         else:

@@ -131,8 +131,8 @@ def test_load_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
-class NaNAfter:
-    """Loss that turns NaN from call ``n`` (1-based) on."""
+class _FaultyLoss:
+    """The training loss, corrupted by ``corrupt(value, outputs)`` from call ``n`` (1-based)."""
 
     def __init__(self, n: int):
         from sdpsfnet.losses import DerainLoss
@@ -141,7 +141,14 @@ class NaNAfter:
     def __call__(self, outputs, target):
         self.calls += 1
         value = self.loss(outputs, target)
-        return value * float("nan") if self.calls >= self.n else value
+        return self.corrupt(value, outputs) if self.calls >= self.n else value
+
+
+class NaNAfter(_FaultyLoss):
+    """Loss that turns NaN from call ``n`` on."""
+
+    def corrupt(self, value, outputs):
+        return value * float("nan")
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -153,8 +160,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert [r["step"] for r in _rows(tmp_path)] == [str(i) for i in range(0, 7)]
 
 
-class NaNGradientAt:
-    """Loss that stays finite but whose gradient is NaN at call ``n`` (1-based) only."""
+class NaNGradientFrom(_FaultyLoss):
+    """Loss that stays finite but whose gradient is NaN from call ``n`` on."""
 
     class _NaNGrad(torch.autograd.Function):
         @staticmethod
@@ -166,19 +173,13 @@ class NaNGradientAt:
         def backward(ctx, g):
             return torch.full(ctx.shape, float("nan"))
 
-    def __init__(self, n: int):
-        from sdpsfnet.losses import DerainLoss
-        self.loss, self.n, self.calls = DerainLoss(), n, 0
-
-    def __call__(self, outputs, target):
-        self.calls += 1
-        value = self.loss(outputs, target)
-        return value + self._NaNGrad.apply(outputs[-1]) if self.calls == self.n else value
+    def corrupt(self, value, outputs):
+        return value + self._NaNGrad.apply(outputs[-1])
 
 
 def test_nan_gradient_with_finite_loss_stops_before_the_weights_change(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"gradient norm is nan.*step 3.*last\.pt"):
-        _run(_cfg(tmp_path, ckpt_every=2, val_every=100), criterion=NaNGradientAt(3))
+        _run(_cfg(tmp_path, ckpt_every=2, val_every=100), criterion=NaNGradientFrom(3))
     ck = load_checkpoint(tmp_path / "last.pt")
     assert ck["step"] == 2
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
