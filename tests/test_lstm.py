@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import psfops
-from helpers import (DTYPES, GRAD_RTOL, assert_rel_close, check_triton_against_truth, float64_leaves, rand, value_and_grads)
+from helpers import (DTYPES, FWD_RTOL, GRAD_RTOL, assert_rel_close, check_triton_against_truth, float64_leaves, rand,
+                     value_and_grads)
 
 
 def truth(gates, c_prev):
@@ -150,3 +151,20 @@ def test_opcheck(device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gpu_realistic_sizes(dtype):
     check_against_truth(inputs(4, 64, 96, 96, dtype, "cuda"), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_int64_indexing():
+    """gates over 2**31 elements: the last planes are updated, not wrapped around."""
+    B, C, H, W = 1, 33, 4096, 4096  # gates: 4*33*4096*4096 = 2.2e9 elements
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs 24 GB")
+    gates = torch.randn(B, 4 * C, H, W, device="cuda", dtype=torch.bfloat16)
+    c_prev = torch.randn(B, C, H, W, device="cuda", dtype=torch.bfloat16)
+    with psfops.backend("triton"):
+        h, c = psfops.lstm_cell(gates, c_prev)
+    last = torch.cat([gates[:, i * C + C - 1:i * C + C] for i in range(4)], 1)
+    h_ref, c_ref = psfops.reference.lstm_cell(last.float(), c_prev[:, -1:].float())
+    assert_rel_close(h[:, -1:], h_ref, FWD_RTOL[torch.bfloat16], "h, last plane")
+    assert_rel_close(c[:, -1:], c_ref, FWD_RTOL[torch.bfloat16], "c, last plane")
