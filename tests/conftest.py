@@ -9,6 +9,13 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# CI draws the same hypothesis examples every run (a red CI must mean a regression, not a new
+# random draw); local runs keep exploring fresh examples.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # Device the Triton path runs on in these tests: the GPU if there is one, else the CPU interpreter.
 DEVICE = "cuda" if HAS_CUDA else "cpu"
