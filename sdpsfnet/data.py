@@ -128,14 +128,21 @@ def find_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
                 for a, b in LAYOUTS if (root / a).is_dir() != (root / b).is_dir()]
         found = f" (it has {half[0]})" if half else ""
         raise ValueError(f"root {str(root)!r} must contain {expected}{found}")
-    rainy, clean = images_by_key(rainy_dir, "rainy folder"), images_by_key(clean_dir, "clean folder")
-    for key, p in rainy.items():
-        if key not in clean:
-            raise ValueError(f"{p} has no clean partner named {p.stem}.* in {clean_dir}")
-    for key, p in clean.items():
-        if key not in rainy:
-            raise ValueError(f"{p} has no rainy partner named {p.stem}.* in {rainy_dir}")
-    return [(rainy[k], clean[k]) for k in sorted(rainy, key=natural_key)]
+    return match_by_key(images_by_key(rainy_dir, "rainy folder"), images_by_key(clean_dir, "clean folder"),
+                        "clean partner", "rainy partner", clean_dir, rainy_dir)
+
+
+def match_by_key(first: dict, second: dict, first_lacks: str, second_lacks: str,
+                 second_dir, first_dir) -> list[tuple[Path, Path]]:
+    """Pairs (first[k], second[k]) for the keys of two :func:`images_by_key` listings, in natural
+    order; ValueError naming the first file of either side that has no partner on the other."""
+    for key, p in first.items():
+        if key not in second:
+            raise ValueError(f"{p} has no {first_lacks} named {p.stem}.* in {second_dir}")
+    for key, p in second.items():
+        if key not in first:
+            raise ValueError(f"{p} has no {second_lacks} named {p.stem}.* in {first_dir}")
+    return [(first[k], second[k]) for k in sorted(first, key=natural_key)]
 
 
 def pad_to(img: Tensor, height: int, width: int) -> Tensor:

@@ -141,22 +141,16 @@ def score_folders(pred_dir: str | os.PathLike, target_dir: str | os.PathLike,
     """
     from tqdm.auto import tqdm
 
-    from .data import images_by_key, load_image, natural_key
+    from .data import images_by_key, load_image, match_by_key
 
-    preds = images_by_key(pred_dir, "pred_dir")
-    targets = images_by_key(target_dir, "target_dir")
-    for key, p in preds.items():
-        if key not in targets:
-            raise ValueError(f"{p} has no partner named {p.stem}.* in target_dir {str(target_dir)!r}")
-    for key, p in targets.items():
-        if key not in preds:
-            raise ValueError(f"{p} has no partner named {p.stem}.* in pred_dir {str(pred_dir)!r}")
+    pairs = match_by_key(images_by_key(pred_dir, "pred_dir"), images_by_key(target_dir, "target_dir"),
+                         "partner", "partner", f"target_dir {str(target_dir)!r}", f"pred_dir {str(pred_dir)!r}")
     per_image = []
-    for key in tqdm(sorted(preds, key=natural_key), desc="scoring", disable=not progress):
-        pred, target = load_image(preds[key]), load_image(targets[key])
+    for pred_path, target_path in tqdm(pairs, desc="scoring", disable=not progress):
+        pred, target = load_image(pred_path), load_image(target_path)
         if pred.shape != target.shape:
-            raise ValueError(f"{preds[key]} has size {tuple(pred.shape[1:])} but its target "
-                             f"{targets[key]} has {tuple(target.shape[1:])}")
-        per_image.append({"name": preds[key].stem, **image_metrics(pred, target)})
+            raise ValueError(f"{pred_path} has size {tuple(pred.shape[1:])} but its target "
+                             f"{target_path} has {tuple(target.shape[1:])}")
+        per_image.append({"name": pred_path.stem, **image_metrics(pred, target)})
     means = {k: sum(r[k] for r in per_image) / len(per_image) for k in METRIC_KEYS}
     return {**means, "per_image": per_image}
