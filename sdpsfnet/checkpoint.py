@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from .files import atomic_write
 from .registry import build_model
 
 FORMAT = 1
@@ -30,26 +30,11 @@ FORMAT = 1
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     """Write ``state`` to ``path`` atomically.
 
-    The bytes go to a temporary file in the same folder, are flushed and fsynced, and the file is
-    then renamed over ``path`` with ``os.replace``; a crash or exception at any point leaves either
-    the old file or the new one, never a partial one, and no temporary file behind.
+    Through :func:`sdpsfnet.files.atomic_write`: a crash or exception at any point leaves either
+    the old file or the new one, never a partial one; the file gets the umask's permissions.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:

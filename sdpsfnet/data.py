@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from .files import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS", "load_image", "save_image", "find_pairs", "images_by_key", "PairedImages",
@@ -59,9 +60,9 @@ def load_image(path: str | os.PathLike) -> Tensor:
 def save_image(img: Tensor, path: str | os.PathLike) -> None:
     """Write a (3, H, W), (1, H, W) or (H, W) image in [0, 1] as an 8-bit PNG, atomically.
 
-    Values are clamped to [0, 1] and rounded to ``round(x * 255)``. The file is written to a
-    temporary name in the same folder and renamed, so a reader never sees a partial file; parent
-    folders are created.
+    Values are clamped to [0, 1] and rounded to ``round(x * 255)``. Written with
+    :func:`sdpsfnet.files.atomic_write`: a reader never sees a partial file, parent folders are
+    created, and the file gets the umask's permissions.
     """
     if not isinstance(img, Tensor):
         raise TypeError(f"img must be a torch.Tensor, got {type(img).__name__}")
@@ -71,17 +72,8 @@ def save_image(img: Tensor, path: str | os.PathLike) -> None:
         raise ValueError(f"img must have shape (3, H, W), (1, H, W) or (H, W), got {tuple(img.shape)}")
     arr = torch.round(img.detach().float().clamp(0, 1) * 255).to(torch.uint8).cpu()
     arr = arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).contiguous().numpy()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(arr).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        Image.fromarray(arr).save(f, format="PNG")
 
 
 def _pair_key(stem: str) -> str:

@@ -1,0 +1,66 @@
+"""Atomic file writes for every file sdpsfnet produces (checkpoints, images, figures, JSON).
+
+A writer gets a temporary file ``.NAME.RANDOM.tmp`` in the destination folder; on success it is
+flushed, fsynced, given the permissions a plain ``open(path, "w")`` would give (``0o666`` minus
+the process umask; ``tempfile.mkstemp`` alone would leave ``0o600``) and renamed over ``path``
+with ``os.replace``. A reader therefore sees the old file or the new one, never a partial one;
+an exception removes the temporary file. A process killed mid-write leaves its ``.*.tmp`` behind:
+:func:`remove_stale_temps` deletes those.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+__all__ = ["atomic_write", "remove_stale_temps", "TEMP_PATTERN"]
+
+# ``.NAME.RANDOM.tmp``: what atomic_write creates (RANDOM is tempfile's 8-character name part).
+TEMP_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """``with atomic_write(path) as f: f.write(...)``: ``path`` appears complete or not at all.
+
+    Parent folders are created. The file ends up with mode ``0o666 & ~umask``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` left in ``folder`` (not recursive)
+    when its process was killed mid-write; returns what was removed. Call it only when no other
+    process is writing into ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.iterdir():
+        if p.is_file() and TEMP_PATTERN.match(p.name):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
