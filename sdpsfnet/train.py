@@ -6,10 +6,10 @@ supported, else fp16 with a ``GradScaler``; off on CPU), gradient clipping at 2.
 :class:`sdpsfnet.losses.DerainLoss` summed over every emitted image.
 
 The trainer is a chain of plain functions: :func:`train` loads the checkpoint and checks the run
-folder, :func:`setup` builds a :class:`Run` (model, data, :func:`build_optimizer`,
-:func:`make_scheduler`), :func:`restore` loads a checkpoint into it, :func:`prepare_out_folder`
-readies the folder and :func:`fit` loops over :func:`train_step`, :func:`validate` (the one
-evaluation loop, :func:`sdpsfnet.inference.evaluate`) and :func:`save`.
+folder, :func:`setup` builds a :class:`Run` (model, data; the recipe in :func:`schedule_steps`,
+:func:`build_optimizer` and :func:`make_scheduler`), :func:`restore` loads a checkpoint into it,
+:func:`prepare_out_folder` readies the folder and :func:`fit` loops over :func:`train_step`,
+:func:`validate` (the one evaluation loop, :func:`sdpsfnet.inference.evaluate`) and :func:`save`.
 
 Choices where the paper is silent:
 
@@ -224,6 +224,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
 
 
+def schedule_steps(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(total, warmup) optimizer steps: ``steps``, else ``epochs`` (else one) epochs; warmup
+    ``warmup_epochs`` epochs, capped at a tenth of the run."""
+    total = cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * steps_per_epoch
+    return total, min(round(cfg.warmup_epochs * steps_per_epoch), total // 10)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
                    min_lr: float) -> torch.optim.lr_scheduler.LRScheduler:
     """Linear warmup (from 1e-3 x lr) for ``warmup_steps``, then cosine to ``min_lr`` at
@@ -309,7 +316,7 @@ def write_csv(path: str, rows: list[dict]) -> None:
 
 def append_row(path: str, row: dict) -> None:
     """Append one row to ``metrics.csv``, starting the file (with its header) if there is none."""
-    new = not os.path.isfile(path)
+    new = not os.path.isfile(path) or os.path.getsize(path) == 0
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, CSV_FIELDS)
         if new:
@@ -524,8 +531,7 @@ def setup(cfg: TrainConfig, rank: int, world: int, device: torch.device, model: 
     if steps_per_epoch < 1:
         raise ValueError(f"the training set ({len(train_set)} items over {world} process(es)) "
                          f"is smaller than one batch of {cfg.batch_size}")
-    total = cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * steps_per_epoch
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total // 10)
+    total, warmup = schedule_steps(cfg, steps_per_epoch)
     optimizer = build_optimizer(model, cfg)
     amp_dtype = amp_settings(device, cfg.amp)
     net = model if world == 1 else nn.parallel.DistributedDataParallel(
