@@ -28,8 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, interpreting, launcher, matmul_tile, pixel_block, pixel_tile,
-                      plane_and_tile, plane_offsets, torch_acc_dtype)
+from ..env import interpreting
+from ._common import (acc_dtype, launcher, matmul_tile, pixel_block, pixel_tile, plane_and_tile,
+                      plane_offsets, torch_acc_dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Gated blending ops: ``gated_blend`` and the fused ``gated_fusion``.
 
-Each public function validates its arguments, then runs either the Triton op
+Each public function checks its arguments once, then runs either the Triton op
 (``torch.ops.psfops.<name>``, a ``torch.library`` custom op with a fake implementation and
-registered autograd; the backward is its own custom op ``psfops::<name>_backward``) or
-``psfops.reference`` (see :mod:`psfops._backend` for the choice).
+registered autograd; the backward is its own custom op ``psfops::<name>_backward``) or the
+unchecked core of ``psfops.reference`` (see :mod:`psfops._backend` for the choice). The custom
+ops check their own arguments too (real and fake implementations share the check), since
+``torch.ops.psfops.*`` can be called directly.
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ from ._backend import use_triton
 __all__ = ["gated_blend", "gated_fusion"]
 
 
-def _kernels():
-    from .kernels import gating  # imports triton: only on the Triton path
-
-    return gating
+try:  # the fused kernels; without triton, the reference serves every call
+    from .kernels import gating as kernels
+except ImportError:
+    kernels = None
 
 
 def _like(*ts: Tensor):
@@ -32,23 +34,26 @@ def _like(*ts: Tensor):
 
 @torch.library.custom_op("psfops::gated_blend", mutates_args=())
 def _gated_blend_op(cur: Tensor, prev: Tensor, gate: Tensor) -> Tensor:
-    _checks.check_gated_blend(cur, prev, gate)  # direct torch.ops calls are checked too
-    return _kernels().blend_forward(cur, prev, gate)
+    _checks.check_gated_blend(cur, prev, gate)
+    return kernels.blend_forward(cur, prev, gate)
 
 
 @_gated_blend_op.register_fake
 def _(cur, prev, gate):
+    _checks.check_gated_blend(cur, prev, gate)
     return _like(cur)[0]
 
 
 @torch.library.custom_op("psfops::gated_blend_backward", mutates_args=())
 def _gated_blend_backward_op(grad: Tensor, cur: Tensor, prev: Tensor,
                              gate: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return _kernels().blend_backward(grad, cur, prev, gate)
+    _checks.check_gated_blend_backward(grad, cur, prev, gate)
+    return kernels.blend_backward(grad, cur, prev, gate)
 
 
 @_gated_blend_backward_op.register_fake
 def _(grad, cur, prev, gate):
+    _checks.check_gated_blend_backward(grad, cur, prev, gate)
     return _like(cur, prev, gate)
 
 
@@ -76,7 +81,7 @@ def gated_blend(cur: Tensor, prev: Tensor, gate: Tensor) -> Tensor:
     _checks.check_gated_blend(cur, prev, gate)
     if use_triton(cur):
         return _gated_blend_op(cur, prev, gate)
-    return reference.gated_blend(cur, prev, gate)
+    return reference.gated_blend.unchecked(cur, prev, gate)
 
 
 # ---- gated_fusion ---------------------------------------------------------------------------
@@ -84,22 +89,25 @@ def gated_blend(cur: Tensor, prev: Tensor, gate: Tensor) -> Tensor:
 @torch.library.custom_op("psfops::gated_fusion", mutates_args=())
 def _gated_fusion_op(cur: Tensor, prev: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     _checks.check_gated_fusion(cur, prev, weight, bias)
-    return _kernels().fusion_forward(cur, prev, weight, bias)
+    return kernels.fusion_forward(cur, prev, weight, bias)
 
 
 @_gated_fusion_op.register_fake
 def _(cur, prev, weight, bias):
+    _checks.check_gated_fusion(cur, prev, weight, bias)
     return _like(cur)[0]
 
 
 @torch.library.custom_op("psfops::gated_fusion_backward", mutates_args=())
 def _gated_fusion_backward_op(grad: Tensor, cur: Tensor, prev: Tensor, weight: Tensor,
                               bias: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _kernels().fusion_backward(grad, cur, prev, weight, bias)
+    _checks.check_gated_fusion_backward(grad, cur, prev, weight, bias)
+    return kernels.fusion_backward(grad, cur, prev, weight, bias)
 
 
 @_gated_fusion_backward_op.register_fake
 def _(grad, cur, prev, weight, bias):
+    _checks.check_gated_fusion_backward(grad, cur, prev, weight, bias)
     return (*_like(cur, prev, weight), cur.new_empty((cur.shape[1],)))
 
 
@@ -136,4 +144,4 @@ def gated_fusion(cur: Tensor, prev: Tensor, weight: Tensor, bias: Optional[Tenso
     _checks.check_gated_fusion(cur, prev, weight, bias)
     if use_triton(cur):
         return _gated_fusion_op(cur, prev, weight, bias)
-    return reference.gated_fusion(cur, prev, weight, bias)
+    return reference.gated_fusion.unchecked(cur, prev, weight, bias)

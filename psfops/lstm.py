@@ -1,9 +1,11 @@
 """``lstm_cell``: the fused ConvLSTM pointwise update (used by MSPFN).
 
-The public function validates its arguments, then runs either the Triton op
+The public function checks its arguments once, then runs either the Triton op
 (``torch.ops.psfops.lstm_cell``, a ``torch.library`` custom op with a fake implementation and
-registered autograd; the backward is the custom op ``psfops::lstm_cell_backward``) or
-``psfops.reference`` (see :mod:`psfops._backend` for the choice).
+registered autograd; the backward is the custom op ``psfops::lstm_cell_backward``) or the
+unchecked core of ``psfops.reference`` (see :mod:`psfops._backend` for the choice). The custom
+ops check their own arguments too (real and fake implementations share the check), since
+``torch.ops.psfops.*`` can be called directly.
 """
 from __future__ import annotations
 
@@ -16,20 +18,21 @@ from ._backend import use_triton
 __all__ = ["lstm_cell"]
 
 
-def _kernels():
-    from .kernels import lstm  # imports triton: only on the Triton path
-
-    return lstm
+try:  # the fused kernels; without triton, the reference serves every call
+    from .kernels import lstm as kernels
+except ImportError:
+    kernels = None
 
 
 @torch.library.custom_op("psfops::lstm_cell", mutates_args=())
 def _lstm_cell_op(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
-    _checks.check_lstm_cell(gates, c_prev)  # direct torch.ops calls are checked too
-    return _kernels().lstm_forward(gates, c_prev)
+    _checks.check_lstm_cell(gates, c_prev)
+    return kernels.lstm_forward(gates, c_prev)
 
 
 @_lstm_cell_op.register_fake
 def _(gates, c_prev):
+    _checks.check_lstm_cell(gates, c_prev)
     fmt = torch.contiguous_format
     return torch.empty_like(c_prev, memory_format=fmt), torch.empty_like(c_prev, memory_format=fmt)
 
@@ -37,11 +40,13 @@ def _(gates, c_prev):
 @torch.library.custom_op("psfops::lstm_cell_backward", mutates_args=())
 def _lstm_cell_backward_op(grad_h: Tensor, grad_c: Tensor, gates: Tensor,
                            c_prev: Tensor) -> tuple[Tensor, Tensor]:
-    return _kernels().lstm_backward(grad_h, grad_c, gates, c_prev)
+    _checks.check_lstm_cell_backward(grad_h, grad_c, gates, c_prev)
+    return kernels.lstm_backward(grad_h, grad_c, gates, c_prev)
 
 
 @_lstm_cell_backward_op.register_fake
 def _(grad_h, grad_c, gates, c_prev):
+    _checks.check_lstm_cell_backward(grad_h, grad_c, gates, c_prev)
     fmt = torch.contiguous_format
     return torch.empty_like(gates, memory_format=fmt), torch.empty_like(c_prev, memory_format=fmt)
 
@@ -77,4 +82,4 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     _checks.check_lstm_cell(gates, c_prev)
     if use_triton(gates):
         return _lstm_cell_op(gates, c_prev)
-    return reference.lstm_cell(gates, c_prev)
+    return reference.lstm_cell.unchecked(gates, c_prev)
