@@ -27,6 +27,11 @@ def launcher(fn):
     return run
 
 
+def unneeded_as_placeholders(grads, needs) -> tuple:
+    """Gradients with a 0-element placeholder for each one not needed (see ``psfops._grads``)."""
+    return tuple(g if need else g.new_empty(0) for g, need in zip(grads, needs))
+
+
 def acc_dtype(t: torch.Tensor):
     """The triton accumulation dtype for inputs of ``t.dtype`` (:func:`psfops.env.accumulation_dtype`)."""
     return tl.float64 if torch_acc_dtype(t) == torch.float64 else tl.float32

@@ -52,6 +52,12 @@ def check_like(name: str, t, like_name: str, like: torch.Tensor) -> None:
         raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(t.shape)}")
 
 
+def check_needs(needs, n: int) -> None:
+    """``needs``: which of the forward's ``n`` tensor inputs want a gradient (n bools)."""
+    if not isinstance(needs, (list, tuple)) or len(needs) != n or not all(isinstance(b, bool) for b in needs):
+        raise ValueError(f"needs must be a list of {n} bools (one per tensor input of the forward), got {needs!r}")
+
+
 def check_dilation(dilation) -> None:
     if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
         raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
@@ -161,18 +167,21 @@ def check_lstm_cell(gates, c_prev) -> None:
 
 # ---- backward ops: the forward's check, plus the incoming gradients (and saved stats) ----
 
-def check_psf_conv_backward(grad, x, weights, basis, dilation) -> None:
+def check_psf_conv_backward(grad, x, weights, basis, dilation, needs) -> None:
     check_psf_conv(x, weights, basis, dilation)
     check_like("grad", grad, "x", x)
+    check_needs(needs, 3)
 
 
-def check_apply_psf_backward(grad, x, psf, dilation) -> None:
+def check_apply_psf_backward(grad, x, psf, dilation, needs) -> None:
     check_apply_psf(x, psf, dilation)
     check_like("grad", grad, "x", x)
+    check_needs(needs, 2)
 
 
-def check_synthesize_psf_backward(grad, weights, basis) -> None:
+def check_synthesize_psf_backward(grad, weights, basis, needs) -> None:
     check_synthesize_psf(weights, basis)
+    check_needs(needs, 2)
     check_tensor("grad", grad)
     check_same("weights", weights, grad=grad)
     B, _, H, W = weights.shape
@@ -182,8 +191,9 @@ def check_synthesize_psf_backward(grad, weights, basis) -> None:
                          f"and basis {tuple(basis.shape)}; got {tuple(grad.shape)}")
 
 
-def check_spatial_normalize_backward(grad, x, stats, mode) -> None:
+def check_spatial_normalize_backward(grad, x, stats, mode, needs) -> None:
     check_spatial_normalize(x, mode)
+    check_needs(needs, 1)
     check_like("grad", grad, "x", x)
     check_tensor("stats", stats, ndim=2)
     B, C = x.shape[:2]
@@ -193,17 +203,22 @@ def check_spatial_normalize_backward(grad, x, stats, mode) -> None:
                          f"on {x.device}; got {tuple(stats.shape)}, {stats.dtype}, on {stats.device}")
 
 
-def check_gated_blend_backward(grad, cur, prev, gate) -> None:
+def check_gated_blend_backward(grad, cur, prev, gate, needs) -> None:
     check_gated_blend(cur, prev, gate)
     check_like("grad", grad, "cur", cur)
+    check_needs(needs, 3)
 
 
-def check_gated_fusion_backward(grad, cur, prev, weight, bias) -> None:
+def check_gated_fusion_backward(grad, cur, prev, weight, bias, needs) -> None:
     check_gated_fusion(cur, prev, weight, bias)
     check_like("grad", grad, "cur", cur)
+    check_needs(needs, 4)
+    if bias is None and needs[3]:
+        raise ValueError("needs[3] (the bias gradient) must be False when bias is None")
 
 
-def check_lstm_cell_backward(grad_h, grad_c, gates, c_prev) -> None:
+def check_lstm_cell_backward(grad_h, grad_c, gates, c_prev, needs) -> None:
     check_lstm_cell(gates, c_prev)
+    check_needs(needs, 2)
     check_like("grad_h", grad_h, "c_prev", c_prev)
     check_like("grad_c", grad_c, "c_prev", c_prev)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from . import _checks, reference
 from ._backend import use_triton
+from ._grads import for_autograd, gradient_buffers, needs_of
 
 __all__ = ["lstm_cell"]
 
@@ -38,17 +39,16 @@ def _(gates, c_prev):
 
 
 @torch.library.custom_op("psfops::lstm_cell_backward", mutates_args=())
-def _lstm_cell_backward_op(grad_h: Tensor, grad_c: Tensor, gates: Tensor,
-                           c_prev: Tensor) -> tuple[Tensor, Tensor]:
-    _checks.check_lstm_cell_backward(grad_h, grad_c, gates, c_prev)
-    return kernels.lstm_backward(grad_h, grad_c, gates, c_prev)
+def _lstm_cell_backward_op(grad_h: Tensor, grad_c: Tensor, gates: Tensor, c_prev: Tensor,
+                           needs: list[bool]) -> tuple[Tensor, Tensor]:
+    _checks.check_lstm_cell_backward(grad_h, grad_c, gates, c_prev, needs)
+    return kernels.lstm_backward(grad_h, grad_c, gates, c_prev, needs)
 
 
 @_lstm_cell_backward_op.register_fake
-def _(grad_h, grad_c, gates, c_prev):
-    _checks.check_lstm_cell_backward(grad_h, grad_c, gates, c_prev)
-    fmt = torch.contiguous_format
-    return torch.empty_like(gates, memory_format=fmt), torch.empty_like(c_prev, memory_format=fmt)
+def _(grad_h, grad_c, gates, c_prev, needs):
+    _checks.check_lstm_cell_backward(grad_h, grad_c, gates, c_prev, needs)
+    return gradient_buffers(needs, gates, c_prev)
 
 
 def _setup(ctx, inputs, output):
@@ -60,7 +60,8 @@ def _backward(ctx, grad_h, grad_c):
     # an output that did not reach the loss may arrive as None
     grad_h = torch.zeros_like(c_prev) if grad_h is None else grad_h
     grad_c = torch.zeros_like(c_prev) if grad_c is None else grad_c
-    return _lstm_cell_backward_op(grad_h, grad_c, gates, c_prev)
+    needs = needs_of(ctx, 2)
+    return for_autograd(_lstm_cell_backward_op(grad_h, grad_c, gates, c_prev, needs), needs)
 
 
 _lstm_cell_op.register_autograd(_backward, setup_context=_setup)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from . import _checks, reference
 from ._backend import use_triton
+from ._grads import gradient_buffers
 from .env import accumulation_dtype
 
 __all__ = ["spatial_normalize"]
@@ -41,15 +42,17 @@ def _(x, mode, eps):
 
 
 @torch.library.custom_op("psfops::spatial_normalize_backward", mutates_args=())
-def _spatial_normalize_backward_op(grad: Tensor, x: Tensor, stats: Tensor, mode: str) -> Tensor:
-    _checks.check_spatial_normalize_backward(grad, x, stats, mode)
-    return kernels.normalize_backward(grad, x, stats, mode)
+def _spatial_normalize_backward_op(grad: Tensor, x: Tensor, stats: Tensor, mode: str,
+                                   needs: list[bool]) -> Tensor:
+    """``needs`` is [True] from autograd (the backward runs only when x needs a gradient)."""
+    _checks.check_spatial_normalize_backward(grad, x, stats, mode, needs)
+    return kernels.normalize_backward(grad, x, stats, mode) if needs[0] else x.new_empty(0)
 
 
 @_spatial_normalize_backward_op.register_fake
-def _(grad, x, stats, mode):
-    _checks.check_spatial_normalize_backward(grad, x, stats, mode)
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _(grad, x, stats, mode, needs):
+    _checks.check_spatial_normalize_backward(grad, x, stats, mode, needs)
+    return gradient_buffers(needs, x)[0]
 
 
 def _setup(ctx, inputs, output):
@@ -61,7 +64,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad, _grad_stats):
     x, stats = ctx.saved_tensors
-    return _spatial_normalize_backward_op(grad, x, stats, ctx.mode), None, None
+    return _spatial_normalize_backward_op(grad, x, stats, ctx.mode, [True]), None, None
 
 
 _spatial_normalize_op.register_autograd(_backward, setup_context=_setup)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from . import _checks, reference
 from ._backend import use_triton
+from ._grads import for_autograd, gradient_buffers, needs_of
 
 try:  # the fused kernels; without triton, the reference serves every call
     from .kernels import psf as kernels
@@ -40,17 +41,16 @@ def _(x, weights, basis, dilation):
 
 
 @torch.library.custom_op("psfops::psf_conv_backward", mutates_args=())
-def _psf_conv_backward_op(grad: Tensor, x: Tensor, weights: Tensor, basis: Tensor,
-                          dilation: int) -> tuple[Tensor, Tensor, Tensor]:
-    _checks.check_psf_conv_backward(grad, x, weights, basis, dilation)
-    return kernels.filter_backward(grad, x, weights, basis, dilation, synth=True)
+def _psf_conv_backward_op(grad: Tensor, x: Tensor, weights: Tensor, basis: Tensor, dilation: int,
+                          needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    _checks.check_psf_conv_backward(grad, x, weights, basis, dilation, needs)
+    return kernels.filter_backward(grad, x, weights, basis, dilation, needs)
 
 
 @_psf_conv_backward_op.register_fake
-def _(grad, x, weights, basis, dilation):
-    _checks.check_psf_conv_backward(grad, x, weights, basis, dilation)
-    return (torch.empty_like(x, memory_format=_CONTIGUOUS), torch.empty_like(weights, memory_format=_CONTIGUOUS),
-            torch.empty_like(basis, memory_format=_CONTIGUOUS))
+def _(grad, x, weights, basis, dilation, needs):
+    _checks.check_psf_conv_backward(grad, x, weights, basis, dilation, needs)
+    return gradient_buffers(needs, x, weights, basis)
 
 
 def _psf_conv_setup(ctx, inputs, output):
@@ -61,8 +61,8 @@ def _psf_conv_setup(ctx, inputs, output):
 
 def _psf_conv_backward(ctx, grad):
     x, weights, basis = ctx.saved_tensors
-    dx, dw, db = _psf_conv_backward_op(grad, x, weights, basis, ctx.dilation)
-    return dx, dw, db, None
+    needs = needs_of(ctx, 3)
+    return *for_autograd(_psf_conv_backward_op(grad, x, weights, basis, ctx.dilation, needs), needs), None
 
 
 _psf_conv_op.register_autograd(_psf_conv_backward, setup_context=_psf_conv_setup)
@@ -105,15 +105,16 @@ def _(x, psf, dilation):
 
 
 @torch.library.custom_op("psfops::apply_psf_backward", mutates_args=())
-def _apply_psf_backward_op(grad: Tensor, x: Tensor, psf: Tensor, dilation: int) -> tuple[Tensor, Tensor]:
-    _checks.check_apply_psf_backward(grad, x, psf, dilation)
-    return kernels.filter_backward(grad, x, psf, None, dilation, synth=False)
+def _apply_psf_backward_op(grad: Tensor, x: Tensor, psf: Tensor, dilation: int,
+                           needs: list[bool]) -> tuple[Tensor, Tensor]:
+    _checks.check_apply_psf_backward(grad, x, psf, dilation, needs)
+    return kernels.filter_backward(grad, x, psf, None, dilation, needs)
 
 
 @_apply_psf_backward_op.register_fake
-def _(grad, x, psf, dilation):
-    _checks.check_apply_psf_backward(grad, x, psf, dilation)
-    return torch.empty_like(x, memory_format=_CONTIGUOUS), torch.empty_like(psf, memory_format=_CONTIGUOUS)
+def _(grad, x, psf, dilation, needs):
+    _checks.check_apply_psf_backward(grad, x, psf, dilation, needs)
+    return gradient_buffers(needs, x, psf)
 
 
 def _apply_psf_setup(ctx, inputs, output):
@@ -124,8 +125,8 @@ def _apply_psf_setup(ctx, inputs, output):
 
 def _apply_psf_backward(ctx, grad):
     x, psf = ctx.saved_tensors
-    dx, dpsf = _apply_psf_backward_op(grad, x, psf, ctx.dilation)
-    return dx, dpsf, None
+    needs = needs_of(ctx, 2)
+    return *for_autograd(_apply_psf_backward_op(grad, x, psf, ctx.dilation, needs), needs), None
 
 
 _apply_psf_op.register_autograd(_apply_psf_backward, setup_context=_apply_psf_setup)
@@ -166,15 +167,16 @@ def _(weights, basis):
 
 
 @torch.library.custom_op("psfops::synthesize_psf_backward", mutates_args=())
-def _synthesize_psf_backward_op(grad: Tensor, weights: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
-    _checks.check_synthesize_psf_backward(grad, weights, basis)
-    return kernels.synthesize_backward(grad, weights, basis)
+def _synthesize_psf_backward_op(grad: Tensor, weights: Tensor, basis: Tensor,
+                                needs: list[bool]) -> tuple[Tensor, Tensor]:
+    _checks.check_synthesize_psf_backward(grad, weights, basis, needs)
+    return kernels.synthesize_backward(grad, weights, basis, needs)
 
 
 @_synthesize_psf_backward_op.register_fake
-def _(grad, weights, basis):
-    _checks.check_synthesize_psf_backward(grad, weights, basis)
-    return torch.empty_like(weights, memory_format=_CONTIGUOUS), torch.empty_like(basis, memory_format=_CONTIGUOUS)
+def _(grad, weights, basis, needs):
+    _checks.check_synthesize_psf_backward(grad, weights, basis, needs)
+    return gradient_buffers(needs, weights, basis)
 
 
 def _synthesize_setup(ctx, inputs, output):
@@ -183,7 +185,8 @@ def _synthesize_setup(ctx, inputs, output):
 
 def _synthesize_backward(ctx, grad):
     weights, basis = ctx.saved_tensors
-    return _synthesize_psf_backward_op(grad, weights, basis)
+    needs = needs_of(ctx, 2)
+    return for_autograd(_synthesize_psf_backward_op(grad, weights, basis, needs), needs)
 
 
 _synthesize_psf_op.register_autograd(_synthesize_backward, setup_context=_synthesize_setup)

@@ -24,7 +24,8 @@ from .lstm import lstm_cell
 from .normalize import spatial_normalize
 from .psf import apply_psf, psf_conv, synthesize_psf
 
-__all__ = ["Shape", "Sample", "OpInfo", "OPS", "HEADLINE", "backward_args", "registered_custom_ops"]
+__all__ = ["Shape", "Sample", "OpInfo", "OPS", "HEADLINE", "backward_args", "tensor_inputs",
+           "registered_custom_ops"]
 
 
 @dataclass(frozen=True)
@@ -178,14 +179,24 @@ OPS: dict[str, OpInfo] = {info.name: info for info in (
 )}
 
 
-def backward_args(info: OpInfo, sample: Sample) -> tuple:
+def tensor_inputs(info: OpInfo) -> list[str]:
+    """Names of the forward custom op's tensor arguments (optional ones included), in order: what
+    the backward op's ``needs`` flags refer to."""
+    return [a.name for a in info.forward.default._schema.arguments
+            if isinstance(a.type, torch.TensorType) or str(a.type) == "Optional[Tensor]"]
+
+
+def backward_args(info: OpInfo, sample: Sample, needs: list[bool] | None = None) -> tuple:
     """Arguments of ``info.backward`` for ``sample``: runs the forward custom op once (on detached
-    inputs) and pairs it with fresh random cotangents."""
+    inputs) and pairs it with fresh random cotangents. ``needs`` defaults to a gradient for every
+    tensor argument the sample gives (not for an absent optional one)."""
     args = tuple(a.detach() if isinstance(a, Tensor) else a for a in sample.args)
     outputs = info.forward(*args)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
     grads = tuple(torch.randn_like(o) for o in outputs[:info.differentiable_outputs])
-    return info.make_backward_args(args, outputs, grads)
+    if needs is None:
+        needs = [isinstance(a, Tensor) for a in args[:len(tensor_inputs(info))]]
+    return (*info.make_backward_args(args, outputs, grads), needs)
 
 
 def registered_custom_ops() -> set[str]:

@@ -87,6 +87,32 @@ def test_raw_custom_ops_refuse_mismatched_arguments(variant, device):
     assert len(perturbations) >= len([a for a in args if isinstance(a, torch.Tensor)])
     for bad_name, bad_args in perturbations:
         _refuses(info.backward, bad_args, bad_name)
+    _refuses(info.backward, args[:-1] + (args[-1] + [True],), "needs")
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
+def test_backward_computes_only_the_gradients_asked_for(variant, device):
+    """Each tensor input frozen in turn (``requires_grad=False``): autograd gives the others the
+    gradients they get when nothing is frozen, and the backward op returns a 0-element
+    placeholder for the frozen one (no buffer, no write)."""
+    name, i = variant
+    info = OPS[name]
+    sample = info.samples(SMALL, torch.float32, device, requires_grad=True)[i]
+    fn = lambda *ts: info.function(*sample.with_tensors(ts))  # noqa: E731
+    with psfops.backend("triton"):
+        _, all_grads, g = value_and_grads(fn, sample.tensors)
+        for frozen in range(len(sample.tensors)):
+            leaves = [t.detach().requires_grad_(j != frozen) for j, t in enumerate(sample.tensors)]
+            if len(leaves) > 1:  # (a lone input frozen: no backward runs at all)
+                _, grads, _ = value_and_grads(fn, leaves, g)
+                kept = [a for j, a in enumerate(all_grads) if j != frozen]
+                for got, want in zip(grads, kept):
+                    assert torch.equal(got, want), (name, sample.label, frozen)
+            args = backward_args(info, sample)
+            needs = [n and j != frozen for j, n in enumerate(args[-1])]
+            outs = info.backward(*args[:-1], needs)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            assert outs[frozen].numel() == 0 and all(o.numel() > 0 for o, n in zip(outs, needs) if n)
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
