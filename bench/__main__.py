@@ -6,6 +6,7 @@
     python -m bench headline [--dtypes float32,bfloat16] [--out bench/results]
     python -m bench report [JSON ...] [--md bench/RESULTS.md]
     python -m bench sm90 [--dtypes ...] [--json OUT]   (compile every kernel for sm_90, no GPU needed)
+    python -m bench sass [--dtypes ...] [--json OUT]   (psf kernels' SASS and a static time estimate)
 
 Results go to ``<out>/<device>-<date>.json`` (merged into an existing file of that name, so the
 suite can run in pieces), then ``bench/RESULTS.md`` and ``<out>/plots/*.png`` are regenerated from
@@ -144,6 +145,9 @@ def main(argv=None) -> int:
     if argv and argv[0] == "sm90":
         from . import sm90
         return sm90.main(argv[1:])
+    if argv and argv[0] == "sass":
+        from . import sass
+        return sass.main(argv[1:])
     return main_run(argv)
 
 

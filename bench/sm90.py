@@ -35,8 +35,9 @@ WORKLOAD = dict(B=2, C=64, H=16, W=16, J=40, k=7)
 
 @contextlib.contextmanager
 def recording_launches():
-    """Within the block, Triton kernels record their launches in the yielded list, and the
-    launchers' CUDA check is lifted so they accept CPU tensors. Nothing is executed."""
+    """Within the block, Triton kernels record their launches in the yielded list as (kernel,
+    arguments, keyword arguments with the launch ``grid`` added), and the launchers' CUDA check is
+    lifted so they accept CPU tensors. Nothing is executed."""
     from triton.runtime.jit import JITFunction
 
     from psfops.kernels import _common
@@ -45,7 +46,7 @@ def recording_launches():
     real_run, real_check = JITFunction.run, _common.check_triton_runs_on
 
     def record(self, *args, grid, warmup, **kwargs):
-        launches.append((self, args, kwargs))
+        launches.append((self, args, {**kwargs, "grid": grid}))
 
     JITFunction.run = record
     _common.check_triton_runs_on = lambda device: None
@@ -69,6 +70,7 @@ def _drive_launchers(dtype: torch.dtype, shape) -> None:
 def _signature(fn, args, kwargs):
     """(signature, constexprs, options) of one recorded launch, as triton.compile wants them."""
     options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages") if key in kwargs}
+    kwargs.pop("grid", None)
     values = dict(zip(fn.arg_names, args))
     values.update(kwargs)
     signature, constexprs = {}, {}

@@ -1,31 +1,49 @@
 """Fused kernels for spatially varying PSF filtering: psf_conv, apply_psf, synthesize_psf.
 
-The two filtering ops share their kernels. A per-pixel tap weight ``K_t(p)`` (t = u*k + v) comes
-either from an explicit psf tensor (``apply_psf``, SYNTH=False) or is synthesized on the fly from
-the basis (``psf_conv``, SYNTH=True): ``K_t(p) = sum_j weights[j, p] * basis[j, t]``. So the fused
-path never materializes the (B, k*k, H, W) psf, nor any (B, C*k*k, H, W) or (B, C*J, H, W) tensor.
+A per-pixel tap weight ``K_t(p)`` (t = u*k + v, shift s_t = ((u - k//2) d, (v - k//2) d)) comes
+either from an explicit psf tensor (``apply_psf``, SYNTH=False) or from the kernel dictionary
+(``psf_conv``, SYNTH=True): ``K[p, :] = weights[:, p] @ basis``, synthesized per tile as one matrix
+product ``(pixels x J) @ (J x k*k)`` (tensor cores) and never written to device memory whole.
 
-Forward      y[c, p]  = sum_t K_t(p) * x[c, p + s_t]                       (_filter_fwd_kernel)
-Backward dx  dx[c, q] = sum_t K_t(q - s_t) * dy[c, q - s_t]   (gather form, _filter_dx_kernel)
-Backward dK  dK_t(p)  = sum_c dy[c, p] * x[c, p + s_t]                     (_filter_dtap_kernel)
-             apply_psf stores dK as d(psf); psf_conv turns it into
-             d(weights)[j, p] = sum_t dK_t(p) * basis[j, t]
-             d(basis)[j, t]   = sum_{b, p} weights[j, p] * dK_t(p)
-d(basis) is reduced deterministically: each program writes its partial sums to a
-(programs, J, k*k) buffer that a second pass (``torch.sum``, fixed order) reduces; no atomics.
+    forward    y[c, p]   = sum_t K_t(p) x[c, p + s_t]                            _psf_fwd_kernel
+    d(x)       dx[c, q]  = sum_t K_t(q - s_t) dy[c, q - s_t]   (gather form)     _psf_dx_kernel
+    d(taps)    dK_t(p)   = sum_c dy[c, p] x[c, p + s_t]                          _psf_dk_kernel
+               apply_psf: d(psf) = dK.  psf_conv: d(weights)[:, p] = basis @ dK[p, :] and
+               d(basis) = sum_p weights[:, p] (x) dK[p, :], both matrix products per tile.
+    synthesize_psf forward / backward: the synthesis and that epilogue alone.
 
-Layout: every tensor is made contiguous NCHW; a program owns BLOCK_P consecutive pixels of one
-image (and BLOCK_C channels). Plane offsets are computed in int64, so tensors over 2**31 elements
-index correctly. Accumulation is float32 (float64 for float64 inputs).
+Work layout. Every kernel runs a persistent grid (about one program per SM, a fixed tile order:
+program ``pid`` takes tiles pid, pid + programs, ...). A tile is TH x TW pixels of one image (TW
+contiguous columns) and all its channels, BLOCK_C at a time; a thread holds one or two pixels and
+all BLOCK_C channels of them, so the channel sum of d(taps) stays inside the thread. The taps are
+unrolled (``tl.static_range``) row by row: one row pointer per tap row, then constant offsets, so
+a tap's load is one instruction. A tile's synthesized taps go to a per-program scratch area (L2
+resident; a CTA barrier between write and read), from which the tap loop reads one value per pixel
+and tap; the d(x) kernel synthesizes the taps of the tile and its halo (the pixels its outputs
+read from), so it needs no taps from other programs. d(taps) is summed over channel blocks in the
+scratch area; d(basis) is summed per program, over its tiles in a fixed order, into a
+(programs, J, k*k) buffer that a fixed-order ``torch.sum`` reduces: deterministic, no atomics, a
+few MB at any image size.
+
+Precision: float32 inputs multiply in float32 (the matrix products as three tf32 tensor-core
+passes, ``tf32x3``, accurate to float32 rounding); half inputs run the synthesis on their own
+dtype on tensor cores (exact products, float32 accumulation) and the products with float32
+accumulated gradients in tf32x3; float64 uses plain multiply-adds. Under the interpreter every
+product is an exact float32 (float64) ``tl.dot``. Channel planes are addressed in int64; in-plane
+pixel indices in int32, so a plane may hold up to 2**31 - 1 pixels.
 """
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, channel_block, launcher, pixel_block, plane_and_tile,
-                      plane_offsets, shifted_pixels, tap_shift, torch_acc_dtype, unneeded_as_placeholders)
+from ..env import interpreting
+from .._grads import gradient_buffers
+from ._common import acc_dtype, launcher, torch_acc_dtype
 
 
 # --------------------------------------------------------------------------------------------
@@ -33,47 +51,133 @@ from ._common import (acc_dtype, channel_block, launcher, pixel_block, plane_and
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
-def _load_weights_tile(w_ptr, b, J, HW, pix, pmask, BLOCK_J: tl.constexpr, ACC: tl.constexpr):
-    """weights[b, :, pix] as a (BLOCK_J, BLOCK_P) tile (zeros outside J and the mask)."""
-    jj = tl.arange(0, BLOCK_J)
-    rows = plane_offsets(b, J, jj, HW)
-    tile = tl.load(w_ptr + rows[:, None] + pix[None, :], mask=(jj < J)[:, None] & pmask[None, :], other=0.0)
-    return tile.to(ACC)
-
-
-@triton.jit
-def _basis_column(basis_ptr, t, J, KK: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.constexpr):
-    """basis[:, t] as a (BLOCK_J,) vector."""
-    jj = tl.arange(0, BLOCK_J)
-    return tl.load(basis_ptr + jj * KK + t, mask=jj < J, other=0.0).to(ACC)
-
-
-@triton.jit
-def _tap_weight(src_ptr, basis_ptr, b, t, J, HW, pix, pmask, w_tile,
-                SYNTH: tl.constexpr, KK: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.constexpr):
-    """K_t(pix): synthesized from ``w_tile`` (weights at ``pix``) if SYNTH, else loaded from psf."""
-    if SYNTH:
-        col = _basis_column(basis_ptr, t, J, KK, BLOCK_J, ACC)
-        return tl.sum(w_tile * col[:, None], axis=0)
+def _matmul(a, b, DOT: tl.constexpr):
+    """(M, K) @ (K, N), accumulated in float32 (float64 for ``"fma"``). DOT: ``"half"`` (a and b
+    float16/bfloat16: tensor cores), ``"tf32x3"`` or ``"ieee"`` (operands as float32), ``"fma"``
+    (broadcast multiply and sum: float64, where tl.dot is not available everywhere)."""
+    if DOT == "fma":
+        return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    elif DOT == "half":
+        return tl.dot(a, b)
     else:
-        return tl.load(src_ptr + plane_offsets(b, KK, t, HW) + pix, mask=pmask, other=0.0).to(ACC)
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=DOT)
 
 
 @triton.jit
-def _image_pixels(H, W, BLOCK_P: tl.constexpr):
-    """Grid axis 0 runs over (images x pixel tiles): image b (int64), the tile's flat pixel
-    indices, mask, rows and columns."""
-    b, pix, pmask = plane_and_tile(H * W, BLOCK_P)
-    return b, pix, pmask, pix // W, pix % W
+def _everywhere(flag, idx):
+    """``flag != 0`` broadcast to the shape of the int tensor ``idx``, as a mask (the interpreter
+    cannot combine a scalar bool with a tensor mask)."""
+    return (idx * 0 + flag) != 0
 
 
 @triton.jit
-def _image_tile(C, H, W, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """A program of the grid (images x pixel tiles, channel blocks): image b (int64), pixels
-    (pix, pmask, h, w) and its channel planes (int64 offsets, mask)."""
-    b, pix, pmask, h, w = _image_pixels(H, W, BLOCK_P)
-    cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    return b, pix, pmask, h, w, plane_offsets(b, C, cc, H * W), cc < C
+def _tile_origin(tile, tiles_w, tiles_per_img, TH: tl.constexpr, TW: tl.constexpr):
+    """Image (int64), first row and first column of persistent-grid tile ``tile``."""
+    t_in = tile % tiles_per_img
+    return (tile // tiles_per_img).to(tl.int64), (t_in // tiles_w) * TH, (t_in % tiles_w) * TW
+
+
+@triton.jit
+def _tile_pixels(h0, w0, H, W, TH: tl.constexpr, TW: tl.constexpr):
+    """The tile's TH*TW pixels, row-major: rows h, columns w, in-image mask, in-plane index."""
+    i = tl.arange(0, TH * TW)
+    h = h0 + i // TW
+    w = w0 + i % TW
+    return h, w, (h < H) & (w < W), h * W + w
+
+
+@triton.jit
+def _channel_rows(b, C, c0, HW, BLOCK_C: tl.constexpr):
+    """int64 offsets of channel planes c0 .. c0+BLOCK_C-1 of image b, clamped to the last channel
+    (so loads need no channel mask), and the mask of the real channels (for stores and sums)."""
+    cc = c0 + tl.arange(0, BLOCK_C)
+    return (b * C + tl.minimum(cc, C - 1)) * HW, cc < C
+
+
+@triton.jit
+def _basis_block(basis_ptr, jb, J, KK: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr):
+    """Rows jb*BLOCK_J .. of the (J, KK) basis as a (BLOCK_J, KK_PAD) tile, zero-padded."""
+    jj = jb * BLOCK_J + tl.arange(0, BLOCK_J)
+    tt = tl.arange(0, KK_PAD)
+    return tl.load(basis_ptr + jj[:, None] * KK + tt[None, :], mask=(jj < J)[:, None] & (tt < KK)[None, :], other=0.0)
+
+
+@triton.jit
+def _weights_block(w_ptr, jb, b, J, HW, pix, ok, BLOCK_J: tl.constexpr):
+    """weights[b, jb*BLOCK_J + j, pix[p]] as a (len(pix), BLOCK_J) tile (zero where not ``ok``)."""
+    jj = jb * BLOCK_J + tl.arange(0, BLOCK_J)
+    return tl.load(w_ptr + ((b * J + jj) * HW)[None, :] + pix[:, None], mask=ok[:, None] & (jj < J)[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _mix_basis(w_ptr, basis_ptr, basis0, b, J, HW, pix, ok, KK: tl.constexpr, KK_PAD: tl.constexpr,
+               BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, DOT: tl.constexpr):
+    """Synthesized taps ``K[p, t] = sum_j weights[b, j, pix[p]] basis[j, t]`` as a (len(pix),
+    KK_PAD) tile (zero where ``ok`` is False and for t >= KK). ``basis0`` is the first basis block,
+    loaded once per program."""
+    k = _matmul(_weights_block(w_ptr, 0, b, J, HW, pix, ok, BLOCK_J), basis0, DOT)
+    for jb in tl.static_range(1, NUM_JB):
+        k += _matmul(_weights_block(w_ptr, jb, b, J, HW, pix, ok, BLOCK_J),
+                     _basis_block(basis_ptr, jb, J, KK, KK_PAD, BLOCK_J), DOT)
+    return k
+
+
+@triton.jit
+def _store_taps(ptr, k, idx, STRIDE, valid, KK: tl.constexpr, KK_PAD: tl.constexpr):
+    """Tap-major store of a (len(idx), KK_PAD) tap tile: ``ptr[t * STRIDE + idx[p]] = k[p, t]``
+    for t < KK where ``valid``."""
+    tt = tl.arange(0, KK_PAD)
+    tl.store(ptr + tt[None, :].to(tl.int64) * STRIDE + idx[:, None], k.to(ptr.dtype.element_ty),
+             mask=valid[:, None] & (tt < KK)[None, :])
+
+
+@triton.jit
+def _load_taps(ptr, idx, STRIDE, valid, KK: tl.constexpr, KK_PAD: tl.constexpr):
+    """The (len(idx), KK_PAD) tap tile ``ptr[t * STRIDE + idx[p]]`` (zeros for t >= KK and where
+    ``valid`` is False)."""
+    tt = tl.arange(0, KK_PAD)
+    return tl.load(ptr + tt[None, :].to(tl.int64) * STRIDE + idx[:, None], mask=valid[:, None] & (tt < KK)[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _stage_halo(src_ptr, rows, h0, w0, H, W, stage, RD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr,
+                HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Copy planes ``rows`` around the tile, rows h0-RD .. and columns w0-RD .. (HALO_W wide,
+    HALO pixels), into the staging area ``stage[c, idx]`` (row-major halo index), zeros outside
+    the image: the taps then read it at constant offsets, with no masks."""
+    cl = tl.arange(0, BLOCK_C)
+    for chunk in tl.static_range(HALO_PAD // HALO_CHUNK):
+        idx = chunk * HALO_CHUNK + tl.arange(0, HALO_CHUNK)
+        hh = h0 - RD + idx // HALO_W
+        ww = w0 - RD + idx % HALO_W
+        ok = (idx < HALO) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        v = tl.load(src_ptr + rows[:, None] + (hh * W + ww)[None, :], mask=ok[None, :], other=0.0)
+        tl.store(stage + cl[:, None] * HALO_PAD + idx[None, :], v)
+
+
+@triton.jit
+def _basis_grads(dk, w_ptr, basis_ptr, basis0, dw_ptr, part, b, J, HW, pix, valid, not_first,
+                 NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr, KK: tl.constexpr, KK_PAD: tl.constexpr,
+                 BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, DOT: tl.constexpr):
+    """From a tile's tap gradients dk (P, KK_PAD): ``d(weights)[b, :, pix] = basis @ dk^T`` (stored)
+    and this program's d(basis) partial ``part[j, t] += sum_p weights[b, j, pix[p]] dk[p, t]``
+    (read back unless this is the program's first tile, ``not_first`` 0)."""
+    tt = tl.arange(0, KK_PAD)
+    for jb in tl.static_range(NUM_JB):
+        jj = jb * BLOCK_J + tl.arange(0, BLOCK_J)
+        jmask = jj < J
+        if NEED_DW:
+            bs = basis0 if jb == 0 else _basis_block(basis_ptr, jb, J, KK, KK_PAD, BLOCK_J)
+            tl.store(dw_ptr + ((b * J + jj) * HW)[None, :] + pix[:, None],
+                     _matmul(dk, tl.trans(bs), DOT).to(dw_ptr.dtype.element_ty), mask=valid[:, None] & jmask[None, :])
+        if NEED_DBASIS:
+            wt = _weights_block(w_ptr, jb, b, J, HW, pix, valid, BLOCK_J)
+            offs = jj[:, None] * KK + tt[None, :]
+            pmask = jmask[:, None] & (tt < KK)[None, :]
+            acc = tl.load(part + offs, mask=pmask & _everywhere(not_first, offs), other=0.0)
+            tl.store(part + offs, acc + _matmul(tl.trans(wt), dk, DOT), mask=pmask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,167 +185,298 @@ def _image_tile(C, H, W, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
-def _filter_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, C, H, W, J, dilation,
-                       SYNTH: tl.constexpr, KSIZE: tl.constexpr, BLOCK_C: tl.constexpr,
-                       BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.constexpr):
+def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles, tiles_w,
+                    tiles_per_img, SYNTH: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
+                    TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
+                    KK_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
+    """y = apply(x, K): K synthesized per tile into ``taps`` (SYNTH) or read from the psf src; x
+    staged per channel block with its halo, zero padded."""
     KK: tl.constexpr = KSIZE * KSIZE
+    P: tl.constexpr = TH * TW
+    R: tl.constexpr = KSIZE // 2
+    RD: tl.constexpr = R * DIL
+    HALO_W: tl.constexpr = TW + 2 * RD
+    HALO: tl.constexpr = (TH + 2 * RD) * HALO_W
+    HALO_PAD: tl.constexpr = (HALO + HALO_CHUNK - 1) // HALO_CHUNK * HALO_CHUNK
     HW = H * W
-    b, pix, pmask, h, w, rows, cmask = _image_tile(C, H, W, BLOCK_C, BLOCK_P)
-    w_tile = tl.zeros((BLOCK_J, BLOCK_P), ACC)
+    pid = tl.program_id(0)
+    i = tl.arange(0, P)
+    here = (i // TW + RD) * HALO_W + i % TW + RD  # the tile's pixels in halo coordinates
+    taps = taps_ptr + pid.to(tl.int64) * (KK * P)
+    stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO_PAD)
+    staged = stage + (tl.arange(0, BLOCK_C) * HALO_PAD)[:, None] + here[None, :]
     if SYNTH:
-        w_tile = _load_weights_tile(src_ptr, b, J, HW, pix, pmask, BLOCK_J, ACC)
-    acc = tl.zeros((BLOCK_C, BLOCK_P), ACC)
-    for t in range(KK):
-        dh, dw = tap_shift(t, KSIZE, dilation)
-        spix, smask = shifted_pixels(h, w, dh, dw, H, W, pmask)
-        k_t = _tap_weight(src_ptr, basis_ptr, b, t, J, HW, pix, pmask, w_tile, SYNTH, KK, BLOCK_J, ACC)
-        xv = tl.load(x_ptr + rows[:, None] + spix[None, :], mask=cmask[:, None] & smask[None, :], other=0.0)
-        acc += k_t[None, :] * xv.to(ACC)
-    tl.store(y_ptr + rows[:, None] + pix[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=cmask[:, None] & pmask[None, :])
-
-
-@triton.jit
-def _filter_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, C, H, W, J, dilation,
-                      SYNTH: tl.constexpr, KSIZE: tl.constexpr, BLOCK_C: tl.constexpr,
-                      BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.constexpr):
-    KK: tl.constexpr = KSIZE * KSIZE
-    HW = H * W
-    b, pix, pmask, h, w, rows, cmask = _image_tile(C, H, W, BLOCK_C, BLOCK_P)
-    acc = tl.zeros((BLOCK_C, BLOCK_P), ACC)
-    for t in range(KK):
-        dh, dw = tap_shift(t, KSIZE, dilation)
-        # the output pixel that read this input pixel through tap t
-        opix, omask = shifted_pixels(h, w, -dh, -dw, H, W, pmask)
-        w_tile = tl.zeros((BLOCK_J, BLOCK_P), ACC)
+        basis0 = _basis_block(basis_ptr, 0, J, KK, KK_PAD, BLOCK_J)
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
+        h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         if SYNTH:
-            w_tile = _load_weights_tile(src_ptr, b, J, HW, opix, omask, BLOCK_J, ACC)
-        k_t = _tap_weight(src_ptr, basis_ptr, b, t, J, HW, opix, omask, w_tile, SYNTH, KK, BLOCK_J, ACC)
-        dyv = tl.load(dy_ptr + rows[:, None] + opix[None, :], mask=cmask[:, None] & omask[None, :], other=0.0)
-        acc += k_t[None, :] * dyv.to(ACC)
-    tl.store(dx_ptr + rows[:, None] + pix[None, :], acc.to(dx_ptr.dtype.element_ty),
-             mask=cmask[:, None] & pmask[None, :])
-
-
-@triton.jit
-def _basis_grads_step(dk, w_tile, basis_ptr, part_ptr, part_row, t, J,
-                      dw_acc, KK: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.constexpr):
-    """Given dK_t over the tile: add basis[:, t] x dK_t to d(weights) and write this program's
-    partial d(basis)[:, t] = sum_p weights[:, p] * dK_t(p). Returns the updated d(weights) tile."""
-    jj = tl.arange(0, BLOCK_J)
-    col = _basis_column(basis_ptr, t, J, KK, BLOCK_J, ACC)
-    tl.store(part_ptr + part_row + jj * KK + t, tl.sum(w_tile * dk[None, :], axis=1), mask=jj < J)
-    return dw_acc + col[:, None] * dk[None, :]
-
-
-@triton.jit
-def _store_weights_tile(ptr, tile, b, J, HW, pix, pmask, BLOCK_J: tl.constexpr):
-    jj = tl.arange(0, BLOCK_J)
-    rows = plane_offsets(b, J, jj, HW)
-    tl.store(ptr + rows[:, None] + pix[None, :], tile.to(ptr.dtype.element_ty),
-             mask=(jj < J)[:, None] & pmask[None, :])
-
-
-@triton.jit
-def _filter_dtap_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, C, H, W, J, dilation,
-                        SYNTH: tl.constexpr, KSIZE: tl.constexpr, BLOCK_C: tl.constexpr,
-                        BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.constexpr):
-    """dK_t(p) for every tap; stores d(psf) (SYNTH=False) or d(weights) + d(basis) partials."""
-    KK: tl.constexpr = KSIZE * KSIZE
-    HW = H * W
-    b, pix, pmask, h, w = _image_pixels(H, W, BLOCK_P)
-    part_row = tl.program_id(0).to(tl.int64) * J * KK  # one partial row per (image, tile)
-    w_tile = tl.zeros((BLOCK_J, BLOCK_P), ACC)
-    if SYNTH:
-        w_tile = _load_weights_tile(w_ptr, b, J, HW, pix, pmask, BLOCK_J, ACC)
-    dw_acc = tl.zeros((BLOCK_J, BLOCK_P), ACC)
-    for t in range(KK):
-        dh, dw = tap_shift(t, KSIZE, dilation)
-        spix, smask = shifted_pixels(h, w, dh, dw, H, W, pmask)
-        dk = tl.zeros((BLOCK_P,), ACC)
+            _store_taps(taps, _mix_basis(src_ptr, basis_ptr, basis0, b, J, HW, pix, valid, KK, KK_PAD, BLOCK_J,
+                                         NUM_JB, DOT), i, P, i < P, KK, KK_PAD)
         for c0 in range(0, C, BLOCK_C):
-            cc = c0 + tl.arange(0, BLOCK_C)
-            cmask = cc < C
-            rows = plane_offsets(b, C, cc, HW)
-            dyv = tl.load(dy_ptr + rows[:, None] + pix[None, :], mask=cmask[:, None] & pmask[None, :], other=0.0)
-            xv = tl.load(x_ptr + rows[:, None] + spix[None, :], mask=cmask[:, None] & smask[None, :], other=0.0)
-            dk += tl.sum(dyv.to(ACC) * xv.to(ACC), axis=0)
-        if SYNTH:
-            dw_acc = _basis_grads_step(dk, w_tile, basis_ptr, part_ptr, part_row, t, J, dw_acc, KK, BLOCK_J, ACC)
-        else:
-            tl.store(dsrc_ptr + plane_offsets(b, KK, t, HW) + pix, dk.to(dsrc_ptr.dtype.element_ty), mask=pmask)
+            rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
+            _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
+            tl.debug_barrier()  # the staged block (and this tile's taps) are written
+            acc = tl.zeros((BLOCK_C, P), ACC)
+            for u in tl.static_range(KSIZE):
+                for v in tl.static_range(KSIZE):
+                    if SYNTH:
+                        kt = tl.load(taps + (u * KSIZE + v) * P + i)
+                    else:
+                        kt = tl.load(src_ptr + (b * KK + u * KSIZE + v) * HW + pix, mask=valid, other=0.0).to(ACC)
+                    acc += kt[None, :] * tl.load(staged + ((u - R) * DIL * HALO_W + (v - R) * DIL)).to(ACC)
+            tl.store(y_ptr + rows[:, None] + pix[None, :], acc.to(y_ptr.dtype.element_ty),
+                     mask=cvalid[:, None] & valid[None, :])
+            tl.debug_barrier()  # every read of the staged block (and the taps) is done
+
+
+@triton.jit
+def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles, tiles_w,
+                   tiles_per_img, SYNTH: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
+                   TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
+                   KK_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
+    """dx[c, q] = sum_t K_t(q - s_t) dy[c, q - s_t]: the taps of the tile and its halo are
+    synthesized into ``taps`` (SYNTH) or gathered from the psf src; dy is staged with its halo."""
+    KK: tl.constexpr = KSIZE * KSIZE
+    P: tl.constexpr = TH * TW
+    R: tl.constexpr = KSIZE // 2
+    RD: tl.constexpr = R * DIL
+    HALO_W: tl.constexpr = TW + 2 * RD
+    HALO: tl.constexpr = (TH + 2 * RD) * HALO_W
+    HALO_PAD: tl.constexpr = (HALO + HALO_CHUNK - 1) // HALO_CHUNK * HALO_CHUNK
+    HW = H * W
+    pid = tl.program_id(0)
+    i = tl.arange(0, P)
+    here = (i // TW + RD) * HALO_W + i % TW + RD
+    taps = taps_ptr + pid.to(tl.int64) * (KK * HALO_PAD)
+    stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO_PAD)
+    staged = stage + (tl.arange(0, BLOCK_C) * HALO_PAD)[:, None] + here[None, :]
     if SYNTH:
-        _store_weights_tile(dsrc_ptr, dw_acc, b, J, HW, pix, pmask, BLOCK_J)
+        basis0 = _basis_block(basis_ptr, 0, J, KK, KK_PAD, BLOCK_J)
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
+        h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
+        if SYNTH:
+            for chunk in tl.static_range(HALO_PAD // HALO_CHUNK):
+                idx = chunk * HALO_CHUNK + tl.arange(0, HALO_CHUNK)
+                hh = h0 - RD + idx // HALO_W
+                ww = w0 - RD + idx % HALO_W
+                ok = (idx < HALO) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+                k = _mix_basis(src_ptr, basis_ptr, basis0, b, J, HW, hh * W + ww, ok, KK, KK_PAD, BLOCK_J, NUM_JB,
+                               DOT)
+                _store_taps(taps, k, idx, HALO_PAD, idx < HALO_PAD, KK, KK_PAD)
+        for c0 in range(0, C, BLOCK_C):
+            rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
+            _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
+            tl.debug_barrier()
+            acc = tl.zeros((BLOCK_C, P), ACC)
+            for u in tl.static_range(KSIZE):
+                for v in tl.static_range(KSIZE):
+                    back = (u - R) * DIL * HALO_W + (v - R) * DIL  # q - s_t in halo coordinates: here - back
+                    if SYNTH:
+                        kt = tl.load(taps + (u * KSIZE + v) * HALO_PAD + here - back).to(ACC)
+                    else:
+                        du = (u - R) * DIL
+                        dv = (v - R) * DIL
+                        ok = (h - du >= 0) & (h - du < H) & (w - dv >= 0) & (w - dv < W)
+                        kt = tl.load(src_ptr + (b * KK + u * KSIZE + v) * HW + pix - (du * W + dv), mask=ok,
+                                     other=0.0).to(ACC)
+                    acc += kt[None, :] * tl.load(staged - back).to(ACC)
+            tl.store(dx_ptr + rows[:, None] + pix[None, :], acc.to(dx_ptr.dtype.element_ty),
+                     mask=cvalid[:, None] & valid[None, :])
+            tl.debug_barrier()
 
 
 @triton.jit
-def _synthesize_fwd_kernel(w_ptr, basis_ptr, psf_ptr, H, W, J,
-                           KSIZE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr,
-                           ACC: tl.constexpr):
+def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles,
+                   tiles_w, tiles_per_img, SYNTH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr,
+                   KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr,
+                   BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr,
+                   DOT: tl.constexpr, ACC: tl.constexpr):
+    """dK_t(p) = sum_c dy[c, p] x[c, p + s_t], summed over channel blocks in ``taps``; then d(psf)
+    = dK (apply_psf) or d(weights) and this program's d(basis) partial (psf_conv)."""
     KK: tl.constexpr = KSIZE * KSIZE
+    P: tl.constexpr = TH * TW
+    R: tl.constexpr = KSIZE // 2
+    RD: tl.constexpr = R * DIL
+    HALO_W: tl.constexpr = TW + 2 * RD
+    HALO: tl.constexpr = (TH + 2 * RD) * HALO_W
+    HALO_PAD: tl.constexpr = (HALO + HALO_CHUNK - 1) // HALO_CHUNK * HALO_CHUNK
     HW = H * W
-    b, pix, pmask = plane_and_tile(HW, BLOCK_P)
-    w_tile = _load_weights_tile(w_ptr, b, J, HW, pix, pmask, BLOCK_J, ACC)
-    for t in range(KK):
-        k_t = _tap_weight(w_ptr, basis_ptr, b, t, J, HW, pix, pmask, w_tile, True, KK, BLOCK_J, ACC)
-        tl.store(psf_ptr + plane_offsets(b, KK, t, HW) + pix, k_t.to(psf_ptr.dtype.element_ty), mask=pmask)
+    pid = tl.program_id(0)
+    i = tl.arange(0, P)
+    here = (i // TW + RD) * HALO_W + i % TW + RD
+    taps = taps_ptr + pid.to(tl.int64) * (KK * P)
+    stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO_PAD)
+    staged = stage + (tl.arange(0, BLOCK_C) * HALO_PAD)[:, None] + here[None, :]
+    part = part_ptr + pid.to(tl.int64) * J * KK
+    if SYNTH:
+        basis0 = _basis_block(basis_ptr, 0, J, KK, KK_PAD, BLOCK_J)
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
+        h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
+        for c0 in range(0, C, BLOCK_C):
+            rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
+            _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
+            dyt = tl.load(dy_ptr + rows[:, None] + pix[None, :], mask=cvalid[:, None] & valid[None, :],
+                          other=0.0).to(ACC)
+            tl.debug_barrier()
+            for u in tl.static_range(KSIZE):
+                for v in tl.static_range(KSIZE):
+                    dk = tl.sum(dyt * tl.load(staged + ((u - R) * DIL * HALO_W + (v - R) * DIL)).to(ACC), axis=0)
+                    at = taps + (u * KSIZE + v) * P + i
+                    tl.store(at, dk + tl.load(at, mask=_everywhere(c0, i), other=0.0))
+            tl.debug_barrier()
+        dk = _load_taps(taps, i, P, i < P, KK, KK_PAD)
+        if SYNTH:
+            _basis_grads(dk, w_ptr, basis_ptr, basis0, dsrc_ptr, part, b, J, HW, pix, valid, tile - pid,
+                         NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+        else:
+            _store_taps(dsrc_ptr + b * KK * HW, dk, pix, HW, valid, KK, KK_PAD)
+        tl.debug_barrier()
 
 
 @triton.jit
-def _synthesize_bwd_kernel(dpsf_ptr, w_ptr, basis_ptr, dw_ptr, part_ptr, H, W, J,
-                           KSIZE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr,
-                           ACC: tl.constexpr):
+def _synthesize_fwd_kernel(w_ptr, basis_ptr, psf_ptr, H, W, J, n_tiles, tiles_w, tiles_per_img,
+                           KSIZE: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_J: tl.constexpr,
+                           NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, DOT: tl.constexpr):
     KK: tl.constexpr = KSIZE * KSIZE
     HW = H * W
-    b, pix, pmask = plane_and_tile(HW, BLOCK_P)
-    part_row = tl.program_id(0).to(tl.int64) * J * KK  # one partial row per (image, tile)
-    w_tile = _load_weights_tile(w_ptr, b, J, HW, pix, pmask, BLOCK_J, ACC)
-    dw_acc = tl.zeros((BLOCK_J, BLOCK_P), ACC)
-    for t in range(KK):
-        dk = tl.load(dpsf_ptr + plane_offsets(b, KK, t, HW) + pix, mask=pmask, other=0.0).to(ACC)
-        dw_acc = _basis_grads_step(dk, w_tile, basis_ptr, part_ptr, part_row, t, J, dw_acc, KK, BLOCK_J, ACC)
-    _store_weights_tile(dw_ptr, dw_acc, b, J, HW, pix, pmask, BLOCK_J)
+    basis0 = _basis_block(basis_ptr, 0, J, KK, KK_PAD, BLOCK_J)
+    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+        b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
+        h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
+        k = _mix_basis(w_ptr, basis_ptr, basis0, b, J, HW, pix, valid, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+        _store_taps(psf_ptr + b * KK * HW, k, pix, HW, valid, KK, KK_PAD)
+
+
+@triton.jit
+def _synthesize_bwd_kernel(dpsf_ptr, w_ptr, basis_ptr, dw_ptr, part_ptr, H, W, J, n_tiles, tiles_w, tiles_per_img,
+                           NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr, KSIZE: tl.constexpr, TH: tl.constexpr,
+                           TW: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr,
+                           DOT: tl.constexpr):
+    KK: tl.constexpr = KSIZE * KSIZE
+    HW = H * W
+    pid = tl.program_id(0)
+    part = part_ptr + pid.to(tl.int64) * J * KK
+    basis0 = _basis_block(basis_ptr, 0, J, KK, KK_PAD, BLOCK_J)
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
+        h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
+        dk = _load_taps(dpsf_ptr + b * KK * HW, pix, HW, valid, KK, KK_PAD)
+        _basis_grads(dk, w_ptr, basis_ptr, basis0, dw_ptr, part, b, J, HW, pix, valid, tile - pid,
+                     NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
 
 
 # --------------------------------------------------------------------------------------------
-# launchers (inputs already validated by psfops; here: contiguity, allocation, grid, blocks)
+# launch plans and launchers (inputs already checked by psfops; here: layout, allocation, grid)
 # --------------------------------------------------------------------------------------------
 
-# GPU launch shapes, read off the sm_90 resource usage (``python -m bench sm90``) under both
-# triton 3.6 and 3.9: a program that holds the (BLOCK_J<=64, BLOCK_P) weights tile spills
-# registers at 4 warps x 128 pixels and stays in registers at 8 warps x 64 pixels; the
-# explicit-psf kernels fit 128 pixels (their tap-gradient kernel at 8 warps).
-def _launch(H: int, W: int, synth: bool, tap_grads: bool = False) -> tuple[int, int]:
-    """(BLOCK_P, num_warps) of one kernel."""
-    if synth:
-        return pixel_block(H * W, 64), 8
-    return pixel_block(H * W, 128), 8 if tap_grads else 4
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Launch shape of one psf kernel: TH x TW pixel tiles, channels per block, basis kernels per
+    block (and blocks), halo pixels per staging or synthesis step, warps per program, programs."""
+    TH: int
+    TW: int
+    BLOCK_C: int
+    BLOCK_J: int
+    NUM_JB: int
+    HALO_CHUNK: int
+    num_warps: int
+    programs: int
+
+    def launch_args(self) -> dict:
+        return dict(TH=self.TH, TW=self.TW, BLOCK_J=self.BLOCK_J, NUM_JB=self.NUM_JB, num_warps=self.num_warps,
+                    num_stages=1)
 
 
-def _jblock(J: int) -> int:
-    return triton.next_power_of_2(max(J, 1))
+# GPU tile shapes per kernel, (TH, TW, BLOCK_C, num_warps): read off the sm_90 SASS (``python -m
+# bench sass``): one pixel per thread, each tap a load at a constant offset and a multiply-add, no
+# register spills.
+GPU_SHAPES = {"fwd": (4, 32, 32, 4), "dx": (4, 32, 32, 4), "dk": (4, 32, 32, 4), "synth": (4, 32, 1, 4)}
+GPU_HALO_CHUNK = 128
 
 
-def _empty(*ts: torch.Tensor) -> bool:
-    return any(t.numel() == 0 for t in ts)
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device,
+         interpret: bool | None = None) -> Plan:
+    """The launch plan of kernel ``kind`` ("fwd", "dx", "dk", "synth"). On the GPU: the tile shapes
+    of :data:`GPU_SHAPES` and one program per SM (fewer if there are fewer tiles). In the
+    interpreter (``interpret``, default: whether it is on), which runs programs one after the other
+    in Python: tiles as large as the image (up to 16 x 32 pixels, so fewer, larger programs) and
+    at most 3 programs, so the persistent loop always runs."""
+    interpret = interpreting() if interpret is None else interpret
+    block_j = max(16, min(64, triton.next_power_of_2(max(J, 1))))
+    if interpret:
+        tw = max(16, min(32, triton.next_power_of_2(max(W, 1))))
+        th = min(16, triton.next_power_of_2(max(H, 1)))
+        bc, warps, max_programs, chunk = min(16, triton.next_power_of_2(max(C, 1))), 4, 3, 256
+    else:
+        th, tw, bc, warps = GPU_SHAPES[kind]
+        max_programs, chunk = _sm_count(device), GPU_HALO_CHUNK
+    n_tiles = B * triton.cdiv(H, th) * triton.cdiv(W, tw)
+    return Plan(th, tw, bc, block_j, triton.cdiv(J, block_j), chunk, warps, max(1, min(n_tiles, max_programs)))
+
+
+def _kk_pad(k: int) -> int:
+    return max(16, triton.next_power_of_2(k * k))
+
+
+def _dot_modes(dtype: torch.dtype) -> tuple[str, str]:
+    """(products of inputs, products with a float32 accumulated operand): see the module docstring."""
+    if dtype == torch.float64:
+        return "fma", "fma"
+    if interpreting():
+        return "ieee", "ieee"
+    return ("tf32x3" if dtype == torch.float32 else "half"), "tf32x3"
+
+
+def _grid_args(p: Plan, B: int, H: int, W: int) -> tuple[int, int, int]:
+    """(n_tiles, tiles_w, tiles_per_img) of the persistent grid."""
+    tiles_w = triton.cdiv(W, p.TW)
+    tiles_per_img = triton.cdiv(H, p.TH) * tiles_w
+    return B * tiles_per_img, tiles_w, tiles_per_img
+
+
+def _halo_pad(p: Plan, k: int, dilation: int) -> int:
+    """Pixels of a tile's halo (the pixels its taps read), rounded up to whole chunks."""
+    rd = (k // 2) * dilation
+    return triton.cdiv((p.TH + 2 * rd) * (p.TW + 2 * rd), p.HALO_CHUNK) * p.HALO_CHUNK
+
+
+def _scratch(p: Plan, per_program: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Per-program work area (taps or a staged halo block), read back by the same program."""
+    return torch.empty((p.programs, per_program), device=device, dtype=dtype)
+
+
+def _check_plane(H: int, W: int) -> None:
+    if H * W >= 2 ** 31:
+        raise ValueError(f"the psf kernels index a plane with int32: H*W must be < 2**31, got {H}x{W}")
 
 
 @launcher
-def filter_forward(x, src, basis, dilation: int, synth: bool) -> torch.Tensor:
-    """y = psf_conv(x, src, basis) if ``synth`` else apply_psf(x, src). (B,C,H,W) out."""
+def filter_forward(x, src, basis, dilation: int) -> torch.Tensor:
+    """y = psf_conv(x, src, basis) if ``basis`` is given, else apply_psf(x, src). (B,C,H,W) out."""
+    synth = basis is not None
     x, src = x.contiguous(), src.contiguous()
     B, C, H, W = x.shape
+    _check_plane(H, W)
     k = basis.shape[-1] if synth else int(round(src.shape[1] ** 0.5))
-    basis = basis.contiguous() if synth else src  # unused pointer when not synth
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    if _empty(x, src):
+    if x.numel() == 0 or src.numel() == 0:
         return y.zero_()
     J = src.shape[1] if synth else 1
-    BC, (BP, warps) = channel_block(C), _launch(H, W, synth)
-    grid = (B * triton.cdiv(H * W, BP), triton.cdiv(C, BC))
-    _filter_fwd_kernel[grid](x, src, basis, y, C, H, W, J, dilation, SYNTH=synth, KSIZE=k,
-                             BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=_jblock(J), ACC=acc_dtype(x),
-                             num_warps=warps)
+    p = plan("fwd", B, C, H, W, J, x.device)
+    taps = _scratch(p, k * k * p.TH * p.TW if synth else 1, torch_acc_dtype(x), x.device)
+    stage = _scratch(p, p.BLOCK_C * _halo_pad(p, k, dilation), x.dtype, x.device)
+    _psf_fwd_kernel[(p.programs,)](
+        x, src, basis.contiguous() if synth else src, y, taps, stage, C, H, W, J, *_grid_args(p, B, H, W),
+        SYNTH=synth, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k), HALO_CHUNK=p.HALO_CHUNK,
+        DOT=_dot_modes(x.dtype)[0], ACC=acc_dtype(x), **p.launch_args())
     return y
 
 
@@ -251,32 +486,38 @@ def filter_backward(dy, x, src, basis, dilation: int, needs):
     (dx, d(weights), d(basis)) if ``basis`` is given (psf_conv) else (dx, d(psf))."""
     synth = basis is not None
     dy, x, src = dy.contiguous(), x.contiguous(), src.contiguous()
+    basis = basis.contiguous() if synth else src  # (unused pointer for apply_psf)
     B, C, H, W = x.shape
+    _check_plane(H, W)
     k = basis.shape[-1] if synth else int(round(src.shape[1] ** 0.5))
-    basis_arg = basis.contiguous() if synth else src
     J = src.shape[1] if synth else 1
-    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    dsrc = torch.empty_like(src, memory_format=torch.contiguous_format)
-    dbasis = torch.zeros_like(basis, memory_format=torch.contiguous_format) if synth else None
-    if _empty(x, src):
-        dx.zero_(), dsrc.zero_()
-        return unneeded_as_placeholders((dx, dsrc, dbasis) if synth else (dx, dsrc), needs)
-    BC, BJ, acc = channel_block(C), _jblock(J), acc_dtype(x)
-    BP, warps = _launch(H, W, synth)
-    _filter_dx_kernel[(B * triton.cdiv(H * W, BP), triton.cdiv(C, BC))](
-        dy, src, basis_arg, dx, C, H, W, J, dilation, SYNTH=synth, KSIZE=k,
-        BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=BJ, ACC=acc, num_warps=warps)
-    BP, warps = _launch(H, W, synth, tap_grads=True)
-    n_tiles = triton.cdiv(H * W, BP)
-    partials = (torch.empty((B * n_tiles, J, k * k), device=x.device, dtype=torch_acc_dtype(x))
-                if synth else dsrc)  # unused pointer when not synth
-    _filter_dtap_kernel[(B * n_tiles,)](
-        x, dy, src, basis_arg, dsrc, partials, C, H, W, J, dilation, SYNTH=synth, KSIZE=k,
-        BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=BJ, ACC=acc, num_warps=warps)
-    if not synth:
-        return unneeded_as_placeholders((dx, dsrc), needs)
-    dbasis.copy_(partials.sum(dim=0).view_as(basis))
-    return unneeded_as_placeholders((dx, dsrc, dbasis), needs)
+    acc = torch_acc_dtype(x)
+    grads = gradient_buffers(needs, x, src, basis) if synth else gradient_buffers(needs, x, src)
+    dx, dsrc, dbasis = grads if synth else (*grads, None)
+    if x.numel() == 0 or src.numel() == 0:
+        return tuple(g.zero_() for g in grads)
+    dot_in, dot_acc = _dot_modes(x.dtype)
+    if needs[0]:
+        p = plan("dx", B, C, H, W, J, x.device)
+        halo = _halo_pad(p, k, dilation)
+        taps = _scratch(p, k * k * halo if synth else 1, acc, x.device)
+        _psf_dx_kernel[(p.programs,)](
+            dy, src, basis, dx, taps, _scratch(p, p.BLOCK_C * halo, x.dtype, x.device), C, H, W, J,
+            *_grid_args(p, B, H, W), SYNTH=synth, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k),
+            HALO_CHUNK=p.HALO_CHUNK, DOT=dot_in, ACC=acc_dtype(x), **p.launch_args())
+    need_dw, need_dbasis = needs[1], synth and needs[2]
+    if need_dw or need_dbasis:
+        p = plan("dk", B, C, H, W, J, x.device)
+        partials = torch.empty((p.programs, J, k * k) if need_dbasis else (1,), device=x.device, dtype=acc)
+        _psf_dk_kernel[(p.programs,)](
+            x, dy, src, basis, dsrc, partials, _scratch(p, k * k * p.TH * p.TW, acc, x.device),
+            _scratch(p, p.BLOCK_C * _halo_pad(p, k, dilation), x.dtype, x.device), C, H, W, J,
+            *_grid_args(p, B, H, W), SYNTH=synth, NEED_DW=need_dw, NEED_DBASIS=need_dbasis, KSIZE=k, DIL=dilation,
+            BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k), HALO_CHUNK=p.HALO_CHUNK, DOT=dot_acc, ACC=acc_dtype(x),
+            **p.launch_args())
+        if need_dbasis:
+            dbasis.copy_(partials.sum(dim=0).view_as(basis))  # fixed-order reduction: deterministic
+    return grads
 
 
 @launcher
@@ -284,13 +525,15 @@ def synthesize_forward(weights, basis) -> torch.Tensor:
     """(B,J,H,W), (J,k,k) -> (B,k*k,H,W)."""
     weights, basis = weights.contiguous(), basis.contiguous()
     B, J, H, W = weights.shape
+    _check_plane(H, W)
     k = basis.shape[-1]
     psf = torch.empty((B, k * k, H, W), device=weights.device, dtype=weights.dtype)
-    if _empty(weights):
+    if weights.numel() == 0:
         return psf.zero_()
-    BP = pixel_block(H * W, 128)
-    _synthesize_fwd_kernel[(B * triton.cdiv(H * W, BP),)](
-        weights, basis, psf, H, W, J, KSIZE=k, BLOCK_P=BP, BLOCK_J=_jblock(J), ACC=acc_dtype(weights))
+    p = plan("synth", B, 1, H, W, J, weights.device)
+    _synthesize_fwd_kernel[(p.programs,)](
+        weights, basis, psf, H, W, J, *_grid_args(p, B, H, W), KSIZE=k, KK_PAD=_kk_pad(k),
+        DOT=_dot_modes(weights.dtype)[0], **p.launch_args())
     return psf
 
 
@@ -299,16 +542,17 @@ def synthesize_backward(dpsf, weights, basis, needs):
     """Gradients of :func:`synthesize_forward`: (d(weights), d(basis)) where ``needs`` asks."""
     dpsf, weights, basis = dpsf.contiguous(), weights.contiguous(), basis.contiguous()
     B, J, H, W = weights.shape
+    _check_plane(H, W)
     k = basis.shape[-1]
-    dw = torch.empty_like(weights, memory_format=torch.contiguous_format)
-    dbasis = torch.zeros_like(basis, memory_format=torch.contiguous_format)
-    if _empty(weights):
-        return unneeded_as_placeholders((dw.zero_(), dbasis), needs)
-    BP, warps = _launch(H, W, synth=True)
-    n_tiles = triton.cdiv(H * W, BP)
-    partials = torch.empty((B * n_tiles, J, k * k), device=weights.device, dtype=torch_acc_dtype(weights))
-    _synthesize_bwd_kernel[(B * n_tiles,)](
-        dpsf, weights, basis, dw, partials, H, W, J, KSIZE=k, BLOCK_P=BP, BLOCK_J=_jblock(J),
-        ACC=acc_dtype(weights), num_warps=warps)
-    dbasis.copy_(partials.sum(dim=0).view_as(basis))
-    return unneeded_as_placeholders((dw, dbasis), needs)
+    dw, dbasis = gradient_buffers(needs, weights, basis)
+    if weights.numel() == 0 or not any(needs):
+        return dw.zero_(), dbasis.zero_()
+    p = plan("synth", B, 1, H, W, J, weights.device)
+    partials = torch.empty((p.programs, J, k * k) if needs[1] else (1,), device=weights.device,
+                           dtype=torch_acc_dtype(weights))
+    _synthesize_bwd_kernel[(p.programs,)](
+        dpsf, weights, basis, dw, partials, H, W, J, *_grid_args(p, B, H, W), NEED_DW=needs[0],
+        NEED_DBASIS=needs[1], KSIZE=k, KK_PAD=_kk_pad(k), DOT=_dot_modes(weights.dtype)[0], **p.launch_args())
+    if needs[1]:
+        dbasis.copy_(partials.sum(dim=0).view_as(basis))
+    return dw, dbasis

@@ -31,7 +31,7 @@ _CONTIGUOUS = torch.contiguous_format
 @torch.library.custom_op("psfops::psf_conv", mutates_args=())
 def _psf_conv_op(x: Tensor, weights: Tensor, basis: Tensor, dilation: int) -> Tensor:
     _checks.check_psf_conv(x, weights, basis, dilation)
-    return kernels.filter_forward(x, weights, basis, dilation, synth=True)
+    return kernels.filter_forward(x, weights, basis, dilation)
 
 
 @_psf_conv_op.register_fake
@@ -95,7 +95,7 @@ def psf_conv(x: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1) -> Te
 @torch.library.custom_op("psfops::apply_psf", mutates_args=())
 def _apply_psf_op(x: Tensor, psf: Tensor, dilation: int) -> Tensor:
     _checks.check_apply_psf(x, psf, dilation)
-    return kernels.filter_forward(x, psf, None, dilation, synth=False)
+    return kernels.filter_forward(x, psf, None, dilation)
 
 
 @_apply_psf_op.register_fake

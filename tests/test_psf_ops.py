@@ -104,20 +104,40 @@ def test_psf_conv_equals_apply_of_synthesized(device):
     assert_rel_close(direct, composed, 1e-13, "psf_conv == apply_psf(synthesize_psf)")
 
 
-@pytest.mark.parametrize("k,d", [(3, 1), (5, 2)])
-def test_many_pixel_tiles(k, d, device, monkeypatch):
-    """16-pixel tiles, so each image spans many programs: tile edges, the (image x tile) grid and
-    the cross-program d(basis) reduction all run (the interpreter's default tile covers these
-    small images in one program)."""
+@pytest.fixture
+def gpu_plans(monkeypatch):
+    """The GPU's launch plans (4x32-pixel tiles, 16-channel blocks, 64-pixel halo chunks) on 2
+    programs, in the interpreter: so tile edges, interior tiles, several tiles per program, several
+    channel blocks and the cross-program d(basis) reduction all run as a GPU runs them."""
     from psfops.kernels import psf as kernels
-    monkeypatch.setattr(kernels, "pixel_block", lambda hw, gpu_block=128: 16)
-    x, w, b = psf_inputs(2, 3, 9, 13, 4, k, torch.float64, device)
+    real = kernels.plan
+    monkeypatch.setattr(kernels, "_sm_count", lambda device: 2)
+    monkeypatch.setattr(kernels, "plan", lambda *a, **kw: real(*a, **{**kw, "interpret": False}))
+    return kernels
+
+
+@pytest.mark.parametrize("k,d,J,B,H", [(3, 1, 40, 2, 9), (7, 1, 5, 1, 9), (5, 2, 1, 1, 9), (1, 1, 3, 2, 9),
+                                       (9, 1, 2, 1, 5), (3, 1, 80, 2, 9), (3, 3, 128, 2, 9)], ids=lambda v: str(v))
+def test_gpu_launch_plans(k, d, J, B, H, gpu_plans, device):
+    """Odd sizes (the last row and column of tiles partial), 4 to 12 tiles on 2 programs, C over
+    two channel blocks (the last one clamped), J of 1, not a power of two, and over 64 (several
+    basis blocks), k from 1 to 9, dilation up to 3."""
+    p = gpu_plans.plan("fwd", B, 19, H, 40, J, torch.device(device))
+    assert (p.TH, p.TW, p.BLOCK_C, p.programs) == (4, 32, 16, 2)
+    x, w, b = psf_inputs(B, 19, H, 40, J, k, torch.float64, device)
     check_against_truth(lambda x, w, b: psfops.psf_conv(x, w, b, d), lambda x, w, b: truth_psf_conv(x, w, b, d),
                         (x, w, b), torch.float64, "psf_conv")
     check_against_truth(psfops.synthesize_psf, truth_synthesize, (w, b), torch.float64, "synthesize_psf")
-    psf = rand(2, k * k, 9, 13, dtype=torch.float64, device=device, requires_grad=True)
+    psf = rand(B, k * k, H, 40, dtype=torch.float64, device=device, requires_grad=True)
     check_against_truth(lambda x, p: psfops.apply_psf(x, p, d), lambda x, p: truth_apply(x, p, d),
                         (x, psf), torch.float64, "apply_psf")
+
+
+def test_gpu_launch_plans_float32(gpu_plans, device):
+    """The same in float32, where the matrix products are tl.dot (float64 multiplies and sums)."""
+    x, w, b = psf_inputs(1, 20, 9, 40, 40, 7, torch.float32, device)
+    check_against_truth(psfops.psf_conv, truth_psf_conv, (x, w, b), torch.float32, "psf_conv")
+    check_against_truth(psfops.synthesize_psf, truth_synthesize, (w, b), torch.float32, "synthesize_psf")
 
 
 @settings(max_examples=12, deadline=None)
@@ -137,10 +157,11 @@ def test_gradcheck_float64(backend, device):
     dev = device if backend == "triton" else "cpu"
     x, w, b = psf_inputs(1, 2, 4, 3, 2, 3, torch.float64, dev)
     psf = rand(1, 9, 4, 3, dtype=torch.float64, device=dev, requires_grad=True)
+    fast = backend == "triton"  # random projections: far fewer calls of the interpreted kernels
     with psfops.backend(backend):
-        assert torch.autograd.gradcheck(lambda x, w, b: psfops.psf_conv(x, w, b, 2), (x, w, b))
-        assert torch.autograd.gradcheck(psfops.synthesize_psf, (w, b))
-        assert torch.autograd.gradcheck(psfops.apply_psf, (x, psf))
+        assert torch.autograd.gradcheck(lambda x, w, b: psfops.psf_conv(x, w, b, 2), (x, w, b), fast_mode=fast)
+        assert torch.autograd.gradcheck(psfops.synthesize_psf, (w, b), fast_mode=fast)
+        assert torch.autograd.gradcheck(psfops.apply_psf, (x, psf), fast_mode=fast)
 
 
 # ---- layouts, determinism, edge cases ------------------------------------------------------
