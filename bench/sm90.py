@@ -62,7 +62,7 @@ def recording_launches():
 # Further shapes for ops whose launch depends on the image size beyond 16x16: a whole-plane and a
 # split-plane spatial_normalize (on an H100's SM count, below), and full-width pixel blocks.
 EXTRA_WORKLOADS = {
-    "spatial_normalize": (dict(B=2, C=64, H=64, W=64), dict(B=1, C=3, H=1024, W=1024)),
+    "spatial_normalize": (dict(B=8, C=64, H=64, W=64), dict(B=1, C=3, H=1024, W=1024)),
     "gated_blend": (dict(B=2, C=64, H=32, W=32),),
     "lstm_cell": (dict(B=2, C=32, H=32, W=32),),
 }
