@@ -139,10 +139,9 @@ def main_headline(argv) -> int:
     p.add_argument("--out", type=Path, default=None, help="also merge the records into today's results file here")
     a = p.parse_args(argv)
     device = _device(a.device)
-    recs = headline.run(device, a.dtypes)
-    if a.out is not None:
-        path = results_path(a.out, device, harness.environment(device))
-        report.save(recs, path)
+    path = None if a.out is None else results_path(a.out, device, harness.environment(device))
+    headline.run(device, a.dtypes, on_record=None if path is None else lambda r: report.save([r], path))
+    if path is not None:
         print(f"records -> {path}")
     return 0
 

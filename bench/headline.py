@@ -16,9 +16,10 @@ from . import harness, report
 DTYPES = ("float32", "bfloat16")
 
 
-def run(device: torch.device, dtypes=DTYPES, impls=None, log=print, timing: dict | None = None) -> list[dict]:
+def run(device: torch.device, dtypes=DTYPES, impls=None, log=print, timing: dict | None = None,
+        on_record=None) -> list[dict]:
     """Measure the headline case per dtype (``impls``: default every implementation of psf_conv),
-    print the target lines, return the records."""
+    print the target lines, return the records (``on_record(rec)`` after each one)."""
     env = harness.environment(device)
     roof = harness.copy_bandwidth_gbps(device)
     log(f"device {env['device']}; torch {env['torch']}, triton {env['triton']}; "
@@ -29,7 +30,7 @@ def run(device: torch.device, dtypes=DTYPES, impls=None, log=print, timing: dict
         case = C.Case(op="psf_conv", dtype=dtype, **shape)
         recs = harness.run_cases([case], device, impls or C.OPS["psf_conv"].implementations(),
                                  ("fwd+bwd",), env=env, roofline_gbps=roof, compile_dynamic=False,
-                                 timing=timing, log=log)
+                                 timing=timing, log=log, on_record=on_record)
         records += recs
         log(f"psf_conv fwd+bwd {case.label()} {dtype}:")
         for line in report.target_lines({r["impl"]: r for r in recs}, dtype):
