@@ -195,9 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(t)
     t.set_defaults(func=cmd_train)
 
-    def command(name, func, help, description):
-        sp = sub.add_parser(name, help=help, description=f"{description} {NO_OVERWRITE}")
+    def command(name, func, help, description, writes=True, ckpt=True):
+        sp = sub.add_parser(name, help=help, description=f"{description} {NO_OVERWRITE}" if writes else description)
         sp.set_defaults(func=func)
+        if ckpt:
+            sp.add_argument("--ckpt", required=True, help="checkpoint (last.pt or best.pt of a run)")
         return sp
 
     images = ("Images are read at their true scale (16-bit files as 16 bits, EXIF orientation "
@@ -207,14 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = command("eval", cmd_eval, "PSNR/SSIM of a checkpoint on a paired folder",
                 f"PSNR and SSIM (Y and RGB) of the checkpoint's output and of the rainy input on every pair "
                 f"of a paired folder. Pair sizes are checked before the model runs. {images} {strict}")
-    e.add_argument("--ckpt", required=True, help="checkpoint (last.pt or best.pt of a run)")
     e.add_argument("--data", required=True, help="paired folder (input/ + target/ or rain/ + norain/)")
     e.add_argument("--json", help="write the results (means, input means and per_image) here")
     tiling(e), common(e)
 
     m = command("metrics", cmd_metrics, "PSNR/SSIM between two folders matched by file name",
                 f"PSNR and SSIM (Y and RGB) of every image in PRED_DIR against its namesake in TARGET_DIR "
-                f"(extension free). {images} {strict}")
+                f"(extension free). {images} {strict}", ckpt=False)
     m.add_argument("pred_dir", metavar="PRED_DIR")
     m.add_argument("target_dir", metavar="TARGET_DIR")
     m.add_argument("--json", help="write psnr_y, ssim_y, psnr_rgb, ssim_rgb and per_image here")
@@ -224,7 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
                 "Derain image files and folders (not recursive) into OUT/<name>.png: same size, same bit "
                 "depth (a 16-bit input gives a 16-bit PNG), grayscale inputs give grayscale PNGs. Images "
                 "larger than --tile are processed in overlapping tiles.")
-    d.add_argument("--ckpt", required=True, help="checkpoint (last.pt or best.pt of a run)")
     d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     d.add_argument("--out", required=True, help="output folder")
     tiling(d), common(d)
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("synth", cmd_synth, "render rainy/clean pairs from clean images",
                 "Render synthetic rain on every image of --clean into OUT/input/<name>.png (rainy) and "
                 "OUT/target/<name>.png (the clean image), in the clean image's bit depth; reproducible "
-                "for a given --seed.")
+                "for a given --seed.", ckpt=False)
     s.add_argument("--clean", required=True, help="folder of clean images")
     s.add_argument("--out", required=True, help="output folder (gets input/ and target/)")
     s.add_argument("--seed", type=int, default=0, help="image i is rendered with seed + i")
@@ -242,14 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
                 "Plot one dynamic-PSF module of a checkpoint as a PNG: its basis kernels (colour bar), "
                 "and with --image the dominant kernel per pixel (legend) and the most varying "
                 "mixing-weight maps (colour bar).")
-    v.add_argument("--ckpt", required=True, help="checkpoint (last.pt or best.pt of a run)")
     v.add_argument("--image", help="image whose mixing-weight maps are shown")
     v.add_argument("--module", type=int, default=0, help="which dynamic-PSF module (0 = first)")
     v.add_argument("--out", required=True, help="PNG path")
     common(v)
 
     z = command("models", cmd_models, "list the model zoo (name, parameters, what)",
-                "List the registered models: name (for train --model), parameter count and what it is.")
+                "List the registered models: name (for train --model), parameter count and what it is.",
+                writes=False, ckpt=False)
     z.add_argument("--macs", action="store_true", help="also count multiply-accumulates (slower)")
     z.add_argument("--size", type=int, default=256, help="image side for --macs")
 
@@ -257,11 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "Export a checkpoint's model as a torch.export program (--out *.pt2; load it with "
                 "torch.export.load, no psfops needed) or as ONNX (--out *.onnx; needs the onnx and "
                 "onnxscript packages). The graph uses the psfops reference ops, i.e. plain PyTorch "
-                "operators, so it runs without Triton on any device and converts to ONNX. Input "
+                "operators, so it runs without Triton and converts to ONNX; it is exported on the CPU (for "
+                "a GPU: torch.export.passes.move_to_device_pass). Input "
                 "(B, 3, H, W) RGB in [0, 1], any batch, H and W any multiples of the model's padding "
                 "multiple M (4 for SD-PSFNet, 8 for MSPFN), at least 2M; reflect-pad other sizes and "
                 "crop the output back. Output: the restored image, clamped to [0, 1].")
-    x.add_argument("--ckpt", required=True, help="checkpoint (last.pt or best.pt of a run)")
     x.add_argument("--out", required=True, help="output file: .pt2 or .onnx")
     return p
 

@@ -5,8 +5,9 @@ the model's final restored image (B, 3, H, W) clamped to [0, 1] (what ``sdpsfnet
 writes, without tiling).
 
 Backend: the psfops reference ops, always. The program is then plain ATen operators: it loads
-with ``torch.export.load`` alone (no ``import psfops``, no Triton), runs on any device torch
-supports (``program.module().to(device)``), and can be converted to ONNX. The Triton backend
+with ``torch.export.load`` alone (no ``import psfops``, no Triton) and can be converted to ONNX.
+It is exported on the CPU; ``torch.export.passes.move_to_device_pass(program, "cuda")`` moves it
+to a GPU (not yet tried on one). The Triton backend
 would put ``torch.ops.psfops.*`` custom ops in the graph, which need psfops imported at load time,
 a CUDA device, and have no ONNX equivalent; the price of the reference ops is their speed and
 memory on large images.
