@@ -193,14 +193,14 @@ def roofs(profile: dict, gpu: dict) -> dict:
 
 @contextlib.contextmanager
 def _gpu_plans(sms: int):
-    """The psf launchers plan for a GPU with ``sms`` SMs (not the interpreter, not this CPU)."""
-    from psfops.kernels import psf
-    real = psf._sm_count
-    psf._sm_count = lambda device: sms
+    """The launchers plan for a GPU with ``sms`` SMs (not the interpreter, not this CPU)."""
+    from psfops.kernels import _common
+    real = _common.INTERPRETER_SMS
+    _common.INTERPRETER_SMS = sms
     try:
         yield
     finally:
-        psf._sm_count = real
+        _common.INTERPRETER_SMS = real
 
 
 def record_pass_launches(op: str, pass_: str, dtype: torch.dtype, shape, sms: int) -> list:
@@ -219,24 +219,22 @@ def record_pass_launches(op: str, pass_: str, dtype: torch.dtype, shape, sms: in
     return fwd if pass_ == "fwd" else bwd
 
 
-@functools.lru_cache(maxsize=None)
-def _cubin(fn, signature: tuple, constexprs: tuple, options: tuple) -> bytes:
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    return triton.compile(ASTSource(fn=fn, signature=dict(signature), constexprs=dict(constexprs)),
-                          target=GPUTarget(*sm90.TARGET), options=dict(options)).asm["cubin"]
+_COMPILED: dict = {}
 
 
 def compile_launch(fn, args, kwargs) -> dict:
-    """One recorded launch compiled for sm_90 (once per distinct kernel specialization): its
-    argument values, warps, programs, SASS and resources (registers, stack)."""
+    """One recorded launch compiled for sm_90 (once per distinct specialization): its argument
+    values, warps, programs, SASS and resources (registers, stack)."""
     signature, constexprs, options = sm90._signature(fn, args, dict(kwargs))
-    cubin = _cubin(fn, tuple(signature.items()), tuple(constexprs.items()), tuple(options.items()))
+    key = (fn, tuple(signature.items()), repr(sorted(constexprs.items())), repr(options),
+           repr(sorted(sm90._divisibility(fn, args, kwargs))))
+    if key not in _COMPILED:
+        cubin = sm90.compile_launch(fn, args, kwargs).asm["cubin"]
+        _COMPILED[key] = (disassemble(cubin), sm90._resource_usage(cubin))
+    instrs, resources = _COMPILED[key]
     values = {**dict(zip(fn.arg_names, args)), **constexprs}
     return {"kernel": fn.__name__, "args": values, "num_warps": options.get("num_warps", 4),
-            "programs": kwargs["grid"][0], "instrs": disassemble(cubin), **sm90._resource_usage(cubin)}
+            "programs": kwargs["grid"][0], "instrs": instrs, **resources}
 
 
 def analyse(dtype: torch.dtype, shape=None, gpus=GPUS) -> list[dict]:

@@ -157,14 +157,23 @@ def _resource_usage(cubin: bytes) -> dict:
     return {key.lower(): int(val) for key, val in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
 
 
-def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), workload=WORKLOAD,
-                   ops=None) -> list[dict]:
-    """One record per distinct launch: kernel, dtype, constexprs, num_warps, the resources and
-    :func:`ptx_facts` (``ops``: only these ops' launches)."""
+def compile_launch(fn, args, kwargs):
+    """One recorded launch compiled for sm_90 as a GPU launch would compile it (same constexprs,
+    options and alignment specialization)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    signature, constexprs, options = _signature(fn, args, dict(kwargs))
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs,
+                                    attrs=_divisibility(fn, args, kwargs)),
+                          target=GPUTarget(*TARGET), options=options)
+
+
+def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), workload=WORKLOAD,
+                   ops=None) -> list[dict]:
+    """One record per distinct launch: kernel, dtype, constexprs, num_warps, the resources and
+    :func:`ptx_facts` (``ops``: only these ops' launches)."""
     from psfops.testing import Shape
 
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -185,8 +194,7 @@ def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), worklo
                    "constexprs": {k: str(v) for k, v in constexprs.items()},
                    "num_warps": options.get("num_warps", 4)}
             try:
-                compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
-                                          target=GPUTarget(*TARGET), options=options)
+                compiled = compile_launch(fn, args, kwargs)
                 rec.update(_resource_usage(compiled.asm["cubin"]), **ptx_facts(compiled.asm["ptx"]), ok=True)
             except Exception as e:  # report every failing kernel, not just the first
                 rec.update(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")

@@ -35,7 +35,6 @@ pixel indices in int32, so a plane may hold up to 2**31 - 1 pixels.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 import triton
@@ -43,7 +42,7 @@ import triton.language as tl
 
 from ..env import interpreting
 from .._grads import gradient_buffers
-from ._common import acc_dtype, launcher, torch_acc_dtype
+from ._common import acc_dtype, launcher, sm_count, torch_acc_dtype
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,19 +141,92 @@ def _load_taps(ptr, idx, STRIDE, valid, KK: tl.constexpr, KK_PAD: tl.constexpr):
 
 
 @triton.jit
-def _stage_halo(src_ptr, rows, h0, w0, H, W, stage, RD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr,
-                HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Copy planes ``rows`` around the tile, rows h0-RD .. and columns w0-RD .. (HALO_W wide,
-    HALO pixels), into the staging area ``stage[c, idx]`` (row-major halo index), zeros outside
-    the image: the taps then read it at constant offsets, with no masks."""
+def _stage_halo(src_ptr, rows, h0, w0, H, W, stage, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
+                HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Copy planes ``rows`` around the tile (rows h0-RD .., columns w0-WPAD .., HALO_W wide, HALO
+    pixels) into the staging area ``stage[c, halo index]``, zeros outside the image: the tap loops
+    then read it at constant, aligned offsets with no masks."""
     cl = tl.arange(0, BLOCK_C)
     for chunk in tl.static_range(HALO_PAD // HALO_CHUNK):
         idx = chunk * HALO_CHUNK + tl.arange(0, HALO_CHUNK)
         hh = h0 - RD + idx // HALO_W
-        ww = w0 - RD + idx % HALO_W
+        ww = w0 - WPAD + idx % HALO_W
         ok = (idx < HALO) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
         v = tl.load(src_ptr + rows[:, None] + (hh * W + ww)[None, :], mask=ok[None, :], other=0.0)
         tl.store(stage + cl[:, None] * HALO_PAD + idx[None, :], v)
+
+
+@triton.jit
+def _split4(v):
+    """The four components of the last axis (size 4) of ``v``, each shaped ``v.shape[:-1]``."""
+    a, b = tl.split(tl.reshape(v, v.shape[:-1] + (2, 2)))
+    v0, v2 = tl.split(a)
+    v1, v3 = tl.split(b)
+    return v0, v1, v2, v3
+
+
+@triton.jit
+def _quad_split(v):
+    """A tensor over the tile's pixels (last axis, P) as four tensors over its quads (P // 4): the
+    values of pixels 4q, 4q+1, 4q+2, 4q+3. The pixel axis is laid out 4 contiguous pixels per
+    thread (the loads are 16-byte vectors), so this is register renaming, not data movement."""
+    return _split4(tl.reshape(v, v.shape[:-1] + (v.shape[-1] // 4, 4)))
+
+
+@triton.jit
+def _quad_join(v0, v1, v2, v3):
+    """Inverse of :func:`_quad_split`: four tensors over the quads as one over the pixels."""
+    joined = tl.join(tl.join(v0, v2), tl.join(v1, v3))
+    return tl.reshape(joined, v0.shape[:-1] + (4 * v0.shape[-1],))
+
+
+@triton.jit
+def _window(ptr, NV: tl.constexpr, ACC: tl.constexpr):
+    """NV aligned 4-vectors per quad at ``ptr``, ``ptr + 4``, ... (``ptr``: pointers over the
+    tile's pixels, the quads' first pixels aligned), as a tuple of 4*NV tensors over the quads
+    (the window's values, left to right) in the ACC dtype."""
+    values = ()
+    for m in tl.static_range(NV):
+        values = values + _quad_split(tl.load(ptr + 4 * m).to(ACC))
+    return values
+
+
+@triton.jit
+def _shifted_quad(ptr, SHIFT: tl.constexpr, ACC: tl.constexpr):
+    """Per quad, the four values at ``ptr + SHIFT`` for its pixels (``ptr`` as in :func:`_window`),
+    from the one or two aligned 4-vectors that hold them."""
+    values = _window(ptr + SHIFT // 4 * 4, 1 + (SHIFT % 4 + 3) // 4, ACC)
+    return values[SHIFT % 4], values[SHIFT % 4 + 1], values[SHIFT % 4 + 2], values[SHIFT % 4 + 3]
+
+
+@triton.jit
+def _add_taps(accs, taps, values, OFFSET: tl.constexpr, SIGN: tl.constexpr, KSIZE: tl.constexpr,
+              DIL: tl.constexpr):
+    """One tap row for the four pixels of each quad: ``accs[j] += taps[v][j] * values[OFFSET + j +
+    SIGN * (v - k//2) * DIL]`` over the row's taps v (``taps[v]``: the tap's four per-pixel weights)."""
+    for v in tl.static_range(KSIZE):
+        for j in tl.static_range(4):
+            accs = accs[:j] + (accs[j] + taps[v][j][None, :] * values[OFFSET + j + SIGN * (v - KSIZE // 2) * DIL],) \
+                + accs[j + 1:]
+    return accs
+
+
+@triton.jit
+def _channel_sums(dyq, values, E: tl.constexpr):
+    """Over the pixels: ``sum_c dyq[j][c, q] * values[E + j][c, q]`` for pixel 4q + j (one tap)."""
+    return _quad_join(tl.sum(dyq[0] * values[E], axis=0), tl.sum(dyq[1] * values[E + 1], axis=0),
+                      tl.sum(dyq[2] * values[E + 2], axis=0), tl.sum(dyq[3] * values[E + 3], axis=0))
+
+
+@triton.jit
+def _store_quads(ptr, accs, rows, cvalid, pix, valid):
+    """Store the four accumulators of the quads: ``ptr[rows[c] + pix[4q + j]] = accs[j][c, q]``."""
+    p0, p1, p2, p3 = _quad_split(pix)
+    v0, v1, v2, v3 = _quad_split(valid)
+    for j in tl.static_range(4):
+        p = (p0, p1, p2, p3)[j]
+        ok = (v0, v1, v2, v3)[j]
+        tl.store(ptr + rows[:, None] + p[None, :], accs[j].to(ptr.dtype.element_ty), mask=cvalid[:, None] & ok[None, :])
 
 
 @triton.jit
@@ -188,22 +260,22 @@ def _basis_grads(dk, w_ptr, basis_ptr, basis0, dw_ptr, part, b, J, HW, pix, vali
 def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles, tiles_w,
                     tiles_per_img, SYNTH: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
                     TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
-                    KK_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
-    """y = apply(x, K): K synthesized per tile into ``taps`` (SYNTH) or read from the psf src; x
-    staged per channel block with its halo, zero padded."""
+                    KK_PAD: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
+                    HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, DOT: tl.constexpr,
+                    ACC: tl.constexpr):
+    """y = apply(x, K). Per tile: the taps K (synthesized, SYNTH, or copied from the psf src) go
+    to ``taps``; per channel block, x and its halo are staged, then each tap row reads a window of
+    aligned 4-vectors once for the four pixels of every quad."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
     R: tl.constexpr = KSIZE // 2
-    RD: tl.constexpr = R * DIL
-    HALO_W: tl.constexpr = TW + 2 * RD
-    HALO: tl.constexpr = (TH + 2 * RD) * HALO_W
-    HALO_PAD: tl.constexpr = (HALO + HALO_CHUNK - 1) // HALO_CHUNK * HALO_CHUNK
+    NV: tl.constexpr = 1 + 2 * WPAD // 4
     HW = H * W
     pid = tl.program_id(0)
     i = tl.arange(0, P)
-    here = (i // TW + RD) * HALO_W + i % TW + RD  # the tile's pixels in halo coordinates
     taps = taps_ptr + pid.to(tl.int64) * (KK * P)
     stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO_PAD)
+    here = (i // TW + RD) * HALO_W + i % TW  # each pixel's column window start, in halo coordinates
     staged = stage + (tl.arange(0, BLOCK_C) * HALO_PAD)[:, None] + here[None, :]
     if SYNTH:
         basis0 = _basis_block(basis_ptr, 0, J, KK, KK_PAD, BLOCK_J)
@@ -211,22 +283,23 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         if SYNTH:
-            _store_taps(taps, _mix_basis(src_ptr, basis_ptr, basis0, b, J, HW, pix, valid, KK, KK_PAD, BLOCK_J,
-                                         NUM_JB, DOT), i, P, i < P, KK, KK_PAD)
+            k = _mix_basis(src_ptr, basis_ptr, basis0, b, J, HW, pix, valid, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+        else:
+            k = _load_taps(src_ptr + b * KK * HW, pix, HW, valid, KK, KK_PAD)
+        _store_taps(taps, k, i, P, i < P, KK, KK_PAD)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
-            _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
+            _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
             tl.debug_barrier()  # the staged block (and this tile's taps) are written
-            acc = tl.zeros((BLOCK_C, P), ACC)
+            zero = tl.zeros((BLOCK_C, P // 4), ACC)
+            accs = (zero, zero, zero, zero)
             for u in tl.static_range(KSIZE):
+                values = _window(staged + (u - R) * DIL * HALO_W, NV, ACC)
+                row = ()
                 for v in tl.static_range(KSIZE):
-                    if SYNTH:
-                        kt = tl.load(taps + (u * KSIZE + v) * P + i)
-                    else:
-                        kt = tl.load(src_ptr + (b * KK + u * KSIZE + v) * HW + pix, mask=valid, other=0.0).to(ACC)
-                    acc += kt[None, :] * tl.load(staged + ((u - R) * DIL * HALO_W + (v - R) * DIL)).to(ACC)
-            tl.store(y_ptr + rows[:, None] + pix[None, :], acc.to(y_ptr.dtype.element_ty),
-                     mask=cvalid[:, None] & valid[None, :])
+                    row = row + (_quad_split(tl.load(taps + (u * KSIZE + v) * P + i).to(ACC)),)
+                accs = _add_taps(accs, row, values, WPAD, 1, KSIZE, DIL)
+            _store_quads(y_ptr, accs, rows, cvalid, pix, valid)
             tl.debug_barrier()  # every read of the staged block (and the taps) is done
 
 
@@ -234,56 +307,54 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
 def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles, tiles_w,
                    tiles_per_img, SYNTH: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
                    TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
-                   KK_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
-    """dx[c, q] = sum_t K_t(q - s_t) dy[c, q - s_t]: the taps of the tile and its halo are
-    synthesized into ``taps`` (SYNTH) or gathered from the psf src; dy is staged with its halo."""
+                   KK_PAD: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
+                   HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr,
+                   TAPS_PAD: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
+    """dx[c, q] = sum_t K_t(q - s_t) dy[c, q - s_t]. Per tile: the taps of the tile and its halo
+    (the pixels its outputs read from) go to ``taps`` in halo coordinates, synthesized (SYNTH) or
+    copied from the psf src; per channel block dy is staged with its halo and read as in the
+    forward, with the shifts reversed."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
     R: tl.constexpr = KSIZE // 2
-    RD: tl.constexpr = R * DIL
-    HALO_W: tl.constexpr = TW + 2 * RD
-    HALO: tl.constexpr = (TH + 2 * RD) * HALO_W
-    HALO_PAD: tl.constexpr = (HALO + HALO_CHUNK - 1) // HALO_CHUNK * HALO_CHUNK
+    NV: tl.constexpr = 1 + 2 * WPAD // 4
     HW = H * W
     pid = tl.program_id(0)
-    i = tl.arange(0, P)
-    here = (i // TW + RD) * HALO_W + i % TW + RD
-    taps = taps_ptr + pid.to(tl.int64) * (KK * HALO_PAD)
+    taps = taps_ptr + pid.to(tl.int64) * (KK * TAPS_PAD)
     stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO_PAD)
+    i = tl.arange(0, P)
+    here = (i // TW + RD) * HALO_W + i % TW  # each pixel's column window start, in halo coordinates
     staged = stage + (tl.arange(0, BLOCK_C) * HALO_PAD)[:, None] + here[None, :]
     if SYNTH:
         basis0 = _basis_block(basis_ptr, 0, J, KK, KK_PAD, BLOCK_J)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
+        for chunk in tl.static_range(TAPS_PAD // SYNTH_CHUNK):
+            idx = chunk * SYNTH_CHUNK + tl.arange(0, SYNTH_CHUNK)
+            hh = h0 - RD + idx // HALO_W
+            ww = w0 - WPAD + idx % HALO_W
+            ok = (idx < HALO) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+            if SYNTH:
+                k = _mix_basis(src_ptr, basis_ptr, basis0, b, J, HW, hh * W + ww, ok, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+            else:
+                k = _load_taps(src_ptr + b * KK * HW, hh * W + ww, HW, ok, KK, KK_PAD)
+            _store_taps(taps, k, idx, TAPS_PAD, idx < TAPS_PAD, KK, KK_PAD)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
-        if SYNTH:
-            for chunk in tl.static_range(HALO_PAD // HALO_CHUNK):
-                idx = chunk * HALO_CHUNK + tl.arange(0, HALO_CHUNK)
-                hh = h0 - RD + idx // HALO_W
-                ww = w0 - RD + idx % HALO_W
-                ok = (idx < HALO) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-                k = _mix_basis(src_ptr, basis_ptr, basis0, b, J, HW, hh * W + ww, ok, KK, KK_PAD, BLOCK_J, NUM_JB,
-                               DOT)
-                _store_taps(taps, k, idx, HALO_PAD, idx < HALO_PAD, KK, KK_PAD)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
-            _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
+            _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
             tl.debug_barrier()
-            acc = tl.zeros((BLOCK_C, P), ACC)
+            zero = tl.zeros((BLOCK_C, P // 4), ACC)
+            accs = (zero, zero, zero, zero)
             for u in tl.static_range(KSIZE):
+                values = _window(staged - (u - R) * DIL * HALO_W, NV, ACC)
+                row = ()
                 for v in tl.static_range(KSIZE):
-                    back = (u - R) * DIL * HALO_W + (v - R) * DIL  # q - s_t in halo coordinates: here - back
-                    if SYNTH:
-                        kt = tl.load(taps + (u * KSIZE + v) * HALO_PAD + here - back).to(ACC)
-                    else:
-                        du = (u - R) * DIL
-                        dv = (v - R) * DIL
-                        ok = (h - du >= 0) & (h - du < H) & (w - dv >= 0) & (w - dv < W)
-                        kt = tl.load(src_ptr + (b * KK + u * KSIZE + v) * HW + pix - (du * W + dv), mask=ok,
-                                     other=0.0).to(ACC)
-                    acc += kt[None, :] * tl.load(staged - back).to(ACC)
-            tl.store(dx_ptr + rows[:, None] + pix[None, :], acc.to(dx_ptr.dtype.element_ty),
-                     mask=cvalid[:, None] & valid[None, :])
+                    # K_t at q - s_t for the quad's pixels: halo columns pw + WPAD - dv + 0..3
+                    row = row + (_shifted_quad(taps + (u * KSIZE + v) * TAPS_PAD - (u - R) * DIL * HALO_W + here,
+                                               WPAD - (v - R) * DIL, ACC),)
+                accs = _add_taps(accs, row, values, WPAD, -1, KSIZE, DIL)
+            _store_quads(dx_ptr, accs, rows, cvalid, pix, valid)
             tl.debug_barrier()
 
 
@@ -291,21 +362,22 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
 def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles,
                    tiles_w, tiles_per_img, SYNTH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr,
                    KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr,
-                   BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr,
-                   DOT: tl.constexpr, ACC: tl.constexpr):
-    """dK_t(p) = sum_c dy[c, p] x[c, p + s_t], summed over channel blocks in ``taps``; then d(psf)
-    = dK (apply_psf) or d(weights) and this program's d(basis) partial (psf_conv)."""
+                   BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, RD: tl.constexpr,
+                   WPAD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr, HALO_PAD: tl.constexpr,
+                   HALO_CHUNK: tl.constexpr, EPILOGUE: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
+    """dK_t(p) = sum_c dy[c, p] x[c, p + s_t]: x staged as in the forward, each tap row read as a
+    window per quad; a thread holds its quads' pixels for all BLOCK_C channels (the tile has as
+    many quads as threads), so the channel sum stays in the thread. Summed over channel blocks in
+    ``taps``; then, EPILOGUE pixels at a time, d(psf) = dK (apply_psf) or d(weights) and this
+    program's d(basis) partial (psf_conv)."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
     R: tl.constexpr = KSIZE // 2
-    RD: tl.constexpr = R * DIL
-    HALO_W: tl.constexpr = TW + 2 * RD
-    HALO: tl.constexpr = (TH + 2 * RD) * HALO_W
-    HALO_PAD: tl.constexpr = (HALO + HALO_CHUNK - 1) // HALO_CHUNK * HALO_CHUNK
+    NV: tl.constexpr = 1 + 2 * WPAD // 4
     HW = H * W
     pid = tl.program_id(0)
     i = tl.arange(0, P)
-    here = (i // TW + RD) * HALO_W + i % TW + RD
+    here = (i // TW + RD) * HALO_W + i % TW
     taps = taps_ptr + pid.to(tl.int64) * (KK * P)
     stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO_PAD)
     staged = stage + (tl.arange(0, BLOCK_C) * HALO_PAD)[:, None] + here[None, :]
@@ -317,22 +389,28 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
-            _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
-            dyt = tl.load(dy_ptr + rows[:, None] + pix[None, :], mask=cvalid[:, None] & valid[None, :],
-                          other=0.0).to(ACC)
+            _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
+            dyq = _quad_split(tl.load(dy_ptr + rows[:, None] + pix[None, :], mask=cvalid[:, None] & valid[None, :],
+                                      other=0.0).to(ACC))
             tl.debug_barrier()
             for u in tl.static_range(KSIZE):
+                values = _window(staged + (u - R) * DIL * HALO_W, NV, ACC)
                 for v in tl.static_range(KSIZE):
-                    dk = tl.sum(dyt * tl.load(staged + ((u - R) * DIL * HALO_W + (v - R) * DIL)).to(ACC), axis=0)
+                    dk = _channel_sums(dyq, values, WPAD + (v - R) * DIL)
                     at = taps + (u * KSIZE + v) * P + i
                     tl.store(at, dk + tl.load(at, mask=_everywhere(c0, i), other=0.0))
             tl.debug_barrier()
-        dk = _load_taps(taps, i, P, i < P, KK, KK_PAD)
-        if SYNTH:
-            _basis_grads(dk, w_ptr, basis_ptr, basis0, dsrc_ptr, part, b, J, HW, pix, valid, tile - pid,
-                         NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
-        else:
-            _store_taps(dsrc_ptr + b * KK * HW, dk, pix, HW, valid, KK, KK_PAD)
+        for chunk in tl.static_range(P // EPILOGUE):
+            idx = chunk * EPILOGUE + tl.arange(0, EPILOGUE)
+            hc = h0 + idx // TW
+            wc = w0 + idx % TW
+            vc = (hc < H) & (wc < W)
+            dk = _load_taps(taps, idx, P, idx < P, KK, KK_PAD)
+            if SYNTH:
+                _basis_grads(dk, w_ptr, basis_ptr, basis0, dsrc_ptr, part, b, J, HW, hc * W + wc, vc,
+                             tile - pid + chunk, NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+            else:
+                _store_taps(dsrc_ptr + b * KK * HW, dk, hc * W + wc, HW, vc, KK, KK_PAD)
         tl.debug_barrier()
 
 
@@ -374,32 +452,43 @@ def _synthesize_bwd_kernel(dpsf_ptr, w_ptr, basis_ptr, dw_ptr, part_ptr, H, W, J
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Launch shape of one psf kernel: TH x TW pixel tiles, channels per block, basis kernels per
-    block (and blocks), halo pixels per staging or synthesis step, warps per program, programs."""
+    """Launch shape of one psf kernel: TH x TW pixel tiles (TW a multiple of 4: quads), channels
+    per block, basis kernels per block (and blocks), halo pixels per staging step and per
+    synthesis product, warps per program, programs in the persistent grid."""
     TH: int
     TW: int
     BLOCK_C: int
     BLOCK_J: int
     NUM_JB: int
     HALO_CHUNK: int
+    SYNTH_CHUNK: int
     num_warps: int
     programs: int
+
+    def halo(self, k: int, dilation: int) -> dict:
+        """The staged halo of a tile for taps of size k at ``dilation``: RD rows above and below,
+        WPAD (RD rounded up to a multiple of 4, so windows stay 16-byte aligned) columns left and
+        right; HALO_PAD is its size rounded up to whole staging chunks."""
+        rd = (k // 2) * dilation
+        wpad = triton.cdiv(rd, 4) * 4
+        halo = (self.TH + 2 * rd) * (self.TW + 2 * wpad)
+        return dict(RD=rd, WPAD=wpad, HALO_W=self.TW + 2 * wpad, HALO=halo,
+                    HALO_PAD=triton.cdiv(halo, self.HALO_CHUNK) * self.HALO_CHUNK, HALO_CHUNK=self.HALO_CHUNK)
+
+    def taps_pad(self, k: int, dilation: int) -> int:
+        """Halo pixels rounded up to whole synthesis products (the d(x) kernel's taps per plane)."""
+        return triton.cdiv(self.halo(k, dilation)["HALO"], self.SYNTH_CHUNK) * self.SYNTH_CHUNK
 
     def launch_args(self) -> dict:
         return dict(TH=self.TH, TW=self.TW, BLOCK_J=self.BLOCK_J, NUM_JB=self.NUM_JB, num_warps=self.num_warps,
                     num_stages=1)
 
 
-# GPU tile shapes per kernel, (TH, TW, BLOCK_C, num_warps): read off the sm_90 SASS (``python -m
-# bench sass``): one pixel per thread, each tap a load at a constant offset and a multiply-add, no
-# register spills.
-GPU_SHAPES = {"fwd": (4, 32, 32, 4), "dx": (4, 32, 32, 4), "dk": (4, 32, 32, 4), "synth": (4, 32, 1, 4)}
-GPU_HALO_CHUNK = 128
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+# GPU tile shapes per kernel, (TH, TW, BLOCK_C, num_warps), read off the sm_90 SASS (``python -m
+# bench sass``): aligned vector loads, no layout conversions through shared memory, no spills.
+GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 8, 4), "synth": (4, 32, 1, 4)}
+EPILOGUE = 128  # pixels per d(weights)/d(basis) product of the tap-gradient kernel
+GPU_CHUNKS = (16, 128)  # halo pixels per staging step, per synthesis product
 
 
 def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device,
@@ -407,19 +496,21 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
     """The launch plan of kernel ``kind`` ("fwd", "dx", "dk", "synth"). On the GPU: the tile shapes
     of :data:`GPU_SHAPES` and one program per SM (fewer if there are fewer tiles). In the
     interpreter (``interpret``, default: whether it is on), which runs programs one after the other
-    in Python: tiles as large as the image (up to 16 x 32 pixels, so fewer, larger programs) and
-    at most 3 programs, so the persistent loop always runs."""
+    in Python: tiles as large as the image (up to 16 x 32 pixels, so fewer, larger programs) and as
+    many programs as :func:`psfops.kernels._common.sm_count` gives a CPU (a few), so the persistent
+    loop always runs."""
     interpret = interpreting() if interpret is None else interpret
     block_j = max(16, min(64, triton.next_power_of_2(max(J, 1))))
     if interpret:
         tw = max(16, min(32, triton.next_power_of_2(max(W, 1))))
         th = min(16, triton.next_power_of_2(max(H, 1)))
-        bc, warps, max_programs, chunk = min(16, triton.next_power_of_2(max(C, 1))), 4, 3, 256
+        bc, warps, chunks = min(16, triton.next_power_of_2(max(C, 1))), 4, (256, 256)
     else:
         th, tw, bc, warps = GPU_SHAPES[kind]
-        max_programs, chunk = _sm_count(device), GPU_HALO_CHUNK
+        chunks = GPU_CHUNKS
     n_tiles = B * triton.cdiv(H, th) * triton.cdiv(W, tw)
-    return Plan(th, tw, bc, block_j, triton.cdiv(J, block_j), chunk, warps, max(1, min(n_tiles, max_programs)))
+    return Plan(th, tw, bc, block_j, triton.cdiv(J, block_j), *chunks, warps,
+                max(1, min(n_tiles, sm_count(device))))
 
 
 def _kk_pad(k: int) -> int:
@@ -440,12 +531,6 @@ def _grid_args(p: Plan, B: int, H: int, W: int) -> tuple[int, int, int]:
     tiles_w = triton.cdiv(W, p.TW)
     tiles_per_img = triton.cdiv(H, p.TH) * tiles_w
     return B * tiles_per_img, tiles_w, tiles_per_img
-
-
-def _halo_pad(p: Plan, k: int, dilation: int) -> int:
-    """Pixels of a tile's halo (the pixels its taps read), rounded up to whole chunks."""
-    rd = (k // 2) * dilation
-    return triton.cdiv((p.TH + 2 * rd) * (p.TW + 2 * rd), p.HALO_CHUNK) * p.HALO_CHUNK
 
 
 def _scratch(p: Plan, per_program: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -471,12 +556,12 @@ def filter_forward(x, src, basis, dilation: int) -> torch.Tensor:
         return y.zero_()
     J = src.shape[1] if synth else 1
     p = plan("fwd", B, C, H, W, J, x.device)
-    taps = _scratch(p, k * k * p.TH * p.TW if synth else 1, torch_acc_dtype(x), x.device)
-    stage = _scratch(p, p.BLOCK_C * _halo_pad(p, k, dilation), x.dtype, x.device)
+    halo = p.halo(k, dilation)
     _psf_fwd_kernel[(p.programs,)](
-        x, src, basis.contiguous() if synth else src, y, taps, stage, C, H, W, J, *_grid_args(p, B, H, W),
-        SYNTH=synth, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k), HALO_CHUNK=p.HALO_CHUNK,
-        DOT=_dot_modes(x.dtype)[0], ACC=acc_dtype(x), **p.launch_args())
+        x, src, basis.contiguous() if synth else src, y, _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
+        _scratch(p, p.BLOCK_C * halo["HALO_PAD"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
+        SYNTH=synth, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k), DOT=_dot_modes(x.dtype)[0],
+        ACC=acc_dtype(x), **halo, **p.launch_args())
     return y
 
 
@@ -499,21 +584,22 @@ def filter_backward(dy, x, src, basis, dilation: int, needs):
     dot_in, dot_acc = _dot_modes(x.dtype)
     if needs[0]:
         p = plan("dx", B, C, H, W, J, x.device)
-        halo = _halo_pad(p, k, dilation)
-        taps = _scratch(p, k * k * halo if synth else 1, acc, x.device)
+        halo, taps_pad = p.halo(k, dilation), p.taps_pad(k, dilation)
         _psf_dx_kernel[(p.programs,)](
-            dy, src, basis, dx, taps, _scratch(p, p.BLOCK_C * halo, x.dtype, x.device), C, H, W, J,
-            *_grid_args(p, B, H, W), SYNTH=synth, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k),
-            HALO_CHUNK=p.HALO_CHUNK, DOT=dot_in, ACC=acc_dtype(x), **p.launch_args())
+            dy, src, basis, dx, _scratch(p, k * k * taps_pad, acc, x.device),
+            _scratch(p, p.BLOCK_C * halo["HALO_PAD"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
+            SYNTH=synth, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k), SYNTH_CHUNK=p.SYNTH_CHUNK,
+            TAPS_PAD=taps_pad, DOT=dot_in, ACC=acc_dtype(x), **halo, **p.launch_args())
     need_dw, need_dbasis = needs[1], synth and needs[2]
     if need_dw or need_dbasis:
         p = plan("dk", B, C, H, W, J, x.device)
+        halo = p.halo(k, dilation)
         partials = torch.empty((p.programs, J, k * k) if need_dbasis else (1,), device=x.device, dtype=acc)
         _psf_dk_kernel[(p.programs,)](
             x, dy, src, basis, dsrc, partials, _scratch(p, k * k * p.TH * p.TW, acc, x.device),
-            _scratch(p, p.BLOCK_C * _halo_pad(p, k, dilation), x.dtype, x.device), C, H, W, J,
-            *_grid_args(p, B, H, W), SYNTH=synth, NEED_DW=need_dw, NEED_DBASIS=need_dbasis, KSIZE=k, DIL=dilation,
-            BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k), HALO_CHUNK=p.HALO_CHUNK, DOT=dot_acc, ACC=acc_dtype(x),
+            _scratch(p, p.BLOCK_C * halo["HALO_PAD"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
+            SYNTH=synth, NEED_DW=need_dw, NEED_DBASIS=need_dbasis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C,
+            KK_PAD=_kk_pad(k), EPILOGUE=min(EPILOGUE, p.TH * p.TW), DOT=dot_acc, ACC=acc_dtype(x), **halo,
             **p.launch_args())
         if need_dbasis:
             dbasis.copy_(partials.sum(dim=0).view_as(basis))  # fixed-order reduction: deterministic

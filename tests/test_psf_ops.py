@@ -109,9 +109,10 @@ def gpu_plans(monkeypatch):
     """The GPU's launch plans (4x32-pixel tiles, 16-channel blocks, 64-pixel halo chunks) on 2
     programs, in the interpreter: so tile edges, interior tiles, several tiles per program, several
     channel blocks and the cross-program d(basis) reduction all run as a GPU runs them."""
+    from psfops.kernels import _common
     from psfops.kernels import psf as kernels
     real = kernels.plan
-    monkeypatch.setattr(kernels, "_sm_count", lambda device: 2)
+    monkeypatch.setattr(_common, "INTERPRETER_SMS", 2)
     monkeypatch.setattr(kernels, "plan", lambda *a, **kw: real(*a, **{**kw, "interpret": False}))
     return kernels
 
@@ -123,7 +124,7 @@ def test_gpu_launch_plans(k, d, J, B, H, gpu_plans, device):
     two channel blocks (the last one clamped), J of 1, not a power of two, and over 64 (several
     basis blocks), k from 1 to 9, dilation up to 3."""
     p = gpu_plans.plan("fwd", B, 19, H, 40, J, torch.device(device))
-    assert (p.TH, p.TW, p.BLOCK_C, p.programs) == (4, 32, 16, 2)
+    assert (p.TH, p.TW, p.programs) == (4, 32, 2)
     x, w, b = psf_inputs(B, 19, H, 40, J, k, torch.float64, device)
     check_against_truth(lambda x, w, b: psfops.psf_conv(x, w, b, d), lambda x, w, b: truth_psf_conv(x, w, b, d),
                         (x, w, b), torch.float64, "psf_conv")

@@ -192,8 +192,11 @@ UNREADABLE = ["empty", "truncated", "text", "objects", "foreign", "folder", "mis
                          + [("train", k) for k in UNREADABLE + ["weights_only"]])
 def test_cli_gives_one_line_for_a_bad_checkpoint(bad, tmp_path, capsys, command, kind):
     path = str(bad[kind])
-    args = {"eval": ["eval", "--ckpt", path, "--data", str(tmp_path)],
-            "derain": ["derain", "--ckpt", path, str(tmp_path), "--out", str(tmp_path / "o")],
+    data = tmp_path / "pairs"  # valid images, so the checkpoint is what the error is about
+    for sub in ("input", "target"):
+        save_image(torch.rand(3, 16, 16), data / sub / "1.png")
+    args = {"eval": ["eval", "--ckpt", path, "--data", str(data)],
+            "derain": ["derain", "--ckpt", path, str(data / "input"), "--out", str(tmp_path / "o")],
             "show-psf": ["show-psf", "--ckpt", path, "--out", str(tmp_path / "p.png")],
             "train": ["train", "--resume", path, "--out", str(tmp_path / "r")]}[command]
     assert main(args + ["--no-progress"] * (command != "show-psf")) == 1
