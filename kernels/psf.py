@@ -94,11 +94,11 @@ def _channel_rows(b, C, c0, HW, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _basis_block(basis_ptr, jb, J, KK: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr):
-    """Rows jb*BLOCK_J .. of the (J, KK) basis as a (BLOCK_J, KK_PAD) tile, zero-padded."""
-    jj = jb * BLOCK_J + tl.arange(0, BLOCK_J)
-    tt = tl.arange(0, KK_PAD)
-    return tl.load(basis_ptr + jj[:, None] * KK + tt[None, :], mask=(jj < J)[:, None] & (tt < KK)[None, :], other=0.0)
+def _basis_block(basis_ptr, jb, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr):
+    """Block jb of the zero-padded (NUM_JB*BLOCK_J, KK_PAD) basis: a (BLOCK_J, KK_PAD) tile, no
+    masks (the launcher pads it)."""
+    return tl.load(basis_ptr + jb * BLOCK_J * KK_PAD + tl.arange(0, BLOCK_J)[:, None] * KK_PAD
+                   + tl.arange(0, KK_PAD)[None, :])
 
 
 @triton.jit
@@ -110,16 +110,34 @@ def _weights_block(w_ptr, jb, b, J, HW, pix, ok, BLOCK_J: tl.constexpr):
 
 
 @triton.jit
-def _mix_basis(w_ptr, basis_ptr, basis0, b, J, HW, pix, ok, KK: tl.constexpr, KK_PAD: tl.constexpr,
-               BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, DOT: tl.constexpr):
+def _mix_basis(w_ptr, basis_ptr, b, J, HW, pix, ok, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr,
+               NUM_JB: tl.constexpr, DOT: tl.constexpr):
     """Synthesized taps ``K[p, t] = sum_j weights[b, j, pix[p]] basis[j, t]`` as a (len(pix),
-    KK_PAD) tile (zero where ``ok`` is False and for t >= KK). ``basis0`` is the first basis block,
-    loaded once per program."""
-    k = _matmul(_weights_block(w_ptr, 0, b, J, HW, pix, ok, BLOCK_J), basis0, DOT)
+    KK_PAD) tile (zero where ``ok`` is False and, the basis being zero-padded, for t >= k*k)."""
+    k = _matmul(_weights_block(w_ptr, 0, b, J, HW, pix, ok, BLOCK_J), _basis_block(basis_ptr, 0, KK_PAD, BLOCK_J), DOT)
     for jb in tl.static_range(1, NUM_JB):
         k += _matmul(_weights_block(w_ptr, jb, b, J, HW, pix, ok, BLOCK_J),
-                     _basis_block(basis_ptr, jb, J, KK, KK_PAD, BLOCK_J), DOT)
+                     _basis_block(basis_ptr, jb, KK_PAD, BLOCK_J), DOT)
     return k
+
+
+@triton.jit
+def _window_taps(taps, STRIDE: tl.constexpr, src_ptr, basis_ptr, b, J, H, W, HW, r0, c0, ROW_W: tl.constexpr,
+                 NPIX: tl.constexpr, CHUNK: tl.constexpr, SYNTH: tl.constexpr, KK: tl.constexpr,
+                 KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, DOT: tl.constexpr):
+    """The taps of the NPIX pixels of a ROW_W-wide window of the image (top-left at (r0, c0),
+    row-major) into ``taps[t * STRIDE + index]``, zero outside the image: synthesized (SYNTH) or
+    copied from the psf ``src_ptr``, CHUNK pixels per product."""
+    for chunk in tl.static_range((NPIX + CHUNK - 1) // CHUNK):
+        idx = chunk * CHUNK + tl.arange(0, CHUNK)
+        hh = r0 + idx // ROW_W
+        ww = c0 + idx % ROW_W
+        ok = (idx < NPIX) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        if SYNTH:
+            k = _mix_basis(src_ptr, basis_ptr, b, J, HW, hh * W + ww, ok, KK_PAD, BLOCK_J, NUM_JB, DOT)
+        else:
+            k = _load_taps(src_ptr + b * KK * HW, hh * W + ww, HW, ok, KK, KK_PAD)
+        _store_taps(taps, k, idx, STRIDE, idx < STRIDE, KK, KK_PAD)
 
 
 @triton.jit
@@ -147,8 +165,8 @@ def _stage_halo(src_ptr, rows, h0, w0, H, W, stage, RD: tl.constexpr, WPAD: tl.c
     pixels) into the staging area ``stage[c, halo index]``, zeros outside the image: the tap loops
     then read it at constant, aligned offsets with no masks."""
     cl = tl.arange(0, BLOCK_C)
-    for chunk in tl.static_range(HALO_PAD // HALO_CHUNK):
-        idx = chunk * HALO_CHUNK + tl.arange(0, HALO_CHUNK)
+    for chunk0 in range(0, HALO_PAD, HALO_CHUNK):  # (a loop, not unrolled: keeps the index math out of registers)
+        idx = chunk0 + tl.arange(0, HALO_CHUNK)
         hh = h0 - RD + idx // HALO_W
         ww = w0 - WPAD + idx % HALO_W
         ok = (idx < HALO) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
@@ -178,6 +196,14 @@ def _quad_join(v0, v1, v2, v3):
     """Inverse of :func:`_quad_split`: four tensors over the quads as one over the pixels."""
     joined = tl.join(tl.join(v0, v2), tl.join(v1, v3))
     return tl.reshape(joined, v0.shape[:-1] + (4 * v0.shape[-1],))
+
+
+@triton.jit
+def _quad_starts(i, TW: tl.constexpr, RD: tl.constexpr, HALO_W: tl.constexpr):
+    """Each tile pixel's window start in the staged halo (row + RD, the pixel's column; the halo's
+    left pad WPAD cancels the window's). Declared contiguous in runs of 4 only, so a load is one
+    4-vector per quad in every dtype (bfloat16 would otherwise take 8-vectors and break the quads)."""
+    return tl.max_contiguous((i // TW + RD) * HALO_W + i % TW, 4)
 
 
 @triton.jit
@@ -230,26 +256,23 @@ def _store_quads(ptr, accs, rows, cvalid, pix, valid):
 
 
 @triton.jit
-def _basis_grads(dk, w_ptr, basis_ptr, basis0, dw_ptr, part, b, J, HW, pix, valid, not_first,
-                 NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr, KK: tl.constexpr, KK_PAD: tl.constexpr,
-                 BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, DOT: tl.constexpr):
+def _basis_grads(dk, w_ptr, basis_ptr, dw_ptr, part, b, J, HW, pix, valid, not_first,
+                 NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr,
+                 NUM_JB: tl.constexpr, DOT: tl.constexpr):
     """From a tile's tap gradients dk (P, KK_PAD): ``d(weights)[b, :, pix] = basis @ dk^T`` (stored)
-    and this program's d(basis) partial ``part[j, t] += sum_p weights[b, j, pix[p]] dk[p, t]``
+    and this program's padded d(basis) partial ``part[j, t] += sum_p weights[b, j, pix[p]] dk[p, t]``
     (read back unless this is the program's first tile, ``not_first`` 0)."""
-    tt = tl.arange(0, KK_PAD)
     for jb in tl.static_range(NUM_JB):
         jj = jb * BLOCK_J + tl.arange(0, BLOCK_J)
-        jmask = jj < J
         if NEED_DW:
-            bs = basis0 if jb == 0 else _basis_block(basis_ptr, jb, J, KK, KK_PAD, BLOCK_J)
             tl.store(dw_ptr + ((b * J + jj) * HW)[None, :] + pix[:, None],
-                     _matmul(dk, tl.trans(bs), DOT).to(dw_ptr.dtype.element_ty), mask=valid[:, None] & jmask[None, :])
+                     _matmul(dk, tl.trans(_basis_block(basis_ptr, jb, KK_PAD, BLOCK_J)), DOT).to(dw_ptr.dtype.element_ty),
+                     mask=valid[:, None] & (jj < J)[None, :])
         if NEED_DBASIS:
-            wt = _weights_block(w_ptr, jb, b, J, HW, pix, valid, BLOCK_J)
-            offs = jj[:, None] * KK + tt[None, :]
-            pmask = jmask[:, None] & (tt < KK)[None, :]
-            acc = tl.load(part + offs, mask=pmask & _everywhere(not_first, offs), other=0.0)
-            tl.store(part + offs, acc + _matmul(tl.trans(wt), dk, DOT), mask=pmask)
+            offs = jj[:, None] * KK_PAD + tl.arange(0, KK_PAD)[None, :]
+            acc = tl.load(part + offs, mask=_everywhere(not_first, offs), other=0.0)
+            tl.store(part + offs, acc + _matmul(tl.trans(_weights_block(w_ptr, jb, b, J, HW, pix, valid, BLOCK_J)), dk,
+                                                DOT))
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,8 +284,8 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
                     tiles_per_img, SYNTH: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
                     TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
                     KK_PAD: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
-                    HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, DOT: tl.constexpr,
-                    ACC: tl.constexpr):
+                    HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr,
+                    DOT: tl.constexpr, ACC: tl.constexpr):
     """y = apply(x, K). Per tile: the taps K (synthesized, SYNTH, or copied from the psf src) go
     to ``taps``; per channel block, x and its halo are staged, then each tap row reads a window of
     aligned 4-vectors once for the four pixels of every quad."""
@@ -275,18 +298,13 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
     i = tl.arange(0, P)
     taps = taps_ptr + pid.to(tl.int64) * (KK * P)
     stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO_PAD)
-    here = (i // TW + RD) * HALO_W + i % TW  # each pixel's column window start, in halo coordinates
+    here = _quad_starts(i, TW, RD, HALO_W)
     staged = stage + (tl.arange(0, BLOCK_C) * HALO_PAD)[:, None] + here[None, :]
-    if SYNTH:
-        basis0 = _basis_block(basis_ptr, 0, J, KK, KK_PAD, BLOCK_J)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
-        if SYNTH:
-            k = _mix_basis(src_ptr, basis_ptr, basis0, b, J, HW, pix, valid, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
-        else:
-            k = _load_taps(src_ptr + b * KK * HW, pix, HW, valid, KK, KK_PAD)
-        _store_taps(taps, k, i, P, i < P, KK, KK_PAD)
+        _window_taps(taps, P, src_ptr, basis_ptr, b, J, H, W, HW, h0, w0, TW, P, SYNTH_CHUNK, SYNTH, KK, KK_PAD,
+                     BLOCK_J, NUM_JB, DOT)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
             _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
@@ -323,22 +341,12 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
     taps = taps_ptr + pid.to(tl.int64) * (KK * TAPS_PAD)
     stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO_PAD)
     i = tl.arange(0, P)
-    here = (i // TW + RD) * HALO_W + i % TW  # each pixel's column window start, in halo coordinates
+    here = _quad_starts(i, TW, RD, HALO_W)
     staged = stage + (tl.arange(0, BLOCK_C) * HALO_PAD)[:, None] + here[None, :]
-    if SYNTH:
-        basis0 = _basis_block(basis_ptr, 0, J, KK, KK_PAD, BLOCK_J)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
-        for chunk in tl.static_range(TAPS_PAD // SYNTH_CHUNK):
-            idx = chunk * SYNTH_CHUNK + tl.arange(0, SYNTH_CHUNK)
-            hh = h0 - RD + idx // HALO_W
-            ww = w0 - WPAD + idx % HALO_W
-            ok = (idx < HALO) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-            if SYNTH:
-                k = _mix_basis(src_ptr, basis_ptr, basis0, b, J, HW, hh * W + ww, ok, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
-            else:
-                k = _load_taps(src_ptr + b * KK * HW, hh * W + ww, HW, ok, KK, KK_PAD)
-            _store_taps(taps, k, idx, TAPS_PAD, idx < TAPS_PAD, KK, KK_PAD)
+        _window_taps(taps, TAPS_PAD, src_ptr, basis_ptr, b, J, H, W, HW, h0 - RD, w0 - WPAD, HALO_W, HALO, SYNTH_CHUNK,
+                     SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
@@ -377,21 +385,19 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
     HW = H * W
     pid = tl.program_id(0)
     i = tl.arange(0, P)
-    here = (i // TW + RD) * HALO_W + i % TW
+    here = _quad_starts(i, TW, RD, HALO_W)
     taps = taps_ptr + pid.to(tl.int64) * (KK * P)
     stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO_PAD)
     staged = stage + (tl.arange(0, BLOCK_C) * HALO_PAD)[:, None] + here[None, :]
-    part = part_ptr + pid.to(tl.int64) * J * KK
-    if SYNTH:
-        basis0 = _basis_block(basis_ptr, 0, J, KK, KK_PAD, BLOCK_J)
+    part = part_ptr + pid.to(tl.int64) * (NUM_JB * BLOCK_J * KK_PAD)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
             _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
-            dyq = _quad_split(tl.load(dy_ptr + rows[:, None] + pix[None, :], mask=cvalid[:, None] & valid[None, :],
-                                      other=0.0).to(ACC))
+            dyq = _quad_split(tl.load(dy_ptr + rows[:, None] + tl.max_contiguous(pix, 4)[None, :],
+                                      mask=cvalid[:, None] & valid[None, :], other=0.0).to(ACC))
             tl.debug_barrier()
             for u in tl.static_range(KSIZE):
                 values = _window(staged + (u - R) * DIL * HALO_W, NV, ACC)
@@ -400,15 +406,15 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
                     at = taps + (u * KSIZE + v) * P + i
                     tl.store(at, dk + tl.load(at, mask=_everywhere(c0, i), other=0.0))
             tl.debug_barrier()
-        for chunk in tl.static_range(P // EPILOGUE):
-            idx = chunk * EPILOGUE + tl.arange(0, EPILOGUE)
+        for epi0 in range(0, P, EPILOGUE):  # (a loop, not unrolled: the basis blocks are not held across it)
+            idx = epi0 + tl.arange(0, EPILOGUE)
             hc = h0 + idx // TW
             wc = w0 + idx % TW
             vc = (hc < H) & (wc < W)
             dk = _load_taps(taps, idx, P, idx < P, KK, KK_PAD)
             if SYNTH:
-                _basis_grads(dk, w_ptr, basis_ptr, basis0, dsrc_ptr, part, b, J, HW, hc * W + wc, vc,
-                             tile - pid + chunk, NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+                _basis_grads(dk, w_ptr, basis_ptr, dsrc_ptr, part, b, J, HW, hc * W + wc, vc,
+                             tile - pid + epi0, NEED_DW, NEED_DBASIS, KK_PAD, BLOCK_J, NUM_JB, DOT)
             else:
                 _store_taps(dsrc_ptr + b * KK * HW, dk, hc * W + wc, HW, vc, KK, KK_PAD)
         tl.debug_barrier()
@@ -420,11 +426,10 @@ def _synthesize_fwd_kernel(w_ptr, basis_ptr, psf_ptr, H, W, J, n_tiles, tiles_w,
                            NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, DOT: tl.constexpr):
     KK: tl.constexpr = KSIZE * KSIZE
     HW = H * W
-    basis0 = _basis_block(basis_ptr, 0, J, KK, KK_PAD, BLOCK_J)
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
-        k = _mix_basis(w_ptr, basis_ptr, basis0, b, J, HW, pix, valid, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+        k = _mix_basis(w_ptr, basis_ptr, b, J, HW, pix, valid, KK_PAD, BLOCK_J, NUM_JB, DOT)
         _store_taps(psf_ptr + b * KK * HW, k, pix, HW, valid, KK, KK_PAD)
 
 
@@ -436,14 +441,13 @@ def _synthesize_bwd_kernel(dpsf_ptr, w_ptr, basis_ptr, dw_ptr, part_ptr, H, W, J
     KK: tl.constexpr = KSIZE * KSIZE
     HW = H * W
     pid = tl.program_id(0)
-    part = part_ptr + pid.to(tl.int64) * J * KK
-    basis0 = _basis_block(basis_ptr, 0, J, KK, KK_PAD, BLOCK_J)
+    part = part_ptr + pid.to(tl.int64) * (NUM_JB * BLOCK_J * KK_PAD)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         dk = _load_taps(dpsf_ptr + b * KK * HW, pix, HW, valid, KK, KK_PAD)
-        _basis_grads(dk, w_ptr, basis_ptr, basis0, dw_ptr, part, b, J, HW, pix, valid, tile - pid,
-                     NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+        _basis_grads(dk, w_ptr, basis_ptr, dw_ptr, part, b, J, HW, pix, valid, tile - pid,
+                     NEED_DW, NEED_DBASIS, KK_PAD, BLOCK_J, NUM_JB, DOT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,9 +490,10 @@ class Plan:
 
 # GPU tile shapes per kernel, (TH, TW, BLOCK_C, num_warps), read off the sm_90 SASS (``python -m
 # bench sass``): aligned vector loads, no layout conversions through shared memory, no spills.
-GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 8, 4), "synth": (4, 32, 1, 4)}
-EPILOGUE = 128  # pixels per d(weights)/d(basis) product of the tap-gradient kernel
-GPU_CHUNKS = (16, 128)  # halo pixels per staging step, per synthesis product
+GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 8, 4), "synth": (4, 32, 1, 8)}
+EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the tap-gradient kernel
+GPU_CHUNKS = (64, 128)  # halo pixels per staging step, per synthesis product
+FWD_SYNTH_CHUNK = 128  # the forward's tile pixels per synthesis product
 
 
 def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device,
@@ -538,6 +543,26 @@ def _scratch(p: Plan, per_program: int, dtype: torch.dtype, device) -> torch.Ten
     return torch.empty((p.programs, per_program), device=device, dtype=dtype)
 
 
+def _padded_basis(basis: torch.Tensor, p: Plan, kk_pad: int) -> torch.Tensor:
+    """The (J, k, k) basis as a zero-padded (NUM_JB*BLOCK_J, KK_PAD) matrix, so the kernels load
+    its blocks without masks."""
+    J, k, _ = basis.shape
+    padded = basis.new_zeros((p.NUM_JB * p.BLOCK_J, kk_pad))
+    padded[:J, :k * k] = basis.reshape(J, k * k)
+    return padded
+
+
+def _basis_partials(p: Plan, kk_pad: int, dtype, device) -> torch.Tensor:
+    """Each program's padded d(basis) partial sum."""
+    return torch.empty((p.programs, p.NUM_JB * p.BLOCK_J, kk_pad), device=device, dtype=dtype)
+
+
+def _reduce_partials(partials: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """d(basis) from the programs' partials: a fixed-order sum (deterministic), unpadded."""
+    J, k, _ = basis.shape
+    return partials.sum(dim=0)[:J, :k * k].reshape(basis.shape)
+
+
 def _check_plane(H: int, W: int) -> None:
     if H * W >= 2 ** 31:
         raise ValueError(f"the psf kernels index a plane with int32: H*W must be < 2**31, got {H}x{W}")
@@ -558,10 +583,11 @@ def filter_forward(x, src, basis, dilation: int) -> torch.Tensor:
     p = plan("fwd", B, C, H, W, J, x.device)
     halo = p.halo(k, dilation)
     _psf_fwd_kernel[(p.programs,)](
-        x, src, basis.contiguous() if synth else src, y, _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
+        x, src, _padded_basis(basis, p, _kk_pad(k)) if synth else src, y,
+        _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
         _scratch(p, p.BLOCK_C * halo["HALO_PAD"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
-        SYNTH=synth, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k), DOT=_dot_modes(x.dtype)[0],
-        ACC=acc_dtype(x), **halo, **p.launch_args())
+        SYNTH=synth, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k), SYNTH_CHUNK=FWD_SYNTH_CHUNK,
+        DOT=_dot_modes(x.dtype)[0], ACC=acc_dtype(x), **halo, **p.launch_args())
     return y
 
 
@@ -571,7 +597,6 @@ def filter_backward(dy, x, src, basis, dilation: int, needs):
     (dx, d(weights), d(basis)) if ``basis`` is given (psf_conv) else (dx, d(psf))."""
     synth = basis is not None
     dy, x, src = dy.contiguous(), x.contiguous(), src.contiguous()
-    basis = basis.contiguous() if synth else src  # (unused pointer for apply_psf)
     B, C, H, W = x.shape
     _check_plane(H, W)
     k = basis.shape[-1] if synth else int(round(src.shape[1] ** 0.5))
@@ -582,11 +607,13 @@ def filter_backward(dy, x, src, basis, dilation: int, needs):
     if x.numel() == 0 or src.numel() == 0:
         return tuple(g.zero_() for g in grads)
     dot_in, dot_acc = _dot_modes(x.dtype)
+    # (the plans of both kernels block J alike; apply_psf passes src as an unused pointer)
+    basis_arg = _padded_basis(basis, plan("dk", B, C, H, W, J, x.device), _kk_pad(k)) if synth else src
     if needs[0]:
         p = plan("dx", B, C, H, W, J, x.device)
         halo, taps_pad = p.halo(k, dilation), p.taps_pad(k, dilation)
         _psf_dx_kernel[(p.programs,)](
-            dy, src, basis, dx, _scratch(p, k * k * taps_pad, acc, x.device),
+            dy, src, basis_arg, dx, _scratch(p, k * k * taps_pad, acc, x.device),
             _scratch(p, p.BLOCK_C * halo["HALO_PAD"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
             SYNTH=synth, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k), SYNTH_CHUNK=p.SYNTH_CHUNK,
             TAPS_PAD=taps_pad, DOT=dot_in, ACC=acc_dtype(x), **halo, **p.launch_args())
@@ -594,15 +621,15 @@ def filter_backward(dy, x, src, basis, dilation: int, needs):
     if need_dw or need_dbasis:
         p = plan("dk", B, C, H, W, J, x.device)
         halo = p.halo(k, dilation)
-        partials = torch.empty((p.programs, J, k * k) if need_dbasis else (1,), device=x.device, dtype=acc)
+        partials = _basis_partials(p, _kk_pad(k), acc, x.device) if need_dbasis else dx
         _psf_dk_kernel[(p.programs,)](
-            x, dy, src, basis, dsrc, partials, _scratch(p, k * k * p.TH * p.TW, acc, x.device),
+            x, dy, src, basis_arg, dsrc, partials, _scratch(p, k * k * p.TH * p.TW, acc, x.device),
             _scratch(p, p.BLOCK_C * halo["HALO_PAD"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
             SYNTH=synth, NEED_DW=need_dw, NEED_DBASIS=need_dbasis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C,
             KK_PAD=_kk_pad(k), EPILOGUE=min(EPILOGUE, p.TH * p.TW), DOT=dot_acc, ACC=acc_dtype(x), **halo,
             **p.launch_args())
         if need_dbasis:
-            dbasis.copy_(partials.sum(dim=0).view_as(basis))  # fixed-order reduction: deterministic
+            dbasis.copy_(_reduce_partials(partials, basis))
     return grads
 
 
@@ -618,7 +645,7 @@ def synthesize_forward(weights, basis) -> torch.Tensor:
         return psf.zero_()
     p = plan("synth", B, 1, H, W, J, weights.device)
     _synthesize_fwd_kernel[(p.programs,)](
-        weights, basis, psf, H, W, J, *_grid_args(p, B, H, W), KSIZE=k, KK_PAD=_kk_pad(k),
+        weights, _padded_basis(basis, p, _kk_pad(k)), psf, H, W, J, *_grid_args(p, B, H, W), KSIZE=k, KK_PAD=_kk_pad(k),
         DOT=_dot_modes(weights.dtype)[0], **p.launch_args())
     return psf
 
@@ -634,11 +661,10 @@ def synthesize_backward(dpsf, weights, basis, needs):
     if weights.numel() == 0 or not any(needs):
         return dw.zero_(), dbasis.zero_()
     p = plan("synth", B, 1, H, W, J, weights.device)
-    partials = torch.empty((p.programs, J, k * k) if needs[1] else (1,), device=weights.device,
-                           dtype=torch_acc_dtype(weights))
+    partials = _basis_partials(p, _kk_pad(k), torch_acc_dtype(weights), weights.device) if needs[1] else dw
     _synthesize_bwd_kernel[(p.programs,)](
-        dpsf, weights, basis, dw, partials, H, W, J, *_grid_args(p, B, H, W), NEED_DW=needs[0],
+        dpsf, weights, _padded_basis(basis, p, _kk_pad(k)), dw, partials, H, W, J, *_grid_args(p, B, H, W), NEED_DW=needs[0],
         NEED_DBASIS=needs[1], KSIZE=k, KK_PAD=_kk_pad(k), DOT=_dot_modes(weights.dtype)[0], **p.launch_args())
     if needs[1]:
-        dbasis.copy_(partials.sum(dim=0).view_as(basis))
+        dbasis.copy_(_reduce_partials(partials, basis))
     return dw, dbasis
