@@ -275,6 +275,29 @@ def _basis_grads(dk, w_ptr, basis_ptr, dw_ptr, part, b, J, HW, pix, valid, not_f
                                                 DOT))
 
 
+@triton.jit
+def _tile_basis_grads(dk_ptr, LOCAL: tl.constexpr, w_ptr, basis_ptr, dw_ptr, part, b, h0, w0, H, W, J, tiles_done,
+                      TH: tl.constexpr, TW: tl.constexpr, EPILOGUE: tl.constexpr, NEED_DW: tl.constexpr,
+                      NEED_DBASIS: tl.constexpr, KK: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr,
+                      NUM_JB: tl.constexpr, DOT: tl.constexpr):
+    """:func:`_basis_grads` of a TH x TW tile, EPILOGUE pixels at a time (a loop, not unrolled, so
+    the basis blocks are not held in registers across it). The tap gradients are read tap-major
+    from ``dk_ptr``: at the tile-local pixel index (LOCAL, a per-program scratch area) or at the
+    in-plane index (a d(psf) plane)."""
+    HW = H * W
+    for epi0 in range(0, TH * TW, EPILOGUE):
+        idx = epi0 + tl.arange(0, EPILOGUE)
+        hc = h0 + idx // TW
+        wc = w0 + idx % TW
+        valid = (hc < H) & (wc < W)
+        if LOCAL:
+            dk = _load_taps(dk_ptr, idx, TH * TW, idx < TH * TW, KK, KK_PAD)
+        else:
+            dk = _load_taps(dk_ptr, hc * W + wc, HW, valid, KK, KK_PAD)
+        _basis_grads(dk, w_ptr, basis_ptr, dw_ptr, part, b, J, HW, hc * W + wc, valid, tiles_done + epi0, NEED_DW,
+                     NEED_DBASIS, KK_PAD, BLOCK_J, NUM_JB, DOT)
+
+
 # --------------------------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------------------------
@@ -406,17 +429,16 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
                     at = taps + (u * KSIZE + v) * P + i
                     tl.store(at, dk + tl.load(at, mask=_everywhere(c0, i), other=0.0))
             tl.debug_barrier()
-        for epi0 in range(0, P, EPILOGUE):  # (a loop, not unrolled: the basis blocks are not held across it)
-            idx = epi0 + tl.arange(0, EPILOGUE)
-            hc = h0 + idx // TW
-            wc = w0 + idx % TW
-            vc = (hc < H) & (wc < W)
-            dk = _load_taps(taps, idx, P, idx < P, KK, KK_PAD)
-            if SYNTH:
-                _basis_grads(dk, w_ptr, basis_ptr, dsrc_ptr, part, b, J, HW, hc * W + wc, vc,
-                             tile - pid + epi0, NEED_DW, NEED_DBASIS, KK_PAD, BLOCK_J, NUM_JB, DOT)
-            else:
-                _store_taps(dsrc_ptr + b * KK * HW, dk, hc * W + wc, HW, vc, KK, KK_PAD)
+        if SYNTH:
+            _tile_basis_grads(taps, True, w_ptr, basis_ptr, dsrc_ptr, part, b, h0, w0, H, W, J, tile - pid, TH, TW,
+                              EPILOGUE, NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+        else:
+            for epi0 in range(0, P, EPILOGUE):
+                idx = epi0 + tl.arange(0, EPILOGUE)
+                hc = h0 + idx // TW
+                wc = w0 + idx % TW
+                _store_taps(dsrc_ptr + b * KK * HW, _load_taps(taps, idx, P, idx < P, KK, KK_PAD), hc * W + wc, HW,
+                            (hc < H) & (wc < W), KK, KK_PAD)
         tl.debug_barrier()
 
 
@@ -437,17 +459,15 @@ def _synthesize_fwd_kernel(w_ptr, basis_ptr, psf_ptr, H, W, J, n_tiles, tiles_w,
 def _synthesize_bwd_kernel(dpsf_ptr, w_ptr, basis_ptr, dw_ptr, part_ptr, H, W, J, n_tiles, tiles_w, tiles_per_img,
                            NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr, KSIZE: tl.constexpr, TH: tl.constexpr,
                            TW: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr,
-                           DOT: tl.constexpr):
+                           EPILOGUE: tl.constexpr, DOT: tl.constexpr):
     KK: tl.constexpr = KSIZE * KSIZE
     HW = H * W
     pid = tl.program_id(0)
     part = part_ptr + pid.to(tl.int64) * (NUM_JB * BLOCK_J * KK_PAD)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
-        h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
-        dk = _load_taps(dpsf_ptr + b * KK * HW, pix, HW, valid, KK, KK_PAD)
-        _basis_grads(dk, w_ptr, basis_ptr, dw_ptr, part, b, J, HW, pix, valid, tile - pid,
-                     NEED_DW, NEED_DBASIS, KK_PAD, BLOCK_J, NUM_JB, DOT)
+        _tile_basis_grads(dpsf_ptr + b * KK * HW, False, w_ptr, basis_ptr, dw_ptr, part, b, h0, w0, H, W, J,
+                          tile - pid, TH, TW, EPILOGUE, NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,9 +510,9 @@ class Plan:
 
 # GPU tile shapes per kernel, (TH, TW, BLOCK_C, num_warps), read off the sm_90 SASS (``python -m
 # bench sass``): aligned vector loads, no layout conversions through shared memory, no spills.
-GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 8, 4), "synth": (4, 32, 1, 8)}
+GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 8, 4), "synth": (4, 16, 1, 4)}
 EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the tap-gradient kernel
-GPU_CHUNKS = (64, 128)  # halo pixels per staging step, per synthesis product
+GPU_CHUNKS = (128, 128)  # halo pixels per staging step, per synthesis product
 FWD_SYNTH_CHUNK = 128  # the forward's tile pixels per synthesis product
 
 
@@ -664,7 +684,8 @@ def synthesize_backward(dpsf, weights, basis, needs):
     partials = _basis_partials(p, _kk_pad(k), torch_acc_dtype(weights), weights.device) if needs[1] else dw
     _synthesize_bwd_kernel[(p.programs,)](
         dpsf, weights, _padded_basis(basis, p, _kk_pad(k)), dw, partials, H, W, J, *_grid_args(p, B, H, W), NEED_DW=needs[0],
-        NEED_DBASIS=needs[1], KSIZE=k, KK_PAD=_kk_pad(k), DOT=_dot_modes(weights.dtype)[0], **p.launch_args())
+        NEED_DBASIS=needs[1], KSIZE=k, KK_PAD=_kk_pad(k), EPILOGUE=min(EPILOGUE, p.TH * p.TW),
+        DOT=_dot_modes(weights.dtype)[0], **p.launch_args())
     if needs[1]:
         dbasis.copy_(_reduce_partials(partials, basis))
     return dw, dbasis
