@@ -12,7 +12,7 @@ MPRNet (Zamir et al. 2021) for everything they leave open. Data flow (``x``: rai
     one UNet stage (Stage In / Stage Mid):
       x ─► conv+CAB ─► (G1: gate with prev SAM features) ─► encoder: 3 scales of CABs
            each scale:  + CSFF from prev encoder memory / prev decoder   (G3: dual gate if enhanced)
-      enc3 ─► multi-scale PSF head (3x3|5x5|7x7 ─► cat ─► 1x1 ─► CAB ─► 1x1 ─► K_c maps)
+      enc3 ─► multi-scale PSF head (3x3|5x5|7x7 ─► cat ─► 1x1 ─► CAB ─► norm ─► 1x1 ─► K_c maps)
                  ─► spatial_normalize per channel ─► P (B,K_c,H/4,W/4)
       decoder: 3 scales of CABs (skip CABs, bilinear up), each scale followed by a residual
            PSF block:  d + PSFAttention(DynamicPSF(d, w(P)), P)
@@ -33,8 +33,13 @@ Choices where the paper is silent (all switchable through :class:`SDPSFNetConfig
   ``spatial_normalize``d (softmax over the plane, each map sums to 1). As mixing weights for
   ``psf_conv`` they are rescaled to ``w_j = P_j * h*w / K_c`` (bilinearly resized to the
   feature scale): the weights then average 1/K_c per map, so with sum-1 basis kernels the
-  synthesized per-pixel kernel sums to 1 on average ("energy conservation"). The head's last
-  1x1 conv starts at zero, so a fresh model filters with the mean basis kernel everywhere.
+  synthesized per-pixel kernel sums to 1 on average ("energy conservation"). The K_c maps must
+  differ from the start: the gradient reaching basis kernel j is its own map's weighting of one
+  common per-pixel gradient, so identical or flat maps give every kernel the same update and
+  the dictionary never diversifies. Hence the head normalizes its features over (C, h, w)
+  per image (``GroupNorm(1, ., affine=False)``; they are ~0.01 in size at init) before a last
+  1x1 conv with PyTorch's random init: the maps' logits start with a spread of ~0.5 instead of
+  ~0.01.
 * Dynamic PSF filtering: one ``DynamicPSF`` (``psfops.nn.DynamicPSF``'s K_c-kernel k x k basis,
   ``spatial_normalize``d, starting near a delta) per decoder scale, applied to the decoder
   features with ``psf_conv``; its weights are the head's maps (its own weight conv is dropped).
@@ -150,21 +155,22 @@ def _resize(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class PSFHead(nn.Module):
-    """Multi-scale PSF head: 3x3/5x5/7x7 conv branches, concat, 1x1 conv, CAB, 1x1 conv to K_c maps,
-    ``spatial_normalize``d. feats (B,C,h,w) -> P (B,K_c,h,w), each map summing to 1."""
+    """Multi-scale PSF head: 3x3/5x5/7x7 conv branches, concat, 1x1 conv, CAB, GroupNorm, 1x1 conv
+    to K_c maps, ``spatial_normalize``d. feats (B,C,h,w) -> P (B,K_c,h,w), each map summing to 1."""
 
     def __init__(self, channels: int, num_basis: int, hidden: int, reduction: int = 4):
         super().__init__()
         self.branches = nn.ModuleList(
             nn.Sequential(conv(channels, hidden, k), nn.PReLU()) for k in (3, 5, 7))
         self.fuse = nn.Sequential(nn.Conv2d(3 * hidden, hidden, 1, bias=False), CAB(hidden, 3, reduction))
+        # parameter-free: a per-channel scale is absorbed by proj, and a shift cancels in the softmax
+        self.norm = nn.GroupNorm(1, hidden, affine=False)
         # no bias: a per-map constant cancels in the plane softmax (its gradient is exactly 0)
-        self.proj = nn.Conv2d(hidden, num_basis, 1, bias=False)
-        nn.init.zeros_(self.proj.weight)
+        self.proj = nn.Conv2d(hidden, num_basis, 1, bias=False)  # default (random) init: see the module docstring
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         y = self.fuse(torch.cat([b(feats) for b in self.branches], dim=1))
-        return psfops.spatial_normalize(self.proj(y))
+        return psfops.spatial_normalize(self.proj(self.norm(y)))
 
 
 class PSFAttention(nn.Module):

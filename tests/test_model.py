@@ -103,6 +103,24 @@ def test_fresh_model_starts_without_modulation():
     torch.testing.assert_close(att(x, psf), x / 2)
 
 
+def test_fresh_psf_maps_differ_so_the_dictionary_can_diversify():
+    """The gradient reaching basis kernel j is its map's weighting of a common per-pixel gradient.
+    At init the K_c maps must vary over the image and between each other (the head's features
+    are normalized before its random last conv), else every kernel gets the same update."""
+    model = tiny()
+    torch.manual_seed(5)
+    x = torch.rand(2, 3, 32, 32)
+    out, maps = model(x, return_psf=True)
+    for p in maps:
+        dense = p * p.shape[-2] * p.shape[-1]
+        assert dense.flatten(2).std(-1).mean() > 0.1 and dense.std(1).mean() > 0.1
+    sum(o.square().mean() for o in out).backward()
+    for m in model.psf_modules():
+        g = m.basis.grad.flatten(1)
+        cos = F.normalize(g, dim=1) @ F.normalize(g, dim=1).T
+        assert cos.min() < 0.999, "every basis kernel receives the same gradient"
+
+
 def test_dynamic_psf_matches_depthwise_conv_truth():
     """DynamicPSF(x, w) == sum_j w_j * depthwise_conv(x, k_j), computed in float64 with conv2d."""
     torch.manual_seed(1)
