@@ -30,7 +30,7 @@ def cmd_train(a) -> int:
         cfg = TrainConfig(out=a.out or os.path.dirname(os.path.abspath(a.resume)), stop_at=a.stop_at,
                           num_workers=a.workers or 0, device=a.device, progress=not a.no_progress)
     else:
-        cfg = make_config(a.model, a.preset, data=a.data, val=a.val, out=a.out, steps=a.steps,
+        cfg = make_config(a.model, a.preset, a.recipe, data=a.data, val=a.val, out=a.out, steps=a.steps,
                           epochs=a.epochs, stop_at=a.stop_at, batch_size=a.batch_size, crop=a.crop,
                           lr=a.lr, seed=a.seed, num_workers=a.workers, amp=a.amp, device=a.device,
                           progress=not a.no_progress)
@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="sdpsfnet", help="registered model name (sdpsfnet, mspfn, tiny, ...)")
     t.add_argument("--preset", default="paper", choices=["paper", "tiny"],
                    help="paper: full model and recipe; tiny: the small variant and a short CPU-sized schedule")
+    t.add_argument("--recipe", choices=["sdpsfnet", "mspfn"],
+                   help="train with this model family's recipe and loss (default: the model's own; "
+                        "--model mspfn --recipe sdpsfnet compares MSPFN with SD-PSFNet on equal terms)")
     t.add_argument("--data", help="paired folder (input/+target/ or rain/+norain/); default: synthetic rain")
     t.add_argument("--val", help="validation paired folder (default: first pairs of --data)")
     n = t.add_mutually_exclusive_group()
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--seed", type=int)
     t.add_argument("--workers", type=int, help="DataLoader workers (default 0)")
-    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (auto: off on CPU)")
+    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (default: the recipe's; auto: fp16 on CUDA, off on CPU)")
     common(t)
     t.set_defaults(func=cmd_train)
 
