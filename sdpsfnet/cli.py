@@ -34,6 +34,7 @@ def cmd_train(a) -> int:
                           epochs=a.epochs, stop_at=a.stop_at, batch_size=a.batch_size, crop=a.crop,
                           lr=a.lr, seed=a.seed, num_workers=a.workers, amp=a.amp, device=a.device,
                           progress=not a.no_progress)
+        print(f"config: {json.dumps(cfg.to_dict(), sort_keys=True)}")
     try:
         summary = train(cfg, resume=a.resume)
     except TrainingDiverged as e:
@@ -118,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tile", type=int, default=512, help="tile size in px for large images (0: never tile)")
         sp.add_argument("--overlap", type=int, default=64, help="tile overlap in px")
 
-    t = sub.add_parser("train", help="train a model (the paper's recipe by default)",
-                       description="Train; writes last.pt/best.pt, metrics.csv, curves.png and "
-                                   "before_after.png into --out. Runs under torchrun for DDP.")
+    t = sub.add_parser("train", help="train a model (its paper's recipe by default)",
+                       description="Train; prints the resolved config (one JSON line), writes last.pt/best.pt, "
+                                   "metrics.csv, curves.png and before_after.png into --out. Runs under "
+                                   "torchrun for DDP.")
     t.add_argument("--model", default="sdpsfnet", help="registered model name (sdpsfnet, mspfn, tiny, ...)")
     t.add_argument("--preset", default="paper", choices=["paper", "tiny"],
                    help="paper: full model and recipe; tiny: the small variant and a short CPU-sized schedule")

@@ -146,3 +146,21 @@ def test_mspfn_recipe_runs_through_the_trainer(tmp_path, monkeypatch):
     assert float(rows[0]["lr"]) == pytest.approx(5e-4 + 1e-6)
     assert float(rows[1]["lr"]) == pytest.approx(5e-4 * 0.8 ** (1 / 20000) + 1e-6)
     assert all(math.isfinite(float(r["grad_norm"])) for r in rows)
+
+
+def test_cli_dumps_the_resolved_config(monkeypatch, capsys):
+    """`sdpsfnet train --model mspfn --preset paper --steps 3` prints the authors' hyper-parameters
+    (the training itself is stubbed out here; the real run is minutes of CPU)."""
+    import json
+
+    import sdpsfnet.train
+    from sdpsfnet.cli import main
+
+    seen = []
+    monkeypatch.setattr(sdpsfnet.train, "train", lambda cfg, resume=None: seen.append(cfg) or {})
+    assert main(["train", "--model", "mspfn", "--preset", "paper", "--steps", "3", "--no-progress"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("config: "))
+    dumped = json.loads(line[len("config: "):])
+    assert dumped == seen[0].to_dict()
+    assert {k: dumped[k] for k in MSPFN_CODE if k != "epochs"} == {k: v for k, v in MSPFN_CODE.items() if k != "epochs"}
+    assert dumped["steps"] == 3 and dumped["epochs"] is None and dumped["model"] == "mspfn"
