@@ -164,3 +164,25 @@ def test_cli_dumps_the_resolved_config(monkeypatch, capsys):
     assert dumped == seen[0].to_dict()
     assert {k: dumped[k] for k in MSPFN_CODE if k != "epochs"} == {k: v for k, v in MSPFN_CODE.items() if k != "epochs"}
     assert dumped["steps"] == 3 and dumped["epochs"] is None and dumped["model"] == "mspfn"
+
+
+def test_exponential_schedule_resumes_on_the_same_curve(tmp_path):
+    """A run of MSPFN's recipe (with a warmup step here) stopped after step 5 and resumed ends
+    where the straight run ends: the SequentialLR/LambdaLR state round-trips the checkpoint."""
+    def cfg(out, **kw):
+        return make_config("mspfn-tiny", "paper", steps=10, batch_size=2, crop=16, val_size=1, out=str(out),
+                           progress=False, warmup_epochs=1.0, lr_decay_steps=2, **kw)
+
+    train(cfg(tmp_path / "a"), train_set=_Pairs(), val_set=_Pairs(1))
+    train(cfg(tmp_path / "b", stop_at=5), train_set=_Pairs(), val_set=_Pairs(1))
+    train(cfg(tmp_path / "b"), resume=str(tmp_path / "b" / "last.pt"), train_set=_Pairs(), val_set=_Pairs(1))
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+    def lrs(out):
+        with open(out / "metrics.csv") as f:
+            return [float(r["lr"]) for r in csv.DictReader(f) if r["lr"]]
+    assert lrs(tmp_path / "a") == lrs(tmp_path / "b")
+    # 2 steps per epoch: warmup min(2, 10 // 10) = 1 step from 1e-3 x lr, then the decay from s = 0
+    expect = [5e-4 * 1e-3] + [5e-4 * 0.8 ** (s / 2) + 1e-6 for s in range(9)]
+    assert lrs(tmp_path / "a") == pytest.approx(expect, rel=1e-5)  # the csv keeps 6 digits
