@@ -59,7 +59,7 @@ def environment(device: torch.device) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    interpret = device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    interpret = device.type != "cuda" and psfops.env.interpreting()
     return {"device": device_name(device), "device_type": device.type, "triton_interpret": interpret,
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
             "triton": triton_version, "psfops": psfops.__version__,
@@ -144,14 +144,12 @@ def compiled(fn: Callable, dynamic: bool) -> Callable:
     return _COMPILED[key]
 
 
-def skip_reason(impl: str, fn, device: torch.device) -> str | None:
+def skip_reason(impl: str, device: torch.device) -> str | None:
     """Why ``impl`` is not run here, or None if it runs."""
     if impl == "triton":
-        if fn is None:
-            return "no Triton kernel yet: psfops routes this op to the reference"
-        if not psfops._backend.TRITON_AVAILABLE:
+        if not psfops.env.TRITON_AVAILABLE:
             return "triton is not installed"
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        if device.type != "cuda" and not psfops.env.interpreting():
             return "no CUDA device (the Triton interpreter is far too slow to time; set TRITON_INTERPRET=1 to force)"
     return None
 
@@ -170,8 +168,8 @@ def make_step(spec: C.OpSpec, impl: str, fn: Callable, inputs: tuple, pass_: str
     def forward():
         if impl == "triton":
             with psfops.backend("triton"):
-                return spec.call(fn, *inputs)
-        return spec.call(fn, *inputs)
+                return fn(*inputs)
+        return fn(*inputs)
 
     with torch.no_grad():
         probe = forward()  # first call: compiles / autotunes the forward
@@ -186,12 +184,13 @@ def make_step(spec: C.OpSpec, impl: str, fn: Callable, inputs: tuple, pass_: str
         return step, out_bytes
 
     cotangents = tuple(torch.randn_like(o) for o in outs)
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
     del probe, outs
 
     def step():
         out = forward()
         out = out if isinstance(out, tuple) else (out,)
-        return torch.autograd.grad(out, inputs, cotangents)
+        return torch.autograd.grad(out, leaves, cotangents)
 
     step.cotangents = cotangents  # for tests
     return step, out_bytes
@@ -220,7 +219,7 @@ def measure(case: C.Case, impl: str, pass_: str, device: torch.device, env: dict
     rec = base_record(case, impl, pass_, env, roofline_gbps, compile_dynamic)
     if fn == "absent":
         return {**rec, "status": "skipped", "reason": f"{impl} does not exist for {case.op}"}
-    reason = skip_reason(impl, fn, device)
+    reason = skip_reason(impl, device)
     if reason:
         return {**rec, "status": "skipped", "reason": reason}
     inputs = step = None

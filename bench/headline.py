@@ -21,7 +21,7 @@ def run(device: torch.device, dtypes=DTYPES, impls=None, log=print, timing: dict
     roof = harness.copy_bandwidth_gbps(device)
     log(f"device {env['device']}; torch {env['torch']}, triton {env['triton']}; "
         f"copy roofline {roof:.1f} GB/s")
-    shape = {k: v for k, v in report.HEADLINE.items() if k != "op"}
+    shape = {k: v for k, v in C.HEADLINE.items() if k != "op"}
     records = []
     for dtype in dtypes:
         case = C.Case(op="psf_conv", dtype=dtype, **shape)

@@ -28,8 +28,8 @@ import torch
 TARGET = ("cuda", 90, 32)  # Hopper: H100 / H200
 _TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
                   torch.float64: "fp64", torch.int32: "i32", torch.int64: "i64"}
-# Shapes of the headline workload (B8 C64 J40 k7), spatially small: block choices depend on C, J,
-# k and (for H*W >= the pixel block) nothing else, so 16x16 images give the full-size launches.
+# Shapes of the headline workload (C64 J40 k7), spatially small: block choices depend on C, J, k
+# and (for H*W >= the pixel block) nothing else, so 16x16 images give the full-size launches.
 WORKLOAD = dict(B=2, C=64, H=16, W=16, J=40, k=7)
 
 
@@ -42,42 +42,28 @@ def recording_launches():
     from psfops.kernels import _common
 
     launches = []
-    real_run, real_check = JITFunction.run, _common.check_launchable
+    real_run, real_check = JITFunction.run, _common.check_triton_runs_on
 
     def record(self, *args, grid, warmup, **kwargs):
         launches.append((self, args, kwargs))
 
     JITFunction.run = record
-    _common.check_launchable = lambda t: None
+    _common.check_triton_runs_on = lambda device: None
     try:
         yield launches
     finally:
         JITFunction.run = real_run
-        _common.check_launchable = real_check
+        _common.check_triton_runs_on = real_check
 
 
-def _drive_launchers(dtype: torch.dtype, B, C, H, W, J, k) -> None:
-    """Call every launcher (forward and backward of each op) once on random CPU tensors."""
-    from psfops.kernels import gating, lstm, normalize, psf
+def _drive_launchers(dtype: torch.dtype, shape) -> None:
+    """Call every custom op of the op table, forward and backward, on every sample variant (so
+    every kernel path launches) with CPU tensors of ``shape``; nothing executes while recording."""
+    from psfops.testing import OPS, backward_args
 
-    r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
-    x, w, basis, p = r(B, C, H, W), r(B, J, H, W), r(J, k, k), r(B, k * k, H, W)
-    psf.filter_forward(x, w, basis, 1, synth=True)
-    psf.filter_backward(x, x, w, basis, 1, synth=True)
-    psf.filter_forward(x, p, None, 1, synth=False)
-    psf.filter_backward(x, x, p, None, 1, synth=False)
-    psf.synthesize_forward(w, basis)
-    psf.synthesize_backward(p, w, basis)
-    for mode in ("softmax", "l1"):
-        _, stats = normalize.normalize_forward(x, mode, 1e-6)
-        normalize.normalize_backward(x, x, stats, mode)
-    for gate in (x, r(B, 1, H, W)):
-        gating.blend_forward(x, x, gate)
-        gating.blend_backward(x, x, x, gate)
-    gating.fusion_forward(x, x, r(C, 2 * C), r(C))
-    gating.fusion_backward(x, x, x, r(C, 2 * C), r(C))
-    lstm.lstm_forward(r(B, 4 * C, H, W), x)
-    lstm.lstm_backward(x, x, r(B, 4 * C, H, W), x)
+    for info in OPS.values():
+        for sample in info.samples(shape, dtype, "cpu"):
+            info.backward(*backward_args(info, sample))
 
 
 def _signature(fn, args, kwargs):
@@ -122,12 +108,14 @@ def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), worklo
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from psfops.testing import Shape
+
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("run without TRITON_INTERPRET=1: the interpreter does not compile kernels")
     records, seen = [], set()
     for dtype in dtypes:
         with recording_launches() as launches:
-            _drive_launchers(dtype, **workload)
+            _drive_launchers(dtype, Shape(**workload))
         for fn, args, kwargs in launches:
             signature, constexprs, options = _signature(fn, args, dict(kwargs))
             key = (fn.__name__, tuple(signature.items()), repr(sorted(constexprs.items())), repr(options))

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def check_launchable(t: torch.Tensor) -> None:
-    """Triton kernels run on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``."""
-    if t.device.type != "cuda" and not interpreting():
-        raise RuntimeError(
-            f"psfops Triton kernels need CUDA tensors (got {t.device}); set TRITON_INTERPRET=1 to "
-            "run them on the CPU (slow, for testing) or use the reference backend"
-        )
+from .._backend import check_triton_runs_on
+from ..env import accumulation_dtype, interpreting
 
 
 def launcher(fn):
@@ -32,19 +21,24 @@ def launcher(fn):
     @functools.wraps(fn)
     def run(*args, **kwargs):
         t = next(a for a in args if isinstance(a, torch.Tensor))
-        check_launchable(t)
+        check_triton_runs_on(t.device)
         with torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext():
             return fn(*args, **kwargs)
     return run
 
 
+def unneeded_as_placeholders(grads, needs) -> tuple:
+    """Gradients with a 0-element placeholder for each one not needed (see ``psfops._grads``)."""
+    return tuple(g if need else g.new_empty(0) for g, need in zip(grads, needs))
+
+
 def acc_dtype(t: torch.Tensor):
-    """Accumulation dtype for inputs of ``t.dtype``: float64 for float64, else float32."""
-    return tl.float64 if t.dtype == torch.float64 else tl.float32
+    """The triton accumulation dtype for inputs of ``t.dtype`` (:func:`psfops.env.accumulation_dtype`)."""
+    return tl.float64 if torch_acc_dtype(t) == torch.float64 else tl.float32
 
 
 def torch_acc_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    return accumulation_dtype(t.dtype)
 
 
 def pixel_block(hw: int, gpu_block: int = 128) -> int:

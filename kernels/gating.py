@@ -28,8 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, interpreting, launcher, matmul_tile, pixel_block, pixel_tile,
-                      plane_and_tile, plane_offsets, torch_acc_dtype)
+from ..env import interpreting
+from ._common import (acc_dtype, launcher, matmul_tile, pixel_block, pixel_tile, plane_and_tile,
+                      plane_offsets, torch_acc_dtype, unneeded_as_placeholders)
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,18 +103,19 @@ def blend_forward(cur, prev, gate) -> torch.Tensor:
 
 
 @launcher
-def blend_backward(dy, cur, prev, gate):
-    """(dcur, dprev, dgate); dgate has gate's shape (summed over C for a broadcast gate)."""
+def blend_backward(dy, cur, prev, gate, needs):
+    """(dcur, dprev, dgate) where ``needs`` asks for them (placeholders elsewhere); dgate has
+    gate's shape (summed over C for a broadcast gate)."""
     dy, cur, prev, gate = dy.contiguous(), cur.contiguous(), prev.contiguous(), gate.contiguous()
     dcur, dprev, dgate = torch.empty_like(cur), torch.empty_like(prev), torch.empty_like(gate)
     B, C, H, W = cur.shape
     if cur.numel() == 0:
-        return dcur, dprev, dgate.zero_()  # C = 0 with a (B,1,H,W) gate: its gradient is 0
+        return unneeded_as_placeholders((dcur, dprev, dgate.zero_()), needs)  # C = 0, gate (B,1,H,W): 0
     BC, BP = _blend_blocks(C, H * W)
     _blend_bwd_kernel[(B * triton.cdiv(H * W, BP),)](
         dy, cur, prev, gate, dcur, dprev, dgate, C, H * W, BROADCAST=gate.shape[1] != C or C == 1,
         BLOCK_C=BC, BLOCK_P=BP, ACC=acc_dtype(cur))
-    return dcur, dprev, dgate
+    return unneeded_as_placeholders((dcur, dprev, dgate), needs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,16 +282,16 @@ def fusion_forward(cur, prev, weight, bias) -> torch.Tensor:
 
 
 @launcher
-def fusion_backward(dy, cur, prev, weight, bias):
-    """(dcur, dprev, dweight, dbias); dweight has weight's shape; dbias (C,) (the gradient a bias
-    would get: sum of dg over pixels) is returned even when ``bias`` is None."""
+def fusion_backward(dy, cur, prev, weight, bias, needs):
+    """(dcur, dprev, dweight, dbias) where ``needs`` asks for them (placeholders elsewhere);
+    dweight has weight's shape, dbias (C,)."""
     dy, cur, prev = dy.contiguous(), cur.contiguous(), prev.contiguous()
     B, C, H, W = cur.shape
     dcur, dprev = torch.empty_like(cur), torch.empty_like(prev)
     dweight = torch.zeros_like(weight, memory_format=torch.contiguous_format)
     dbias = torch.zeros((C,), device=cur.device, dtype=cur.dtype)
     if cur.numel() == 0:
-        return dcur, dprev, dweight, dbias
+        return unneeded_as_placeholders((dcur, dprev, dweight, dbias), needs)
     w = weight.reshape(C, 2 * C).contiguous()
     HW = H * W
     BC, BP = _fusion_blocks(C, HW)
@@ -317,4 +319,4 @@ def fusion_backward(dy, cur, prev, weight, bias):
     total = partials.sum(dim=0)  # fixed-order reduction: deterministic
     dweight.copy_(total[:, : 2 * C].reshape(weight.shape))
     dbias.copy_(total[:, 2 * C])
-    return dcur, dprev, dweight, dbias
+    return unneeded_as_placeholders((dcur, dprev, dweight, dbias), needs)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, launcher, pixel_block, plane_and_tile, tanh
+from ._common import acc_dtype, launcher, pixel_block, plane_and_tile, tanh, unneeded_as_placeholders
 
 
 @triton.jit
@@ -82,14 +82,15 @@ def lstm_forward(gates, c_prev):
 
 
 @launcher
-def lstm_backward(dh, dc, gates, c_prev):
-    """(dgates (B,4C,H,W), dc_prev (B,C,H,W)) from the output gradients dh, dc."""
+def lstm_backward(dh, dc, gates, c_prev, needs):
+    """(dgates (B,4C,H,W), dc_prev (B,C,H,W)) from the output gradients dh, dc, where ``needs``
+    asks for them (placeholders elsewhere)."""
     dh, dc, gates, c_prev = dh.contiguous(), dc.contiguous(), gates.contiguous(), c_prev.contiguous()
     dgates, dc_prev = torch.empty_like(gates), torch.empty_like(c_prev)
     if dc_prev.numel() == 0:
-        return dgates, dc_prev
+        return unneeded_as_placeholders((dgates, dc_prev), needs)
     grid, BP = _grid(c_prev)
     B, C, H, W = c_prev.shape
     _lstm_bwd_kernel[grid](dh, dc, gates, c_prev, dgates, dc_prev, C, H * W, BLOCK_P=BP,
                            ACC=acc_dtype(gates))
-    return dgates, dc_prev
+    return unneeded_as_placeholders((dgates, dc_prev), needs)

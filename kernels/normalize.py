@@ -22,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, interpreting, launcher, torch_acc_dtype
+from ..env import interpreting
+from ._common import acc_dtype, launcher, torch_acc_dtype
 
 SOFTMAX, L1 = 0, 1
 _MODES = {"softmax": SOFTMAX, "l1": L1}

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from ._common import (acc_dtype, channel_block, launcher, pixel_block, plane_and_tile,
-                      plane_offsets, shifted_pixels, tap_shift, torch_acc_dtype)
+                      plane_offsets, shifted_pixels, tap_shift, torch_acc_dtype, unneeded_as_placeholders)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,8 +246,10 @@ def filter_forward(x, src, basis, dilation: int, synth: bool) -> torch.Tensor:
 
 
 @launcher
-def filter_backward(dy, x, src, basis, dilation: int, synth: bool):
-    """Gradients of :func:`filter_forward`: (dx, d(weights), d(basis)) if ``synth`` else (dx, d(psf))."""
+def filter_backward(dy, x, src, basis, dilation: int, needs):
+    """Gradients of :func:`filter_forward` where ``needs`` asks for them (placeholders elsewhere):
+    (dx, d(weights), d(basis)) if ``basis`` is given (psf_conv) else (dx, d(psf))."""
+    synth = basis is not None
     dy, x, src = dy.contiguous(), x.contiguous(), src.contiguous()
     B, C, H, W = x.shape
     k = basis.shape[-1] if synth else int(round(src.shape[1] ** 0.5))
@@ -258,7 +260,7 @@ def filter_backward(dy, x, src, basis, dilation: int, synth: bool):
     dbasis = torch.zeros_like(basis, memory_format=torch.contiguous_format) if synth else None
     if _empty(x, src):
         dx.zero_(), dsrc.zero_()
-        return (dx, dsrc, dbasis) if synth else (dx, dsrc)
+        return unneeded_as_placeholders((dx, dsrc, dbasis) if synth else (dx, dsrc), needs)
     BC, BJ, acc = channel_block(C), _jblock(J), acc_dtype(x)
     BP, warps = _launch(H, W, synth)
     _filter_dx_kernel[(B * triton.cdiv(H * W, BP), triton.cdiv(C, BC))](
@@ -272,9 +274,9 @@ def filter_backward(dy, x, src, basis, dilation: int, synth: bool):
         x, dy, src, basis_arg, dsrc, partials, C, H, W, J, dilation, SYNTH=synth, KSIZE=k,
         BLOCK_C=BC, BLOCK_P=BP, BLOCK_J=BJ, ACC=acc, num_warps=warps)
     if not synth:
-        return dx, dsrc
+        return unneeded_as_placeholders((dx, dsrc), needs)
     dbasis.copy_(partials.sum(dim=0).view_as(basis))
-    return dx, dsrc, dbasis
+    return unneeded_as_placeholders((dx, dsrc, dbasis), needs)
 
 
 @launcher
@@ -293,15 +295,15 @@ def synthesize_forward(weights, basis) -> torch.Tensor:
 
 
 @launcher
-def synthesize_backward(dpsf, weights, basis):
-    """Gradients of :func:`synthesize_forward`: (d(weights), d(basis))."""
+def synthesize_backward(dpsf, weights, basis, needs):
+    """Gradients of :func:`synthesize_forward`: (d(weights), d(basis)) where ``needs`` asks."""
     dpsf, weights, basis = dpsf.contiguous(), weights.contiguous(), basis.contiguous()
     B, J, H, W = weights.shape
     k = basis.shape[-1]
     dw = torch.empty_like(weights, memory_format=torch.contiguous_format)
     dbasis = torch.zeros_like(basis, memory_format=torch.contiguous_format)
     if _empty(weights):
-        return dw.zero_(), dbasis
+        return unneeded_as_placeholders((dw.zero_(), dbasis), needs)
     BP, warps = _launch(H, W, synth=True)
     n_tiles = triton.cdiv(H * W, BP)
     partials = torch.empty((B * n_tiles, J, k * k), device=weights.device, dtype=torch_acc_dtype(weights))
@@ -309,4 +311,4 @@ def synthesize_backward(dpsf, weights, basis):
         dpsf, weights, basis, dw, partials, H, W, J, KSIZE=k, BLOCK_P=BP, BLOCK_J=_jblock(J),
         ACC=acc_dtype(weights), num_warps=warps)
     dbasis.copy_(partials.sum(dim=0).view_as(basis))
-    return dw, dbasis
+    return unneeded_as_placeholders((dw, dbasis), needs)

@@ -2,10 +2,12 @@
 
 Ops (NCHW; see each docstring and the README's table for shapes):
 ``psf_conv``, ``synthesize_psf``, ``apply_psf``, ``spatial_normalize``, ``gated_blend``,
-``gated_fusion``, ``lstm_cell``. ``psfops.reference`` holds pure-PyTorch twins; ``psfops.nn``
-the modules. ``psfops.backend("triton"|"reference"|"auto")`` picks the implementation.
+``gated_fusion``, ``lstm_cell``. ``psfops.reference`` holds pure-PyTorch twins; ``psfops.nn`` the modules;
+``psfops.testing`` the op table (functions, references, custom ops, sample inputs);
+``psfops.env`` the environment facts. ``psfops.backend("triton"|"reference"|"auto")`` picks the
+implementation.
 """
-from . import nn, reference
+from . import env, nn, reference, testing
 from ._backend import BACKENDS, backend, current_backend
 from .gating import gated_blend, gated_fusion
 from .lstm import lstm_cell
@@ -16,5 +18,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "psf_conv", "synthesize_psf", "apply_psf", "spatial_normalize", "gated_blend", "gated_fusion",
-    "lstm_cell", "nn", "backend", "current_backend", "BACKENDS", "reference",
+    "lstm_cell", "nn", "backend", "current_backend", "BACKENDS", "reference", "testing", "env",
 ]

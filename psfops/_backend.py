@@ -12,10 +12,11 @@ that ``torch.compile`` can read (and guard on) it without a graph break.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 
 import torch
+
+from .env import TRITON_AVAILABLE, interpreting
 
 BACKENDS = ("auto", "triton", "reference")
 
@@ -27,13 +28,6 @@ def _env_backend() -> str:
     if name not in BACKENDS:
         raise ValueError(f"PSFOPS_BACKEND must be one of {BACKENDS}, got {name!r}")
     return name
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
 
 def current_backend() -> str:
@@ -53,22 +47,28 @@ def backend(name: str):
         _override.pop()
 
 
-def use_triton(t: torch.Tensor) -> bool:
-    """Whether an op whose inputs live where ``t`` lives runs the Triton kernels.
+def check_triton_runs_on(device: torch.device) -> None:
+    """Triton kernels run on CUDA devices, and on the CPU only in the interpreter; else a clear
+    ``RuntimeError``. (The one launchability rule: the dispatcher and the kernel launchers use it.)"""
+    if not TRITON_AVAILABLE:
+        raise RuntimeError("psfops backend 'triton' was requested but triton is not installed")
+    if device.type != "cuda" and not interpreting():
+        raise RuntimeError(
+            f"psfops backend 'triton' cannot run on {device.type} tensors: move them to CUDA, "
+            "set TRITON_INTERPRET=1 (slow, for testing), or use backend 'reference'"
+        )
+
+
+def use_triton(t) -> bool:
+    """Whether an op whose inputs live where ``t`` lives runs the Triton kernels (False for a
+    non-tensor ``t``: the reference path then reports the bad argument).
 
     Raises ``RuntimeError`` when Triton is asked for but cannot run there.
     """
     name = current_backend()
-    if name == "reference":
+    if name == "reference" or not isinstance(t, torch.Tensor):
         return False
-    on_cuda = t.device.type == "cuda"
     if name == "auto":
-        return on_cuda and TRITON_AVAILABLE
-    if not TRITON_AVAILABLE:
-        raise RuntimeError("psfops backend 'triton' was requested but triton is not installed")
-    if not on_cuda and not _interpreting():
-        raise RuntimeError(
-            f"psfops backend 'triton' cannot run on {t.device.type} tensors: move them to CUDA, "
-            "set TRITON_INTERPRET=1 (slow, for testing), or use backend 'reference'"
-        )
+        return t.device.type == "cuda" and TRITON_AVAILABLE
+    check_triton_runs_on(t.device)
     return True

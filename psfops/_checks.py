@@ -1,7 +1,17 @@
-"""Input validation shared by every op: clear errors naming the argument, before any launch."""
+"""Argument checks, one per op and one per backward op: clear ``TypeError``/``ValueError``
+naming the argument, from tensor metadata only (no host-device syncs).
+
+Where they run: the public function (``psfops.<op>``, before a backend is chosen, so both
+backends refuse the same inputs with the same message), ``psfops.reference.<op>``, and every
+registered custom op, forward and backward, in both its real and its fake implementation
+(``torch.ops.psfops.*`` is public API: an unchecked kernel launch would read and write out of
+bounds). The reference's unchecked cores and the kernel launchers assume checked input.
+"""
 from __future__ import annotations
 
 import torch
+
+from .env import accumulation_dtype
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -34,6 +44,20 @@ def check_dim(name: str, t: torch.Tensor, dim: int, expected: int, what: str) ->
         )
 
 
+def check_like(name: str, t, like_name: str, like: torch.Tensor) -> None:
+    """``t`` is a tensor with the shape, dtype and device of ``like`` (a gradient of ``like``)."""
+    check_tensor(name, t, ndim=None)
+    check_same(like_name, like, **{name: t})
+    if t.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(t.shape)}")
+
+
+def check_needs(needs, n: int) -> None:
+    """``needs``: which of the forward's ``n`` tensor inputs want a gradient (n bools)."""
+    if not isinstance(needs, (list, tuple)) or len(needs) != n or not all(isinstance(b, bool) for b in needs):
+        raise ValueError(f"needs must be a list of {n} bools (one per tensor input of the forward), got {needs!r}")
+
+
 def check_dilation(dilation) -> None:
     if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
         raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
@@ -46,7 +70,7 @@ def check_kernel_size(name: str, k: int) -> None:
 
 # ---- per-op argument checks (shared by psfops.<op> and psfops.reference.<op>) ----
 
-def check_psf_conv(x, weights, basis, dilation) -> None:
+def check_psf_conv(x, weights, basis, dilation=1) -> None:
     check_tensor("x", x)
     check_tensor("weights", weights)
     check_tensor("basis", basis, ndim=3)
@@ -81,7 +105,7 @@ def psf_kernel_size(psf: torch.Tensor) -> int:
     return k
 
 
-def check_apply_psf(x, psf, dilation) -> None:
+def check_apply_psf(x, psf, dilation=1) -> None:
     check_tensor("x", x)
     check_tensor("psf", psf)
     check_same("x", x, psf=psf)
@@ -92,7 +116,7 @@ def check_apply_psf(x, psf, dilation) -> None:
     check_dilation(dilation)
 
 
-def check_spatial_normalize(x, mode, eps) -> None:
+def check_spatial_normalize(x, mode="softmax", eps=1e-6) -> None:
     check_tensor("x", x)
     if mode not in ("softmax", "l1"):
         raise ValueError(f"mode must be 'softmax' or 'l1', got {mode!r}")
@@ -112,7 +136,7 @@ def check_gated_blend(cur, prev, gate) -> None:
         raise ValueError(f"gate must have shape {(B, C, H, W)} or {(B, 1, H, W)}, got {tuple(gate.shape)}")
 
 
-def check_gated_fusion(cur, prev, weight, bias) -> None:
+def check_gated_fusion(cur, prev, weight, bias=None) -> None:
     check_tensor("cur", cur)
     check_tensor("prev", prev)
     check_tensor("weight", weight, ndim=None)
@@ -137,4 +161,64 @@ def check_lstm_cell(gates, c_prev) -> None:
     if C4 % 4 != 0:
         raise ValueError(f"gates must have 4*C channels (i,f,g,o), got {C4}")
     if tuple(c_prev.shape) != (B, C4 // 4, H, W):
-        raise ValueError(f"c_prev must have shape {(B, C4 // 4, H, W)}, got {tuple(c_prev.shape)}")
+        raise ValueError(f"c_prev must have shape {(B, C4 // 4, H, W)} to match gates {tuple(gates.shape)}, "
+                         f"got {tuple(c_prev.shape)}")
+
+
+# ---- backward ops: the forward's check, plus the incoming gradients (and saved stats) ----
+
+def check_psf_conv_backward(grad, x, weights, basis, dilation, needs) -> None:
+    check_psf_conv(x, weights, basis, dilation)
+    check_like("grad", grad, "x", x)
+    check_needs(needs, 3)
+
+
+def check_apply_psf_backward(grad, x, psf, dilation, needs) -> None:
+    check_apply_psf(x, psf, dilation)
+    check_like("grad", grad, "x", x)
+    check_needs(needs, 2)
+
+
+def check_synthesize_psf_backward(grad, weights, basis, needs) -> None:
+    check_synthesize_psf(weights, basis)
+    check_needs(needs, 2)
+    check_tensor("grad", grad)
+    check_same("weights", weights, grad=grad)
+    B, _, H, W = weights.shape
+    expected = (B, basis.shape[1] * basis.shape[2], H, W)
+    if tuple(grad.shape) != expected:
+        raise ValueError(f"grad must have shape {expected}, that of the psf of weights {tuple(weights.shape)} "
+                         f"and basis {tuple(basis.shape)}; got {tuple(grad.shape)}")
+
+
+def check_spatial_normalize_backward(grad, x, stats, mode, needs) -> None:
+    check_spatial_normalize(x, mode)
+    check_needs(needs, 1)
+    check_like("grad", grad, "x", x)
+    check_tensor("stats", stats, ndim=2)
+    B, C = x.shape[:2]
+    acc = accumulation_dtype(x.dtype)
+    if tuple(stats.shape) != (B * C, 2) or stats.dtype != acc or stats.device != x.device:
+        raise ValueError(f"stats must be the forward's per-plane (max, sum): shape {(B * C, 2)}, {acc}, "
+                         f"on {x.device}; got {tuple(stats.shape)}, {stats.dtype}, on {stats.device}")
+
+
+def check_gated_blend_backward(grad, cur, prev, gate, needs) -> None:
+    check_gated_blend(cur, prev, gate)
+    check_like("grad", grad, "cur", cur)
+    check_needs(needs, 3)
+
+
+def check_gated_fusion_backward(grad, cur, prev, weight, bias, needs) -> None:
+    check_gated_fusion(cur, prev, weight, bias)
+    check_like("grad", grad, "cur", cur)
+    check_needs(needs, 4)
+    if bias is None and needs[3]:
+        raise ValueError("needs[3] (the bias gradient) must be False when bias is None")
+
+
+def check_lstm_cell_backward(grad_h, grad_c, gates, c_prev, needs) -> None:
+    check_lstm_cell(gates, c_prev)
+    check_needs(needs, 2)
+    check_like("grad_h", grad_h, "c_prev", c_prev)
+    check_like("grad_c", grad_c, "c_prev", c_prev)

@@ -1,9 +1,11 @@
 """Gated blending ops: ``gated_blend`` and the fused ``gated_fusion``.
 
-Each public function validates its arguments, then runs either the Triton op
+Each public function checks its arguments once, then runs either the Triton op
 (``torch.ops.psfops.<name>``, a ``torch.library`` custom op with a fake implementation and
-registered autograd; the backward is its own custom op ``psfops::<name>_backward``) or
-``psfops.reference`` (see :mod:`psfops._backend` for the choice).
+registered autograd; the backward is its own custom op ``psfops::<name>_backward``) or the
+unchecked core of ``psfops.reference`` (see :mod:`psfops._backend` for the choice). The custom
+ops check their own arguments too (real and fake implementations share the check), since
+``torch.ops.psfops.*`` can be called directly.
 """
 from __future__ import annotations
 
@@ -14,42 +16,46 @@ from torch import Tensor
 
 from . import _checks, reference
 from ._backend import use_triton
+from ._grads import for_autograd, gradient_buffers, needs_of
 
 __all__ = ["gated_blend", "gated_fusion"]
 
 
-def _kernels():
-    from .kernels import gating  # imports triton: only on the Triton path
+try:  # the fused kernels; without triton, the reference serves every call
+    from .kernels import gating as kernels
+except ImportError:
+    kernels = None
 
-    return gating
 
-
-def _like(*ts: Tensor):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in ts)
+def _like(t: Tensor) -> Tensor:
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
 # ---- gated_blend ----------------------------------------------------------------------------
 
 @torch.library.custom_op("psfops::gated_blend", mutates_args=())
 def _gated_blend_op(cur: Tensor, prev: Tensor, gate: Tensor) -> Tensor:
-    _checks.check_gated_blend(cur, prev, gate)  # direct torch.ops calls are checked too
-    return _kernels().blend_forward(cur, prev, gate)
+    _checks.check_gated_blend(cur, prev, gate)
+    return kernels.blend_forward(cur, prev, gate)
 
 
 @_gated_blend_op.register_fake
 def _(cur, prev, gate):
-    return _like(cur)[0]
+    _checks.check_gated_blend(cur, prev, gate)
+    return _like(cur)
 
 
 @torch.library.custom_op("psfops::gated_blend_backward", mutates_args=())
-def _gated_blend_backward_op(grad: Tensor, cur: Tensor, prev: Tensor,
-                             gate: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return _kernels().blend_backward(grad, cur, prev, gate)
+def _gated_blend_backward_op(grad: Tensor, cur: Tensor, prev: Tensor, gate: Tensor,
+                             needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    _checks.check_gated_blend_backward(grad, cur, prev, gate, needs)
+    return kernels.blend_backward(grad, cur, prev, gate, needs)
 
 
 @_gated_blend_backward_op.register_fake
-def _(grad, cur, prev, gate):
-    return _like(cur, prev, gate)
+def _(grad, cur, prev, gate, needs):
+    _checks.check_gated_blend_backward(grad, cur, prev, gate, needs)
+    return gradient_buffers(needs, cur, prev, gate)
 
 
 def _blend_setup(ctx, inputs, output):
@@ -57,7 +63,8 @@ def _blend_setup(ctx, inputs, output):
 
 
 def _blend_backward(ctx, grad):
-    return _gated_blend_backward_op(grad, *ctx.saved_tensors)
+    needs = needs_of(ctx, 3)
+    return for_autograd(_gated_blend_backward_op(grad, *ctx.saved_tensors, needs), needs)
 
 
 _gated_blend_op.register_autograd(_blend_backward, setup_context=_blend_setup)
@@ -76,7 +83,7 @@ def gated_blend(cur: Tensor, prev: Tensor, gate: Tensor) -> Tensor:
     _checks.check_gated_blend(cur, prev, gate)
     if use_triton(cur):
         return _gated_blend_op(cur, prev, gate)
-    return reference.gated_blend(cur, prev, gate)
+    return reference.gated_blend.unchecked(cur, prev, gate)
 
 
 # ---- gated_fusion ---------------------------------------------------------------------------
@@ -84,23 +91,27 @@ def gated_blend(cur: Tensor, prev: Tensor, gate: Tensor) -> Tensor:
 @torch.library.custom_op("psfops::gated_fusion", mutates_args=())
 def _gated_fusion_op(cur: Tensor, prev: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     _checks.check_gated_fusion(cur, prev, weight, bias)
-    return _kernels().fusion_forward(cur, prev, weight, bias)
+    return kernels.fusion_forward(cur, prev, weight, bias)
 
 
 @_gated_fusion_op.register_fake
 def _(cur, prev, weight, bias):
-    return _like(cur)[0]
+    _checks.check_gated_fusion(cur, prev, weight, bias)
+    return _like(cur)
 
 
 @torch.library.custom_op("psfops::gated_fusion_backward", mutates_args=())
-def _gated_fusion_backward_op(grad: Tensor, cur: Tensor, prev: Tensor, weight: Tensor,
-                              bias: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _kernels().fusion_backward(grad, cur, prev, weight, bias)
+def _gated_fusion_backward_op(grad: Tensor, cur: Tensor, prev: Tensor, weight: Tensor, bias: Optional[Tensor],
+                              needs: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """needs[3] is the bias's (False when bias is None; its placeholder then has cur's dtype)."""
+    _checks.check_gated_fusion_backward(grad, cur, prev, weight, bias, needs)
+    return kernels.fusion_backward(grad, cur, prev, weight, bias, needs)
 
 
 @_gated_fusion_backward_op.register_fake
-def _(grad, cur, prev, weight, bias):
-    return (*_like(cur, prev, weight), cur.new_empty((cur.shape[1],)))
+def _(grad, cur, prev, weight, bias, needs):
+    _checks.check_gated_fusion_backward(grad, cur, prev, weight, bias, needs)
+    return gradient_buffers(needs, cur, prev, weight, cur.new_empty(cur.shape[1]) if bias is None else bias)
 
 
 def _fusion_setup(ctx, inputs, output):
@@ -111,8 +122,9 @@ def _fusion_setup(ctx, inputs, output):
 
 def _fusion_backward(ctx, grad):
     cur, prev, weight, bias = ctx.saved_tensors
-    dcur, dprev, dweight, dbias = _gated_fusion_backward_op(grad, cur, prev, weight, bias)
-    return dcur, dprev, dweight, (dbias if ctx.has_bias else None)
+    needs = needs_of(ctx, 4)
+    needs[3] = needs[3] and ctx.has_bias
+    return for_autograd(_gated_fusion_backward_op(grad, cur, prev, weight, bias, needs), needs)
 
 
 _gated_fusion_op.register_autograd(_fusion_backward, setup_context=_fusion_setup)
@@ -136,4 +148,4 @@ def gated_fusion(cur: Tensor, prev: Tensor, weight: Tensor, bias: Optional[Tenso
     _checks.check_gated_fusion(cur, prev, weight, bias)
     if use_triton(cur):
         return _gated_fusion_op(cur, prev, weight, bias)
-    return reference.gated_fusion(cur, prev, weight, bias)
+    return reference.gated_fusion.unchecked(cur, prev, weight, bias)

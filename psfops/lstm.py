@@ -1,9 +1,11 @@
 """``lstm_cell``: the fused ConvLSTM pointwise update (used by MSPFN).
 
-The public function validates its arguments, then runs either the Triton op
+The public function checks its arguments once, then runs either the Triton op
 (``torch.ops.psfops.lstm_cell``, a ``torch.library`` custom op with a fake implementation and
-registered autograd; the backward is the custom op ``psfops::lstm_cell_backward``) or
-``psfops.reference`` (see :mod:`psfops._backend` for the choice).
+registered autograd; the backward is the custom op ``psfops::lstm_cell_backward``) or the
+unchecked core of ``psfops.reference`` (see :mod:`psfops._backend` for the choice). The custom
+ops check their own arguments too (real and fake implementations share the check), since
+``torch.ops.psfops.*`` can be called directly.
 """
 from __future__ import annotations
 
@@ -12,38 +14,41 @@ from torch import Tensor
 
 from . import _checks, reference
 from ._backend import use_triton
+from ._grads import for_autograd, gradient_buffers, needs_of
 
 __all__ = ["lstm_cell"]
 
 
-def _kernels():
-    from .kernels import lstm  # imports triton: only on the Triton path
-
-    return lstm
+try:  # the fused kernels; without triton, the reference serves every call
+    from .kernels import lstm as kernels
+except ImportError:
+    kernels = None
 
 
 @torch.library.custom_op("psfops::lstm_cell", mutates_args=())
 def _lstm_cell_op(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
-    _checks.check_lstm_cell(gates, c_prev)  # direct torch.ops calls are checked too
-    return _kernels().lstm_forward(gates, c_prev)
+    _checks.check_lstm_cell(gates, c_prev)
+    return kernels.lstm_forward(gates, c_prev)
 
 
 @_lstm_cell_op.register_fake
 def _(gates, c_prev):
+    _checks.check_lstm_cell(gates, c_prev)
     fmt = torch.contiguous_format
     return torch.empty_like(c_prev, memory_format=fmt), torch.empty_like(c_prev, memory_format=fmt)
 
 
 @torch.library.custom_op("psfops::lstm_cell_backward", mutates_args=())
-def _lstm_cell_backward_op(grad_h: Tensor, grad_c: Tensor, gates: Tensor,
-                           c_prev: Tensor) -> tuple[Tensor, Tensor]:
-    return _kernels().lstm_backward(grad_h, grad_c, gates, c_prev)
+def _lstm_cell_backward_op(grad_h: Tensor, grad_c: Tensor, gates: Tensor, c_prev: Tensor,
+                           needs: list[bool]) -> tuple[Tensor, Tensor]:
+    _checks.check_lstm_cell_backward(grad_h, grad_c, gates, c_prev, needs)
+    return kernels.lstm_backward(grad_h, grad_c, gates, c_prev, needs)
 
 
 @_lstm_cell_backward_op.register_fake
-def _(grad_h, grad_c, gates, c_prev):
-    fmt = torch.contiguous_format
-    return torch.empty_like(gates, memory_format=fmt), torch.empty_like(c_prev, memory_format=fmt)
+def _(grad_h, grad_c, gates, c_prev, needs):
+    _checks.check_lstm_cell_backward(grad_h, grad_c, gates, c_prev, needs)
+    return gradient_buffers(needs, gates, c_prev)
 
 
 def _setup(ctx, inputs, output):
@@ -55,7 +60,8 @@ def _backward(ctx, grad_h, grad_c):
     # an output that did not reach the loss may arrive as None
     grad_h = torch.zeros_like(c_prev) if grad_h is None else grad_h
     grad_c = torch.zeros_like(c_prev) if grad_c is None else grad_c
-    return _lstm_cell_backward_op(grad_h, grad_c, gates, c_prev)
+    needs = needs_of(ctx, 2)
+    return for_autograd(_lstm_cell_backward_op(grad_h, grad_c, gates, c_prev, needs), needs)
 
 
 _lstm_cell_op.register_autograd(_backward, setup_context=_setup)
@@ -77,4 +83,4 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     _checks.check_lstm_cell(gates, c_prev)
     if use_triton(gates):
         return _lstm_cell_op(gates, c_prev)
-    return reference.lstm_cell(gates, c_prev)
+    return reference.lstm_cell.unchecked(gates, c_prev)

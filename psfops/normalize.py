@@ -1,9 +1,11 @@
 """``spatial_normalize``: normalize each (b, c) plane to sum to 1 (softmax or l1).
 
-The public function validates its arguments, then runs either the Triton op
+The public function checks its arguments once, then runs either the Triton op
 (``torch.ops.psfops.spatial_normalize``, a ``torch.library`` custom op with a fake implementation
-and registered autograd; backward is the custom op ``psfops::spatial_normalize_backward``) or
-``psfops.reference`` (see :mod:`psfops._backend` for the choice).
+and registered autograd; backward is the custom op ``psfops::spatial_normalize_backward``) or the unchecked core
+of ``psfops.reference`` (see :mod:`psfops._backend` for the choice). The custom ops check
+their own arguments too (real and fake implementations share the check), since
+``torch.ops.psfops.*`` can be called directly.
 """
 from __future__ import annotations
 
@@ -12,38 +14,45 @@ from torch import Tensor
 
 from . import _checks, reference
 from ._backend import use_triton
+from ._grads import gradient_buffers
+from .env import accumulation_dtype
 
 __all__ = ["spatial_normalize"]
 
 
-def _kernels():
-    from .kernels import normalize  # imports triton: only on the Triton path
-
-    return normalize
+try:  # the fused kernels; without triton, the reference serves every call
+    from .kernels import normalize as kernels
+except ImportError:
+    kernels = None
 
 
 @torch.library.custom_op("psfops::spatial_normalize", mutates_args=())
 def _spatial_normalize_op(x: Tensor, mode: str, eps: float) -> tuple[Tensor, Tensor]:
     """Returns y and the per-plane (m, s) stats (B*C, 2) its backward needs (not differentiable)."""
-    _checks.check_spatial_normalize(x, mode, eps)  # direct torch.ops calls are checked too
-    return _kernels().normalize_forward(x, mode, eps)
+    _checks.check_spatial_normalize(x, mode, eps)
+    return kernels.normalize_forward(x, mode, eps)
 
 
 @_spatial_normalize_op.register_fake
 def _(x, mode, eps):
+    _checks.check_spatial_normalize(x, mode, eps)
     B, C = x.shape[:2]
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(x.dtype)
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((B * C, 2), dtype=acc)
 
 
 @torch.library.custom_op("psfops::spatial_normalize_backward", mutates_args=())
-def _spatial_normalize_backward_op(grad: Tensor, x: Tensor, stats: Tensor, mode: str) -> Tensor:
-    return _kernels().normalize_backward(grad, x, stats, mode)
+def _spatial_normalize_backward_op(grad: Tensor, x: Tensor, stats: Tensor, mode: str,
+                                   needs: list[bool]) -> Tensor:
+    """``needs`` is [True] from autograd (the backward runs only when x needs a gradient)."""
+    _checks.check_spatial_normalize_backward(grad, x, stats, mode, needs)
+    return kernels.normalize_backward(grad, x, stats, mode) if needs[0] else x.new_empty(0)
 
 
 @_spatial_normalize_backward_op.register_fake
-def _(grad, x, stats, mode):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _(grad, x, stats, mode, needs):
+    _checks.check_spatial_normalize_backward(grad, x, stats, mode, needs)
+    return gradient_buffers(needs, x)[0]
 
 
 def _setup(ctx, inputs, output):
@@ -55,7 +64,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad, _grad_stats):
     x, stats = ctx.saved_tensors
-    return _spatial_normalize_backward_op(grad, x, stats, ctx.mode), None, None
+    return _spatial_normalize_backward_op(grad, x, stats, ctx.mode, [True]), None, None
 
 
 _spatial_normalize_op.register_autograd(_backward, setup_context=_setup)
@@ -79,4 +88,4 @@ def spatial_normalize(x: Tensor, mode: str = "softmax", eps: float = 1e-6) -> Te
     _checks.check_spatial_normalize(x, mode, eps)
     if use_triton(x):
         return _spatial_normalize_op(x, mode, float(eps))[0]
-    return reference.spatial_normalize(x, mode, eps)
+    return reference.spatial_normalize.unchecked(x, mode, eps)

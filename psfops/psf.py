@@ -1,8 +1,11 @@
 """The PSF filtering ops: ``psf_conv``, ``synthesize_psf``, ``apply_psf``.
 
-Each public function validates its arguments, then runs either the fused Triton op
+Each public function checks its arguments once, then runs either the fused Triton op
 (``torch.ops.psfops.<name>``, a ``torch.library`` custom op with a fake implementation and
-registered autograd) or ``psfops.reference`` (see :mod:`psfops._backend` for the choice).
+registered autograd; its backward is the custom op ``psfops::<name>_backward``) or the unchecked
+core of ``psfops.reference.<name>`` (see :mod:`psfops._backend` for the choice). The custom ops
+check their own arguments too (real and fake implementations share the check), since
+``torch.ops.psfops.*`` can be called directly.
 """
 from __future__ import annotations
 
@@ -11,40 +14,43 @@ from torch import Tensor
 
 from . import _checks, reference
 from ._backend import use_triton
+from ._grads import for_autograd, gradient_buffers, needs_of
+
+try:  # the fused kernels; without triton, the reference serves every call
+    from .kernels import psf as kernels
+except ImportError:
+    kernels = None
 
 __all__ = ["psf_conv", "synthesize_psf", "apply_psf"]
 
-
-def _kernels():
-    from .kernels import psf  # imports triton: only on the Triton path
-
-    return psf
+_CONTIGUOUS = torch.contiguous_format
 
 
 # ---- psf_conv -------------------------------------------------------------------------------
 
 @torch.library.custom_op("psfops::psf_conv", mutates_args=())
 def _psf_conv_op(x: Tensor, weights: Tensor, basis: Tensor, dilation: int) -> Tensor:
-    _checks.check_psf_conv(x, weights, basis, dilation)  # direct torch.ops calls are checked too
-    return _kernels().filter_forward(x, weights, basis, dilation, synth=True)
+    _checks.check_psf_conv(x, weights, basis, dilation)
+    return kernels.filter_forward(x, weights, basis, dilation, synth=True)
 
 
 @_psf_conv_op.register_fake
 def _(x, weights, basis, dilation):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    _checks.check_psf_conv(x, weights, basis, dilation)
+    return torch.empty_like(x, memory_format=_CONTIGUOUS)
 
 
 @torch.library.custom_op("psfops::psf_conv_backward", mutates_args=())
-def _psf_conv_backward_op(grad: Tensor, x: Tensor, weights: Tensor, basis: Tensor,
-                          dilation: int) -> tuple[Tensor, Tensor, Tensor]:
-    return _kernels().filter_backward(grad, x, weights, basis, dilation, synth=True)
+def _psf_conv_backward_op(grad: Tensor, x: Tensor, weights: Tensor, basis: Tensor, dilation: int,
+                          needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    _checks.check_psf_conv_backward(grad, x, weights, basis, dilation, needs)
+    return kernels.filter_backward(grad, x, weights, basis, dilation, needs)
 
 
 @_psf_conv_backward_op.register_fake
-def _(grad, x, weights, basis, dilation):
-    fmt = torch.contiguous_format
-    return (torch.empty_like(x, memory_format=fmt), torch.empty_like(weights, memory_format=fmt),
-            torch.empty_like(basis, memory_format=fmt))
+def _(grad, x, weights, basis, dilation, needs):
+    _checks.check_psf_conv_backward(grad, x, weights, basis, dilation, needs)
+    return gradient_buffers(needs, x, weights, basis)
 
 
 def _psf_conv_setup(ctx, inputs, output):
@@ -55,8 +61,8 @@ def _psf_conv_setup(ctx, inputs, output):
 
 def _psf_conv_backward(ctx, grad):
     x, weights, basis = ctx.saved_tensors
-    dx, dw, db = _psf_conv_backward_op(grad, x, weights, basis, ctx.dilation)
-    return dx, dw, db, None
+    needs = needs_of(ctx, 3)
+    return *for_autograd(_psf_conv_backward_op(grad, x, weights, basis, ctx.dilation, needs), needs), None
 
 
 _psf_conv_op.register_autograd(_psf_conv_backward, setup_context=_psf_conv_setup)
@@ -81,7 +87,7 @@ def psf_conv(x: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1) -> Te
     _checks.check_psf_conv(x, weights, basis, dilation)
     if use_triton(x):
         return _psf_conv_op(x, weights, basis, dilation)
-    return reference.psf_conv(x, weights, basis, dilation)
+    return reference.psf_conv.unchecked(x, weights, basis, dilation)
 
 
 # ---- apply_psf ------------------------------------------------------------------------------
@@ -89,23 +95,26 @@ def psf_conv(x: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1) -> Te
 @torch.library.custom_op("psfops::apply_psf", mutates_args=())
 def _apply_psf_op(x: Tensor, psf: Tensor, dilation: int) -> Tensor:
     _checks.check_apply_psf(x, psf, dilation)
-    return _kernels().filter_forward(x, psf, None, dilation, synth=False)
+    return kernels.filter_forward(x, psf, None, dilation, synth=False)
 
 
 @_apply_psf_op.register_fake
 def _(x, psf, dilation):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    _checks.check_apply_psf(x, psf, dilation)
+    return torch.empty_like(x, memory_format=_CONTIGUOUS)
 
 
 @torch.library.custom_op("psfops::apply_psf_backward", mutates_args=())
-def _apply_psf_backward_op(grad: Tensor, x: Tensor, psf: Tensor, dilation: int) -> tuple[Tensor, Tensor]:
-    return _kernels().filter_backward(grad, x, psf, None, dilation, synth=False)
+def _apply_psf_backward_op(grad: Tensor, x: Tensor, psf: Tensor, dilation: int,
+                           needs: list[bool]) -> tuple[Tensor, Tensor]:
+    _checks.check_apply_psf_backward(grad, x, psf, dilation, needs)
+    return kernels.filter_backward(grad, x, psf, None, dilation, needs)
 
 
 @_apply_psf_backward_op.register_fake
-def _(grad, x, psf, dilation):
-    fmt = torch.contiguous_format
-    return torch.empty_like(x, memory_format=fmt), torch.empty_like(psf, memory_format=fmt)
+def _(grad, x, psf, dilation, needs):
+    _checks.check_apply_psf_backward(grad, x, psf, dilation, needs)
+    return gradient_buffers(needs, x, psf)
 
 
 def _apply_psf_setup(ctx, inputs, output):
@@ -116,8 +125,8 @@ def _apply_psf_setup(ctx, inputs, output):
 
 def _apply_psf_backward(ctx, grad):
     x, psf = ctx.saved_tensors
-    dx, dpsf = _apply_psf_backward_op(grad, x, psf, ctx.dilation)
-    return dx, dpsf, None
+    needs = needs_of(ctx, 2)
+    return *for_autograd(_apply_psf_backward_op(grad, x, psf, ctx.dilation, needs), needs), None
 
 
 _apply_psf_op.register_autograd(_apply_psf_backward, setup_context=_apply_psf_setup)
@@ -139,7 +148,7 @@ def apply_psf(x: Tensor, psf: Tensor, dilation: int = 1) -> Tensor:
     _checks.check_apply_psf(x, psf, dilation)
     if use_triton(x):
         return _apply_psf_op(x, psf, dilation)
-    return reference.apply_psf(x, psf, dilation)
+    return reference.apply_psf.unchecked(x, psf, dilation)
 
 
 # ---- synthesize_psf -------------------------------------------------------------------------
@@ -147,24 +156,27 @@ def apply_psf(x: Tensor, psf: Tensor, dilation: int = 1) -> Tensor:
 @torch.library.custom_op("psfops::synthesize_psf", mutates_args=())
 def _synthesize_psf_op(weights: Tensor, basis: Tensor) -> Tensor:
     _checks.check_synthesize_psf(weights, basis)
-    return _kernels().synthesize_forward(weights, basis)
+    return kernels.synthesize_forward(weights, basis)
 
 
 @_synthesize_psf_op.register_fake
 def _(weights, basis):
+    _checks.check_synthesize_psf(weights, basis)
     B, _, H, W = weights.shape
     return weights.new_empty((B, basis.shape[1] * basis.shape[2], H, W))
 
 
 @torch.library.custom_op("psfops::synthesize_psf_backward", mutates_args=())
-def _synthesize_psf_backward_op(grad: Tensor, weights: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
-    return _kernels().synthesize_backward(grad, weights, basis)
+def _synthesize_psf_backward_op(grad: Tensor, weights: Tensor, basis: Tensor,
+                                needs: list[bool]) -> tuple[Tensor, Tensor]:
+    _checks.check_synthesize_psf_backward(grad, weights, basis, needs)
+    return kernels.synthesize_backward(grad, weights, basis, needs)
 
 
 @_synthesize_psf_backward_op.register_fake
-def _(grad, weights, basis):
-    fmt = torch.contiguous_format
-    return torch.empty_like(weights, memory_format=fmt), torch.empty_like(basis, memory_format=fmt)
+def _(grad, weights, basis, needs):
+    _checks.check_synthesize_psf_backward(grad, weights, basis, needs)
+    return gradient_buffers(needs, weights, basis)
 
 
 def _synthesize_setup(ctx, inputs, output):
@@ -173,7 +185,8 @@ def _synthesize_setup(ctx, inputs, output):
 
 def _synthesize_backward(ctx, grad):
     weights, basis = ctx.saved_tensors
-    return _synthesize_psf_backward_op(grad, weights, basis)
+    needs = needs_of(ctx, 2)
+    return for_autograd(_synthesize_psf_backward_op(grad, weights, basis, needs), needs)
 
 
 _synthesize_psf_op.register_autograd(_synthesize_backward, setup_context=_synthesize_setup)
@@ -191,4 +204,4 @@ def synthesize_psf(weights: Tensor, basis: Tensor) -> Tensor:
     _checks.check_synthesize_psf(weights, basis)
     if use_triton(weights):
         return _synthesize_psf_op(weights, basis)
-    return reference.synthesize_psf(weights, basis)
+    return reference.synthesize_psf.unchecked(weights, basis)

@@ -3,13 +3,19 @@
 They are the truth in tests and the CPU path. They may materialize intermediates (unfold, concat);
 arithmetic runs in float32 for half inputs (float64 for float64) and the result is cast back to the
 input dtype, as the fused kernels do. Autograd flows through them natively.
+
+Each function checks its arguments (as ``psfops.<op>`` does) and then runs its unchecked core,
+``reference.<op>.unchecked``, which ``psfops.<op>`` calls directly after its own check.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 
 from . import _checks
+from .env import accumulation_dtype
 
 __all__ = [
     "psf_conv", "psf_conv_convstack", "synthesize_psf", "apply_psf", "spatial_normalize",
@@ -19,7 +25,20 @@ __all__ = [
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
     """``t`` in the accumulation dtype: float64 stays, everything else goes to float32."""
-    return t if t.dtype == torch.float64 else t.float()
+    return t.to(accumulation_dtype(t.dtype))
+
+
+def _checked(check):
+    """Decorator: the public reference function runs ``check`` (same signature and defaults as
+    the core) first; the unchecked core stays reachable as ``.unchecked``."""
+    def wrap(core):
+        @functools.wraps(core)
+        def public(*args, **kwargs):
+            check(*args, **kwargs)
+            return core(*args, **kwargs)
+        public.unchecked = core
+        return public
+    return wrap
 
 
 def _empty_like(x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
@@ -35,17 +54,17 @@ def _unfold_taps(x: torch.Tensor, k: int, dilation: int) -> torch.Tensor:
     return cols.view(B, C, k * k, H, W)
 
 
+@_checked(_checks.check_synthesize_psf)
 def synthesize_psf(weights: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """(B,J,H,W), (J,k,k) -> (B,k*k,H,W): ``K[b,u*k+v] = sum_j weights[b,j] * basis[j,u,v]``."""
-    _checks.check_synthesize_psf(weights, basis)
     J, k, _ = basis.shape
     psf = torch.einsum("bjhw,jt->bthw", _acc(weights), _acc(basis).reshape(J, k * k))
     return psf.to(weights.dtype)
 
 
+@_checked(_checks.check_apply_psf)
 def apply_psf(x: torch.Tensor, psf: torch.Tensor, dilation: int = 1) -> torch.Tensor:
     """(B,C,H,W), (B,k*k,H,W) -> (B,C,H,W): per-pixel kernels applied by unfold + sum."""
-    _checks.check_apply_psf(x, psf, dilation)
     if x.numel() == 0 or psf.numel() == 0:
         return _empty_like(x, psf)
     k = _checks.psf_kernel_size(psf)
@@ -53,12 +72,12 @@ def apply_psf(x: torch.Tensor, psf: torch.Tensor, dilation: int = 1) -> torch.Te
     return torch.einsum("bcthw,bthw->bchw", taps, _acc(psf)).to(x.dtype)
 
 
+@_checked(_checks.check_psf_conv)
 def psf_conv(x: torch.Tensor, weights: torch.Tensor, basis: torch.Tensor, dilation: int = 1) -> torch.Tensor:
     """(B,C,H,W), (B,J,H,W), (J,k,k) -> (B,C,H,W): ``apply_psf(x, synthesize_psf(weights, basis))``.
 
     Unfold form: builds the (B,C*k*k,H,W) tap tensor (the thing the fused kernel avoids).
     """
-    _checks.check_psf_conv(x, weights, basis, dilation)
     if x.numel() == 0 or weights.numel() == 0:
         return _empty_like(x, weights, basis)
     J, k, _ = basis.shape
@@ -67,10 +86,10 @@ def psf_conv(x: torch.Tensor, weights: torch.Tensor, basis: torch.Tensor, dilati
     return torch.einsum("bcthw,bthw->bchw", taps, psf).to(x.dtype)
 
 
+@_checked(_checks.check_psf_conv)
 def psf_conv_convstack(x: torch.Tensor, weights: torch.Tensor, basis: torch.Tensor, dilation: int = 1) -> torch.Tensor:
     """Same result as :func:`psf_conv`, in conv-stack form: each basis kernel as a depthwise conv2d
     giving a (B,C,J,H,W) stack, then mixed per pixel by ``weights``. Used as a second baseline."""
-    _checks.check_psf_conv(x, weights, basis, dilation)
     if x.numel() == 0 or weights.numel() == 0:
         return _empty_like(x, weights, basis)
     B, C, H, W = x.shape
@@ -80,12 +99,12 @@ def psf_conv_convstack(x: torch.Tensor, weights: torch.Tensor, basis: torch.Tens
     return torch.einsum("bcjhw,bjhw->bchw", stack.view(B, C, J, H, W), _acc(weights)).to(x.dtype)
 
 
+@_checked(_checks.check_spatial_normalize)
 def spatial_normalize(x: torch.Tensor, mode: str = "softmax", eps: float = 1e-6) -> torch.Tensor:
     """(B,C,H,W) -> (B,C,H,W), each (b,c) plane normalized over its H*W values to sum to 1.
 
     ``"softmax"``: softmax over the plane. ``"l1"``: ``abs(x) / (sum(abs(x)) + eps)``.
     """
-    _checks.check_spatial_normalize(x, mode, eps)
     B, C, H, W = x.shape
     flat = _acc(x).reshape(B, C, H * W)
     if mode == "softmax":
@@ -96,19 +115,21 @@ def spatial_normalize(x: torch.Tensor, mode: str = "softmax", eps: float = 1e-6)
     return out.reshape(B, C, H, W).to(x.dtype)
 
 
+@_checked(_checks.check_gated_blend)
 def gated_blend(cur: torch.Tensor, prev: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """``s = sigmoid(gate); s*cur + (1-s)*prev``; gate (B,C,H,W) or (B,1,H,W) (broadcast over C)."""
-    _checks.check_gated_blend(cur, prev, gate)
     s = torch.sigmoid(_acc(gate))
     return (s * _acc(cur) + (1 - s) * _acc(prev)).to(cur.dtype)
 
 
+@_checked(_checks.check_gated_fusion)
 def gated_fusion(cur: torch.Tensor, prev: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``gate = conv1x1(cat([cur, prev], 1), weight, bias)``, then :func:`gated_blend`.
 
     weight (C,2C) or (C,2C,1,1) as in ``nn.Conv2d(2C, C, 1)``; bias (C,) or None.
     """
-    _checks.check_gated_fusion(cur, prev, weight, bias)
+    if cur.numel() == 0:
+        return _empty_like(cur, prev, weight, *([] if bias is None else [bias]))
     C = cur.shape[1]
     w = _acc(weight).reshape(C, 2 * C, 1, 1)
     b = None if bias is None else _acc(bias)
@@ -117,12 +138,12 @@ def gated_fusion(cur: torch.Tensor, prev: torch.Tensor, weight: torch.Tensor, bi
     return (s * _acc(cur) + (1 - s) * _acc(prev)).to(cur.dtype)
 
 
+@_checked(_checks.check_lstm_cell)
 def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ConvLSTM pointwise update. gates (B,4C,H,W) in order i,f,g,o; c_prev (B,C,H,W).
 
     ``c = sigmoid(f)*c_prev + sigmoid(i)*tanh(g)``, ``h = sigmoid(o)*tanh(c)``; returns (h, c).
     """
-    _checks.check_lstm_cell(gates, c_prev)
     i, f, g, o = _acc(gates).chunk(4, dim=1)
     c = torch.sigmoid(f) * _acc(c_prev) + torch.sigmoid(i) * torch.tanh(g)
     h = torch.sigmoid(o) * torch.tanh(c)

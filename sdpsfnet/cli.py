@@ -23,24 +23,60 @@ def _print_means(title: str, result: dict) -> None:
           f"({len(result['per_image'])} images)")
 
 
+# Options of `train` that define a run: with --resume they may repeat the checkpoint's value but
+# not change it (a run's schedule is built for its length and recipe).
+RUN_OPTIONS = ("recipe", "data", "val", "steps", "epochs", "batch_size", "crop", "lr", "seed", "amp",
+               "val_every", "ckpt_every")
+
+
+def _model_and_preset(a) -> tuple[str, str]:
+    return a.model or "sdpsfnet", a.preset or "paper"
+
+
+def _check_resume_options(a, run_config: dict) -> None:
+    """ValueError naming the first run-defining option given with --resume that differs from the
+    run in the checkpoint."""
+    from .train import make_config
+
+    given = {k: getattr(a, k) for k in RUN_OPTIONS if getattr(a, k) is not None}
+    if a.model or a.preset:  # the model a new run would get (the tiny preset swaps it)
+        given["model"] = make_config(*_model_and_preset(a)).model
+    for name, value in given.items():
+        old = run_config.get(name)
+        same = (os.path.abspath(value) == os.path.abspath(old) if name in ("data", "val") and old
+                else value == old)
+        if not same:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} {value} differs from the run being resumed ({name}={old!r} in "
+                             f"{a.resume}): a resumed run keeps its length and recipe, which its "
+                             f"learning-rate schedule was built for; leave {flag} out, or start a "
+                             f"new run in another --out")
+
+
 def cmd_train(a) -> int:
+    from .checkpoint import load_checkpoint
     from .train import TrainConfig, TrainingDiverged, make_config, train
 
     if a.resume:
+        _check_resume_options(a, load_checkpoint(a.resume, resumable=True)["config"])
         cfg = TrainConfig(out=a.out or os.path.dirname(os.path.abspath(a.resume)), stop_at=a.stop_at,
                           num_workers=a.workers or 0, device=a.device, progress=not a.no_progress)
     else:
-        cfg = make_config(a.model, a.preset, a.recipe, data=a.data, val=a.val, out=a.out, steps=a.steps,
-                          epochs=a.epochs, stop_at=a.stop_at, batch_size=a.batch_size, crop=a.crop,
-                          lr=a.lr, seed=a.seed, num_workers=a.workers, amp=a.amp, device=a.device,
-                          progress=not a.no_progress)
+        cfg = make_config(*_model_and_preset(a), a.recipe, data=a.data, val=a.val,
+                          out=a.out, steps=a.steps, epochs=a.epochs, stop_at=a.stop_at,
+                          batch_size=a.batch_size, crop=a.crop, lr=a.lr, seed=a.seed,
+                          num_workers=a.workers, amp=a.amp, val_every=a.val_every,
+                          ckpt_every=a.ckpt_every, device=a.device, progress=not a.no_progress)
         print(f"config: {json.dumps(cfg.to_dict(), sort_keys=True)}")
     try:
-        summary = train(cfg, resume=a.resume)
+        summary = train(cfg, resume=a.resume, overwrite=a.overwrite)
     except TrainingDiverged as e:
-        print(f"sdpsfnet train: {e}", file=sys.stderr)
+        print(f"sdpsfnet train: error: {e}", file=sys.stderr)
         return 1
-    if "val_psnr_y" in summary:
+    if summary["start_step"] == summary["step"]:
+        print(f"nothing to train: the run is complete (step {summary['step']}/{summary['total_steps']}); "
+              f"outputs in {cfg.out}")
+    elif "val_psnr_y" in summary:
         print(f"step {summary['step']}/{summary['total_steps']}: loss {summary['loss']:.4f}, "
               f"validation PSNR-Y {summary['val_psnr_y']:.2f} dB (rainy input "
               f"{summary['input_psnr_y']:.2f} dB), {summary['seconds']:.0f} s; outputs in {cfg.out}")
@@ -48,12 +84,10 @@ def cmd_train(a) -> int:
 
 
 def _load(ckpt: str, device: str):
-    import torch
-
     from .checkpoint import model_from_checkpoint
+    from .device import pick_device
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = pick_device(device)  # before loading: a bad --device fails fast
     return model_from_checkpoint(ckpt).to(dev)
 
 
@@ -123,9 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train; prints the resolved config (one JSON line), writes last.pt/best.pt, "
                                    "metrics.csv, curves.png and before_after.png into --out. Runs under "
                                    "torchrun for DDP.")
-    t.add_argument("--model", default="sdpsfnet", help="registered model name (sdpsfnet, mspfn, tiny, ...)")
-    t.add_argument("--preset", default="paper", choices=["paper", "tiny"],
-                   help="paper: full model and recipe; tiny: the small variant and a short CPU-sized schedule")
+    t.add_argument("--model", help="registered model name (sdpsfnet, mspfn, tiny, ...; default sdpsfnet)")
+    t.add_argument("--preset", choices=["paper", "tiny"],
+                   help="paper (default): full model and recipe; tiny: the small variant and a short "
+                        "CPU-sized schedule")
     t.add_argument("--recipe", choices=["sdpsfnet", "mspfn"],
                    help="train with this model family's recipe and loss (default: the model's own; "
                         "--model mspfn --recipe sdpsfnet compares MSPFN with SD-PSFNet on equal terms)")
@@ -136,13 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--epochs", type=int, help="total epochs (epoch = one pass of the loader)")
     t.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint (resume later)")
     t.add_argument("--out", help="output folder (default runs/<model>-<preset>; with --resume, its folder)")
-    t.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (its config is used)")
+    r = t.add_mutually_exclusive_group()
+    r.add_argument("--resume", metavar="CKPT",
+                   help="continue the run saved in CKPT (its options are kept: repeating one is "
+                        "fine, changing one is refused)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it, a new run there is refused)")
     t.add_argument("--batch-size", type=int, help="per-process batch size")
     t.add_argument("--crop", type=int, help="training crop size")
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--seed", type=int)
     t.add_argument("--workers", type=int, help="DataLoader workers (default 0)")
-    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (default: the recipe's; auto: fp16 on CUDA, off on CPU)")
+    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
+                   help="mixed precision (default: the recipe's; auto: fp16 on CUDA, off on CPU)")
+    t.add_argument("--val-every", type=int, help="validate every N steps (a multiple of --ckpt-every)")
+    t.add_argument("--ckpt-every", type=int, help="write last.pt every N steps")
     common(t)
     t.set_defaults(func=cmd_train)
 

@@ -11,11 +11,12 @@ attention's global pooling) give smooth seams. Only one tile is on the device at
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.utils.data import Dataset
 
 
 
@@ -128,29 +129,47 @@ def derain_paths(model: nn.Module, inputs: Iterable[str], out_dir: str, tile: in
     return written
 
 
-def evaluate(model: nn.Module, data_dir: str, tile: int | None = 512, overlap: int = 64,
-             progress: bool = True, amp_dtype: torch.dtype | None = None) -> dict:
-    """PSNR/SSIM (Y and RGB) of the model's output on every pair of a paired folder.
+def _scored_pairs(data) -> tuple[int, Iterator[tuple[str, Tensor, Tensor]]]:
+    """(count, lazy iterator of (name, rainy, clean)) for a paired folder (names: the rainy files'
+    names) or a dataset of ``(rainy, clean, name)`` items; ValueError if there is nothing."""
+    from .data import find_pairs, load_image
 
+    if isinstance(data, (str, os.PathLike)):
+        pairs = find_pairs(data)  # raises for a folder without images
+        return len(pairs), ((r.name, load_image(r), load_image(c)) for r, c in pairs)
+    if len(data) == 0:
+        raise ValueError("the evaluation dataset is empty")
+    items = map(data.__getitem__, range(len(data)))
+    return len(data), ((name, rainy, clean) for rainy, clean, name in items)
+
+
+def evaluate(model: nn.Module, data: str | os.PathLike | Dataset, tile: int | None = 512,
+             overlap: int = 64, progress: bool = True, amp_dtype: torch.dtype | None = None,
+             on_image: Callable[[int, Tensor, Tensor, Tensor], None] | None = None) -> dict:
+    """PSNR/SSIM (Y and RGB) of the model's output on every pair of a paired folder or dataset.
+
+    ``data``: a paired folder (see :func:`sdpsfnet.data.find_pairs`) or a dataset of
+    ``(rainy, clean, name)`` items. Each image is restored by :func:`derain_image` (whole, or in
+    tiles); ``on_image(index, rainy, restored, clean)``, if given, sees every image (the trainer
+    keeps its before/after samples this way). The model's train/eval mode is left to the caller.
     Returns ``{"psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"}`` (means), ``"input"`` (the same means
     for the rainy input, as a baseline) and ``"per_image"``: a list of
-    ``{"name", "psnr_y", ..., "input_psnr_y"}`` in ``find_pairs`` order.
+    ``{"name", "psnr_y", ..., "input_psnr_y"}`` in ``data``'s order.
     """
     from tqdm import tqdm
 
-    from .data import find_pairs, load_image
     from .metrics import image_metrics
 
     keys = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
-    pairs = find_pairs(data_dir)
-    if not pairs:
-        raise ValueError(f"data folder {data_dir} has no image pairs")
+    count, pairs = _scored_pairs(data)
     per_image = []
-    for rainy_path, clean_path in tqdm(pairs, desc="eval", unit="img", disable=not progress):
-        rainy, clean = load_image(rainy_path), load_image(clean_path)
+    for i, (name, rainy, clean) in enumerate(tqdm(pairs, total=count, desc="eval", unit="img",
+                                                  disable=not progress)):
         pred = derain_image(model, rainy, tile, overlap, amp_dtype=amp_dtype)
+        if on_image is not None:
+            on_image(i, rainy, pred, clean)
         m, m0 = image_metrics(pred, clean), image_metrics(rainy, clean)
-        per_image.append({"name": os.path.basename(rainy_path), **{k: float(m[k]) for k in keys},
+        per_image.append({"name": name, **{k: float(m[k]) for k in keys},
                           **{f"input_{k}": float(m0[k]) for k in keys}})
     mean = lambda k: sum(r[k] for r in per_image) / len(per_image)  # noqa: E731
     return {**{k: mean(k) for k in keys}, "input": {k: mean(f"input_{k}") for k in keys},

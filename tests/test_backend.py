@@ -70,17 +70,3 @@ def test_import_without_triton():
             "    else:\n"
             "        raise SystemExit('no error')\n")
     subprocess.run([sys.executable, "-c", code], check=True, env={"PATH": "", "TRITON_INTERPRET": "1"})
-
-
-def test_raw_custom_ops_check_their_arguments_too():
-    x, w, b = rand(1, 2, 5, 5), rand(1, 3, 5, 5), rand(3, 3, 3)
-    with pytest.raises(ValueError, match="dilation"):
-        torch.ops.psfops.psf_conv(x, w, b, 0)
-    with pytest.raises(ValueError, match="psf"):
-        torch.ops.psfops.apply_psf(x, rand(1, 8, 5, 5), 1)
-    with pytest.raises(ValueError, match="gate"):
-        torch.ops.psfops.gated_blend(x, x, rand(1, 3, 5, 5))
-    with pytest.raises(ValueError, match="c_prev"):
-        torch.ops.psfops.lstm_cell(rand(1, 8, 5, 5), x[:, :1])
-    with pytest.raises(ValueError, match="eps"):
-        torch.ops.psfops.spatial_normalize(x, "l1", -1.0)

@@ -32,7 +32,7 @@ def _env():
 
 def test_byte_and_flop_models_match_hand_counts():
     c = C.Case(op="psf_conv", B=2, C=3, H=5, J=4, k=3, dtype="bfloat16")
-    x, w, basis = C.OPS["psf_conv"].make_inputs(c, CPU, False)
+    x, w, basis, _ = C.OPS["psf_conv"].make_inputs(c, CPU, False)
     y = torch.empty_like(x)
     n_in = 2 * (2 * 3 * 25 + 2 * 4 * 25 + 4 * 9)  # bf16: 2 bytes each
     n_out = 2 * (2 * 3 * 25)
@@ -82,8 +82,8 @@ def test_fwd_bwd_step_returns_the_reference_gradients():
     assert out_bytes == 4 * 1 * 2 * 8 * 8
     grads = step()
     # independent truth: the float64 unfold form, same cotangent
-    leaves = float64_leaves(*inputs)
-    truth = torch.autograd.grad(reference.psf_conv(*leaves), leaves, step.cotangents[0].double())
+    leaves = float64_leaves(*inputs[:3])
+    truth = torch.autograd.grad(reference.psf_conv(*leaves, inputs[3]), leaves, step.cotangents[0].double())
     for name, g, t in zip(("x", "weights", "basis"), grads, truth):
         assert_rel_close(g, t, GRAD_RTOL[torch.float32], f"d{name}")
     fwd, _ = harness.make_step(spec, "eager", spec.implementations()["eager"], inputs, "fwd")
@@ -149,7 +149,7 @@ def test_model_step_records_a_reference_step():
 
 def test_headline_check_prints_target_lines(monkeypatch):
     from bench import headline
-    monkeypatch.setattr(report, "HEADLINE", dict(op="psf_conv", B=1, C=2, H=8, J=3, k=3))
+    monkeypatch.setattr(C, "HEADLINE", dict(op="psf_conv", B=1, C=2, H=8, J=3, k=3))
     monkeypatch.setattr(harness, "copy_bandwidth_gbps", lambda device: 10.0)
     lines = []
     recs = headline.run(CPU, ["float32"], impls=("eager", "eager-convstack"), log=lines.append,

@@ -1,6 +1,6 @@
 """psf_conv, synthesize_psf, apply_psf: the Triton path (interpreter on CPU, compiled on GPU) and
-the reference against an independent float64 implementation of SPEC section 2, plus gradients,
-determinism, layouts, bad input, opcheck and torch.compile."""
+the reference against an independent float64 implementation of the ops' definitions, plus gradients,
+determinism, layouts and bad input (opcheck, torch.compile and empty input: test_op_table.py)."""
 from __future__ import annotations
 
 import pytest
@@ -248,35 +248,6 @@ def test_apply_and_synthesize_bad_input():
         with pytest.raises(ValueError, match="device"):
             psfops.psf_conv(x.cuda(), w, b)
 
-
-# ---- registration: opcheck and torch.compile -------------------------------------------------
-
-def test_opcheck(device):
-    x, w, b = psf_inputs(1, 2, 5, 6, 3, 3, torch.float32, device)
-    psf = rand(1, 9, 5, 6, device=device, requires_grad=True)
-    g = rand(1, 2, 5, 6, device=device)
-    torch.library.opcheck(torch.ops.psfops.psf_conv.default, (x, w, b, 2))
-    torch.library.opcheck(torch.ops.psfops.apply_psf.default, (x, psf, 1))
-    torch.library.opcheck(torch.ops.psfops.synthesize_psf.default, (w, b))
-    torch.library.opcheck(torch.ops.psfops.psf_conv_backward.default, (g, x.detach(), w.detach(), b.detach(), 1))
-
-
-def test_torch_compile_fullgraph_matches_eager(device):
-    x, w, b = psf_inputs(1, 2, 7, 6, 3, 3, torch.float32, device)
-
-    def f(x, w, b):
-        psf = psfops.synthesize_psf(torch.softmax(w, 1), b)
-        return psfops.apply_psf(psfops.psf_conv(x, w, b), psf).square().mean()
-
-    with psfops.backend("triton"):
-        eager = f(x, w, b)
-        eager_grads = torch.autograd.grad(eager, (x, w, b))
-        compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
-        out = compiled(x, w, b)
-        grads = torch.autograd.grad(out, (x, w, b))
-    assert_rel_close(out, eager, 1e-6, "compiled forward")
-    for g, e in zip(grads, eager_grads):
-        assert_rel_close(g, e, 1e-5, "compiled grad")
 
 
 # ---- GPU: compiled kernels at realistic sizes -----------------------------------------------

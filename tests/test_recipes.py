@@ -156,9 +156,18 @@ def test_cli_dumps_the_resolved_config(monkeypatch, capsys):
     import sdpsfnet.train
     from sdpsfnet.cli import main
 
+    class Stop(Exception):
+        pass
+
     seen = []
-    monkeypatch.setattr(sdpsfnet.train, "train", lambda cfg, resume=None: seen.append(cfg) or {})
-    assert main(["train", "--model", "mspfn", "--preset", "paper", "--steps", "3", "--no-progress"]) == 0
+
+    def stub(cfg, **kw):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(sdpsfnet.train, "train", stub)
+    with pytest.raises(Stop):
+        main(["train", "--model", "mspfn", "--preset", "paper", "--steps", "3", "--no-progress"])
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("config: "))
     dumped = json.loads(line[len("config: "):])
     assert dumped == seen[0].to_dict()

@@ -3,69 +3,18 @@ learning-rate schedule, presets and 2-process DDP (gloo). Small stand-in model a
 test the training machinery, not a model."""
 from __future__ import annotations
 
-import csv
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
+from PIL import Image
 
 from sdpsfnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from sdpsfnet.registry import MODELS, register_model
-from sdpsfnet.train import TrainConfig, TrainingDiverged, make_config, train
-
-
-class Standin(nn.Module):
-    """Two emitted images from two 3x3 conv layers (receptive radius 2 per pass)."""
-
-    def __init__(self, width: int = 4):
-        super().__init__()
-        self.a = nn.Conv2d(3, width, 3, padding=1)
-        self.b = nn.Conv2d(width, 3, 3, padding=1)
-
-    def forward(self, x):
-        y1 = x + 0.1 * self.b(torch.relu(self.a(x)))
-        return [y1, y1 + 0.1 * self.b(torch.relu(self.a(y1)))]
-
-
-if "_standin" not in MODELS:
-    register_model("_standin")(lambda **kw: Standin(**kw))
-
-
-class Pairs(Dataset):
-    """Random clean images plus rain-like noise; random crops drawn from torch's global RNG, as the
-    real datasets do (so a resume that does not restore the RNG gives different batches)."""
-
-    def __init__(self, n: int = 5, size: int = 20, crop: int = 12, seed: int = 1):
-        g = torch.Generator().manual_seed(seed)
-        self.clean = torch.rand(n, 3, size, size, generator=g)
-        self.rainy = (self.clean + 0.3 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1)
-        self.crop = crop
-
-    def __len__(self):
-        return len(self.clean)
-
-    def __getitem__(self, i):
-        c, s = self.crop, self.clean.shape[-1]
-        t, l = torch.randint(0, s - c + 1, (2,)).tolist()
-        return self.rainy[i, :, t:t + c, l:l + c], self.clean[i, :, t:t + c, l:l + c], str(i)
-
-
-def _cfg(out, **kw) -> TrainConfig:
-    base = dict(model="_standin", out=str(out), batch_size=2, steps=12, epochs=None, warmup_epochs=1,
-                val_every=4, ckpt_every=4, progress=False, seed=3)
-    return TrainConfig(**{**base, **kw})
-
-
-def _run(cfg, resume=None, criterion=None):
-    return train(cfg, resume=resume, train_set=Pairs(), val_set=Pairs(2, 16, 16, seed=2), criterion=criterion)
-
-
-def _rows(out):
-    with open(os.path.join(out, "metrics.csv")) as f:
-        return list(csv.DictReader(f))
+from sdpsfnet.train import TrainingDiverged, make_config, train
+from trainer_scaffold import Pairs, Standin, config as _cfg, rows as _rows, run as _run, val_pairs
 
 
 def test_resume_is_bitwise(tmp_path):
@@ -104,6 +53,37 @@ def test_checkpoint_contents_and_rebuild(tmp_path):
     ref.load_state_dict(ck["model"])
     assert torch.equal(model(x)[-1], ref(x)[-1])
     assert not model.training
+
+
+def test_validation_is_the_evaluation_loop(tmp_path):
+    """The logged validation scores are what ``evaluate`` (``sdpsfnet eval``'s loop) gives for the
+    saved model on the validation set."""
+    from sdpsfnet.inference import evaluate
+
+    _run(_cfg(tmp_path, steps=4))
+    result = evaluate(model_from_checkpoint(tmp_path / "last.pt"), val_pairs(), tile=None, progress=False)
+    row = _rows(tmp_path)[-1]
+    assert row["step"] == "4"
+    assert row["val_psnr_y"] == f"{result['psnr_y']:.4f}" and row["val_ssim_y"] == f"{result['ssim_y']:.4f}"
+    assert row["input_psnr_y"] == f"{result['input']['psnr_y']:.4f}"
+
+
+def test_before_after_columns_are_labelled(tmp_path):
+    _run(_cfg(tmp_path, steps=4))
+    img = np.asarray(Image.open(tmp_path / "before_after.png").convert("RGB"))
+    height, width, _ = img.shape
+    column = width // 3
+    k = column // 16  # the two 16 px validation images, enlarged k times so the labels fit
+    header = height - 2 * 16 * k
+    assert width == 3 * column and column == 16 * k and header > 0
+    # Below the header, the rainy column is the validation inputs (8-bit), enlarged k times.
+    rainy = torch.cat([val_pairs()[i][0] for i in range(2)], dim=1)
+    rainy = torch.round(rainy * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(img[header:, :column], rainy.repeat(k, 0).repeat(k, 1))
+    # The header: light text on dark, a different word over each column.
+    labels = [img[:header, c * column:(c + 1) * column] for c in range(3)]
+    assert all(lab.max() > 200 and lab.min() < 50 for lab in labels)
+    assert not np.array_equal(labels[0], labels[1]) and not np.array_equal(labels[1], labels[2])
 
 
 def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
@@ -231,7 +211,7 @@ def _ddp_worker(rank, world, port, out):
     torch.set_num_threads(1)
     model = Standin()
     train(_cfg(out, steps=3, val_every=3, ckpt_every=3), model=model, train_set=Pairs(),
-          val_set=Pairs(2, 16, 16, seed=2))
+          val_set=val_pairs())
     torch.save([p.detach() for p in model.parameters()], os.path.join(out, f"params{rank}.pt"))
 
 
