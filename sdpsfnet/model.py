@@ -22,7 +22,7 @@ MPRNet (Zamir et al. 2021) for everything they leave open. Data flow (``x``: rai
              CSFF from the last UNet stage's scale l, upsampled]
              ─► conv ─► + x ─► I_final
 
-Choices where the paper is silent (all switchable through :class:`SDPSFNetConfig`):
+Choices where the paper is silent (sizes and ablation switches are :class:`SDPSFNetConfig` fields):
 
 * Widths: MPRNet's deraining widths (n_feat 40, +20 per UNet scale, ORStage 40+16 channels,
   3 ORBs, reduction 4). Each UNet scale holds ``unet_cabs`` (3) CABs in the encoder and in the
