@@ -20,10 +20,15 @@ setup(
         "numpy",
         "einops",
         "pillow",
+        "pypng",      # 16-bit colour PNGs, which Pillow reads and writes only at 8 bits
+        "tifffile",   # 16-bit colour TIFFs, likewise
         "tqdm",
         "scikit-image",
         "matplotlib",
     ],
-    extras_require={"dev": ["pytest", "hypothesis", "pytest-benchmark", "pytest-timeout"]},
+    extras_require={
+        "onnx": ["onnx", "onnxscript"],  # sdpsfnet export --out *.onnx
+        "dev": ["pytest", "hypothesis", "pytest-benchmark", "pytest-timeout", "onnx", "onnxscript", "onnxruntime"],
+    },
     entry_points={"console_scripts": ["sdpsfnet = sdpsfnet.cli:main"]},
 )

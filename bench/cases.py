@@ -121,6 +121,14 @@ OPS: dict[str, OpSpec] = {
 # One-at-a-time sweeps around each op's base shape (a full grid would be thousands of cases).
 SWEEP = {"B": (1, 4, 8, 16), "C": (16, 32, 64, 128), "H": (64, 128, 256, 512),
          "J": (10, 20, 40, 80), "k": (3, 5, 7)}
+# The small sweep (a GPU run of a few minutes): the size axis only, three sizes.
+SMALL_SWEEP = {"H": (64, 128, 256)}
+SWEEPS = ("small", "full")
+# Shapes an op's bandwidth targets name, measured in every sweep besides the base shape:
+# many small planes, few large planes, and the PSF head's 40 maps of one image.
+TARGET_SHAPES = {
+    "spatial_normalize": (dict(B=8, C=64, H=128), dict(B=1, C=3, H=1024), dict(B=1, C=40, H=128)),
+}
 def quick_shapes(name: str) -> list[dict]:
     """Small CPU-friendly shapes of an op for ``--quick``: its base shape with B=2, C and J at most
     16, at two sizes (32 and 64) so the size plots have a line."""
@@ -134,10 +142,14 @@ QUICK_CPU_COMPILE_OPS = ("psf_conv",)
 
 
 def sweep_cases(ops: Sequence[str], dtypes: Sequence[str], axes: Sequence[str] = AXES,
-                quick: bool = False) -> list[Case]:
-    """The cases to run: for each op and dtype, its base shape and, one axis at a time, every
-    value of ``SWEEP[axis]`` for the requested ``axes`` the op has (deduplicated, in order).
-    ``quick`` uses :func:`quick_shapes` instead."""
+                quick: bool = False, sweep: str = "full") -> list[Case]:
+    """The cases to run: for each op and dtype, its base shape, its :data:`TARGET_SHAPES` and,
+    one axis at a time, every value of ``SWEEP[axis]`` (``sweep="small"``: of ``SMALL_SWEEP``)
+    for the requested ``axes`` the op has (deduplicated, in order). ``quick`` uses
+    :func:`quick_shapes` instead."""
+    if sweep not in SWEEPS:
+        raise ValueError(f"sweep: unknown sweep {sweep!r}; choose from {SWEEPS}")
+    values = SWEEP if sweep == "full" else SMALL_SWEEP
     for name in ops:
         if name not in OPS:
             raise ValueError(f"ops: unknown op {name!r}; choose from {sorted(OPS)}")
@@ -153,8 +165,8 @@ def sweep_cases(ops: Sequence[str], dtypes: Sequence[str], axes: Sequence[str] =
         if quick:
             shapes = quick_shapes(name)
         else:
-            shapes = [spec.base] + [{**spec.base, a: v} for a in axes if a in spec.axes
-                                    for v in SWEEP[a]]
+            shapes = [spec.base] + [{**spec.base, **t} for t in TARGET_SHAPES.get(name, ())] + [
+                {**spec.base, a: v} for a in axes if a in spec.axes for v in values.get(a, ())]
         for shape in shapes:
             case = Case(op=name, dtype=dtype, **shape)
             if case not in cases:

@@ -5,8 +5,19 @@ synchronizes, warms up and flushes L2 between runs); on CPU a warm-up then repea
 ``time.perf_counter`` calls, median. Peak memory (:func:`peak_mb`): on CUDA
 ``max_memory_allocated`` after ``reset_peak_memory_stats``, minus what was allocated before the
 call (inputs and cotangents are allocated before, so this is what the call itself adds); on CPU
-``None`` (not measured). Roofline (:func:`copy_bandwidth_gbps`): a large device-to-device copy,
-bytes read + written over the median time, measured once per run.
+``None`` (not measured). CUDA-graph timing (:func:`graph_time_ms`): for cases whose plain median
+is under :data:`GRAPH_BELOW_MS`, the step is captured once in a ``torch.cuda.CUDAGraph`` and its
+replays are timed the same way (L2 flushed between replays), so launch gaps leave the number.
+
+Two roofs (:func:`roofs`): the copy roof, a large device-to-device copy (bytes read + written over
+the median time, :func:`copy_bandwidth_gbps`), and the FLOP roof of the case's dtype, a large
+matrix product in that dtype (:func:`peak_tflops`; float32 without TF32), each measured once per
+run. A record's ``bound`` is the roof whose floor (bytes / bandwidth or FLOPs / peak) is longer,
+and ``pct_bound`` the share of that roof it reaches.
+
+Before anything is timed, each implementation's outputs (and, for fwd+bwd, its input gradients)
+are compared once with ``psfops.reference`` run on the same inputs in float32 (float64 for
+float64): :func:`check_outputs`. A mismatch is recorded (status ``mismatch``) and not timed.
 """
 from __future__ import annotations
 
@@ -24,6 +35,10 @@ import psfops
 from . import cases as C
 
 MB = 2.0 ** 20
+GRAPH_BELOW_MS = 0.2  # cases faster than this are also timed as CUDA-graph replays
+# Relative error (||out - ref|| / ||ref||) above which an implementation's output is wrong: far
+# above rounding (TF32 convolutions in the float32 references included), far below a real bug.
+CHECK_RTOL = {"float32": 5e-3, "float64": 1e-8, "float16": 1e-2, "bfloat16": 4e-2}
 
 
 # ---- environment --------------------------------------------------------------------------
@@ -123,6 +138,104 @@ def copy_bandwidth_gbps(device: torch.device, nbytes: int | None = None) -> floa
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
+_PEAKS: dict = {}
+
+
+def peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured FLOP rate of a large matrix product in ``dtype`` (TFLOP/s): 8192^3 on CUDA
+    (float16/bfloat16 on the tensor cores, float32 with TF32 off), 1024^3 on CPU. Cached per run."""
+    key = (str(device), dtype)
+    if key not in _PEAKS:
+        n = 8192 if device.type == "cuda" else 1024
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            ms = time_ms(lambda: a @ b, device, min_reps=3)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        _PEAKS[key] = 2.0 * n ** 3 / (ms * 1e-3) / 1e12
+    return _PEAKS[key]
+
+
+def roofs(rec: dict, copy_gbps: float, peak: float | None) -> dict:
+    """The roofline fields of a timed record: achieved GB/s and TFLOP/s, each as a share of its
+    roof, and the binding roof (``bound``: "memory" or "compute") with its share."""
+    ms = rec["ms"]
+    out = {"gbps": rec["bytes"] / (ms * 1e-3) / 1e9, "tflops": rec["flops"] / (ms * 1e-3) / 1e12}
+    out["pct_roofline"] = 100.0 * out["gbps"] / copy_gbps
+    out["pct_flops"] = None if not peak else 100.0 * out["tflops"] / peak
+    compute = out["pct_flops"] is not None and out["pct_flops"] > out["pct_roofline"]
+    out["bound"] = "compute" if compute else "memory"
+    out["pct_bound"] = out["pct_flops"] if compute else out["pct_roofline"]
+    return out
+
+
+def graph_time_ms(fn: Callable[[], object], device: torch.device, **timing) -> tuple[float | None, str | None]:
+    """(median ms of replaying ``fn`` captured in a CUDA graph, None) or (None, why not)."""
+    if device.type != "cuda":
+        return None, "no CUDA graphs on this device"
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up on a side stream, as capture wants
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            held = fn()  # outputs live in the graph's pool
+        ms = time_ms(graph.replay, device, **timing)
+        del held, graph
+        return ms, None
+    except Exception as err:  # noqa: BLE001  (e.g. an op that synchronizes cannot be captured)
+        return None, f"capture failed: {type(err).__name__}: {err}"[:300]
+
+
+# ---- correctness ----------------------------------------------------------------------------
+
+def _upcast(t):
+    if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16):
+        return t.detach().float().requires_grad_(t.requires_grad)
+    return t.detach().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+
+
+def _outputs_and_grads(fn: Callable, inputs: tuple, pass_: str, cotangents=None):
+    outs = fn(*inputs)
+    outs = list(outs) if isinstance(outs, tuple) else [outs]
+    if pass_ == "fwd":
+        return [o.detach() for o in outs], None
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    if cotangents is None:
+        gen = torch.Generator(device=outs[0].device).manual_seed(1)
+        cotangents = [torch.randn(o.shape, device=o.device, generator=gen).to(o.dtype) for o in outs]
+    grads = torch.autograd.grad(outs, leaves, [c.to(o.dtype) for c, o in zip(cotangents, outs)])
+    return [o.detach() for o in outs] + list(grads), cotangents
+
+
+def check_outputs(spec: C.OpSpec, impl: str, fn: Callable, inputs: tuple, pass_: str,
+                  compile_dynamic: bool = True) -> tuple[bool, float]:
+    """(ok, worst relative error): ``impl``'s outputs (fwd) or outputs and input gradients
+    (fwd+bwd) against ``psfops.reference`` on the same inputs upcast to float32, with the same
+    random cotangents; ok when the worst error is within :data:`CHECK_RTOL` of the dtype."""
+    dtype = next(t for t in inputs if isinstance(t, torch.Tensor)).dtype
+    run = compiled(fn, compile_dynamic) if impl == "compile" else fn
+    with psfops.backend("triton" if impl == "triton" else "reference"), \
+            torch.set_grad_enabled(pass_ != "fwd"):
+        got, cot = _outputs_and_grads(run, inputs, pass_)
+        with psfops.backend("reference"):
+            want, _ = _outputs_and_grads(spec.info.reference, tuple(_upcast(t) for t in inputs), pass_, cot)
+    err = 0.0
+    for g, w in zip(got, want):
+        g, w = g.double(), w.double()
+        if torch.isnan(g).any() and not torch.isnan(w).any():
+            return False, float("inf")
+        denom = w.norm().item()
+        err = max(err, (g - w).norm().item() / (denom if denom > 0 else 1.0))
+    return err <= CHECK_RTOL[str(dtype).replace("torch.", "")], err
+
+
 # ---- implementations ----------------------------------------------------------------------
 
 def _set_recompile_limit(n: int = 256) -> None:
@@ -196,27 +309,32 @@ def make_step(spec: C.OpSpec, impl: str, fn: Callable, inputs: tuple, pass_: str
     return step, out_bytes
 
 
-def _is_oom(err: BaseException) -> bool:
+def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 def base_record(case: C.Case, impl: str, pass_: str, env: dict, roofline_gbps: float,
                 compile_dynamic: bool = True) -> dict:
     """A record for (case, impl, pass) with nothing measured yet (status "ok")."""
-    return {**case.fields(), "pass": pass_, "impl": impl, "ms": None, "peak_mb": None,
-            "gbps": None, "tflops": None, "pct_roofline": None, "bytes": None,
-            "flops": C.flops(case, pass_), "held_mb": None, "ideal_mb": None,
-            "roofline_gbps": roofline_gbps,
+    return {**case.fields(), "pass": pass_, "impl": impl, "ms": None, "ms_graph": None,
+            "graph_reason": None, "peak_mb": None, "gbps": None, "tflops": None, "pct_roofline": None,
+            "pct_flops": None, "bound": None, "pct_bound": None, "peak_tflops": None,
+            "check_rel_err": None, "bytes": None, "flops": C.flops(case, pass_), "held_mb": None,
+            "ideal_mb": None, "roofline_gbps": roofline_gbps,
             "compile": (("dynamic" if compile_dynamic else "static") if impl == "compile" else None),
             "status": "ok", "reason": None, **env}
 
 
 def measure(case: C.Case, impl: str, pass_: str, device: torch.device, env: dict,
-            roofline_gbps: float, *, compile_dynamic: bool = True, timing: dict | None = None) -> dict:
-    """Benchmark one (case, impl, pass) and return its record (status ok/skipped/oom/error)."""
+            roofline_gbps: float, *, compile_dynamic: bool = True, timing: dict | None = None,
+            graphs: bool = True, peak: float | None = None) -> dict:
+    """Benchmark one (case, impl, pass) and return its record (status ok/skipped/oom/error/
+    mismatch): check the outputs, then peak memory, plain timing, CUDA-graph timing (cases under
+    :data:`GRAPH_BELOW_MS`, if ``graphs``) and the roofs (``peak``: the dtype's TFLOP/s)."""
     spec = C.OPS[case.op]
     fn = spec.implementations().get(impl, "absent")
     rec = base_record(case, impl, pass_, env, roofline_gbps, compile_dynamic)
+    rec["peak_tflops"] = peak
     if fn == "absent":
         return {**rec, "status": "skipped", "reason": f"{impl} does not exist for {case.op}"}
     reason = skip_reason(impl, device)
@@ -226,6 +344,11 @@ def measure(case: C.Case, impl: str, pass_: str, device: torch.device, env: dict
     try:
         torch.manual_seed(0)
         inputs = spec.make_inputs(case, device, pass_ == "fwd+bwd")
+        ok, rec["check_rel_err"] = check_outputs(spec, impl, fn, inputs, pass_, compile_dynamic)
+        if not ok:
+            return {**rec, "status": "mismatch",
+                    "reason": f"relative error {rec['check_rel_err']:.3g} against the reference "
+                              f"(> {CHECK_RTOL[case.dtype]:g}): not timed"}
         step, out_bytes = make_step(spec, impl, fn, inputs, pass_, compile_dynamic)
         step()  # first full call: compiles / autotunes the backward too
         in_bytes = C.nbytes(inputs)
@@ -236,8 +359,12 @@ def measure(case: C.Case, impl: str, pass_: str, device: torch.device, env: dict
                    bytes=C.min_bytes_from_sizes(in_bytes, out_bytes, pass_))
         rec["peak_mb"] = peak_mb(step, device)
         rec["ms"] = time_ms(step, device, **(timing or {}))
+        if graphs and rec["ms"] < GRAPH_BELOW_MS:
+            rec["ms_graph"], rec["graph_reason"] = graph_time_ms(step, device, **(timing or {}))
+        elif graphs:
+            rec["graph_reason"] = f"not taken: {rec['ms']:.3g} ms >= {GRAPH_BELOW_MS} ms"
     except Exception as err:  # one failing case must not end the run
-        if not _is_oom(err):
+        if not is_oom(err):
             return {**rec, "status": "error", "reason": f"{type(err).__name__}: {err}"[:500]}
         rec.update(status="oom", reason="out of memory", ms=None, peak_mb=None)
     finally:
@@ -245,9 +372,7 @@ def measure(case: C.Case, impl: str, pass_: str, device: torch.device, env: dict
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if rec["ms"]:
-        rec["gbps"] = rec["bytes"] / (rec["ms"] * 1e-3) / 1e9
-        rec["tflops"] = rec["flops"] / (rec["ms"] * 1e-3) / 1e12
-        rec["pct_roofline"] = 100.0 * rec["gbps"] / roofline_gbps
+        rec.update(roofs(rec, roofline_gbps, peak))
     return rec
 
 
@@ -264,10 +389,14 @@ def run_cases(case_list: Iterable[C.Case], device: torch.device, impls: Iterable
               done: set | None = None, deadline: float | None = None,
               on_record: Callable[[dict], None] | None = None, compile_dynamic: bool = True,
               timing: dict | None = None, skip: Callable[[C.Case, str], str | None] | None = None,
-              log: Callable[[str], None] = print) -> list[dict]:
+              log: Callable[[str], None] = print, graphs: bool = True,
+              peaks: dict | None = None) -> list[dict]:
     """Measure every (case, pass, impl); skip keys in ``done``; stop cleanly at ``deadline``
     (a ``time.monotonic()`` value). ``skip(case, impl)`` may return a reason not to run a pair
-    (recorded as skipped). Calls ``on_record`` after each record (for incremental saves)."""
+    (recorded as skipped). Calls ``on_record`` after each record (for incremental saves).
+    ``peaks``: dtype name -> TFLOP/s roof (default: :func:`peak_tflops`, measured when first
+    needed)."""
+    peaks = {} if peaks is None else peaks
     records = []
     for case in case_list:
         for pass_ in passes:
@@ -286,8 +415,11 @@ def run_cases(case_list: Iterable[C.Case], device: torch.device, impls: Iterable
                     rec = {**base_record(case, impl, pass_, env, roofline_gbps, compile_dynamic),
                            "status": "skipped", "reason": why}
                 else:
+                    if case.dtype not in peaks:
+                        peaks[case.dtype] = peak_tflops(device, case.torch_dtype)
                     rec = measure(case, impl, pass_, device, env, roofline_gbps,
-                                  compile_dynamic=compile_dynamic, timing=timing)
+                                  compile_dynamic=compile_dynamic, timing=timing, graphs=graphs,
+                                  peak=peaks[case.dtype])
                 rec["wall_s"] = round(time.monotonic() - t0, 2)  # includes compile and warm-up
                 records.append(rec)
                 log(format_record(rec))
@@ -306,6 +438,8 @@ def format_record(rec: dict) -> str:
         head += f" [{rec['wall_s']:.1f}s]"
     if rec["status"] != "ok":
         return f"{head:<80} {rec['status']}: {rec['reason']}"
+    graph = "" if rec.get("ms_graph") is None else f" (graph {rec['ms_graph']:.3f})"
     bw = "" if rec.get("gbps") is None else f"  {rec['gbps']:8.1f} GB/s ({rec['pct_roofline']:5.1f}%)"
+    bound = "" if rec.get("bound") is None else f"  {rec['bound']}-bound {rec['pct_bound']:5.1f}%"
     mem = "" if rec["peak_mb"] is None else f"  {rec['peak_mb']:9.1f} MB"
-    return f"{head:<80} {rec['ms']:9.3f} ms{bw}{mem}"
+    return f"{head:<80} {rec['ms']:9.3f} ms{graph}{bw}{bound}{mem}"

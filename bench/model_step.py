@@ -1,4 +1,4 @@
-"""The whole SD-PSFNet training step, psfops' Triton ops vs the reference ops (issue item 4).
+"""The whole SD-PSFNet training step, psfops' Triton ops vs the reference ops: time and peak memory.
 
 One step = ``zero_grad``, forward (a list of images), loss over all outputs
 (``sdpsfnet.losses.DerainLoss`` when it exists, else L1 on the last output), backward, AdamW
@@ -65,7 +65,7 @@ def measure_step(model_name: str, backend: str, B: int, H: int, device: torch.de
         rec["peak_mb"] = harness.peak_mb(step, device)
         rec["ms"] = harness.time_ms(step, device, **(timing or {}))
     except Exception as err:  # noqa: BLE001  (the model may not exist yet: record why)
-        status = "oom" if harness._is_oom(err) else "error"
+        status = "oom" if harness.is_oom(err) else "error"
         rec.update(status=status, reason=f"{type(err).__name__}: {err}"[:500])
     finally:
         if device.type == "cuda":

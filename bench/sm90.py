@@ -9,7 +9,10 @@ the cubin's resource usage is read with the ``cuobjdump`` shipped inside triton.
 and constexprs are the launchers' own, so this checks what a GPU would compile: a kernel that
 only fails on the GPU compiler (a ``tl.dot`` shape or dtype, a layout) fails here, on a CPU.
 
-    python -m bench sm90 [--dtypes float32,bfloat16,float64] [--json OUT]
+    python -m bench sm90 [--dtypes float32,bfloat16,float64] [--ops OP,...] [--json OUT]
+
+Each record also says, from the PTX, how wide the kernel's global loads and stores are and which
+tensor-core instructions it uses (:func:`ptx_facts`).
 """
 from __future__ import annotations
 
@@ -56,14 +59,46 @@ def recording_launches():
         _common.check_triton_runs_on = real_check
 
 
-def _drive_launchers(dtype: torch.dtype, shape) -> None:
-    """Call every custom op of the op table, forward and backward, on every sample variant (so
-    every kernel path launches) with CPU tensors of ``shape``; nothing executes while recording."""
-    from psfops.testing import OPS, backward_args
+# Further shapes for ops whose launch depends on the image size beyond 16x16: a whole-plane and a
+# split-plane spatial_normalize (on an H100's SM count, below), and full-width pixel blocks.
+EXTRA_WORKLOADS = {
+    "spatial_normalize": (dict(B=8, C=64, H=64, W=64), dict(B=1, C=3, H=1024, W=1024)),
+    "gated_blend": (dict(B=2, C=64, H=32, W=32),),
+    "lstm_cell": (dict(B=2, C=32, H=32, W=32),),
+}
+RECORDED_SMS = 132  # the SM count launchers see while recording: an H100's
 
-    for info in OPS.values():
-        for sample in info.samples(shape, dtype, "cpu"):
-            info.backward(*backward_args(info, sample))
+
+def _drive_launchers(dtype: torch.dtype, shape, ops=None) -> None:
+    """Call every custom op of the op table (or those named in ``ops``), forward and backward, on
+    every sample variant (so every kernel path launches) with CPU tensors of ``shape`` and of the
+    op's :data:`EXTRA_WORKLOADS`; nothing executes while recording."""
+    from unittest import mock
+
+    from psfops.kernels import _common
+    from psfops.testing import OPS, Shape, backward_args
+
+    with mock.patch.object(_common, "INTERPRETER_SMS", RECORDED_SMS):
+        for info in OPS.values():
+            if ops is not None and info.name not in ops:
+                continue
+            for s in [shape] + [Shape(**w) for w in EXTRA_WORKLOADS.get(info.name, ())]:
+                for sample in info.samples(s, dtype, "cpu"):
+                    info.backward(*backward_args(info, sample))
+
+
+def ptx_facts(ptx: str) -> dict:
+    """What the PTX says about memory and matrix instructions: the widest global load and store
+    (bits per thread and instruction) and the tensor-core instructions (``mma``/``wgmma`` with
+    their operand types), e.g. ``{"load_bits": 128, "store_bits": 128, "mma": ["mma.bf16"]}``."""
+    def widest(op):
+        bits = [0]
+        for vec, width in re.findall(rf"\b{op}\.global(?:\.[a-z0-9_:]+)*?(?:\.v(\d))?\.[bfus](\d+)\b", ptx):
+            bits.append(int(vec or 1) * int(width))
+        return max(bits)
+    mma = sorted({f"{kind}.{ty}" for kind, ty in
+                  re.findall(r"\b(w?gmma|mma)\.[a-z0-9_.:]*?\.(bf16|f16|tf32|f64|e4m3|e5m2)\b", ptx)})
+    return {"load_bits": widest("ld"), "store_bits": widest("st"), "mma": mma}
 
 
 def _signature(fn, args, kwargs):
@@ -90,6 +125,24 @@ def _signature(fn, args, kwargs):
     return signature, constexprs, options
 
 
+def _divisibility(fn, args, kwargs) -> dict:
+    """The JIT's specialization of one launch, as ``ASTSource`` attrs: a tensor argument whose
+    address is 16-byte aligned, or an int argument divisible by 16, is compiled as such
+    (``tt.divisibility`` 16), as a launch on the GPU does. Alignment decides how wide the
+    kernel's loads and stores can be."""
+    values = dict(zip(fn.arg_names, args))
+    values.update(kwargs)
+    attrs = {}
+    for i, param in enumerate(fn.params):
+        value = values.get(param.name)
+        if param.is_constexpr or isinstance(value, bool):
+            continue
+        if (isinstance(value, torch.Tensor) and value.data_ptr() % 16 == 0) or \
+                (isinstance(value, int) and value % 16 == 0):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
 def _resource_usage(cubin: bytes) -> dict:
     import triton
 
@@ -102,8 +155,10 @@ def _resource_usage(cubin: bytes) -> dict:
     return {key.lower(): int(val) for key, val in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
 
 
-def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), workload=WORKLOAD) -> list[dict]:
-    """One record per distinct launch: kernel, dtype, constexprs, num_warps and the resources."""
+def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), workload=WORKLOAD,
+                   ops=None) -> list[dict]:
+    """One record per distinct launch: kernel, dtype, constexprs, num_warps, the resources and
+    :func:`ptx_facts` (``ops``: only these ops' launches)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -115,10 +170,12 @@ def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), worklo
     records, seen = [], set()
     for dtype in dtypes:
         with recording_launches() as launches:
-            _drive_launchers(dtype, Shape(**workload))
+            _drive_launchers(dtype, Shape(**workload), ops)
         for fn, args, kwargs in launches:
             signature, constexprs, options = _signature(fn, args, dict(kwargs))
-            key = (fn.__name__, tuple(signature.items()), repr(sorted(constexprs.items())), repr(options))
+            attrs = _divisibility(fn, args, kwargs)
+            key = (fn.__name__, tuple(signature.items()), repr(sorted(constexprs.items())), repr(options),
+                   repr(sorted(attrs)))
             if key in seen:
                 continue
             seen.add(key)
@@ -126,9 +183,9 @@ def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), worklo
                    "constexprs": {k: str(v) for k, v in constexprs.items()},
                    "num_warps": options.get("num_warps", 4)}
             try:
-                compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
                                           target=GPUTarget(*TARGET), options=options)
-                rec.update(_resource_usage(compiled.asm["cubin"]), ok=True)
+                rec.update(_resource_usage(compiled.asm["cubin"]), **ptx_facts(compiled.asm["ptx"]), ok=True)
             except Exception as e:  # report every failing kernel, not just the first
                 rec.update(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
             records.append(rec)
@@ -139,14 +196,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench sm90", description=__doc__.split("\n\n")[0])
     p.add_argument("--dtypes", default="float32,bfloat16,float64")
     p.add_argument("--json", type=Path, default=None, help="write the records here")
+    p.add_argument("--ops", default=None, help="comma-separated op names (default: every op)")
     a = p.parse_args(argv)
     dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
-    records = compile_report(dtypes)
-    print(f"{'kernel':28} {'dtype':9} {'warps':>5} {'regs':>5} {'stack':>6} {'local':>6} {'shared':>7}  constexprs")
+    records = compile_report(dtypes, ops=a.ops.split(",") if a.ops else None)
+    print(f"{'kernel':28} {'dtype':9} {'warps':>5} {'regs':>5} {'stack':>6} {'local':>6} {'shared':>7} "
+          f"{'ld/st bits':>10} {'mma':>10}  constexprs")
     for r in records:
         if r["ok"]:
             print(f"{r['kernel']:28} {r['dtype']:9} {r['num_warps']:>5} {r.get('reg', '?'):>5} {r.get('stack', 0):>6} "
-                  f"{r.get('local', 0):>6} {r.get('shared', 0):>7}  {r['constexprs']}")
+                  f"{r.get('local', 0):>6} {r.get('shared', 0):>7} {r['load_bits']:>4}/{r['store_bits']:<5} "
+                  f"{','.join(r['mma']) or '-':>10}  {r['constexprs']}")
         else:
             print(f"{r['kernel']:28} {r['dtype']:9} FAILED: {r['error']}")
     if a.json:

@@ -116,3 +116,26 @@ def plane_and_tile(HW, BLOCK_P: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     pix, pmask = pixel_tile((pid % n_tiles).to(tl.int32), HW, BLOCK_P)
     return pid // n_tiles, pix, pmask
+
+
+# ---- launch geometry of the memory-bound kernels (normalize / gating / lstm) ----
+
+INTERPRETER_SMS = 4  # the pretend GPU of the interpreter: small test shapes take the GPU's split paths
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA ``device`` (:data:`INTERPRETER_SMS` elsewhere)."""
+    if device.type != "cuda":
+        return INTERPRETER_SMS
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def vector_block(dtype: torch.dtype, threads: int) -> int:
+    """Values along the contiguous axis that give each of ``threads`` threads one 16-byte vector
+    (4 float32, 8 float16/bfloat16, 2 float64): the widest global load and store a thread issues."""
+    return threads * max(1, 16 // dtype.itemsize)

@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, launcher, pixel_block, plane_and_tile, tanh, unneeded_as_placeholders
+from .._grads import gradient_buffers
+from ._common import acc_dtype, launcher, pixel_block, plane_and_tile, tanh, vector_block
 
 
 @triton.jit
@@ -45,7 +46,9 @@ def _lstm_fwd_kernel(gates_ptr, c_prev_ptr, h_ptr, c_ptr, C, HW, BLOCK_P: tl.con
 
 @triton.jit
 def _lstm_bwd_kernel(dh_ptr, dc_ptr, gates_ptr, c_prev_ptr, dgates_ptr, dc_prev_ptr, C, HW,
-                     BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+                     NEED_GATES: tl.constexpr, NEED_C_PREV: tl.constexpr, BLOCK_P: tl.constexpr,
+                     ACC: tl.constexpr):
+    """NEED_*: which gradients to write (each needs every input, so all are read)."""
     plane, pix, pmask = plane_and_tile(HW, BLOCK_P)
     b, c = plane // C, plane % C
     g_base, s_base, step, si, sf, so, tg, cp, cell = _cell(gates_ptr, c_prev_ptr, b, c, C, HW, pix,
@@ -54,17 +57,21 @@ def _lstm_bwd_kernel(dh_ptr, dc_ptr, gates_ptr, c_prev_ptr, dgates_ptr, dc_prev_
     dc = tl.load(dc_ptr + s_base + pix, mask=pmask, other=0.0).to(ACC)
     tc = tanh(cell)
     dct = dc + dh * so * (1.0 - tc * tc)
-    out = dgates_ptr.dtype.element_ty
-    tl.store(dgates_ptr + g_base + pix, (dct * tg * si * (1.0 - si)).to(out), mask=pmask)
-    tl.store(dgates_ptr + g_base + step + pix, (dct * cp * sf * (1.0 - sf)).to(out), mask=pmask)
-    tl.store(dgates_ptr + g_base + 2 * step + pix, (dct * si * (1.0 - tg * tg)).to(out), mask=pmask)
-    tl.store(dgates_ptr + g_base + 3 * step + pix, (dh * tc * so * (1.0 - so)).to(out), mask=pmask)
-    tl.store(dc_prev_ptr + s_base + pix, (dct * sf).to(dc_prev_ptr.dtype.element_ty), mask=pmask)
+    if NEED_GATES:
+        out = dgates_ptr.dtype.element_ty
+        tl.store(dgates_ptr + g_base + pix, (dct * tg * si * (1.0 - si)).to(out), mask=pmask)
+        tl.store(dgates_ptr + g_base + step + pix, (dct * cp * sf * (1.0 - sf)).to(out), mask=pmask)
+        tl.store(dgates_ptr + g_base + 2 * step + pix, (dct * si * (1.0 - tg * tg)).to(out), mask=pmask)
+        tl.store(dgates_ptr + g_base + 3 * step + pix, (dh * tc * so * (1.0 - so)).to(out), mask=pmask)
+    if NEED_C_PREV:
+        tl.store(dc_prev_ptr + s_base + pix, (dct * sf).to(dc_prev_ptr.dtype.element_ty), mask=pmask)
 
 
-def _grid(c_prev: torch.Tensor):
+def lstm_grid(c_prev: torch.Tensor):
+    """(grid, BLOCK_P): one program per BLOCK_P pixels of a (b, c) plane; on the GPU one 16-byte
+    vector per thread and tensor at 4 warps (:func:`vector_block`)."""
     B, C, H, W = c_prev.shape
-    BP = pixel_block(H * W, gpu_block=512)
+    BP = pixel_block(H * W, gpu_block=vector_block(c_prev.dtype, 128))
     return (B * C * triton.cdiv(H * W, BP),), BP
 
 
@@ -75,7 +82,7 @@ def lstm_forward(gates, c_prev):
     h, c = torch.empty_like(c_prev), torch.empty_like(c_prev)
     if c.numel() == 0:
         return h, c
-    grid, BP = _grid(c_prev)
+    grid, BP = lstm_grid(c_prev)
     B, C, H, W = c_prev.shape
     _lstm_fwd_kernel[grid](gates, c_prev, h, c, C, H * W, BLOCK_P=BP, ACC=acc_dtype(gates))
     return h, c
@@ -84,13 +91,14 @@ def lstm_forward(gates, c_prev):
 @launcher
 def lstm_backward(dh, dc, gates, c_prev, needs):
     """(dgates (B,4C,H,W), dc_prev (B,C,H,W)) from the output gradients dh, dc, where ``needs``
-    asks for them (placeholders elsewhere)."""
+    asks for them (0-element placeholders elsewhere, never allocated or written)."""
     dh, dc, gates, c_prev = dh.contiguous(), dc.contiguous(), gates.contiguous(), c_prev.contiguous()
-    dgates, dc_prev = torch.empty_like(gates), torch.empty_like(c_prev)
-    if dc_prev.numel() == 0:
-        return unneeded_as_placeholders((dgates, dc_prev), needs)
-    grid, BP = _grid(c_prev)
+    grads = gradient_buffers(needs, gates, c_prev)
+    if c_prev.numel() == 0:
+        return grads
+    dgates, dc_prev = (g if need else dh for g, need in zip(grads, needs))  # dh: never written
+    grid, BP = lstm_grid(c_prev)
     B, C, H, W = c_prev.shape
-    _lstm_bwd_kernel[grid](dh, dc, gates, c_prev, dgates, dc_prev, C, H * W, BLOCK_P=BP,
-                           ACC=acc_dtype(gates))
-    return unneeded_as_placeholders((dgates, dc_prev), needs)
+    _lstm_bwd_kernel[grid](dh, dc, gates, c_prev, dgates, dc_prev, C, H * W, NEED_GATES=needs[0],
+                           NEED_C_PREV=needs[1], BLOCK_P=BP, ACC=acc_dtype(gates))
+    return grads

@@ -1,20 +1,40 @@
-"""The ``sdpsfnet`` command (also ``python -m sdpsfnet``): train, eval, metrics, derain, synth,
-show-psf. ``sdpsfnet <command> --help`` documents each; errors print one line and exit with 1
-(2 for bad usage, argparse's convention)."""
+"""The sdpsfnet command (also python -m sdpsfnet): train, evaluate, score, derain, render
+synthetic rain, plot PSFs, list the model zoo and export for deployment.
+
+Run "sdpsfnet COMMAND --help" for each command's options. eval, metrics, derain, synth,
+show-psf and export never write over one of their input files: an output path that resolves to
+an input (also through "..", symbolic or hard links) is refused with an error before anything
+is written. Errors print one line and exit with 1 (2 for bad usage, argparse's convention).
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
+from .files import atomic_write, refuse_overwrite
+
+NO_OVERWRITE = "Never writes over an input file: such an output path is refused before any work."
+
+
+def _finite(obj):
+    """``obj`` with every non-finite float (PSNR of identical images is inf) replaced by None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
 
 def _write_json(result: dict, path: str | None) -> None:
-    text = json.dumps(result, indent=2)
+    """Strict JSON (no Infinity/NaN tokens: non-finite numbers become null), written atomically."""
     if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text + "\n")
+        with atomic_write(path) as f:
+            f.write((json.dumps(_finite(result), indent=2, allow_nan=False) + "\n").encode())
 
 
 def _print_means(title: str, result: dict) -> None:
@@ -92,8 +112,11 @@ def _load(ckpt: str, device: str):
 
 
 def cmd_eval(a) -> int:
+    from .data import find_pairs
     from .inference import evaluate
 
+    if a.json:
+        refuse_overwrite([a.json], [a.ckpt, *(p for pair in find_pairs(a.data) for p in pair)])
     result = evaluate(_load(a.ckpt, a.device), a.data, tile=a.tile or None, overlap=a.overlap,
                       progress=not a.no_progress)
     _print_means("restored", result)
@@ -104,8 +127,12 @@ def cmd_eval(a) -> int:
 
 
 def cmd_metrics(a) -> int:
+    from .data import images_by_key
     from .metrics import score_folders
 
+    if a.json:
+        refuse_overwrite([a.json], [*images_by_key(a.pred_dir, "pred_dir").values(),
+                           *images_by_key(a.target_dir, "target_dir").values()])
     result = score_folders(a.pred_dir, a.target_dir, progress=not a.no_progress)
     _print_means("metrics", result)
     _write_json(result, a.json)
@@ -113,8 +140,9 @@ def cmd_metrics(a) -> int:
 
 
 def cmd_derain(a) -> int:
-    from .inference import derain_paths
+    from .inference import derain_outputs, derain_paths
 
+    derain_outputs(a.inputs, a.out)  # its checks, before the model is loaded
     written = derain_paths(_load(a.ckpt, a.device), a.inputs, a.out, tile=a.tile or None,
                            overlap=a.overlap, progress=not a.no_progress)
     print(f"wrote {len(written)} image(s) to {a.out}")
@@ -124,7 +152,7 @@ def cmd_derain(a) -> int:
 def cmd_synth(a) -> int:
     from .rain import synth_folder
 
-    synth_folder(a.clean, a.out, seed=a.seed)
+    synth_folder(a.clean, a.out, seed=a.seed, progress=not a.no_progress)
     print(f"wrote rainy/clean pairs to {a.out}")
     return 0
 
@@ -133,6 +161,7 @@ def cmd_show_psf(a) -> int:
     from .data import load_image
     from .inference import show_psf
 
+    refuse_overwrite([a.out], [a.ckpt] + ([a.image] if a.image else []))
     model = _load(a.ckpt, a.device)
     image = load_image(a.image) if a.image else None
     show_psf(model, a.out, image=image, module=a.module)
@@ -140,8 +169,33 @@ def cmd_show_psf(a) -> int:
     return 0
 
 
+def cmd_models(a) -> int:
+    from .complexity import count
+    from .registry import MODELS
+
+    rows = [(name, *count(name, a.size if a.macs else None), MODELS.describe(name))
+            for name in MODELS if not name.startswith("_")]
+    macs_head = f"  MACs@{a.size}x{a.size}" if a.macs else ""
+    print(f"{'name':<15} {'params':>11}{macs_head}  what")
+    for name, params, macs, what in rows:
+        macs_col = f"  {macs / 1e9:>{len(macs_head) - 3}.2f}G" if a.macs else ""
+        print(f"{name:<15} {params:>11,}{macs_col}  {what}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .export import export_checkpoint
+
+    meta = export_checkpoint(a.ckpt, a.out)
+    M = meta["pad_multiple"]
+    print(f"wrote {a.out}: model {meta['model']}, reference ops; input (B, 3, H, W) in [0, 1] with "
+          f"H, W multiples of {M} (>= {2 * M}): reflect-pad other sizes and crop back")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sdpsfnet", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="sdpsfnet", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp, device=True):
@@ -189,40 +243,74 @@ def build_parser() -> argparse.ArgumentParser:
     common(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="PSNR/SSIM of a checkpoint on a paired folder")
-    e.add_argument("--ckpt", required=True)
-    e.add_argument("--data", required=True, help="paired folder")
-    e.add_argument("--json", help="write the results (means and per_image) here")
-    tiling(e), common(e)
-    e.set_defaults(func=cmd_eval)
+    def command(name, func, help, description, writes=True, ckpt=True):
+        sp = sub.add_parser(name, help=help, description=f"{description} {NO_OVERWRITE}" if writes else description)
+        sp.set_defaults(func=func)
+        if ckpt:
+            sp.add_argument("--ckpt", required=True, help="checkpoint (last.pt or best.pt of a run)")
+        return sp
 
-    m = sub.add_parser("metrics", help="PSNR/SSIM between two folders matched by file name")
-    m.add_argument("pred_dir")
-    m.add_argument("target_dir")
+    images = ("Images are read at their true scale (16-bit files as 16 bits, EXIF orientation "
+              "applied); metrics quantize to 8 bits first, as published deraining tables do.")
+    strict = "JSON is strict: a PSNR of identical images (infinite) is written as null."
+
+    e = command("eval", cmd_eval, "PSNR/SSIM of a checkpoint on a paired folder",
+                f"PSNR and SSIM (Y and RGB) of the checkpoint's output and of the rainy input on every pair "
+                f"of a paired folder. Pair sizes are checked before the model runs. {images} {strict}")
+    e.add_argument("--data", required=True, help="paired folder (input/ + target/ or rain/ + norain/)")
+    e.add_argument("--json", help="write the results (means, input means and per_image) here")
+    tiling(e), common(e)
+
+    m = command("metrics", cmd_metrics, "PSNR/SSIM between two folders matched by file name",
+                f"PSNR and SSIM (Y and RGB) of every image in PRED_DIR against its namesake in TARGET_DIR "
+                f"(extension free). {images} {strict}", ckpt=False)
+    m.add_argument("pred_dir", metavar="PRED_DIR")
+    m.add_argument("target_dir", metavar="TARGET_DIR")
     m.add_argument("--json", help="write psnr_y, ssim_y, psnr_rgb, ssim_rgb and per_image here")
     common(m, device=False)
-    m.set_defaults(func=cmd_metrics)
 
-    d = sub.add_parser("derain", help="derain images (files or folders) into PNGs of the same size")
-    d.add_argument("--ckpt", required=True)
-    d.add_argument("inputs", nargs="+", metavar="INPUT")
-    d.add_argument("--out", required=True)
+    d = command("derain", cmd_derain, "derain images (files or folders) into PNGs of the same size",
+                "Derain image files and folders (not recursive) into OUT/<name>.png: same size, same bit "
+                "depth (a 16-bit input gives a 16-bit PNG), grayscale inputs give grayscale PNGs. Images "
+                "larger than --tile are processed in overlapping tiles.")
+    d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    d.add_argument("--out", required=True, help="output folder")
     tiling(d), common(d)
-    d.set_defaults(func=cmd_derain)
 
-    s = sub.add_parser("synth", help="render rainy/clean pairs from clean images")
+    s = command("synth", cmd_synth, "render rainy/clean pairs from clean images",
+                "Render synthetic rain on every image of --clean into OUT/input/<name>.png (rainy) and "
+                "OUT/target/<name>.png (the clean image), in the clean image's bit depth; reproducible "
+                "for a given --seed.", ckpt=False)
     s.add_argument("--clean", required=True, help="folder of clean images")
-    s.add_argument("--out", required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=cmd_synth)
+    s.add_argument("--out", required=True, help="output folder (gets input/ and target/)")
+    s.add_argument("--seed", type=int, default=0, help="image i is rendered with seed + i")
+    common(s, device=False)
 
-    v = sub.add_parser("show-psf", help="plot the learned PSF basis and per-pixel mixing weights")
-    v.add_argument("--ckpt", required=True)
+    v = command("show-psf", cmd_show_psf, "plot the learned PSF basis and per-pixel mixing weights",
+                "Plot one dynamic-PSF module of a checkpoint as a PNG: its basis kernels (colour bar), "
+                "and with --image the dominant kernel per pixel (legend) and the most varying "
+                "mixing-weight maps (colour bar).")
     v.add_argument("--image", help="image whose mixing-weight maps are shown")
     v.add_argument("--module", type=int, default=0, help="which dynamic-PSF module (0 = first)")
     v.add_argument("--out", required=True, help="PNG path")
     common(v)
-    v.set_defaults(func=cmd_show_psf)
+
+    z = command("models", cmd_models, "list the model zoo (name, parameters, what)",
+                "List the registered models: name (for train --model), parameter count and what it is.",
+                writes=False, ckpt=False)
+    z.add_argument("--macs", action="store_true", help="also count multiply-accumulates (slower)")
+    z.add_argument("--size", type=int, default=256, help="image side for --macs")
+
+    x = command("export", cmd_export, "export a checkpoint for deployment (torch.export or ONNX)",
+                "Export a checkpoint's model as a torch.export program (--out *.pt2; load it with "
+                "torch.export.load, no psfops needed) or as ONNX (--out *.onnx; needs the onnx and "
+                "onnxscript packages). The graph uses the psfops reference ops, i.e. plain PyTorch "
+                "operators, so it runs without Triton and converts to ONNX; it is exported on the CPU (for "
+                "a GPU: torch.export.passes.move_to_device_pass). Input "
+                "(B, 3, H, W) RGB in [0, 1], any batch, H and W any multiples of the model's padding "
+                "multiple M (4 for SD-PSFNet, 8 for MSPFN), at least 2M; reflect-pad other sizes and "
+                "crop the output back. Output: the restored image, clamped to [0, 1].")
+    x.add_argument("--out", required=True, help="output file: .pt2 or .onnx")
     return p
 
 

@@ -16,15 +16,17 @@ from torch.utils.flop_counter import FlopCounterMode
 from .registry import MODELS, build_model
 
 
-def count(name: str, size: int = 256, **overrides) -> tuple[int, float]:
-    """(parameters, MACs of one forward pass on a 1x3x``size``x``size`` image)."""
+def count(name: str, size: int | None = 256, **overrides) -> tuple[int, float | None]:
+    """(parameters, MACs of one forward pass on a 1x3x``size``x``size`` image; None for
+    ``size=None``, which only counts parameters)."""
     with torch.device("meta"):  # the default backend runs the reference ops on meta tensors
         model = build_model(name, **overrides)
-        x = torch.rand(1, 3, size, size)
     params = sum(p.numel() for p in model.parameters())
+    if size is None:
+        return params, None
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(x)
+        model(torch.rand(1, 3, size, size, device="meta"))
     return params, counter.get_total_flops() / 2
 
 

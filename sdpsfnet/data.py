@@ -1,39 +1,64 @@
-"""Paired rainy/clean image folders: loading, saving, pairing and the training/eval dataset.
+"""Image files in and out, and paired rainy/clean folders for training and evaluation.
 
-Layout (SPEC section 4): ``root/input/`` + ``root/target/`` or ``root/rain/`` + ``root/norain/``
-(if both exist, ``input/`` + ``target/`` wins). Images: .png .jpg .jpeg .bmp .tif .tiff .webp (any
-case); other files are ignored. Partners are matched by file stem, so ``input/7.png`` pairs with
+Reading (:func:`read_image`, the one loader every command uses): any image Pillow opens, at its
+true scale, as a (3, H, W) float32 RGB tensor in [0, 1], with its EXIF orientation applied:
+
+- 8-bit files (L, RGB, palette, LA, RGBA, CMYK, YCbCr, ...): level / 255, converted to RGB by
+  Pillow; alpha is dropped (the stored colour is kept, not composited); 1-bit files give 0 or 1.
+- 16-bit files: level / 65535; grayscale (Pillow's ``I;16`` modes) and colour PNG/TIFF (which
+  Pillow would truncate to 8 bits, so they are decoded by pypng / tifffile instead).
+- 32-bit integer files (mode ``I``): level / 65535 (Pillow's mode for 16-bit data); a value
+  outside 0..65535 is an error.
+- 32-bit float files (mode ``F``): taken as intensities in [0, 1]; a value outside it (or NaN)
+  is an error, never clipped silently.
+
+Grayscale files are replicated to the three channels. :func:`read_image` also returns the file's
+:class:`PixelFormat` (8 or 16 bits, grayscale or colour) so that outputs can be written back in
+it (:func:`save_as`: a 16-bit input gives a 16-bit output, a grayscale one a grayscale output;
+float inputs give 16-bit outputs, the deepest PNG).
+
+Paired folders: ``root/input/`` + ``root/target/`` or ``root/rain/`` + ``root/norain/`` (if both
+exist, ``input/`` + ``target/`` wins). Images: .png .jpg .jpeg .bmp .tif .tiff .webp (any case);
+other files are ignored. Partners are matched by file stem, so ``input/7.png`` pairs with
 ``target/7.jpg``. One name variant is accepted: a leading ``rain`` / ``norain`` token followed by
 ``-``, ``_`` or a digit is ignored for matching, so the Rain100H/Rain100L release names
 ``rain/rain-001.png`` and ``norain/norain-001.png`` pair up. Many-to-one layouts (Rain1400's 14
 rainy versions ``1_1.jpg``..``1_14.jpg`` of ``1.jpg``) are not supported: rename first.
-
-Tensors are (3, H, W) float32 RGB in [0, 1]; grayscale, palette and RGBA files are converted to
-RGB (alpha dropped). Saving quantizes to 8 bits (``round(x * 255)``), like every PNG writer.
 """
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from .files import atomic_write
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "load_image", "save_image", "find_pairs", "images_by_key", "PairedImages",
-    "random_crop", "random_flip_rot", "pad_to", "natural_key",
+    "IMAGE_EXTENSIONS", "PixelFormat", "read_image", "load_image", "image_size", "save_image",
+    "save_as", "check_pairs", "find_pairs", "images_by_key", "PairedImages", "random_crop",
+    "random_flip_rot", "pad_to", "natural_key",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LAYOUTS = (("input", "target"), ("rain", "norain"))
 _RAIN_PREFIX = re.compile(r"^(?:no)?rain(?=[-_\d])[-_]?", re.IGNORECASE)
+_ORIENTATION = ExifTags.Base.Orientation
+_GRAY_8BIT = ("1", "L", "LA")
+
+
+class PixelFormat(NamedTuple):
+    """How an image file stores its pixels: ``bits`` per channel (8 or 16), ``gray`` or colour."""
+
+    bits: int = 8
+    gray: bool = False
 
 
 def natural_key(name: str):
@@ -41,39 +66,159 @@ def natural_key(name: str):
     return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", str(name)) if t]
 
 
-def load_image(path: str | os.PathLike) -> Tensor:
-    """Read an image file -> (3, H, W) float32 RGB in [0, 1].
+def _bits_per_sample(im: Image.Image, path: Path) -> int:
+    """Bits per channel stored in a PNG or TIFF file (Pillow's colour modes hold only 8)."""
+    if im.format == "PNG":
+        import png
 
-    Raises FileNotFoundError or ValueError naming ``path`` if it is missing or not a readable image.
+        reader = png.Reader(filename=os.fspath(path))
+        reader.preamble()
+        return reader.bitdepth
+    if im.format == "TIFF":
+        return max(im.tag_v2.get(258, (8,)))  # BitsPerSample
+    return 8
+
+
+def _read_16bit_colour(im: Image.Image, path: Path) -> np.ndarray:
+    """(H, W, channels) uint16 of a 16-bit PNG (pypng) or TIFF (tifffile), as stored."""
+    if im.format == "PNG":
+        import png
+
+        width, height, rows, info = png.Reader(filename=os.fspath(path)).asDirect()
+        return np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, info["planes"])
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        arr = page.asarray()
+        return np.moveaxis(arr, page.axes.index("S"), -1) if "S" in page.axes else arr[..., None]
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to an (H, W, C) array: Pillow's exif_transpose on each channel
+    (as a 16-bit image, since Pillow has no 16-bit colour mode)."""
+    if orientation == 1:
+        return arr
+    channels = []
+    for c in range(arr.shape[-1]):
+        im = Image.fromarray(np.ascontiguousarray(arr[..., c]))
+        im.getexif()[_ORIENTATION] = orientation
+        channels.append(np.asarray(ImageOps.exif_transpose(im)))
+    return np.stack(channels, -1)
+
+
+def _check_range(arr: np.ndarray, lo: float, hi: float, what: str) -> None:
+    if arr.size and not (np.isfinite(arr).all() and arr.min() >= lo and arr.max() <= hi):
+        raise ValueError(f"{what} values must lie in [{lo:g}, {hi:g}], found {np.nanmin(arr):g}..{np.nanmax(arr):g}")
+
+
+def _decode(im: Image.Image, path: Path) -> tuple[np.ndarray, PixelFormat]:
+    """(H, W, 1 or 3) float64 in [0, 1] and the pixel format of an open image (see the module
+    docstring)."""
+    if im.mode in ("RGB", "RGBA", "LA") and _bits_per_sample(im, path) == 16:
+        arr = _orient(_read_16bit_colour(im, path), im.getexif().get(_ORIENTATION, 1))
+        gray = arr.shape[-1] < 3
+        arr = arr[..., :1] if gray else arr[..., :3]  # drop alpha
+        return arr / 65535.0, PixelFormat(16, gray)
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I
+        arr = np.asarray(im).astype(np.float64)
+        _check_range(arr, 0, 65535, f"{im.mode} (integer)")
+        return arr[..., None] / 65535.0, PixelFormat(16, True)
+    if im.mode == "F":
+        arr = np.asarray(im).astype(np.float64)
+        _check_range(arr, 0, 1, "F (floating-point)")
+        return arr[..., None], PixelFormat(16, True)
+    if im.mode in _GRAY_8BIT:
+        return np.asarray(im.convert("L"))[..., None] / 255.0, PixelFormat(8, True)
+    return np.asarray(im.convert("RGB")) / 255.0, PixelFormat(8, False)
+
+
+def read_image(path: str | os.PathLike) -> tuple[Tensor, PixelFormat]:
+    """Read an image file -> ((3, H, W) float32 RGB in [0, 1], its :class:`PixelFormat`); see the
+    module docstring for how each kind of file is scaled.
+
+    Raises FileNotFoundError or ValueError naming ``path`` if it is missing, not a readable image,
+    or holds values outside its mode's range.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as im:
-            arr = np.array(im.convert("RGB"), dtype=np.uint8)
+            arr, fmt = _decode(im, path)
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
         raise ValueError(f"cannot read image {path}: {e}") from e
-    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
+    img = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1)
+    return img.expand(3, -1, -1).contiguous(), fmt
 
 
-def save_image(img: Tensor, path: str | os.PathLike) -> None:
-    """Write a (3, H, W), (1, H, W) or (H, W) image in [0, 1] as an 8-bit PNG, atomically.
+def load_image(path: str | os.PathLike) -> Tensor:
+    """The (3, H, W) float32 RGB image in [0, 1] of :func:`read_image` (without the format)."""
+    return read_image(path)[0]
 
-    Values are clamped to [0, 1] and rounded to ``round(x * 255)``. Written with
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file as :func:`read_image` returns it (EXIF orientation
+    applied), from its header only. ValueError naming ``path`` if it is not a readable image."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            return (h, w) if im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)  # 90-degree turns
+    except Exception as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def save_image(img: Tensor, path: str | os.PathLike, bits: int = 8) -> None:
+    """Write a (3, H, W) RGB or (1, H, W) / (H, W) grayscale image in [0, 1] as a PNG of ``bits``
+    (8 or 16) per channel, atomically.
+
+    Values are clamped to [0, 1] and rounded to ``round(x * (2**bits - 1))``. Written with
     :func:`sdpsfnet.files.atomic_write`: a reader never sees a partial file, parent folders are
     created, and the file gets the umask's permissions.
     """
     if not isinstance(img, Tensor):
         raise TypeError(f"img must be a torch.Tensor, got {type(img).__name__}")
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits!r}")
     if img.dim() == 2:
         img = img.unsqueeze(0)
     if img.dim() != 3 or img.shape[0] not in (1, 3):
         raise ValueError(f"img must have shape (3, H, W), (1, H, W) or (H, W), got {tuple(img.shape)}")
-    arr = torch.round(img.detach().float().clamp(0, 1) * 255).to(torch.uint8).cpu()
-    arr = arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).contiguous().numpy()
+    top = 2 ** bits - 1
+    arr = torch.round(img.detach().double().clamp(0, 1) * top).cpu().permute(1, 2, 0).numpy()
+    arr = arr.astype(np.uint8 if bits == 8 else np.uint16)
     with atomic_write(path) as f:
-        Image.fromarray(arr).save(f, format="PNG")
+        if bits == 16 and arr.shape[-1] == 3:  # Pillow writes 16-bit grayscale only
+            import png
+
+            h, w, _ = arr.shape
+            png.Writer(w, h, greyscale=False, bitdepth=16).write(f, arr.reshape(h, w * 3))
+        else:
+            Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(f, format="PNG")
+
+
+def save_as(img: Tensor, path: str | os.PathLike, fmt: PixelFormat) -> None:
+    """Write a (3, H, W) image in the pixel format of an input file: at ``fmt.bits``, and as
+    grayscale (the mean of the channels) when ``fmt.gray``."""
+    save_image(img.mean(0, keepdim=True) if fmt.gray else img, path, fmt.bits)
+
+
+def _size_mismatch(a: Path, a_size: tuple[int, int], b: Path, b_size: tuple[int, int]) -> ValueError:
+    return ValueError(f"{a} is {a_size[0]}x{a_size[1]} but its partner {b} is {b_size[0]}x{b_size[1]} "
+                      "(width x height)")
+
+
+def check_pairs(pairs: Iterable[tuple[Path, Path]], min_side: int = 1, why: str = "") -> None:
+    """Before any work: ValueError naming both files of a pair whose sizes differ, or a file
+    whose width or height is under ``min_side`` (``why`` says what needs it). Reads headers only."""
+    for a, b in pairs:
+        a_size, b_size = image_size(a), image_size(b)
+        if a_size != b_size:
+            raise _size_mismatch(a, a_size, b, b_size)
+        if min(a_size) < min_side:
+            raise ValueError(f"{a} and {b} are {a_size[0]}x{a_size[1]}: {why or 'need'} at least "
+                             f"{min_side}x{min_side} pixels")
 
 
 def _pair_key(stem: str) -> str:
@@ -214,8 +359,8 @@ class PairedImages(Dataset):
         rainy_path, clean_path = self.pairs[index]
         rainy, clean = load_image(rainy_path), load_image(clean_path)
         if rainy.shape != clean.shape:
-            raise ValueError(f"{rainy_path} is {rainy.shape[2]}x{rainy.shape[1]} but its partner "
-                             f"{clean_path} is {clean.shape[2]}x{clean.shape[1]} (width x height)")
+            raise _size_mismatch(rainy_path, (rainy.shape[2], rainy.shape[1]),
+                                 clean_path, (clean.shape[2], clean.shape[1]))
         if self.train:
             pair = [rainy, clean]
             if self.crop is not None:

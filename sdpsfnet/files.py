@@ -1,4 +1,5 @@
-"""Atomic file writes for every file sdpsfnet produces (checkpoints, images, figures, JSON).
+"""Atomic file writes for every file sdpsfnet produces (checkpoints, images, figures, JSON), and
+:func:`refuse_overwrite`, the check that no output of a command is one of its inputs.
 
 A writer gets a temporary file ``.NAME.RANDOM.tmp`` in the destination folder; on success it is
 flushed, fsynced, given the permissions a plain ``open(path, "w")`` would give (``0o666`` minus
@@ -16,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-__all__ = ["atomic_write", "remove_stale_temps", "TEMP_PATTERN"]
+__all__ = ["atomic_write", "remove_stale_temps", "refuse_overwrite", "TEMP_PATTERN"]
 
 # ``.NAME.RANDOM.tmp``: what atomic_write creates (RANDOM is tempfile's 8-character name part).
 TEMP_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
@@ -64,3 +65,27 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
                 p.unlink()
                 removed.append(p)
     return removed
+
+
+def _identity(path: str | os.PathLike) -> set:
+    """What makes two paths one file: the resolved path, and (device, inode) if it exists, which
+    also catches hard links."""
+    keys: set = {os.path.realpath(path)}
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        keys.add((st.st_dev, st.st_ino))
+    return keys
+
+
+def refuse_overwrite(outputs, inputs) -> None:
+    """Before anything is written: ValueError naming the file if one of ``outputs`` is one of
+    ``inputs`` (the same path after resolving ``..`` and symbolic links, or a hard link to it).
+    Every sdpsfnet command calls this, so no command writes over one of its inputs."""
+    seen = {}
+    for p in inputs:
+        for key in _identity(p):
+            seen[key] = p
+    for out in outputs:
+        for key in _identity(out):
+            if key in seen:
+                raise ValueError(f"refusing to write {out}: it is the input {seen[key]}; choose another output path")

@@ -104,27 +104,37 @@ def list_images(inputs: Iterable[str]) -> list[str]:
     return paths
 
 
-def derain_paths(model: nn.Module, inputs: Iterable[str], out_dir: str, tile: int | None = 512,
-                 overlap: int = 64, progress: bool = True, amp_dtype: torch.dtype | None = None) -> list[str]:
-    """Derain image files/folders into ``out_dir`` as ``<stem>.png`` (same size); returns paths.
-    Two inputs with the same stem raise ValueError naming both."""
-    from tqdm import tqdm
-
-    from .data import load_image, save_image
+def derain_outputs(inputs: Iterable[str], out_dir: str) -> dict[str, str]:
+    """``{output path: input path}`` of :func:`derain_paths`: ``out_dir/<stem>.png`` per input
+    image. ValueError naming both if two inputs share a stem, or naming the file if an output
+    would be one of the inputs (``out_dir`` is an input folder holding a PNG of that stem)."""
+    from .files import refuse_overwrite
 
     paths = list_images(inputs)
-    stems: dict[str, str] = {}
+    outputs: dict[str, str] = {}
     for p in paths:
-        stem = os.path.splitext(os.path.basename(p))[0]
-        if stem in stems:
-            raise ValueError(f"inputs {stems[stem]} and {p} would both be written as {stem}.png")
-        stems[stem] = p
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for p in tqdm(paths, desc="derain", unit="img", disable=not progress):
-        y = derain_image(model, load_image(p), tile, overlap, amp_dtype=amp_dtype)
         dst = os.path.join(out_dir, os.path.splitext(os.path.basename(p))[0] + ".png")
-        save_image(y, dst)
+        if dst in outputs:
+            raise ValueError(f"inputs {outputs[dst]} and {p} would both be written as {dst}")
+        outputs[dst] = p
+    refuse_overwrite(outputs, paths)
+    return outputs
+
+
+def derain_paths(model: nn.Module, inputs: Iterable[str], out_dir: str, tile: int | None = 512,
+                 overlap: int = 64, progress: bool = True, amp_dtype: torch.dtype | None = None) -> list[str]:
+    """Derain image files/folders into ``out_dir`` as ``<stem>.png`` (same size, and the input's
+    bit depth and grayscale/colour, see :func:`sdpsfnet.data.save_as`); returns the paths. The
+    checks of :func:`derain_outputs` run before any image is processed: inputs are never
+    overwritten."""
+    from tqdm import tqdm
+
+    from .data import read_image, save_as
+
+    written = []
+    for dst, p in tqdm(derain_outputs(inputs, out_dir).items(), desc="derain", unit="img", disable=not progress):
+        img, fmt = read_image(p)
+        save_as(derain_image(model, img, tile, overlap, amp_dtype=amp_dtype), dst, fmt)
         written.append(dst)
     return written
 
@@ -132,10 +142,12 @@ def derain_paths(model: nn.Module, inputs: Iterable[str], out_dir: str, tile: in
 def _scored_pairs(data) -> tuple[int, Iterator[tuple[str, Tensor, Tensor]]]:
     """(count, lazy iterator of (name, rainy, clean)) for a paired folder (names: the rainy files'
     names) or a dataset of ``(rainy, clean, name)`` items; ValueError if there is nothing."""
-    from .data import find_pairs, load_image
+    from .data import check_pairs, find_pairs, load_image
+    from .metrics import MIN_SIDE
 
     if isinstance(data, (str, os.PathLike)):
         pairs = find_pairs(data)  # raises for a folder without images
+        check_pairs(pairs, MIN_SIDE, "SSIM's window needs")  # before the model runs on any image
         return len(pairs), ((r.name, load_image(r), load_image(c)) for r, c in pairs)
     if len(data) == 0:
         raise ValueError("the evaluation dataset is empty")
@@ -224,14 +236,26 @@ def psf_maps(model: nn.Module, image: Tensor | None = None) -> list[dict]:
              "weights": seen[id(m)][0].float().cpu() if id(m) in seen else None} for m in mods]
 
 
-def show_psf(model: nn.Module, out_png: str, image: Tensor | None = None, module: int = 0,
-             top: int = 8) -> str:
-    """Figure of one DynamicPSF module (index ``module`` in :func:`psf_modules` order): its J
-    normalized basis kernels as a grid; with ``image`` also the input, the per-pixel index of the
-    dominant kernel, and the ``top`` mixing-weight maps with the largest spatial variance."""
+def _kernel_colours(J: int):
+    """J distinct colours for kernel indices: tab20's for J <= 20, else J samples of turbo."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap(colormaps["tab20"].colors[:J] if J <= 20 else colormaps["turbo"].resampled(J)(range(J)))
+
+
+def psf_figure(model: nn.Module, image: Tensor | None = None, module: int = 0, top: int = 8):
+    """Matplotlib figure of one DynamicPSF module (index ``module`` in :func:`psf_modules` order).
+
+    Its J normalized basis kernels as a grid on one colour scale (colour bar "kernel weight");
+    with ``image`` (3,H,W) also the input, the per-pixel index of the dominant kernel (one colour
+    per kernel, legend of the kernels that dominate somewhere), and the ``top`` mixing-weight maps
+    with the largest spatial variance on one colour scale from 0 (colour bar "mixing weight").
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     maps = psf_maps(model, image)
     if not 0 <= module < len(maps):
@@ -242,29 +266,51 @@ def show_psf(model: nn.Module, out_png: str, image: Tensor | None = None, module
     cols = min(10, J)
     krows = -(-J // cols)
     wrows = 0 if weights is None else 1 + -(-min(top, J) // cols)
-    fig, axes = plt.subplots(krows + wrows, cols, figsize=(1.3 * cols, 1.3 * (krows + wrows) + 0.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(krows + wrows, cols, figsize=(1.4 * cols + 2.2, 1.3 * (krows + wrows) + 0.6),
+                             squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
+    lo, hi = float(basis.min()), float(basis.max())
     for j in range(J):
         ax = axes[j // cols, j % cols]
-        ax.imshow(basis[j].numpy(), cmap="magma")
+        shown = ax.imshow(basis[j].numpy(), cmap="magma", vmin=lo, vmax=hi)
         ax.set_title(f"k{j}", fontsize=7)
+    fig.colorbar(shown, ax=axes[:krows].ravel().tolist(), label="kernel weight", shrink=0.9)
     if weights is not None:
         r = krows
         axes[r, 0].imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
         axes[r, 0].set_title("input", fontsize=7)
         if cols > 1:
-            axes[r, 1].imshow(weights.argmax(0).numpy(), cmap="tab20", interpolation="nearest")
+            colours = _kernel_colours(J)
+            dominant = weights.argmax(0)
+            axes[r, 1].imshow(dominant.numpy(), cmap=colours, vmin=-0.5, vmax=J - 0.5, interpolation="nearest")
             axes[r, 1].set_title("dominant k", fontsize=7)
+            present = dominant.unique().tolist()  # legend in the free panel beside the map
+            axes[r, min(2, cols - 1)].legend(handles=[Patch(color=colours(j), label=f"k{j}") for j in present],
+                                             loc="center left", fontsize=6, ncol=1 + len(present) // 6,
+                                             title="dominant", title_fontsize=6)
         order = weights.flatten(1).var(1).argsort(descending=True)[:top].tolist()
+        wmax = float(weights[order].max())
         for i, j in enumerate(order):
             ax = axes[r + 1 + i // cols, i % cols]
-            ax.imshow(weights[j].numpy(), cmap="viridis", vmin=0)
+            shown = ax.imshow(weights[j].numpy(), cmap="viridis", vmin=0, vmax=wmax)
             ax.set_title(f"w{j}", fontsize=7)
+        fig.colorbar(shown, ax=axes[r + 1:].ravel().tolist(), label="mixing weight", shrink=0.9)
     fig.suptitle(f"{info['name']}: {J} basis kernels {tuple(basis.shape[1:])}", fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def show_psf(model: nn.Module, out_png: str, image: Tensor | None = None, module: int = 0,
+             top: int = 8) -> str:
+    """Write :func:`psf_figure` as a PNG, atomically (:func:`sdpsfnet.files.atomic_write`)."""
+    import matplotlib.pyplot as plt
+
+    from .files import atomic_write
+
+    fig = psf_figure(model, image, module, top)
+    try:
+        with atomic_write(out_png) as f:
+            fig.savefig(f, format="png", dpi=120)
+    finally:
+        plt.close(fig)
     return out_png

@@ -1,6 +1,6 @@
 """Image quality metrics with the deraining conventions: PSNR and SSIM on Y (BT.601) and on RGB.
 
-Conventions (SPEC section 4; the ones Rain100H/Rain100L/Test1200 tables are computed with):
+Conventions (the ones Rain100H/Rain100L/Test1200 tables are computed with):
 
 - Images are quantized to 8-bit levels first (``round(clamp(x, 0, 1) * 255)``), exactly as saving
   a PNG and re-reading it, so scores of a tensor and of its saved file agree.
@@ -12,7 +12,8 @@ Conventions (SPEC section 4; the ones Rain100H/Rain100L/Test1200 tables are comp
   give ``inf``.
 - SSIM: Wang et al. 2004 with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, 'valid'
   filtering (no padding: the map covers the (H-10)x(W-10) interior), as the authors' MATLAB
-  ``ssim_index.m`` used by deraining evaluation scripts; no automatic downsampling. For RGB the
+  ``ssim_index.m`` used by deraining evaluation scripts; no automatic downsampling. So images
+  must be at least 11 pixels on each side (``MIN_SIDE``). For RGB the
   per-channel SSIMs are averaged. This equals ``skimage.metrics.structural_similarity(...,
   gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``, which filters with reflect
   padding but then discards the same 5-pixel border before averaging.
@@ -29,10 +30,11 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-__all__ = ["rgb_to_y", "psnr", "ssim", "image_metrics", "score_folders", "quantize"]
+__all__ = ["rgb_to_y", "psnr", "ssim", "image_metrics", "score_folders", "quantize", "MIN_SIDE"]
 
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+MIN_SIDE = 11  # SSIM's window
 
 
 def _check_image(name: str, t, ndims=(2, 3)) -> None:
@@ -97,8 +99,8 @@ def ssim(pred: Tensor, target: Tensor, data_range: float = 255.0) -> float:
     on the CPU); both sides must be at least 11 pixels.
     """
     _check_pair(pred, target)
-    if min(pred.shape[-2:]) < 11:
-        raise ValueError(f"ssim needs images of at least 11x11 pixels, got {tuple(pred.shape)}")
+    if min(pred.shape[-2:]) < MIN_SIDE:
+        raise ValueError(f"ssim needs images of at least {MIN_SIDE}x{MIN_SIDE} pixels, got {tuple(pred.shape)}")
     x = pred.detach().double().cpu().numpy().reshape(-1, *pred.shape[-2:])
     y = target.detach().double().cpu().numpy().reshape(-1, *target.shape[-2:])
     g = _gaussian_1d()
@@ -136,21 +138,20 @@ def score_folders(pred_dir: str | os.PathLike, target_dir: str | os.PathLike,
 
     Returns ``{psnr_y, ssim_y, psnr_rgb, ssim_rgb}`` (means over images) plus ``per_image``: a list
     of ``{name, psnr_y, ssim_y, psnr_rgb, ssim_rgb}`` in natural name order. A file without a
-    partner, two files with one stem, or a size mismatch raises ValueError naming the file. An
-    image identical to its target has PSNR inf, and so does the mean.
+    partner, two files with one stem, a size mismatch or an image under ``MIN_SIDE`` pixels
+    raises ValueError naming the file, before any image is scored. An image identical to its
+    target has PSNR inf, and so does the mean.
     """
     from tqdm.auto import tqdm
 
-    from .data import images_by_key, load_image, match_by_key
+    from .data import check_pairs, images_by_key, load_image, match_by_key
 
     pairs = match_by_key(images_by_key(pred_dir, "pred_dir"), images_by_key(target_dir, "target_dir"),
                          "partner", "partner", f"target_dir {str(target_dir)!r}", f"pred_dir {str(pred_dir)!r}")
+    check_pairs(pairs, MIN_SIDE, "SSIM's window needs")
     per_image = []
     for pred_path, target_path in tqdm(pairs, desc="scoring", disable=not progress):
         pred, target = load_image(pred_path), load_image(target_path)
-        if pred.shape != target.shape:
-            raise ValueError(f"{pred_path} has size {tuple(pred.shape[1:])} but its target "
-                             f"{target_path} has {tuple(target.shape[1:])}")
         per_image.append({"name": pred_path.stem, **image_metrics(pred, target)})
     means = {k: sum(r[k] for r in per_image) / len(per_image) for k in METRIC_KEYS}
     return {**means, "per_image": per_image}

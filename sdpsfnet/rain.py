@@ -53,7 +53,7 @@ from torch.utils.data import Dataset
 import psfops
 from psfops import reference
 
-from .data import images_by_key, load_image, natural_key, random_crop, random_flip_rot, save_image
+from .data import images_by_key, natural_key, random_crop, random_flip_rot, read_image, save_as
 
 __all__ = [
     "RainConfig", "streak_kernels", "render_rain", "SyntheticRain", "synth_folder",
@@ -289,21 +289,26 @@ def synth_folder(clean_dir: str | os.PathLike, out_dir: str | os.PathLike, seed:
                  config: RainConfig = DEFAULT, progress: bool = True) -> list[tuple[Path, Path]]:
     """Render rain on every image of ``clean_dir``: writes ``out_dir/input/<stem>.png`` (rainy) and
     ``out_dir/target/<stem>.png`` (the clean image as PNG), a folder :class:`PairedImages` reads.
+    Both are written in the clean file's bit depth and grayscale/colour
+    (:func:`sdpsfnet.data.save_as`), so a 16-bit photo gives a 16-bit pair.
 
     Image ``i`` in natural name order is rendered with ``torch.Generator().manual_seed(seed + i)``,
-    so the output is reproducible. Returns the written (input, target) paths.
+    so the output is reproducible. Returns the written (input, target) paths. Before anything is
+    rendered, ValueError naming the file if an output would be one of the clean images (e.g.
+    ``clean_dir`` is ``out_dir/input``): the originals are never overwritten.
     """
     from tqdm.auto import tqdm
+
+    from .files import refuse_overwrite
 
     found = images_by_key(clean_dir, "clean_dir")  # one image per name, else outputs would collide
     files = [found[k] for k in sorted(found, key=natural_key)]
     out_dir = Path(out_dir)
-    written = []
-    for i, path in enumerate(tqdm(files, desc="synth", disable=not progress)):
-        clean = load_image(path)
+    pairs = [(out_dir / "input" / f"{p.stem}.png", out_dir / "target" / f"{p.stem}.png") for p in files]
+    refuse_overwrite([q for pair in pairs for q in pair], files)
+    for i, (path, pair) in enumerate(tqdm(list(zip(files, pairs)), desc="synth", disable=not progress)):
+        clean, fmt = read_image(path)
         rainy = render_rain(clean[None], torch.Generator().manual_seed(seed + i), config=config)[0]
-        pair = (out_dir / "input" / f"{path.stem}.png", out_dir / "target" / f"{path.stem}.png")
-        save_image(rainy, pair[0])
-        save_image(clean, pair[1])
-        written.append(pair)
-    return written
+        save_as(rainy, pair[0], fmt)
+        save_as(clean, pair[1], fmt)
+    return pairs

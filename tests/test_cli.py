@@ -1,10 +1,10 @@
 """The ``sdpsfnet`` command: every subcommand on tiny inputs (tiny model, 16 px crops, 2 steps).
 
-Images: two Rain100H pairs cropped to 48x40 from ../shared/data/rain100h-dev when present, else
-synthetic pairs written here. Metric values are checked against scikit-image as the independent
-truth."""
+Images: two real Rain100H pairs (tests/data/rain100h) cropped to 48x40. Metric values are checked
+against scikit-image as the independent truth."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -23,7 +23,8 @@ from sdpsfnet.cli import main
 from sdpsfnet.data import load_image, save_image
 from sdpsfnet.inference import derain_image
 
-RAIN100H = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rain100h-dev"
+from realdata import VENDORED
+
 METRIC_KEYS = {"psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"}
 
 
@@ -33,21 +34,12 @@ def _u8(path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory) -> Path:
-    """A paired folder (input/ + target/) of two small images."""
+    """A paired folder (input/ + target/) of two small real pairs."""
     root = tmp_path_factory.mktemp("pairs")
     for sub in ("input", "target"):
         (root / sub).mkdir()
-    if RAIN100H.is_dir():
-        for name in ("1.png", "2.png"):
-            for src, sub in (("input", "input"), ("target", "target")):
-                Image.open(RAIN100H / src / name).crop((100, 60, 148, 100)).save(root / sub / name)
-    else:
-        g = torch.Generator().manual_seed(0)
-        for name in ("1.png", "2.png"):
-            clean = torch.rand(3, 40, 48, generator=g) * 0.5 + 0.25
-            streaks = (torch.rand(1, 40, 48, generator=g) > 0.9).float() * 0.5
-            save_image(clean, root / "target" / name)
-            save_image((clean + streaks).clamp(0, 1), root / "input" / name)
+        for name in ("1.png", "7.png"):
+            Image.open(VENDORED / sub / name).crop((24, 28, 72, 68)).save(root / sub / name)
     return root
 
 
@@ -175,7 +167,7 @@ def test_errors_name_the_problem(tmp_path, capsys):
 def test_python_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "sdpsfnet", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
-    for cmd in ("train", "eval", "metrics", "derain", "synth", "show-psf"):
+    for cmd in ("train", "eval", "metrics", "derain", "synth", "show-psf", "models", "export"):
         assert cmd in r.stdout
 
 
@@ -230,3 +222,153 @@ def test_psf_maps_for_a_self_predicting_dynamic_psf():
     with torch.no_grad():
         truth = torch.softmax(model.psf.weight_head(model.body(img[None])), dim=1)[0]
     torch.testing.assert_close(info["weights"], truth)
+
+
+# ---- nothing lost, nothing corrupted --------------------------------------------------------------
+
+def test_derain_refuses_to_overwrite_its_inputs(run, tmp_path, capsys):
+    d = tmp_path / "d"
+    save_image(torch.rand(3, 20, 24), d / "a.png")
+    (tmp_path / "link").symlink_to(d)
+    before = (d / "a.png").read_bytes()
+    ck = str(run / "last.pt")
+    for inputs, out in (([d], d), ([d], tmp_path / "d" / ".." / "d"), ([d / "a.png"], tmp_path / "link")):
+        assert main(["derain", "--ckpt", ck, *map(str, inputs), "--out", str(out), "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert "refusing to write" in err and "a.png" in err
+    assert (d / "a.png").read_bytes() == before and os.listdir(d) == ["a.png"]
+    # a JPEG in the same folder is not overwritten by its PNG output: that is allowed
+    save_image(torch.rand(3, 20, 24), tmp_path / "e" / "b.jpg")
+    assert main(["derain", "--ckpt", ck, str(tmp_path / "e"), "--out", str(tmp_path / "e"), "--no-progress"]) == 0
+    assert sorted(os.listdir(tmp_path / "e")) == ["b.jpg", "b.png"]
+
+
+def test_derain_writes_the_inputs_bit_depth_and_channels(run, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.random.randint(0, 65536, (20, 24)).astype(np.uint16)).save(tmp_path / "in" / "g16.png")
+    Image.fromarray(np.random.randint(0, 256, (20, 24), dtype=np.uint8)).save(tmp_path / "in" / "g8.png")
+    save_image(torch.rand(3, 20, 24), tmp_path / "in" / "rgb16.png", bits=16)
+    save_image(torch.rand(3, 20, 24), tmp_path / "in" / "rgb8.png")
+    assert main(["derain", "--ckpt", str(run / "last.pt"), str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    modes = {n: Image.open(tmp_path / "out" / n).mode for n in ("g16.png", "g8.png", "rgb8.png")}
+    assert modes == {"g16.png": "I;16", "g8.png": "L", "rgb8.png": "RGB"}
+    out16 = np.asarray(Image.open(tmp_path / "out" / "g16.png")).astype(np.int64)
+    assert out16.shape == (20, 24) and (out16 % 257 != 0).mean() > 0.5  # real 16-bit levels, not 8-bit ones
+    rgb16 = load_image(tmp_path / "out" / "rgb16.png")
+    assert rgb16.shape == (3, 20, 24) and not torch.equal(torch.round(rgb16 * 255) / 255, rgb16)
+
+
+def test_metrics_json_is_strict_for_identical_images(tmp_path):
+    img = torch.rand(3, 16, 16)
+    save_image(img, tmp_path / "p" / "a.png")
+    save_image(img, tmp_path / "t" / "a.png")
+    save_image(torch.rand(3, 16, 16), tmp_path / "p" / "b.png")
+    save_image(torch.rand(3, 16, 16), tmp_path / "t" / "b.png")
+    assert main(["metrics", str(tmp_path / "p"), str(tmp_path / "t"), "--json", str(tmp_path / "m.json"),
+                 "--no-progress"]) == 0
+
+    def reject(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    res = json.loads((tmp_path / "m.json").read_text(), parse_constant=reject)
+    assert res["per_image"][0]["psnr_y"] is None and res["psnr_y"] is None  # identical: infinite
+    assert res["per_image"][0]["ssim_y"] == pytest.approx(1) and res["per_image"][1]["psnr_y"] > 0
+
+
+class Counting(nn.Module):
+    """Identity-ish model that counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return [x * self.scale]
+
+
+@pytest.mark.parametrize("bad", ["size", "small"])
+def test_eval_checks_pairs_before_running_the_model(tmp_path, bad):
+    from sdpsfnet.inference import evaluate
+
+    save_image(torch.rand(3, 16, 16), tmp_path / "input" / "1.png")
+    save_image(torch.rand(3, 16, 16), tmp_path / "target" / "1.png")
+    h, w = ((16, 16), (16, 18)) if bad == "size" else ((8, 40), (8, 40))
+    save_image(torch.rand(3, *h), tmp_path / "input" / "2.png")
+    save_image(torch.rand(3, *w), tmp_path / "target" / "2.png")
+    model = Counting()
+    msg = r"2\.png is 16x16 but its partner .*2\.png is 18x16" if bad == "size" else r"2\.png .*are 40x8.*11x11"
+    with pytest.raises(ValueError, match=msg):
+        evaluate(model, tmp_path, progress=False)
+    assert model.calls == 0
+
+
+def test_outputs_replace_files_atomically_with_the_umask(run, pairs, tmp_path):
+    """Each output is a new file renamed into place: another name (hard link) of the old file
+    keeps its content, and the new file gets 0o666 minus the umask."""
+    outs = {"json": tmp_path / "m.json", "psf": tmp_path / "psf.png", "derain": tmp_path / "der" / "1.png"}
+    for out in outs.values():
+        out.parent.mkdir(exist_ok=True)
+        out.write_bytes(b"old")
+        os.link(out, out.with_name("other-name-" + out.name))
+    old = os.umask(0o027)
+    try:
+        assert main(["metrics", str(pairs / "input"), str(pairs / "target"), "--json", str(outs["json"]),
+                     "--no-progress"]) == 0
+        assert main(["show-psf", "--ckpt", str(run / "last.pt"), "--out", str(outs["psf"])]) == 0
+        assert main(["derain", "--ckpt", str(run / "last.pt"), str(pairs / "input" / "1.png"),
+                     "--out", str(outs["derain"].parent), "--no-progress"]) == 0
+    finally:
+        os.umask(old)
+    for what, out in outs.items():
+        assert out.with_name("other-name-" + out.name).read_bytes() == b"old", what
+        assert out.read_bytes() != b"old" and (out.stat().st_mode & 0o777) == 0o640, what
+
+
+def test_show_psf_figure_has_colour_bars_and_a_legend(run, pairs):
+    from sdpsfnet.checkpoint import model_from_checkpoint
+    from sdpsfnet.inference import psf_figure, psf_maps
+
+    model, image = model_from_checkpoint(run / "last.pt"), load_image(pairs / "input" / "1.png")
+    fig = psf_figure(model, image)
+    colourbars = [ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert sorted(colourbars) == ["kernel weight", "mixing weight"]
+    (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    dominant = psf_maps(model, image)[0]["weights"].argmax(0).unique().tolist()
+    assert [t.get_text() for t in legend.get_texts()] == [f"k{j}" for j in dominant]
+    basis_only = psf_figure(model)
+    assert [ax.get_ylabel() for ax in basis_only.axes if ax.get_label() == "<colorbar>"] == ["kernel weight"]
+
+
+# ---- help and the model zoo -----------------------------------------------------------------------
+
+def test_help_texts_are_complete_and_plain(capsys):
+    from sdpsfnet.cli import build_parser
+
+    parser = build_parser()
+    top = parser.format_help()
+    assert "``" not in top and "export for deployment." in top  # the whole description, not a cut
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(subs) == {"train", "eval", "metrics", "derain", "synth", "show-psf", "models", "export"}
+    for name, sp in subs.items():
+        text = sp.format_help()
+        assert "``" not in text, name
+        if name not in ("train", "models"):
+            assert "Never writes over an input file" in " ".join(text.split()), name
+
+
+def test_models_command_and_zoo_repr(capsys):
+    import sdpsfnet
+    from sdpsfnet.complexity import count
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "params", "what"]
+    public = [n for n in sdpsfnet.MODELS if not n.startswith("_")]
+    assert [line.split()[0] for line in lines[1:]] == public
+    for line, name in zip(lines[1:], public):
+        assert line.split()[1] == f"{count(name, None)[0]:,}" and line.endswith(sdpsfnet.MODELS.describe(name))
+    text = repr(sdpsfnet.MODELS)
+    assert "<function" not in text and "'sdpsfnet': \"SD-PSFNet, tau=3 (the paper's model)\"" in text

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sdpsfnet.data import PairedImages, find_pairs, load_image, pad_to, save_image
-
-DEV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rain100h-dev"
+from sdpsfnet.data import (PairedImages, PixelFormat, check_pairs, find_pairs, image_size, load_image, pad_to,
+                           read_image, save_as, save_image)
+from realdata import VENDORED
 
 
 def _levels(*shape) -> torch.Tensor:
@@ -69,6 +69,143 @@ def test_unreadable_or_missing_file_is_named(tmp_path):
         load_image(tmp_path / "nothere.png")
 
 
+# ---- every kind of file at its true scale -------------------------------------------------------
+
+def _u16(*shape) -> np.ndarray:
+    """Random 16-bit levels spanning the whole range (most of them above 255)."""
+    return np.random.randint(0, 65536, shape).astype(np.uint16)
+
+
+def _chw(arr: np.ndarray, top: float) -> torch.Tensor:
+    """(H, W) or (H, W, 3) levels -> the expected (3, H, W) float32 image, levels / top."""
+    t = torch.from_numpy(arr.astype(np.float64) / top).float()
+    return t.expand(3, -1, -1) if t.dim() == 2 else t.permute(2, 0, 1)
+
+
+def _png16_rgb(path: Path, arr: np.ndarray) -> None:
+    import png
+
+    h, w, c = arr.shape
+    with open(path, "wb") as f:
+        png.Writer(w, h, greyscale=c < 3, alpha=c in (2, 4), bitdepth=16).write(f, arr.reshape(h, w * c))
+
+
+def test_16bit_grayscale_png_is_scaled_not_clipped(tmp_path):
+    ramp = _u16(9, 13)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    img, fmt = read_image(tmp_path / "g16.png")
+    assert fmt == PixelFormat(16, True)
+    assert torch.equal(img, _chw(ramp, 65535))  # convert("RGB") made ~all of it white
+    assert (img < 0.99).float().mean() > 0.5
+
+
+def test_16bit_colour_png_and_tiff_keep_all_16_bits(tmp_path):
+    import tifffile
+
+    rgb = _u16(7, 11, 3)
+    _png16_rgb(tmp_path / "c.png", rgb)
+    tifffile.imwrite(tmp_path / "c.tif", rgb)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), planarconfig="separate", photometric="rgb")
+    _png16_rgb(tmp_path / "rgba.png", np.concatenate([rgb, _u16(7, 11, 1)], -1))
+    for name in ("c.png", "c.tif", "planar.tif", "rgba.png"):  # Pillow alone keeps the top 8 bits
+        img, fmt = read_image(tmp_path / name)
+        assert fmt == PixelFormat(16, False), name
+        assert torch.equal(img, _chw(rgb, 65535)), name
+    la = _u16(5, 6, 2)
+    _png16_rgb(tmp_path / "la.png", la)
+    img, fmt = read_image(tmp_path / "la.png")  # gray + alpha: gray, alpha dropped
+    assert fmt == PixelFormat(16, True) and torch.equal(img, _chw(la[..., 0], 65535))
+
+
+def test_32bit_integer_and_float_modes(tmp_path):
+    ints = np.random.randint(0, 65536, (6, 8)).astype(np.int32)
+    Image.fromarray(ints, mode="I").save(tmp_path / "i.tif")
+    img, fmt = read_image(tmp_path / "i.tif")
+    assert fmt == PixelFormat(16, True) and torch.equal(img, _chw(ints, 65535))
+    floats = np.random.rand(6, 8).astype(np.float32)
+    Image.fromarray(floats, mode="F").save(tmp_path / "f.tif")
+    img, fmt = read_image(tmp_path / "f.tif")
+    assert fmt == PixelFormat(16, True) and torch.equal(img, torch.from_numpy(floats).expand(3, -1, -1))
+    Image.fromarray(ints + 70000, mode="I").save(tmp_path / "big.tif")
+    with pytest.raises(ValueError, match=r"big\.tif.*0, 65535"):
+        load_image(tmp_path / "big.tif")
+    Image.fromarray(floats * 3 - 1, mode="F").save(tmp_path / "hdr.tif")
+    with pytest.raises(ValueError, match=r"hdr\.tif.*\[0, 1\]"):  # never clipped silently
+        load_image(tmp_path / "hdr.tif")
+
+
+def test_8bit_modes_palette_la_cmyk_and_bilevel(tmp_path):
+    rgb = np.random.randint(0, 256, (6, 7, 3), dtype=np.uint8)
+    pal = Image.fromarray(rgb).quantize(16)
+    pal.save(tmp_path / "p.png")
+    palette = np.asarray(pal.getpalette(), dtype=np.uint8).reshape(-1, 3)
+    assert read_image(tmp_path / "p.png")[1] == PixelFormat(8, False)
+    assert torch.equal(load_image(tmp_path / "p.png"), _chw(palette[np.asarray(pal)], 255))
+    la = np.random.randint(0, 256, (6, 7, 2), dtype=np.uint8)
+    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
+    assert read_image(tmp_path / "la.png")[1] == PixelFormat(8, True)
+    assert torch.equal(load_image(tmp_path / "la.png"), _chw(la[..., 0], 255))
+    cmyk = np.random.randint(0, 256, (6, 7, 4), dtype=np.uint8)
+    Image.fromarray(cmyk, mode="CMYK").save(tmp_path / "cmyk.tif")
+    c, k = cmyk[..., :3].astype(np.float64), cmyk[..., 3:].astype(np.float64)
+    expected = (255 - c) * (255 - k) / 255 / 255  # ink to light
+    assert (load_image(tmp_path / "cmyk.tif") - _chw(expected, 1)).abs().max() <= 0.5 / 255 + 1e-6
+    bits = np.random.rand(6, 7) > 0.5
+    Image.fromarray(bits).save(tmp_path / "b.png")
+    assert torch.equal(load_image(tmp_path / "b.png"), _chw(bits.astype(np.uint8), 1))
+
+
+def _rot90_cw(a: np.ndarray) -> np.ndarray:
+    """EXIF orientation 6 displays the stored image turned 90 degrees clockwise."""
+    return np.rot90(a, k=-1)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    stored = np.zeros((16, 32, 3), np.uint8)
+    stored[:8, :8] = (250, 20, 20)  # a red block top-left
+    stored[8:, :] = np.random.randint(40, 200, (8, 32, 3))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    img = load_image(tmp_path / "r.jpg")
+    decoded = np.asarray(Image.open(tmp_path / "r.jpg").convert("RGB"))  # as stored, not turned
+    assert img.shape == (3, 32, 16) and image_size(tmp_path / "r.jpg") == (16, 32)
+    assert torch.equal(img, _chw(_rot90_cw(decoded).copy(), 255))
+    assert img[0, :8, -8:].mean() > 0.8  # the red block is now top-right
+    import tifffile  # a 16-bit colour file, read around Pillow, is turned too
+
+    rgb = _u16(4, 6, 3)
+    tifffile.imwrite(tmp_path / "r16.tif", rgb, extratags=[(274, "H", 1, 6, True)])  # Orientation
+    assert torch.equal(load_image(tmp_path / "r16.tif"), _chw(_rot90_cw(rgb).copy(), 65535))
+
+
+def test_save_16bit_and_save_as_an_inputs_format(tmp_path):
+    rgb = torch.from_numpy(_u16(3, 5, 6).astype(np.float64) / 65535).float()
+    save_image(rgb, tmp_path / "rgb16.png", bits=16)
+    assert torch.equal(load_image(tmp_path / "rgb16.png"), rgb)
+    save_as(rgb, tmp_path / "gray16.png", PixelFormat(16, True))
+    with Image.open(tmp_path / "gray16.png") as im:
+        assert im.mode == "I;16"
+        assert np.array_equal(np.asarray(im), np.round(rgb.double().mean(0).numpy() * 65535).astype(np.uint16))
+    save_as(rgb, tmp_path / "rgb8.png", PixelFormat(8, False))
+    assert Image.open(tmp_path / "rgb8.png").mode == "RGB"
+    with pytest.raises(ValueError, match="bits"):
+        save_image(rgb, tmp_path / "x.png", bits=12)
+
+
+def test_check_pairs_names_files_before_reading_pixels(tmp_path):
+    save_image(torch.rand(3, 12, 14), tmp_path / "a.png")
+    save_image(torch.rand(3, 12, 15), tmp_path / "b.png")
+    save_image(torch.rand(3, 12, 8), tmp_path / "c.png")
+    save_image(torch.rand(3, 12, 8), tmp_path / "d.png")
+    with pytest.raises(ValueError, match=r"a\.png is 14x12 but its partner .*b\.png is 15x12"):
+        check_pairs([(tmp_path / "a.png", tmp_path / "b.png")])
+    with pytest.raises(ValueError, match=r"c\.png and .*d\.png are 8x12: SSIM needs at least 11x11"):
+        check_pairs([(tmp_path / "c.png", tmp_path / "d.png")], 11, "SSIM needs")
+    check_pairs([(tmp_path / "c.png", tmp_path / "d.png")])
+
+
 # ---- find_pairs ----------------------------------------------------------------------------------
 
 def _make_folder(root: Path, rainy: str, clean: str, rainy_names, clean_names, size=(12, 10)):
@@ -123,10 +260,10 @@ def test_find_pairs_errors_name_the_file_or_folder(tmp_path):
         find_pairs(tmp_path / "missing")
 
 
-@pytest.mark.skipif(not (DEV / "input").is_dir(), reason="shared Rain100H dev pairs absent")
-def test_find_pairs_on_the_dev_set():
-    pairs = find_pairs(DEV)
-    assert len(pairs) == 30 and pairs[0][0].name == "1.png" and pairs[-1][0].name == "30.png"
+def test_find_pairs_on_real_rain100h_pairs():
+    pairs = find_pairs(VENDORED)
+    assert [(a.name, b.parent.name) for a, b in pairs] == [("1.png", "target"), ("7.png", "target"),
+                                                           ("19.png", "target")]
 
 
 # ---- PairedImages --------------------------------------------------------------------------------

@@ -72,20 +72,45 @@ def test_fusion_matches_truth(dtype, device):
                           (2, 3, 33, 40, True, True)],
                          ids=["C1", "C3-nobias-2d", "C40-two-channel-tiles", "several-pixel-tiles"])
 def test_fusion_shapes(B, C, H, W, bias, conv_shape, device):
-    from psfops.kernels.gating import _fusion_blocks
+    from psfops.kernels.gating import fusion_blocks
     if H * W > 1000:  # dweight/dbias partial sums from several programs per image
-        assert _fusion_blocks(C, H * W)[1] < H * W
+        assert fusion_blocks(C, H * W)[1] < H * W
     check_against_truth(fusion, truth_fusion, fusion_inputs(B, C, H, W, bias, conv_shape, device=device),
                         torch.float32, "gated_fusion")
 
 
 def test_blend_channel_and_pixel_tiles(device):
     """Broadcast gate over several channel blocks and pixel tiles (its C-reduction spans blocks)."""
-    from psfops.kernels.gating import _blend_blocks
-    BC, BP = _blend_blocks(20, 33 * 40)
+    from psfops.kernels.gating import blend_blocks
+    BC, BP = blend_blocks(20, 33 * 40, torch.float32)
     assert BC < 20 and BP < 33 * 40
     check_against_truth(psfops.gated_blend, truth_blend, blend_inputs(2, 20, 33, 40, 1, device=device),
                         torch.float32, "gated_blend")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_fusion_gpu_launch_shapes(dtype, device, monkeypatch):
+    """The GPU's tiles under the interpreter: 64-pixel tiles (3 per image here, the last one
+    short), two channel tiles of 32 (C=40), the dW partials of 6 programs; float16 runs tl.dot on float16
+    operands as the tensor cores do (bfloat16 cannot: the interpreter's tl.dot mishandles it)."""
+    from psfops.kernels import _common, gating
+    monkeypatch.setattr(_common, "interpreting", lambda: False)
+    monkeypatch.setattr(gating, "interpreting", lambda: False)
+    assert gating.fusion_blocks(40, 9 * 20) == (32, 64) and gating.dweight_chunks() == 256
+    assert gating.dot_mode(dtype) == gating.DOT_NATIVE.value
+    check_against_truth(fusion, truth_fusion, fusion_inputs(2, 40, 9, 20, dtype=dtype, device=device),
+                        dtype, "gated_fusion")
+
+
+def test_blend_gpu_launch_shapes(device, monkeypatch):
+    """The GPU's tiles under the interpreter: bfloat16 8 channels x 256 pixels."""
+    from psfops.kernels import _common, gating
+    monkeypatch.setattr(_common, "interpreting", lambda: False)
+    assert gating.blend_blocks(20, 33 * 40, torch.bfloat16) == (8, 256)
+    for gate_c in (20, 1):
+        check_against_truth(psfops.gated_blend, truth_blend,
+                            blend_inputs(2, 20, 33, 40, gate_c, torch.bfloat16, device), torch.bfloat16,
+                            "gated_blend")
 
 
 def test_fusion_float64_path(device):

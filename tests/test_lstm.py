@@ -47,9 +47,9 @@ def test_tiny_and_huge_activations(scale, dtype, device):
 
 
 def test_several_pixel_tiles(device):
-    from psfops.kernels.lstm import _grid
+    from psfops.kernels.lstm import lstm_grid
     ins = inputs(2, 2, 33, 40, device=device)
-    assert _grid(ins[1])[0][0] > 2 * 2  # more programs than (b, c) planes: several tiles per plane
+    assert lstm_grid(ins[1])[0][0] > 2 * 2  # more programs than (b, c) planes: several tiles per plane
     check_against_truth(ins, torch.float32)
 
 

@@ -1,4 +1,5 @@
-"""sdpsfnet.metrics against scikit-image on real Rain100H pairs and against hand computations;
+"""sdpsfnet.metrics against scikit-image on real Rain100H pairs (tests/data, and the full test
+set when $SDPSFNET_RAIN100H names it) and against hand computations;
 sdpsfnet.losses against NumPy re-implementations on tiny tensors (the losses share this file:
 the test files of this area are test_metrics / test_data / test_rain)."""
 from __future__ import annotations
@@ -17,8 +18,7 @@ from sdpsfnet.data import find_pairs, load_image, save_image
 from sdpsfnet.losses import DerainLoss, charbonnier, edge_loss, frequency_loss
 from sdpsfnet.metrics import image_metrics, psnr, rgb_to_y, score_folders, ssim
 
-DEV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rain100h-dev"
-needs_dev = pytest.mark.skipif(not (DEV / "input").is_dir(), reason="shared Rain100H dev pairs absent")
+from realdata import VENDORED, full_rain100h
 
 # Our metrics and skimage both run in float64 with the same window: they agree to rounding.
 # (The brief allows 0.05 dB / 0.005; anything above 1e-6 would mean a convention differs.)
@@ -45,10 +45,9 @@ def _skimage_scores(rainy: np.ndarray, clean: np.ndarray) -> dict:
 
 # ---- against scikit-image on real pairs -------------------------------------------------------
 
-@needs_dev
-@pytest.mark.parametrize("n", [1, 7, 19, 30])
+@pytest.mark.parametrize("n", [1, 7, 19])
 def test_image_metrics_match_skimage_on_rain100h(n):
-    rainy_path, clean_path = DEV / "input" / f"{n}.png", DEV / "target" / f"{n}.png"
+    rainy_path, clean_path = VENDORED / "input" / f"{n}.png", VENDORED / "target" / f"{n}.png"
     ours = image_metrics(load_image(rainy_path), load_image(clean_path))
     truth = _skimage_scores(_uint8(rainy_path), _uint8(clean_path))
     for key in ("psnr_y", "psnr_rgb"):
@@ -59,11 +58,11 @@ def test_image_metrics_match_skimage_on_rain100h(n):
     assert 5 < ours["psnr_y"] < 30 and 0.1 < ours["ssim_y"] < 0.95
 
 
-@needs_dev
-def test_rainy_input_baseline_on_the_30_dev_pairs():
-    """Do-nothing baseline: rainy input vs target. The issue quotes ~13.8 dB PSNR-Y on these
-    30 pairs, the data README ~12 dB RGB; skimage computed independently gives 13.796 / 12.382."""
-    pairs = find_pairs(DEV)
+def test_rainy_input_baseline_on_30_rain100h_test_pairs():
+    """Do-nothing baseline: rainy input vs target over the first 30 Rain100H test pairs (the
+    README's figures): ~13.8 dB PSNR-Y, ~12 dB RGB; skimage computed independently gives
+    13.796 / 12.382."""
+    pairs = find_pairs(full_rain100h())[:30]
     assert len(pairs) == 30
     ours_y, ours_rgb, truth_y, truth_rgb = [], [], [], []
     for rainy_path, clean_path in pairs:
@@ -80,11 +79,10 @@ def test_rainy_input_baseline_on_the_30_dev_pairs():
     assert 12.30 < mean_rgb < 12.45, mean_rgb   # the README's ~12 dB (12.38)
 
 
-@needs_dev
 def test_matlab_rounded_y_differs_by_under_5_millidb():
     """MATLAB's uint8 rgb2ycbcr rounds Y; we keep it float (as skimage/BasicSR). Documented gap."""
-    for n in (2, 11, 23):
-        r, c = load_image(DEV / "input" / f"{n}.png"), load_image(DEV / "target" / f"{n}.png")
+    for n in (1, 7, 19):
+        r, c = load_image(VENDORED / "input" / f"{n}.png"), load_image(VENDORED / "target" / f"{n}.png")
         yr, yc = rgb_to_y(r), rgb_to_y(c)
         assert abs(psnr(yr, yc) - psnr(torch.round(yr), torch.round(yc))) < 5e-3
 
@@ -183,10 +181,20 @@ def test_score_folders_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"b\.png has no partner"):
         score_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
     _write(tmp_path / "gt", "b.png", torch.rand(3, 16, 18))
-    with pytest.raises(ValueError, match=r"b\.png has size"):
+    with pytest.raises(ValueError, match=r"b\.png is 16x16 but its partner .*b\.png is 18x16"):
         score_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
     _write(tmp_path / "gt", "c.png", torch.rand(3, 16, 16))
     with pytest.raises(ValueError, match=r"c\.png has no partner"):
+        score_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
+
+
+def test_score_folders_names_an_image_too_small_for_ssim(tmp_path):
+    """SSIM's 11x11 window: a 10-pixel image is refused naming the file, before any scoring."""
+    _write(tmp_path / "pred", "a.png", torch.rand(3, 16, 16))
+    _write(tmp_path / "gt", "a.png", torch.rand(3, 16, 16))
+    _write(tmp_path / "pred", "small.png", torch.rand(3, 10, 30))
+    _write(tmp_path / "gt", "small.png", torch.rand(3, 10, 30))
+    with pytest.raises(ValueError, match=r"small\.png and .*small\.png are 30x10: .*11x11"):
         score_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
 
 

@@ -3,8 +3,6 @@ GatedFusion (== nn.Conv2d + sigmoid + blend, same parameters and init), SpatialN
 torch.compile(fullgraph=True) test over a stack of them."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,8 +12,7 @@ from torch import nn
 import psfops
 from psfops.nn import DynamicPSF, GatedFusion, SpatialNorm
 from helpers import GRAD_RTOL, assert_rel_close, rand
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rain100h-dev"
+from realdata import VENDORED
 
 
 def truth_dynamic_psf(m: DynamicPSF, x: torch.Tensor) -> torch.Tensor:
@@ -54,10 +51,9 @@ def test_fresh_dynamic_psf_is_near_identity():
     assert m.basis.abs().max() < 0.2   # stored at 1/basis_gain: the scale of the conv weights
 
 
-@pytest.mark.skipif(not (DATA / "input").is_dir(), reason="Rain100H dev data not present")
 def test_fresh_dynamic_psf_near_identity_on_real_image():
     from PIL import Image
-    path = sorted((DATA / "input").glob("*.png"))[0]
+    path = sorted((VENDORED / "input").glob("*.png"))[0]
     img = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
     x = torch.from_numpy(img[:64, :64]).permute(2, 0, 1)[None].contiguous()
     torch.manual_seed(0)

@@ -46,6 +46,58 @@ def test_plane_larger_than_a_block(mode, device):
     check_against_truth(x, mode)
 
 
+# (SM count, B, C, H, W) -> (BLOCK, chunks per plane, values per chunk) on the GPU
+GPU_LAUNCHES = [
+    ((132, 8, 64, 128, 128), (4096, 1, 128 * 128)),    # many planes: one program per plane
+    ((132, 1, 3, 1024, 1024), (2048, 171, 3 * 2048)),  # few large planes: split
+    ((132, 1, 40, 128, 128), (2048, 8, 2048)),         # the PSF head's maps, one image
+    ((132, 1, 1, 256, 256), (2048, 32, 2048)),
+    ((8, 1, 1, 300, 300), (2048, 22, 2 * 2048)),       # chunks of two blocks, the last one short
+    ((1, 1, 2, 64, 80), (4096, 1, 64 * 80)),           # a whole plane over two blocks
+]
+
+
+def test_launch_shapes_on_the_gpu(monkeypatch):
+    from psfops.kernels import normalize as kn
+    monkeypatch.setattr(kn, "interpreting", lambda: False)
+    for (sms, B, C, H, W), expect in GPU_LAUNCHES:
+        assert kn.launch_shape(B * C, H * W, sms) == expect, (sms, B, C, H, W)
+
+
+@pytest.mark.parametrize("case", [c for c in GPU_LAUNCHES if c[0][1] * c[0][2] * c[0][3] * c[0][4] <= 2 ** 17],
+                         ids=lambda c: "sms{}-B{}-C{}-{}x{}".format(*c[0]))
+@pytest.mark.parametrize("mode", MODES)
+def test_gpu_launch_shapes_run_in_the_interpreter(case, mode, device, monkeypatch):
+    """The GPU's block sizes and chunk counts (not the interpreter's own), forward and backward:
+    split planes combine their chunks' partials (softmax: the chunk maxima differ) exactly."""
+    from psfops.kernels import normalize as kn
+    (sms, B, C, H, W), _ = case
+    monkeypatch.setattr(kn, "interpreting", lambda: False)
+    monkeypatch.setattr(kn, "sm_count", lambda device: sms)
+    x = rand(B, C, H, W, device=device, requires_grad=True, scale=3.0)
+    x.data[..., : H // 2, :] -= 20.0  # chunk maxima far apart: a wrong rescaling shows
+    check_against_truth(x, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_split_planes_with_nonfinite_chunks(mode, device):
+    """Interpreter launch (a pretend GPU of 4 SMs): one plane in 3 chunks of 1024 values; an
+    all -inf chunk contributes nothing to the softmax sum, and the other chunks are far below 0
+    (where a chunk max of 0 instead of -inf would underflow the sum)."""
+    from psfops.kernels import normalize as kn
+    assert kn.launch_shape(1, 48 * 64, kn.sm_count(torch.device(device)))[1] == 3
+    x = rand(1, 1, 48, 64, device=device, scale=2.0) - 200.0
+    x[0, 0, :16] = float("-inf")  # the first chunk (16 rows of 64 values)
+    x.requires_grad_(True)
+    if mode == "softmax":
+        with psfops.backend("triton"):
+            y = psfops.spatial_normalize(x, mode)
+        assert_rel_close(y, truth(x.detach().double(), mode), 1e-5, "softmax with an all -inf chunk")
+        assert torch.all(y[0, 0, :16] == 0)
+    else:
+        check_against_truth(x.detach().clamp_min(-1e4).requires_grad_(True), mode)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_basis_view_sums_to_one(mode, device):
     basis = rand(40, 7, 7, device=device)

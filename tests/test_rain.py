@@ -165,6 +165,28 @@ def test_synth_folder_writes_a_paired_folder(tmp_path):
         synth_folder(tmp_path / "empty", tmp_path / "x", progress=False)
 
 
+def test_synth_folder_never_overwrites_the_clean_originals(tmp_path):
+    """``--clean D/input --out D`` would write D/input/<stem>.png over the clean files."""
+    for i in range(2):
+        save_image(_clean(b=1, h=24, w=20, seed=i)[0], tmp_path / "D" / "input" / f"{i}.png")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "D" / "input").iterdir()}
+    for clean_dir, out in (("D/input", "D"), ("D/input", "D/../D"), ("D/../D/input", "D")):
+        with pytest.raises(ValueError, match=r"refusing to write .*0\.png: it is the input"):
+            synth_folder(tmp_path / clean_dir, tmp_path / out, progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "D" / "input").iterdir()} == before
+    assert not (tmp_path / "D" / "target").exists()  # refused before anything was written
+
+
+def test_synth_folder_keeps_16_bits(tmp_path):
+    """A 16-bit clean photo gives a 16-bit pair, the target identical to it."""
+    levels = torch.randint(0, 65536, (3, 20, 24)).double() / 65535
+    save_image(levels, tmp_path / "clean" / "a.png", bits=16)
+    (rainy_path, clean_path), = synth_folder(tmp_path / "clean", tmp_path / "out", progress=False)
+    assert torch.equal(load_image(clean_path), levels.float())
+    rainy = load_image(rainy_path)
+    assert not torch.equal(torch.round(rainy * 255) / 255, rainy)  # finer than 8-bit levels
+
+
 def test_triton_path_renders_the_same_rain(device):
     """The CUDA path filters with the fused psfops.psf_conv (on a GPU machine: compiled; without
     one: the Triton interpreter, on a tiny image with short streaks) and must match the CPU

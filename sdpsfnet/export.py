@@ -1,0 +1,137 @@
+"""Deployment: a trained checkpoint as a ``torch.export`` program (``.pt2``) or an ONNX file.
+
+The exported graph is the restoration itself: input (B, 3, H, W) float32 RGB in [0, 1], output
+the model's final restored image (B, 3, H, W) clamped to [0, 1] (what ``sdpsfnet derain``
+writes, without tiling).
+
+Backend: the psfops reference ops, always. The program is then plain ATen operators: it loads
+with ``torch.export.load`` alone (no ``import psfops``, no Triton) and can be converted to ONNX.
+It is exported on the CPU; ``torch.export.passes.move_to_device_pass(program, "cuda")`` moves it
+to a GPU (not yet tried on one). The Triton backend
+would put ``torch.ops.psfops.*`` custom ops in the graph, which need psfops imported at load time,
+a CUDA device, and have no ONNX equivalent; the price of the reference ops is their speed and
+memory on large images.
+
+Shapes: the batch size is dynamic (any B >= 1), and so are H and W, as any multiples of the
+model's padding multiple ``M`` (4 for SD-PSFNet, ``2 ** num_scales`` = 8 for MSPFN) of at least
+``2 * M``. The eager model reflect-pads other sizes to a multiple of ``M`` internally;
+``torch.export``'s symbolic shapes cannot follow that padding for arbitrary sizes, so the
+exported program leaves it to the caller, with the same result as the eager model::
+
+    H, W = x.shape[-2:]
+    y = program.module()(F.pad(x, (0, -W % M, 0, -H % M), mode="reflect"))[..., :H, :W]
+
+(for images of at least ``M`` pixels a side; smaller ones are replicate-padded by the eager
+model). ``M`` and the other facts a deployment needs are stored beside the graph: in the ``.pt2``
+as the extra file ``sdpsfnet.json`` (:func:`load_program` returns them), in the ONNX file as
+metadata properties.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.export import Dim, ExportedProgram
+
+from .checkpoint import load_checkpoint
+from .files import atomic_write, refuse_overwrite
+from .registry import build_model
+
+__all__ = ["export_checkpoint", "load_program", "pad_multiple", "FORMATS"]
+
+FORMATS = {".pt2": "torch.export program", ".onnx": "ONNX"}
+META_FILE = "sdpsfnet.json"
+
+
+class Restorer(nn.Module):
+    """x (B,3,H,W) in [0,1] -> the model's final output clamped to [0,1]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model(x)
+        return (out[-1] if isinstance(out, (list, tuple)) else out).clamp(0, 1)
+
+
+def pad_multiple(model: nn.Module) -> int:
+    """The multiple of H and W a model pads its input to (SD-PSFNet: 4; MSPFN: 2**num_scales)."""
+    from .model import PAD_MULTIPLE, SDPSFNet
+    from .mspfn import MSPFN
+
+    if isinstance(model, SDPSFNet):
+        return PAD_MULTIPLE
+    if isinstance(model, MSPFN):
+        return 2 ** model.config.num_scales
+    raise ValueError(f"export supports SD-PSFNet and MSPFN models, got {type(model).__name__}")
+
+
+def _reference_model(ckpt: dict) -> nn.Module:
+    """The checkpoint's model rebuilt on the CPU with ``backend="reference"`` (eval mode)."""
+    spec = ckpt["build_spec"]
+    model = build_model(spec["name"], **{**spec.get("overrides", {}), "backend": "reference"})
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def export_checkpoint(ckpt_path: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """Export the model of a training checkpoint to ``out``: a ``.pt2`` ``torch.export`` program
+    or an ``.onnx`` file (by suffix), written atomically; returns the metadata stored with it.
+
+    ValueError naming ``out`` for another suffix, if it is the checkpoint itself, or for ONNX
+    without the ``onnx`` and ``onnxscript`` packages (optional: ``pip install onnx onnxscript``).
+    """
+    out = Path(out)
+    if out.suffix.lower() not in FORMATS:
+        raise ValueError(f"--out {out}: the suffix picks the format, use one of "
+                         + ", ".join(f"{k} ({v})" for k, v in FORMATS.items()))
+    refuse_overwrite([out], [ckpt_path])
+    onnx = out.suffix.lower() == ".onnx"
+    if onnx:
+        _require_onnx(out)
+    ckpt = load_checkpoint(ckpt_path)
+    model = _reference_model(ckpt)
+    M = pad_multiple(model)
+    meta = {"model": ckpt["build_spec"]["name"], "step": ckpt.get("step"), "backend": "reference",
+            "input": "float32 (B, 3, H, W) RGB in [0, 1]", "output": "float32 (B, 3, H, W) in [0, 1]",
+            "pad_multiple": M, "min_size": 2 * M}
+    h, w = Dim("h", min=2), Dim("w", min=2)
+    shapes = {"x": {0: Dim("batch", min=1), 2: M * h, 3: M * w}}
+    example = torch.rand(2, 3, 4 * M, 3 * M)  # batch 2: a batch of 1 would be specialized
+    with torch.no_grad():
+        program = torch.export.export(Restorer(model), (example,), dynamic_shapes=shapes)
+    if onnx:
+        _save_onnx(program, example, out, meta)
+    else:
+        with atomic_write(out) as f:
+            torch.export.save(program, f, extra_files={META_FILE: json.dumps(meta)})
+    return meta
+
+
+def _require_onnx(out: Path) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"--out {out}: ONNX export needs the onnx and onnxscript packages ({e}); "
+                         "pip install onnx onnxscript, or export to .pt2") from e
+
+
+def _save_onnx(program: ExportedProgram, example: torch.Tensor, out: Path, meta: dict) -> None:
+    onnx_program = torch.onnx.export(program, (example,), dynamo=True, verbose=False)
+    proto = onnx_program.model_proto
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=str(value))
+    with atomic_write(out) as f:
+        f.write(proto.SerializeToString())
+
+
+def load_program(path: str | os.PathLike) -> tuple[ExportedProgram, dict]:
+    """Load a ``.pt2`` written by :func:`export_checkpoint`: (program, its metadata)."""
+    extra = {META_FILE: ""}
+    program = torch.export.load(path, extra_files=extra)
+    return program, json.loads(extra[META_FILE]) if extra[META_FILE] else {}
