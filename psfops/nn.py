@@ -36,15 +36,26 @@ class DynamicPSF(nn.Module):
     ``y[b,c,p] = sum_j w[b,j,p] sum_{u,v} k[j,u,v] x[b,c,p + ((u-k//2)d, (v-k//2)d)]``, where
 
     - ``w = softmax_j(conv3x3(x))``: (B, J, H, W) per-pixel mixing weights, summing to 1 over J;
-    - ``k = spatial_normalize(basis.view(1, J, k, k), basis_norm)[0]``: J kernels (J, k, k), each
-      summing to 1 (energy conserving; non-negative with the default ``"softmax"``).
+    - ``k = spatial_normalize(basis_gain * basis, basis_norm)`` over each k x k plane: J kernels
+      (J, k, k), each summing to 1 (energy conserving; non-negative in both modes).
 
     So every per-pixel kernel sums to 1. With ``predict_weights=False`` the module has no weight
     head and the caller passes the weights (SD-PSFNet predicts them with its multi-scale PSF head).
-    Weights and basis are cast to ``x``'s dtype, so the module runs under ``torch.autocast``. Init: the basis logits are a narrow Gaussian
-    (``init_sigma`` = 0.3 px) floored at -9, plus 0.01 noise: centre tap ~0.98 for k=7, so a fresh
-    module is close to the identity filter (||y - x|| / ||x|| ~ 0.02 on white noise, less on
-    smooth images). With ``basis_norm="l1"`` the raw basis starts at a delta plus 2e-4 noise.
+    Weights and basis are cast to ``x``'s dtype, so the module runs under ``torch.autocast``.
+
+    Init: the kernels start near a delta, so a fresh module is close to the identity filter. With
+    ``"softmax"`` the logits are a narrow Gaussian (``init_sigma`` = 0.3 px) floored at -9, plus
+    0.01 noise: centre tap ~0.98 for k=7 (||y - x|| / ||x|| ~ 0.02 on white noise, less on smooth
+    images). With ``"l1"`` the normalized raw basis is a delta plus 2e-4 noise.
+
+    Why ``basis_gain`` (default 50): the parameter stored in ``basis`` is those logits (or raw
+    values) divided by the gain. A softmax near a delta is saturated: to move visible mass off the
+    centre its logits must change by several units, while Adam-type optimizers move every
+    parameter by about lr per step, so an ungained basis barely moves in a short run (a 200-step
+    run at lr 1e-3 left every kernel within 0.004 L1 of its start). Divided by 50 the stored values
+    (|.| <= 0.18) are on the scale of the conv weights around them and, under Adam, the kernels
+    learn about 50x faster: like a per-parameter learning-rate multiplier that travels with the
+    module. (Under plain SGD the gain scales the basis's effective learning rate by gain**2.)
 
     Args:
         channels: C of the input x (B, C, H, W); the filter is applied to every channel.
@@ -52,12 +63,15 @@ class DynamicPSF(nn.Module):
         kernel_size: k, odd.
         dilation: spacing of the kernel taps.
         basis_norm: ``"softmax"`` (default) or ``"l1"``, the ``spatial_normalize`` mode of the basis.
+        init_sigma: width in px of the softmax init's Gaussian.
+        basis_gain: factor applied to ``basis`` before normalizing (see above); > 0.
         predict_weights: whether the module predicts its mixing weights (a 3x3 conv + softmax over J)
             or takes them as the second argument of ``forward``.
     """
 
     def __init__(self, channels: int, num_basis: int = 40, kernel_size: int = 7, dilation: int = 1,
-                 basis_norm: str = "softmax", init_sigma: float = 0.3, predict_weights: bool = True):
+                 basis_norm: str = "softmax", init_sigma: float = 0.3, basis_gain: float = 50.0,
+                 predict_weights: bool = True):
         super().__init__()
         if channels < 1 or num_basis < 1:
             raise ValueError(f"channels and num_basis must be >= 1, got {channels}, {num_basis}")
@@ -65,8 +79,10 @@ class DynamicPSF(nn.Module):
             raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
         if basis_norm not in ("softmax", "l1"):
             raise ValueError(f"basis_norm must be 'softmax' or 'l1', got {basis_norm!r}")
+        if not basis_gain > 0:
+            raise ValueError(f"basis_gain must be > 0, got {basis_gain!r}")
         self.channels, self.num_basis, self.kernel_size = channels, num_basis, kernel_size
-        self.dilation, self.basis_norm = dilation, basis_norm
+        self.dilation, self.basis_norm, self.basis_gain = dilation, basis_norm, float(basis_gain)
         self.weight_head = nn.Conv2d(channels, num_basis, 3, padding=1) if predict_weights else None
         if basis_norm == "softmax":
             init = _narrow_gaussian_logits(num_basis, kernel_size, init_sigma, 0.01)
@@ -74,12 +90,12 @@ class DynamicPSF(nn.Module):
             init = torch.zeros(num_basis, kernel_size, kernel_size)
             init[:, kernel_size // 2, kernel_size // 2] = 1.0
             init = init + 2e-4 * torch.randn_like(init)
-        self.basis = nn.Parameter(init)
+        self.basis = nn.Parameter(init / self.basis_gain)
 
     def kernels(self) -> Tensor:
         """The normalized basis (J, k, k); each kernel sums to 1."""
         J, k, _ = self.basis.shape
-        return spatial_normalize(self.basis.view(1, J, k, k), self.basis_norm).view(J, k, k)
+        return spatial_normalize(self.basis_gain * self.basis.view(1, J, k, k), self.basis_norm).view(J, k, k)
 
     def mixing_weights(self, x: Tensor) -> Tensor:
         """Per-pixel mixing weights (B, J, H, W) for x (B, C, H, W); softmax over J."""
@@ -98,7 +114,7 @@ class DynamicPSF(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, num_basis={self.num_basis}, kernel_size={self.kernel_size}, "
-                f"dilation={self.dilation}, basis_norm={self.basis_norm!r}")
+                f"dilation={self.dilation}, basis_norm={self.basis_norm!r}, basis_gain={self.basis_gain}")
 
 
 class GatedFusion(nn.Module):

@@ -1,9 +1,19 @@
-"""Building blocks shared by the models: conv helper and channel attention (as in MPRNet/RCAN)."""
+"""Building blocks shared by the models: input check, conv helper and channel attention (as in
+MPRNet/RCAN)."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def check_images(x, channels: int) -> None:
+    """``x`` must be a floating-point (B, channels, H, W) tensor: TypeError or ValueError naming x."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point torch.Tensor, got "
+                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"x must have shape (B, {channels}, H, W), got {tuple(x.shape)}")
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -22,14 +32,18 @@ def conv(in_ch: int, out_ch: int, kernel_size: int = 3, bias: bool = False, stri
 
 
 class ChannelAttention(nn.Module):
-    """Squeeze-excitation channel attention: ``x * sigmoid(MLP(avgpool(x)))``. (B,C,H,W) -> same."""
+    """Squeeze-excitation channel attention: ``x * sigmoid(MLP(avgpool(x)))``. (B,C,H,W) -> same.
 
-    def __init__(self, channels: int, reduction: int = 4, bias: bool = False):
+    The MLP is 1x1 conv to ``channels // reduction``, ``act`` (ReLU when None, as RCAN/MPRNet), 1x1 conv
+    back. ``act`` is built for the hidden width: ``act(hidden) -> nn.Module``.
+    """
+
+    def __init__(self, channels: int, reduction: int = 4, bias: bool = False, act=None):
         super().__init__()
         hidden = max(1, channels // reduction)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.mlp = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=bias), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, hidden, 1, bias=bias), nn.ReLU(inplace=True) if act is None else act(hidden),
             nn.Conv2d(hidden, channels, 1, bias=bias), nn.Sigmoid(),
         )
 
@@ -38,16 +52,21 @@ class ChannelAttention(nn.Module):
 
 
 class CAB(nn.Module):
-    """Channel attention block: conv-act-conv, channel attention, residual. (B,C,H,W) -> same."""
+    """Channel attention block: conv-act-conv, channel attention, residual. (B,C,H,W) -> same.
+
+    ``act(width) -> nn.Module`` builds the activations: the body's (width C) and the attention
+    squeeze's (width C // reduction). None: a single-slope ``nn.PReLU()`` in the body and ReLU in
+    the squeeze (MPRNet).
+    """
 
     def __init__(self, channels: int, kernel_size: int = 3, reduction: int = 4, bias: bool = False,
-                 act: nn.Module | None = None):
+                 act=None):
         super().__init__()
         self.body = nn.Sequential(
-            conv(channels, channels, kernel_size, bias=bias), act if act is not None else nn.PReLU(),
+            conv(channels, channels, kernel_size, bias=bias), nn.PReLU() if act is None else act(channels),
             conv(channels, channels, kernel_size, bias=bias),
         )
-        self.ca = ChannelAttention(channels, reduction, bias)
+        self.ca = ChannelAttention(channels, reduction, bias, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.ca(self.body(x))

@@ -45,7 +45,7 @@ def _print_means(title: str, result: dict) -> None:
 
 # Options of `train` that define a run: with --resume they may repeat the checkpoint's value but
 # not change it (a run's schedule is built for its length and recipe).
-RUN_OPTIONS = ("data", "val", "steps", "epochs", "batch_size", "crop", "lr", "seed", "amp",
+RUN_OPTIONS = ("recipe", "data", "val", "steps", "epochs", "batch_size", "crop", "lr", "seed", "amp",
                "val_every", "ckpt_every")
 
 
@@ -82,11 +82,12 @@ def cmd_train(a) -> int:
         cfg = TrainConfig(out=a.out or os.path.dirname(os.path.abspath(a.resume)), stop_at=a.stop_at,
                           num_workers=a.workers or 0, device=a.device, progress=not a.no_progress)
     else:
-        cfg = make_config(*_model_and_preset(a), data=a.data, val=a.val,
+        cfg = make_config(*_model_and_preset(a), a.recipe, data=a.data, val=a.val,
                           out=a.out, steps=a.steps, epochs=a.epochs, stop_at=a.stop_at,
                           batch_size=a.batch_size, crop=a.crop, lr=a.lr, seed=a.seed,
                           num_workers=a.workers, amp=a.amp, val_every=a.val_every,
                           ckpt_every=a.ckpt_every, device=a.device, progress=not a.no_progress)
+        print(f"config: {json.dumps(cfg.to_dict(), sort_keys=True)}")
     try:
         summary = train(cfg, resume=a.resume, overwrite=a.overwrite)
     except TrainingDiverged as e:
@@ -206,13 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tile", type=int, default=512, help="tile size in px for large images (0: never tile)")
         sp.add_argument("--overlap", type=int, default=64, help="tile overlap in px")
 
-    t = sub.add_parser("train", help="train a model (the paper's recipe by default)",
-                       description="Train; writes last.pt/best.pt, metrics.csv, curves.png and "
-                                   "before_after.png into --out. Runs under torchrun for DDP.")
+    t = sub.add_parser("train", help="train a model (its paper's recipe by default)",
+                       description="Train; prints the resolved config (one JSON line), writes last.pt/best.pt, "
+                                   "metrics.csv, curves.png and before_after.png into --out. Runs under "
+                                   "torchrun for DDP.")
     t.add_argument("--model", help="registered model name (sdpsfnet, mspfn, tiny, ...; default sdpsfnet)")
     t.add_argument("--preset", choices=["paper", "tiny"],
                    help="paper (default): full model and recipe; tiny: the small variant and a short "
                         "CPU-sized schedule")
+    t.add_argument("--recipe", choices=["sdpsfnet", "mspfn"],
+                   help="train with this model family's recipe and loss (default: the model's own; "
+                        "--model mspfn --recipe sdpsfnet compares MSPFN with SD-PSFNet on equal terms)")
     t.add_argument("--data", help="paired folder (input/+target/ or rain/+norain/); default: synthetic rain")
     t.add_argument("--val", help="validation paired folder (default: first pairs of --data)")
     n = t.add_mutually_exclusive_group()
@@ -231,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--seed", type=int)
     t.add_argument("--workers", type=int, help="DataLoader workers (default 0)")
-    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (auto: off on CPU)")
+    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
+                   help="mixed precision (default: the recipe's; auto: fp16 on CUDA, off on CPU)")
     t.add_argument("--val-every", type=int, help="validate every N steps (a multiple of --ckpt-every)")
     t.add_argument("--ckpt-every", type=int, help="write last.pt every N steps")
     common(t)

@@ -1,6 +1,6 @@
 """SD-PSFNet: Sequential and Dynamic PSF Network for deraining (AAAI 2026), on psfops ops.
 
-The authors' code is not public; this follows the paper's text and tables (SPEC section 3) and
+The authors' code is not public; this follows the paper's text and tables and
 MPRNet (Zamir et al. 2021) for everything they leave open. Data flow (``x``: rainy image,
 ``I_s``: restored image emitted by stage s, all supervised; every stage sees the full image)::
 
@@ -12,7 +12,7 @@ MPRNet (Zamir et al. 2021) for everything they leave open. Data flow (``x``: rai
     one UNet stage (Stage In / Stage Mid):
       x ─► conv+CAB ─► (G1: gate with prev SAM features) ─► encoder: 3 scales of CABs
            each scale:  + CSFF from prev encoder memory / prev decoder   (G3: dual gate if enhanced)
-      enc3 ─► multi-scale PSF head (3x3|5x5|7x7 ─► cat ─► 1x1 ─► CAB ─► 1x1 ─► K_c maps)
+      enc3 ─► multi-scale PSF head (3x3|5x5|7x7 ─► cat ─► 1x1 ─► CAB ─► norm ─► 1x1 ─► K_c maps)
                  ─► spatial_normalize per channel ─► P (B,K_c,H/4,W/4)
       decoder: 3 scales of CABs (skip CABs, bilinear up), each scale followed by a residual
            PSF block:  d + PSFAttention(DynamicPSF(d, w(P)), P)
@@ -22,22 +22,31 @@ MPRNet (Zamir et al. 2021) for everything they leave open. Data flow (``x``: rai
              CSFF from the last UNet stage's scale l, upsampled]
              ─► conv ─► + x ─► I_final
 
-Choices where the paper is silent (all switchable through :class:`SDPSFNetConfig`):
+Choices where the paper is silent (sizes and ablation switches are :class:`SDPSFNetConfig` fields):
 
 * Widths: MPRNet's deraining widths (n_feat 40, +20 per UNet scale, ORStage 40+16 channels,
-  8 CABs per ORB, 3 ORBs, reduction 4). Each UNet scale holds ``unet_cabs`` CABs in the encoder
-  and in the decoder; that depth is chosen so the paper's parameter counts come out (README).
+  3 ORBs, reduction 4). Each UNet scale holds ``unet_cabs`` (3) CABs in the encoder and in the
+  decoder, and each ORB ``num_cab`` (9; MPRNet has 8) CABs: the two depths that make the paper's
+  parameter counts come out (9.70M at tau=3, 3.68M at tau=0; the paper 9.63M and 3.64M; with 8
+  CABs per ORB tau=0 would be 3.50M, 3.8% short).
 * PSF maps: the head runs on the deepest encoder features of each UNet stage. Its K_c maps P are
   ``spatial_normalize``d (softmax over the plane, each map sums to 1). As mixing weights for
   ``psf_conv`` they are rescaled to ``w_j = P_j * h*w / K_c`` (bilinearly resized to the
   feature scale): the weights then average 1/K_c per map, so with sum-1 basis kernels the
-  synthesized per-pixel kernel sums to 1 on average ("energy conservation"). The head's last
-  1x1 conv starts at zero, so a fresh model filters with the mean basis kernel everywhere.
+  synthesized per-pixel kernel sums to 1 on average ("energy conservation"). The K_c maps must
+  differ from the start: the gradient reaching basis kernel j is its own map's weighting of one
+  common per-pixel gradient, so identical or flat maps give every kernel the same update and
+  the dictionary never diversifies. Hence the head normalizes its features over (C, h, w)
+  per image (``GroupNorm(1, ., affine=False)``; they are ~0.01 in size at init) before a last
+  1x1 conv with PyTorch's random init: the maps' logits start with a spread of ~0.5 instead of
+  ~0.01.
 * Dynamic PSF filtering: one ``DynamicPSF`` (``psfops.nn.DynamicPSF``'s K_c-kernel k x k basis,
   ``spatial_normalize``d, starting near a delta) per decoder scale, applied to the decoder
   features with ``psf_conv``; its weights are the head's maps (its own weight conv is dropped).
-* PSF-aware attention: the PSF encoder (3x3 conv, PReLU, 1x1 conv; last conv zero-initialised)
-  maps ``P * h*w`` to spatially varying gamma, beta at the feature scale; ``x_mod = x*(1+gamma)+beta``.
+* PSF-aware attention: channel modulation as the paper words it ("a PSF encoder extracts
+  compact features to generate gamma, beta"): the PSF encoder (3x3 conv, PReLU, global average
+  pool) maps ``P * h*w`` to one code per image, a zero-initialised 1x1 conv maps the code to
+  per-channel gamma, beta (B,C,1,1); ``x_mod = x*(1+gamma)+beta``.
   Spatial weights ``sigmoid(conv7x7([mean_c x_mod, max_c x_mod, s]))`` where ``s`` is the
   single-channel PSF (mean over the K_c maps, times h*w) upsampled to the feature scale;
   output ``x_mod * weights``, added residually to the decoder features.
@@ -74,7 +83,7 @@ import psfops
 from psfops import BACKENDS
 from psfops.nn import DynamicPSF, GatedFusion
 
-from .blocks import CAB, ORB, SAM, DownSample, SkipUpSample, conv, pad_to_multiple
+from .blocks import CAB, ORB, SAM, DownSample, SkipUpSample, check_images, conv, pad_to_multiple
 from .registry import register_model
 
 __all__ = ["SDPSFNetConfig", "SDPSFNet", "PRESETS", "ABLATIONS", "PSFHead", "PSFAttention"]
@@ -95,7 +104,7 @@ class SDPSFNetConfig:
     scale_unetfeats: int = 20        # extra channels per UNet scale
     scale_orsnetfeats: int = 16      # extra channels in the ORStage
     unet_cabs: int = 3               # CABs per scale, in the encoder and in the decoder
-    num_cab: int = 8                 # CABs per ORB (3 ORBs)
+    num_cab: int = 9                 # CABs per ORB (3 ORBs)
     psf_head_feats: int = 48         # PSF head branch width; 0 = the bottleneck width
     psf_kernel_size: int = 7         # k of the basis kernels
     psf_dilation: int = 1
@@ -146,41 +155,46 @@ def _resize(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class PSFHead(nn.Module):
-    """Multi-scale PSF head: 3x3/5x5/7x7 conv branches, concat, 1x1 conv, CAB, 1x1 conv to K_c maps,
-    ``spatial_normalize``d. feats (B,C,h,w) -> P (B,K_c,h,w), each map summing to 1."""
+    """Multi-scale PSF head: 3x3/5x5/7x7 conv branches, concat, 1x1 conv, CAB, GroupNorm, 1x1 conv
+    to K_c maps, ``spatial_normalize``d. feats (B,C,h,w) -> P (B,K_c,h,w), each map summing to 1."""
 
     def __init__(self, channels: int, num_basis: int, hidden: int, reduction: int = 4):
         super().__init__()
         self.branches = nn.ModuleList(
             nn.Sequential(conv(channels, hidden, k), nn.PReLU()) for k in (3, 5, 7))
         self.fuse = nn.Sequential(nn.Conv2d(3 * hidden, hidden, 1, bias=False), CAB(hidden, 3, reduction))
+        # parameter-free: a per-channel scale is absorbed by proj, and a shift cancels in the softmax
+        self.norm = nn.GroupNorm(1, hidden, affine=False)
         # no bias: a per-map constant cancels in the plane softmax (its gradient is exactly 0)
-        self.proj = nn.Conv2d(hidden, num_basis, 1, bias=False)
-        nn.init.zeros_(self.proj.weight)
+        self.proj = nn.Conv2d(hidden, num_basis, 1, bias=False)  # default (random) init: see the module docstring
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         y = self.fuse(torch.cat([b(feats) for b in self.branches], dim=1))
-        return psfops.spatial_normalize(self.proj(y))
+        return psfops.spatial_normalize(self.proj(self.norm(y)))
 
 
 class PSFAttention(nn.Module):
     """PSF-aware attention. x (B,C,H,W), psf P (B,K,h,w) (maps summing to 1) -> (B,C,H,W).
 
-    Channel modulation ``x_mod = x*(1+gamma)+beta`` (gamma, beta from a PSF encoder, resized to
-    H,W), then spatial weights from [mean_c x_mod, max_c x_mod, single-channel PSF upsampled].
+    (a) Channel modulation, as the paper: a PSF encoder (3x3 conv, PReLU, global average pool)
+    compresses the PSF maps into a compact code (B,C,1,1); a 1x1 conv turns it into per-channel
+    gamma, beta (B,C,1,1); ``x_mod = x*(1+gamma)+beta`` (the paper's ``x*gamma+beta`` with gamma
+    written as 1 + gamma, the 1x1 conv zero-initialised, so a fresh block does not modulate).
+    (b) Spatial attention: ``x_mod * sigmoid(conv7x7([mean_c x_mod, max_c x_mod, s]))``, s the
+    single-channel PSF (mean over the K maps) upsampled to H,W.
     """
 
     def __init__(self, channels: int, num_basis: int):
         super().__init__()
-        self.encoder = nn.Sequential(conv(num_basis, channels, 3, bias=True), nn.PReLU(),
-                                     nn.Conv2d(channels, 2 * channels, 1, bias=True))
-        nn.init.zeros_(self.encoder[-1].weight)
-        nn.init.zeros_(self.encoder[-1].bias)
+        self.encoder = nn.Sequential(conv(num_basis, channels, 3, bias=True), nn.PReLU(), nn.AdaptiveAvgPool2d(1))
+        self.modulation = nn.Conv2d(channels, 2 * channels, 1, bias=True)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
         self.spatial = conv(3, 1, 7, bias=True)
 
     def forward(self, x: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
         dense = psf * (psf.shape[-2] * psf.shape[-1])  # mean 1 per map
-        gamma, beta = _resize(self.encoder(dense), x).chunk(2, dim=1)
+        gamma, beta = self.modulation(self.encoder(dense)).chunk(2, dim=1)  # (B,C,1,1) each
         x_mod = x * (1 + gamma) + beta
         single = _resize(dense.mean(dim=1, keepdim=True), x)
         stats = torch.cat([x_mod.mean(dim=1, keepdim=True), x_mod.amax(dim=1, keepdim=True),
@@ -359,11 +373,7 @@ class SDPSFNet(nn.Module):
         """x (B,3,H,W) -> list of images (B,3,H,W), final last. With ``return_psf``:
         ``(images, psf_maps)``, psf_maps one (B,K_c,ceil(H/4),ceil(W/4)) tensor per UNet stage
         (each map sums to 1 over the padded plane); empty when ``num_basis == 0``."""
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point torch.Tensor, got "
-                            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"x must have shape (B, 3, H, W), got {tuple(x.shape)}")
+        check_images(x, 3)
         name = self.config.backend
         ctx = contextlib.nullcontext() if name == "auto" else psfops.backend(name)
         with ctx:
@@ -407,9 +417,9 @@ ABLATIONS: dict[str, dict] = {
     "+psf-1ch": dict(num_basis=1),
     "+psf-40ch": dict(num_basis=40),
     # Not a paper row: MPRNet's own layout in this code (two UNet stages + ORStage, plain fusion,
-    # 2 CABs per scale): 3.65M parameters, MPRNet's 3.64M.
+    # 2 CABs per scale, 8 per ORB): 3.65M parameters, MPRNet's 3.64M.
     "mprnet-like": dict(num_mid_stages=1, gates=False, hierarchical_update=False, enhanced_csff=False,
-                        num_basis=0, unet_cabs=2),
+                        num_basis=0, unet_cabs=2, num_cab=8),
     "tau0": dict(num_mid_stages=0),
     "tau1": dict(num_mid_stages=1),
     "tau2": dict(num_mid_stages=2),

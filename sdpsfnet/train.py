@@ -1,9 +1,12 @@
-"""The trainer: the paper's recipe, AMP, clipping, schedulers, DDP, resume, logs, figures.
+"""The trainer: a model's recipe (:mod:`sdpsfnet.recipes`), AMP, clipping, schedulers, DDP, resume,
+logs, figures.
 
-Recipe: AdamW (lr 1e-4), linear warmup then cosine to 1e-6 (``LinearLR`` + ``CosineAnnealingLR``
-in ``SequentialLR``, stepped once per optimizer step), mixed precision on CUDA (bf16 where
-supported, else fp16 with a ``GradScaler``; off on CPU), gradient clipping at 2.0 (global L2 norm),
-:class:`sdpsfnet.losses.DerainLoss` summed over every emitted image.
+Every recipe choice is a config field: ``optimizer`` (``recipes.OPTIMIZERS``, over
+``recipes.param_groups``), ``schedule`` (``"cosine"``: linear warmup then cosine to ``min_lr``,
+``LinearLR`` + ``CosineAnnealingLR`` in ``SequentialLR``; ``"exponential"``: warmup then
+``lr * lr_decay**(s / lr_decay_steps) + min_lr``, a ``LambdaLR``; stepped once per optimizer
+step), ``amp`` (see :func:`amp_settings`), ``clip`` (global L2 norm; None: no clipping), ``loss``
+(``losses.LOSSES``, summed over every emitted image).
 
 The trainer is a chain of plain functions: :func:`train` loads the checkpoint and checks the run
 folder, :func:`setup` builds a :class:`Run` (model, data; the recipe in :func:`schedule_steps`,
@@ -75,29 +78,21 @@ from .data import PairedImages, save_image
 from .device import pick_device
 from .files import atomic_write, remove_stale_temps
 from .inference import evaluate
-from .losses import DerainLoss
+from .losses import LOSSES
 from .rain import SyntheticRain
+from .recipes import OPTIMIZERS, param_groups, resolve
 from .registry import build_model
 
-# Small variant of each model, used by the `tiny` preset.
-TINY_VARIANT = {"sdpsfnet": "tiny", "mspfn": "mspfn-tiny"}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The paper: 128x128 crops, 2000 epochs, 3 warmup epochs (batch size is not given: 8).
-    "paper": dict(crop=128, batch_size=8, epochs=2000, steps=None, warmup_epochs=3.0,
-                  val_every=1000, ckpt_every=1000, val_crop=None, val_size=16),
-    # CPU-sized: the tiny model on 64x64 crops, a short schedule with a higher peak lr; validation
-    # on 4 centre crops of 128x128. Minutes on 2 cores.
-    "tiny": dict(crop=64, batch_size=8, epochs=None, steps=200, warmup_epochs=0.1, lr=1e-3,
-                 val_every=50, ckpt_every=50, val_crop=128, val_size=4),
-}
+SCHEDULES = ("cosine", "exponential")
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run (stored in the checkpoint as a dict)."""
+    """Everything that defines a run (stored in the checkpoint as a dict). The defaults are
+    SD-PSFNet's recipe; :func:`make_config` fills in a model's own (:mod:`sdpsfnet.recipes`)."""
     model: str = "sdpsfnet"
     overrides: dict = field(default_factory=dict)  # build_model(model, **overrides)
+    recipe: str = "sdpsfnet"  # the recipe the fields below came from (a record)
     data: str | None = None   # paired folder; None -> synthetic rain
     val: str | None = None    # validation paired folder (default: see module docstring)
     out: str = "runs/sdpsfnet"
@@ -106,12 +101,17 @@ class TrainConfig:
     epochs: int | None = 2000
     steps: int | None = None  # total optimizer steps; overrides epochs
     stop_at: int | None = None  # stop (with a checkpoint) after this step, as if preempted
+    optimizer: str = "adamw"  # adamw | adam
     lr: float = 1e-4
-    min_lr: float = 1e-6
+    min_lr: float = 1e-6  # cosine: the final lr; exponential: the additive floor
     weight_decay: float = 1e-2
+    schedule: str = "cosine"  # cosine | exponential
+    lr_decay: float = 0.8  # exponential: factor per lr_decay_steps
+    lr_decay_steps: int = 20000
     warmup_epochs: float = 3.0
-    clip: float = 2.0
+    clip: float | None = 2.0  # None: no clipping
     amp: str = "auto"  # auto | bf16 | fp16 | off
+    loss: str = "sdpsfnet"  # a key of losses.LOSSES
     seed: int = 0
     num_workers: int = 0
     val_every: int = 1000
@@ -122,6 +122,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        for name, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("loss", LOSSES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {sorted(valid)}, got {getattr(self, name)!r}")
         for name in ("steps", "epochs", "stop_at", "batch_size", "val_size"):
             value = getattr(self, name)
             if value is not None and not value >= 1:
@@ -134,29 +137,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def make_config(model: str = "sdpsfnet", preset: str = "paper", **options) -> TrainConfig:
-    """Config from a preset, then ``options`` (``None`` values are ignored).
-
-    The ``tiny`` preset swaps the model for its small variant (``sdpsfnet`` -> ``tiny``,
-    ``mspfn`` -> ``mspfn-tiny``). ``steps`` and ``epochs`` exclude each other: giving one clears the
-    preset's other.
-    """
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    values = dict(PRESETS[preset])
-    if preset == "tiny":
-        model = TINY_VARIANT.get(model, model)
-    options = {k: v for k, v in options.items() if v is not None}
-    if "steps" in options and "epochs" in options:
-        raise ValueError("give either steps or epochs, not both")
-    if "steps" in options:
-        values["epochs"] = None
-    if "epochs" in options:
-        values["steps"] = None
-    values.update(options)
-    if values.get("out") is None:
-        values["out"] = os.path.join("runs", f"{model}-{preset}")
-    return TrainConfig(model=model, **values)
+def make_config(model: str = "sdpsfnet", preset: str = "paper", recipe: str | None = None,
+                **options) -> TrainConfig:
+    """Config of ``model`` under ``preset`` with its recipe (or ``recipe``), then ``options``
+    (``None`` values are ignored): see :func:`sdpsfnet.recipes.resolve`."""
+    return TrainConfig(**resolve(model, preset, recipe, **options))
 
 
 class TrainingDiverged(RuntimeError):
@@ -202,26 +187,21 @@ def _dist_info() -> tuple[int, int, int]:
 def amp_settings(device: torch.device, amp: str = "auto") -> torch.dtype | None:
     """Autocast dtype for ``amp`` on ``device``: None (off), torch.bfloat16 or torch.float16.
 
-    ``auto``: off on CPU; on CUDA bf16 where supported, else fp16 (with a GradScaler).
+    ``auto``: off on CPU; fp16 (with a GradScaler) on CUDA, as SD-PSFNet's paper trains. bf16 only
+    when asked for.
     """
     if amp not in ("auto", "bf16", "fp16", "off"):
         raise ValueError(f"amp must be auto, bf16, fp16 or off, got {amp!r}")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW at ``cfg.lr``; weight decay ``cfg.weight_decay`` on matrices and conv kernels, none on
-    biases and other 1-D parameters."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    """``cfg.optimizer`` (AdamW or Adam) at ``cfg.lr`` over :func:`sdpsfnet.recipes.param_groups`:
+    weight decay ``cfg.weight_decay`` on matrices and conv kernels, none on 1-D parameters and
+    the PSF bases."""
+    return OPTIMIZERS[cfg.optimizer](param_groups(model, cfg.weight_decay), lr=cfg.lr)
 
 
 def schedule_steps(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
@@ -232,15 +212,21 @@ def schedule_steps(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                   min_lr: float) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warmup (from 1e-3 x lr) for ``warmup_steps``, then cosine to ``min_lr`` at
-    ``total_steps``; one ``.step()`` per optimizer step."""
+                   min_lr: float, schedule: str = "cosine", lr_decay: float = 0.8,
+                   lr_decay_steps: int = 20000) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warmup (from 1e-3 x lr) for ``warmup_steps``, then ``schedule``: ``"cosine"`` to
+    ``min_lr`` at ``total_steps``, or ``"exponential"``, ``lr * lr_decay**(s / lr_decay_steps) +
+    min_lr`` at ``s`` steps after the warmup (MSPFN's). One ``.step()`` per optimizer step."""
     sched = torch.optim.lr_scheduler
-    cosine = sched.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps), eta_min=min_lr)
+    if schedule == "cosine":
+        main = sched.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps), eta_min=min_lr)
+    else:
+        main = sched.LambdaLR(optimizer, [lambda s, lr=g["lr"]: lr_decay ** (s / lr_decay_steps) + min_lr / lr
+                                          for g in optimizer.param_groups])
     if warmup_steps <= 0:
-        return cosine
+        return main
     warm = sched.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup_steps)
-    return sched.SequentialLR(optimizer, [warm, cosine], milestones=[warmup_steps])
+    return sched.SequentialLR(optimizer, [warm, main], milestones=[warmup_steps])
 
 
 @contextlib.contextmanager
@@ -516,7 +502,7 @@ def setup(cfg: TrainConfig, rank: int, world: int, device: torch.device, model: 
     _seed(cfg.seed)  # the model init is identical on every rank (DDP also broadcasts it)
     model = build_model(cfg.model, **cfg.overrides) if model is None else model
     model.to(device)
-    criterion = DerainLoss() if criterion is None else criterion
+    criterion = LOSSES[cfg.loss]() if criterion is None else criterion
     if isinstance(criterion, nn.Module):
         criterion.to(device)
     if train_set is None or val_set is None:
@@ -537,7 +523,8 @@ def setup(cfg: TrainConfig, rank: int, world: int, device: torch.device, model: 
     net = model if world == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     return Run(cfg, rank, world, device, model, net, criterion, train_set, val_set, sampler,
-               optimizer, make_scheduler(optimizer, total, warmup, cfg.min_lr),
+               optimizer, make_scheduler(optimizer, total, warmup, cfg.min_lr, cfg.schedule, cfg.lr_decay,
+                                         cfg.lr_decay_steps),
                torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), amp_dtype,
                steps_per_epoch, total, warmup, stop=total if cfg.stop_at is None else min(total, cfg.stop_at))
 
@@ -589,7 +576,7 @@ def train_step(run: Run, batch) -> tuple[float, float, float]:
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.unscale_(run.optimizer)
-    grad_norm = nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip)
+    grad_norm = nn.utils.clip_grad_norm_(run.model.parameters(), math.inf if run.cfg.clip is None else run.cfg.clip)
     # A non-finite gradient with a finite loss: fp16's GradScaler skips the step and lowers its
     # scale; without a scaler the step would write NaN into the weights. grad_norm is computed
     # from the all-reduced gradients, so every rank takes the same branch.
@@ -698,7 +685,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
     loss if a step ran, latest validation PSNR/SSIM).
 
     ``model``, ``train_set``, ``val_set``, ``criterion`` default to ``build_model(cfg.model,
-    **cfg.overrides)``, :func:`default_datasets` and ``DerainLoss()``. With ``resume``, the
+    **cfg.overrides)``, :func:`default_datasets` and ``LOSSES[cfg.loss]()``. With ``resume``, the
     checkpoint's config is used, except ``out``, ``stop_at``, ``num_workers``, ``device`` and
     ``progress`` from ``cfg``. ``overwrite`` (new runs only) replaces a run already in ``cfg.out``.
     Under torchrun (``WORLD_SIZE`` > 1) it joins the process group (nccl on CUDA, gloo on CPU) and

@@ -1,4 +1,5 @@
-"""MSPFN (sdpsfnet/mspfn.py): shapes, ConvLSTM recurrence, backend parity, training, size."""
+"""MSPFN (sdpsfnet/mspfn.py): shapes, the authors' layers (signed range, box pyramid, biases,
+PReLUs, init), ConvLSTM recurrence, backend parity, training, size."""
 from __future__ import annotations
 
 import csv
@@ -55,7 +56,80 @@ def test_odd_size_is_padded_then_cropped(size, pad, mode):
     x = torch.rand(2, 3, *size)
     padded = F.pad(x, pad, mode=mode)  # a multiple of 8: needs no padding
     assert_rel_close(model.rain(x), model.rain(padded)[..., :size[0], :size[1]], 1e-6, "crop")
-    assert_rel_close(model(x)[-1], x - model.rain(x), 1e-7, "derained = input - rain")
+
+
+def test_network_works_on_the_signed_range():
+    """The authors feed image/127.5 - 1: the network sees 2x - 1 and subtracts its rain there, so
+    in [0, 1] terms derained = x - rain(2x - 1) / 2."""
+    model = _tiny().eval()
+    x = torch.rand(2, 3, 16, 8)
+    seen = []
+    model.heads[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    y = model(x)[-1]
+    torch.testing.assert_close(seen[0], 2 * x - 1, rtol=0, atol=0)
+    assert_rel_close(y, x - 0.5 * model.rain(2 * x - 1), 1e-7, "derained")
+
+
+@pytest.mark.parametrize("pyramid", ["box", "gaussian"])
+def test_input_pyramid(pyramid):
+    """Box (default): 2x2 averages per level, so the 1/4 level is the 4x4 average (the code's
+    downscale2/downscale4). Gaussian (the paper text): 5x5 binomial blur, replicate pad, stride 2."""
+    model = _tiny(pyramid=pyramid).eval()
+    assert MSPFNConfig().pyramid == "box"
+    x = torch.rand(1, 3, 16, 24)
+    seen = []
+    for head in model.heads:
+        head.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    model(x)
+    s = 2 * x - 1
+    if pyramid == "box":
+        expect = [s, F.avg_pool2d(s, 2), F.avg_pool2d(s, 4)]
+    else:
+        taps = torch.tensor([1.0, 4, 6, 4, 1]) / 16
+        blur = lambda t: F.conv2d(F.pad(t, (2,) * 4, mode="replicate"),  # noqa: E731
+                                  torch.outer(taps, taps).expand(3, 1, 5, 5), stride=2, groups=3)
+        expect = [s, blur(s), blur(blur(s))]
+    for got, want in zip(seen, expect):
+        assert_rel_close(got, want, 1e-6, pyramid)
+
+
+def test_layers_are_the_authors():
+    """No bias on plain/transposed convs (conv_layer/deconv_layer); biases in the channel-attention
+    blocks (tf.layers.conv2d) and the ConvLSTM; every PReLU per channel starting at 0, the
+    attention squeeze's included."""
+    from sdpsfnet.blocks import CAB
+    model = _tiny()
+    cab_convs = {id(m) for c in model.modules() if isinstance(c, CAB) for m in c.modules()
+                 if isinstance(m, torch.nn.Conv2d)}
+    lstm_convs = {id(m.gates) for m in model.modules() if isinstance(m, ConvLSTM)}
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert cab_convs and lstm_convs
+    for m in convs:
+        assert (m.bias is not None) == (id(m) in cab_convs or id(m) in lstm_convs), m
+    prelus = [m for m in model.modules() if isinstance(m, torch.nn.PReLU)]
+    assert prelus and all(p.num_parameters > 1 and p.weight.abs().max() == 0 for p in prelus)
+    cab = next(m for m in model.modules() if isinstance(m, CAB))
+    assert isinstance(cab.ca.mlp[1], torch.nn.PReLU) and cab.ca.mlp[1].num_parameters == model.config.channels // 4
+
+
+def test_xavier_init():
+    """Xavier-uniform conv weights (bound sqrt(6 / (fan_in + fan_out))), zero biases; the ConvLSTM
+    gates truncated normal std 1e-3 with the forget-gate bias at 1."""
+    model = build_model("mspfn-tiny", channels=32)
+    lstm = {id(m.gates) for m in model.modules() if isinstance(m, ConvLSTM)}
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and id(m) not in lstm:
+            w = m.weight
+            bound = math.sqrt(6 / ((w.shape[0] + w.shape[1]) * w[0, 0].numel()))
+            assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound, m
+            if w.numel() > 2000:
+                assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1), m
+            assert m.bias is None or m.bias.abs().max() == 0
+    for m in model.modules():
+        if isinstance(m, ConvLSTM):
+            assert m.gates.weight.abs().max() <= 2e-3 and m.gates.weight.std() > 5e-4
+            h = m.hidden
+            assert torch.equal(m.gates.bias, torch.cat([torch.zeros(h), torch.ones(h), torch.zeros(2 * h)]))
 
 
 # ---------------------------------------------------------------- ConvLSTM
@@ -196,20 +270,20 @@ def test_adamw_steps_reduce_l1_loss():
 # ---------------------------------------------------------------- configuration and size
 
 def _expected_params(c: MSPFNConfig) -> int:
-    """Parameter count from the architecture description (bias on, single-slope PReLU)."""
-    C, S, k = c.channels, c.num_scales, 3
-    conv = lambda i, o, kk=k: i * o * kk * kk + o  # noqa: E731
-    act = 1
-    up = conv(C, C) + act
-    cab = 2 * conv(C, C) + act + conv(C, C // c.reduction, 1) + conv(C // c.reduction, C, 1)
+    """Parameter count from the authors' layers: plain convs without bias + a per-channel PReLU;
+    channel-attention blocks and the ConvLSTM with biases."""
+    C, S, k, r = c.channels, c.num_scales, 3, c.reduction
+    conv = lambda i, o, kk=k: i * o * kk * kk  # noqa: E731
+    conv_act = lambda i, o: conv(i, o) + o  # noqa: E731
+    up = conv_act(C, C)
+    cab = 2 * (conv(C, C) + C) + C + (C * (C // r) + C // r) + C // r + (C // r * C + C)
     carries = S * (S - 1) // 2 * up                          # one up per (coarser, finer) pair
-    heads = S * (conv(c.in_channels, C) + act)
-    coarse = carries + sum(conv(C, c.lstm_in) + act + conv(c.lstm_in + h, 4 * h, c.lstm_kernel)
-                           + conv(h, C) + act for h in c.lstm_hidden)
-    fine = c.num_fusion * (carries + sum(conv(C, C) + act + n * cab + conv(2 * C, C) + act
-                                         for n in c.cabs_per_scale))
-    recon = S * (conv(2 * C, C) + act) + (conv(C, C) + act) + (S - 2) * (conv(2 * C, C) + act)
-    tail = conv(2 * C, c.recon_channels) + act + conv(c.recon_channels, c.in_channels)
+    heads = S * conv_act(c.in_channels, C)
+    coarse = carries + sum(conv_act(C, c.lstm_in) + conv(c.lstm_in + h, 4 * h, c.lstm_kernel) + 4 * h
+                           + conv_act(h, C) for h in c.lstm_hidden)
+    fine = c.num_fusion * (carries + sum(conv_act(C, C) + n * cab + conv_act(2 * C, C) for n in c.cabs_per_scale))
+    recon = S * conv_act(2 * C, C) + conv_act(C, C) + (S - 2) * conv_act(2 * C, C)
+    tail = conv_act(2 * C, c.recon_channels) + conv(c.recon_channels, c.in_channels)
     return heads + coarse + fine + recon + tail
 
 
@@ -219,7 +293,7 @@ def test_mspfn_parameter_count():
     n = sum(p.numel() for p in model.parameters())
     cfg = model.config
     assert (cfg.channels, cfg.lstm_hidden, cfg.num_fusion, cfg.cabs_per_scale) == (64, (256, 128, 64), 17, (3, 3, 1))
-    assert n == _expected_params(cfg) == 20_986_549
+    assert n == _expected_params(cfg) == 20_995_776
 
 
 def test_tiny_parameter_count_matches_formula():
@@ -228,7 +302,7 @@ def test_tiny_parameter_count_matches_formula():
 
 
 def test_config_overrides_and_errors():
-    model = _tiny(channels=8, num_fusion=1, pyramid="box", lstm_hidden=[6, 5, 4])
+    model = _tiny(channels=8, num_fusion=1, pyramid="gaussian", lstm_hidden=[6, 5, 4])
     assert (model.config.channels, model.config.num_fusion, model.config.lstm_hidden) == (8, 1, (6, 5, 4))
     assert model(torch.rand(1, 3, 10, 10))[-1].shape == (1, 3, 10, 10)
     assert build_model("mspfn-tiny", lstm_steps=3).build_spec == {"name": "mspfn-tiny", "overrides": {"lstm_steps": 3}}

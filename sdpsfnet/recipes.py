@@ -1,0 +1,116 @@
+"""Training recipes: the hyper-parameters each model family trains with, each from its source, the
+two presets (``paper`` and the ``tiny`` CPU demo), and the optimizer parameter groups.
+
+``sdpsfnet`` -- SD-PSFNet (AAAI 2026). The authors' code is not public, so the paper's text:
+AdamW lr 1e-4, 3-epoch linear warmup then cosine to 1e-6, FP16 mixed precision with a GradScaler
+(``amp="auto"``: fp16 on CUDA, float32 on the CPU; bf16 only when asked, ``--amp bf16``), gradient
+clipping at 2.0, 128x128 crops, 2000 epochs, loss Charbonnier + 0.05 edge + 0.01
+frequency summed over every stage's output (``losses.DerainLoss``). Where the paper is silent:
+batch 8 per process; weight decay 1e-2 (torch's AdamW default) on weights only (see
+:func:`param_groups`); random flips and rot90 (the datasets' augmentation).
+
+``mspfn`` -- MSPFN (CVPR 2020), the authors' TensorFlow code (``model/train_MSPFN.py``,
+``model/MSPFN.py``), which decides where it and the paper text differ: Adam (TensorFlow's
+defaults, which are torch's) at ``5e-4 * 0.8**(step / 20000) + 1e-6`` (their
+``exponential_decay(..., staircase=False) + 1e-6``: a smooth decay reaching x0.8 every 20k steps,
+not a staircase), batch 12 of 96x96 crops, the 8 flips/rotations of the square (the code draws one
+for the whole batch, the datasets here one per sample), no weight decay, no gradient clipping,
+float32, loss Charbonnier + 0.05 x Charbonnier of 3x3 Laplacian edges on [-1, 1] images
+(``losses.MSPFNLoss``). 50 epochs: the training loop never stops by itself, and the authors' test
+script restores their checkpoint of epoch 50. The [-1, 1] input range and Xavier initialisation
+belong to the model (``sdpsfnet.mspfn``'s defaults), so they hold under either recipe.
+
+Which recipe a model gets: its family's (``MODEL_RECIPES``; any other registered model gets
+``sdpsfnet``'s), or the one named by ``recipe``: ``sdpsfnet train --model mspfn --recipe sdpsfnet``
+trains MSPFN with SD-PSFNet's recipe and loss, to compare the two on equal terms.
+
+Presets: ``paper`` is the recipe as it stands (validation and checkpoints every 1000 steps);
+``tiny`` swaps the model for its small variant (``TINY_VARIANT``) and runs a CPU-sized demo of the
+same recipe (64x64 crops, batch 8, 200 steps, peak lr 1e-3, validation on 4 centre crops of
+128x128): minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from psfops.nn import DynamicPSF
+
+__all__ = ["RECIPES", "MODEL_RECIPES", "PRESETS", "TINY_VARIANT", "OPTIMIZERS", "resolve", "param_groups"]
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "sdpsfnet": dict(
+        optimizer="adamw", lr=1e-4, weight_decay=1e-2,             # paper; decay value: torch default
+        schedule="cosine", warmup_epochs=3.0, min_lr=1e-6,        # paper
+        amp="auto", clip=2.0,                 # paper: auto = fp16 + GradScaler on CUDA, off on CPU
+        crop=128, batch_size=8, epochs=2000,                      # paper; batch: not given
+        loss="sdpsfnet",                                          # paper
+    ),
+    "mspfn": dict(
+        optimizer="adam", lr=5e-4, weight_decay=0.0,              # code
+        schedule="exponential", lr_decay=0.8, lr_decay_steps=20000, min_lr=1e-6, warmup_epochs=0.0,  # code
+        amp="off", clip=None,                                     # code: float32, no clipping
+        crop=96, batch_size=12, epochs=50,                        # code; epochs: their test checkpoint
+        loss="mspfn",                                             # code
+    ),
+}
+
+# Registered model name -> its recipe; every other model trains with "sdpsfnet".
+MODEL_RECIPES = {"mspfn": "mspfn", "mspfn-tiny": "mspfn"}
+
+# Small variant of each model, used by the `tiny` preset.
+TINY_VARIANT = {"sdpsfnet": "tiny", "mspfn": "mspfn-tiny"}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(steps=None, val_every=1000, ckpt_every=1000, val_crop=None, val_size=16),
+    # A schedule this short needs a higher peak lr; the warmup is a tenth of an epoch.
+    "tiny": dict(crop=64, batch_size=8, epochs=None, steps=200, warmup_epochs=0.1, lr=1e-3,
+                 val_every=50, ckpt_every=50, val_crop=128, val_size=4),
+}
+
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+
+
+def resolve(model: str = "sdpsfnet", preset: str = "paper", recipe: str | None = None,
+            **options) -> dict[str, Any]:
+    """The training-config fields (``TrainConfig(**fields)``) of ``model`` under ``preset``.
+
+    ``recipe`` (default: the model's, ``MODEL_RECIPES``) gives the hyper-parameters, ``preset``
+    the run's length and cadence (``tiny`` also swaps the model for its ``TINY_VARIANT``), then
+    ``options`` override any field (``None`` values are ignored). ``steps`` and ``epochs``
+    exclude each other: giving one clears the other. ``out`` defaults to ``runs/<model>-<preset>``.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    recipe = recipe if recipe is not None else MODEL_RECIPES.get(model, "sdpsfnet")
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
+    values = {**RECIPES[recipe], **PRESETS[preset]}
+    if preset == "tiny":
+        model = TINY_VARIANT.get(model, model)
+    options = {k: v for k, v in options.items() if v is not None}
+    if "steps" in options and "epochs" in options:
+        raise ValueError("give either steps or epochs, not both")
+    if "steps" in options:
+        values["epochs"] = None
+    if "epochs" in options:
+        values["steps"] = None
+    values.update(options)
+    if values.get("out") is None:
+        values["out"] = os.path.join("runs", f"{model}-{preset}")
+    return dict(model=model, recipe=recipe, **values)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two optimizer groups: conv/linear weights with ``weight_decay``; without decay, every
+    parameter with fewer than 2 dims (biases, gate biases included, norm scales, PReLU slopes) and
+    every ``DynamicPSF`` basis (decay pulls its logits toward 0, every kernel toward a box blur)."""
+    bases = {id(m.basis) for m in model.modules() if isinstance(m, DynamicPSF)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or id(p) in bases else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,197 @@
+"""Recipes (sdpsfnet/recipes.py): which hyper-parameters each model trains with, the switch to
+SD-PSFNet's recipe, the exponential schedule, mixed precision, parameter groups, and a short run
+of MSPFN's recipe through the trainer."""
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from psfops.nn import DynamicPSF
+from sdpsfnet import build_model
+from sdpsfnet.checkpoint import load_checkpoint
+from sdpsfnet.recipes import param_groups
+from sdpsfnet.train import amp_settings, make_config, make_scheduler, train
+
+MSPFN_CODE = dict(optimizer="adam", lr=5e-4, weight_decay=0.0, schedule="exponential", lr_decay=0.8,
+                  lr_decay_steps=20000, min_lr=1e-6, warmup_epochs=0.0, clip=None, amp="off",
+                  crop=96, batch_size=12, epochs=50, loss="mspfn")
+SDPSFNET_PAPER = dict(optimizer="adamw", lr=1e-4, schedule="cosine", warmup_epochs=3.0, min_lr=1e-6,
+                      clip=2.0, amp="auto", crop=128, epochs=2000, loss="sdpsfnet")
+
+
+def _fields(cfg, names):
+    return {k: getattr(cfg, k) for k in names}
+
+
+def test_mspfn_paper_preset_is_the_authors_recipe():
+    cfg = make_config("mspfn", "paper")
+    assert (cfg.model, cfg.recipe) == ("mspfn", "mspfn")
+    assert _fields(cfg, MSPFN_CODE) == MSPFN_CODE
+    assert make_config("mspfn", "paper", steps=3).to_dict()["lr"] == 5e-4
+
+
+def test_sdpsfnet_paper_preset_is_the_papers_recipe():
+    for model in ("sdpsfnet", "sdpsfnet-tau0"):
+        cfg = make_config(model, "paper")
+        assert cfg.recipe == "sdpsfnet" and _fields(cfg, SDPSFNET_PAPER) == SDPSFNET_PAPER
+
+
+def test_recipe_switch_trains_mspfn_like_sdpsfnet():
+    cfg = make_config("mspfn", "paper", recipe="sdpsfnet")
+    assert (cfg.model, cfg.recipe) == ("mspfn", "sdpsfnet")
+    assert _fields(cfg, SDPSFNET_PAPER) == SDPSFNET_PAPER
+    with pytest.raises(ValueError, match="recipe"):
+        make_config("mspfn", recipe="nope")
+
+
+def test_tiny_preset_keeps_each_models_recipe():
+    m, s = make_config("mspfn", "tiny"), make_config("sdpsfnet", "tiny")
+    assert (m.model, m.optimizer, m.loss, m.schedule) == ("mspfn-tiny", "adam", "mspfn", "exponential")
+    assert (s.model, s.optimizer, s.loss, s.schedule) == ("tiny", "adamw", "sdpsfnet", "cosine")
+    assert m.steps == s.steps == 200 and m.crop == s.crop == 64 and m.lr == s.lr == 1e-3
+    assert make_config("mspfn", "tiny", lr=3e-4, batch_size=2).lr == 3e-4  # options override
+
+
+def test_bad_recipe_fields_name_the_field():
+    from sdpsfnet.train import TrainConfig
+    for field in ("optimizer", "schedule", "loss"):
+        with pytest.raises(ValueError, match=field):
+            TrainConfig(**{field: "sgd?"})
+
+
+def test_exponential_schedule_is_the_authors_decay():
+    """lr * decay**(s / decay_steps) + min_lr, smooth (TensorFlow's staircase=False)."""
+    lr, floor, every = 5e-4, 1e-6, 10
+    opt = torch.optim.Adam([nn.Parameter(torch.randn(2))], lr=lr)
+    sched = make_scheduler(opt, 100, 0, floor, "exponential", 0.8, every)
+    lrs = []
+    for _ in range(35):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([lr * 0.8 ** (s / every) + floor for s in range(35)], rel=1e-9)
+
+
+def test_exponential_schedule_after_warmup_and_per_group_lr():
+    opt = torch.optim.Adam([{"params": [nn.Parameter(torch.randn(2))]},
+                            {"params": [nn.Parameter(torch.randn(2))], "lr": 1e-2}], lr=1e-3)
+    sched = make_scheduler(opt, 100, 4, 1e-6, "exponential", 0.5, 2)
+    lrs = []
+    for _ in range(10):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    for s in range(4, 10):
+        for got, base in zip(lrs[s], (1e-3, 1e-2)):
+            assert got == pytest.approx(base * 0.5 ** ((s - 4) / 2) + 1e-6, rel=1e-9)
+    assert lrs[0][0] == pytest.approx(1e-6)  # warmup starts at 1e-3 x lr
+
+
+def test_amp_auto_is_the_papers_fp16_on_cuda_and_off_on_cpu():
+    assert amp_settings(torch.device("cuda"), "auto") == torch.float16
+    assert amp_settings(torch.device("cpu"), "auto") is None
+    assert amp_settings(torch.device("cuda"), "bf16") == torch.bfloat16
+    assert amp_settings(torch.device("cuda"), "off") is None
+
+
+def test_param_groups_spare_the_psf_basis_and_1d_parameters():
+    model = build_model("tiny")
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    ids = {id(p) for p in no_decay["params"]}
+    bases = [m.basis for m in model.modules() if isinstance(m, DynamicPSF)]
+    assert bases and all(id(b) in ids for b in bases)
+    for name, p in model.named_parameters():
+        assert (id(p) in ids) == (p.ndim < 2 or name.endswith("dynamic_psf.basis")), name
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+class _Pairs(Dataset):
+    def __init__(self, n=4, size=16):
+        g = torch.Generator().manual_seed(0)
+        self.clean = torch.rand(n, 3, size, size, generator=g)
+        self.rainy = (self.clean + 0.3 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1)
+
+    def __len__(self):
+        return len(self.clean)
+
+    def __getitem__(self, i):
+        return self.rainy[i], self.clean[i], str(i)
+
+
+def test_mspfn_recipe_runs_through_the_trainer(tmp_path, monkeypatch):
+    """The trainer takes the optimizer, schedule, clipping and loss from the config: Adam at
+    5e-4 + 1e-6 from the first step, MSPFN's loss, no clipping; the checkpoint's config says so."""
+    from sdpsfnet.losses import MSPFNLoss
+
+    calls = []
+    real = MSPFNLoss.term
+    monkeypatch.setattr(MSPFNLoss, "term", lambda self, o, t: calls.append(1) or real(self, o, t))
+    cfg = make_config("mspfn-tiny", "paper", steps=2, batch_size=2, crop=16, val_size=1,
+                      out=str(tmp_path), progress=False)
+    train(cfg, train_set=_Pairs(), val_set=_Pairs(1))
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert {k: ck["config"][k] for k in ("optimizer", "lr", "batch_size", "crop", "loss", "clip")} == \
+        {"optimizer": "adam", "lr": 5e-4, "batch_size": 2, "crop": 16, "loss": "mspfn", "clip": None}
+    assert len(calls) == 2
+    assert all(not g.get("decoupled_weight_decay", False) and g["weight_decay"] == 0
+               for g in ck["optimizer"]["param_groups"])
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["lr"]]
+    assert float(rows[0]["lr"]) == pytest.approx(5e-4 + 1e-6)
+    assert float(rows[1]["lr"]) == pytest.approx(5e-4 * 0.8 ** (1 / 20000) + 1e-6)
+    assert all(math.isfinite(float(r["grad_norm"])) for r in rows)
+
+
+def test_cli_dumps_the_resolved_config(monkeypatch, capsys):
+    """`sdpsfnet train --model mspfn --preset paper --steps 3` prints the authors' hyper-parameters
+    (the training itself is stubbed out here; the real run is minutes of CPU)."""
+    import json
+
+    import sdpsfnet.train
+    from sdpsfnet.cli import main
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def stub(cfg, **kw):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(sdpsfnet.train, "train", stub)
+    with pytest.raises(Stop):
+        main(["train", "--model", "mspfn", "--preset", "paper", "--steps", "3", "--no-progress"])
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("config: "))
+    dumped = json.loads(line[len("config: "):])
+    assert dumped == seen[0].to_dict()
+    assert {k: dumped[k] for k in MSPFN_CODE if k != "epochs"} == {k: v for k, v in MSPFN_CODE.items() if k != "epochs"}
+    assert dumped["steps"] == 3 and dumped["epochs"] is None and dumped["model"] == "mspfn"
+
+
+def test_exponential_schedule_resumes_on_the_same_curve(tmp_path):
+    """A run of MSPFN's recipe (with a warmup step here) stopped after step 5 and resumed ends
+    where the straight run ends: the SequentialLR/LambdaLR state round-trips the checkpoint."""
+    def cfg(out, **kw):
+        return make_config("mspfn-tiny", "paper", steps=10, batch_size=2, crop=16, val_size=1, out=str(out),
+                           progress=False, warmup_epochs=1.0, lr_decay_steps=2, **kw)
+
+    train(cfg(tmp_path / "a"), train_set=_Pairs(), val_set=_Pairs(1))
+    train(cfg(tmp_path / "b", stop_at=5), train_set=_Pairs(), val_set=_Pairs(1))
+    train(cfg(tmp_path / "b"), resume=str(tmp_path / "b" / "last.pt"), train_set=_Pairs(), val_set=_Pairs(1))
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+    def lrs(out):
+        with open(out / "metrics.csv") as f:
+            return [float(r["lr"]) for r in csv.DictReader(f) if r["lr"]]
+    assert lrs(tmp_path / "a") == lrs(tmp_path / "b")
+    # 2 steps per epoch: warmup min(2, 10 // 10) = 1 step from 1e-3 x lr, then the decay from s = 0
+    expect = [5e-4 * 1e-3] + [5e-4 * 0.8 ** (s / 2) + 1e-6 for s in range(9)]
+    assert lrs(tmp_path / "a") == pytest.approx(expect, rel=1e-5)  # the csv keeps 6 digits
