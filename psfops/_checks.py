@@ -97,7 +97,7 @@ def check_synthesize_psf(weights, basis) -> None:
 
 def psf_kernel_size(psf: torch.Tensor) -> int:
     """k for a (B, k*k, H, W) psf, or ValueError if its channel count is not an odd square."""
-    kk = psf.shape[1]
+    kk = int(psf.shape[1])  # (a plain int: under torch.jit.trace sizes are tensors)
     k = int(round(kk ** 0.5))
     if k * k != kk:
         raise ValueError(f"psf must have k*k channels for an odd k, got {kk} channels (not a square)")

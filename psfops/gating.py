@@ -16,7 +16,7 @@ from torch import Tensor
 
 from . import _checks, reference
 from ._backend import use_triton
-from ._grads import for_autograd, gradient_buffers, needs_of
+from ._grads import differentiable_through_reference, for_autograd, gradient_buffers, needs_of
 
 __all__ = ["gated_blend", "gated_fusion"]
 
@@ -68,6 +68,8 @@ def _blend_backward(ctx, grad):
 
 
 _gated_blend_op.register_autograd(_blend_backward, setup_context=_blend_setup)
+differentiable_through_reference(_gated_blend_backward_op, lambda grad, cur, prev, gate, needs: (
+    [0], [1, 2, 3], reference.gated_blend.unchecked))
 
 
 def gated_blend(cur: Tensor, prev: Tensor, gate: Tensor) -> Tensor:
@@ -128,6 +130,8 @@ def _fusion_backward(ctx, grad):
 
 
 _gated_fusion_op.register_autograd(_fusion_backward, setup_context=_fusion_setup)
+differentiable_through_reference(_gated_fusion_backward_op, lambda grad, cur, prev, weight, bias, needs: (
+    [0], [1, 2, 3, None if bias is None else 4], reference.gated_fusion.unchecked))
 
 
 def gated_fusion(cur: Tensor, prev: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:

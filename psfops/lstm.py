@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import _checks, reference
 from ._backend import use_triton
-from ._grads import for_autograd, gradient_buffers, needs_of
+from ._grads import differentiable_through_reference, for_autograd, gradient_buffers, needs_of
 
 __all__ = ["lstm_cell"]
 
@@ -65,6 +65,8 @@ def _backward(ctx, grad_h, grad_c):
 
 
 _lstm_cell_op.register_autograd(_backward, setup_context=_setup)
+differentiable_through_reference(_lstm_cell_backward_op, lambda grad_h, grad_c, gates, c_prev, needs: (
+    [0, 1], [2, 3], reference.lstm_cell.unchecked))
 
 
 def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:

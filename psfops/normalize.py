@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import _checks, reference
 from ._backend import use_triton
-from ._grads import gradient_buffers
+from ._grads import differentiable_through_reference, gradient_buffers
 from .env import accumulation_dtype
 
 __all__ = ["spatial_normalize"]
@@ -68,6 +68,18 @@ def _backward(ctx, grad, _grad_stats):
 
 
 _spatial_normalize_op.register_autograd(_backward, setup_context=_setup)
+
+
+def _unpack_backward(grad, x, stats, mode, needs):
+    """(For a second derivative.) eps is not an argument of the backward op: for l1 the saved
+    per-plane sum is sum|x| + eps, so eps is what it exceeds sum|x| by; softmax does not use it."""
+    eps = 0.0
+    if mode == "l1" and x.numel():
+        eps = max(0.0, float(stats[0, 1] - x[0, 0].abs().sum(dtype=stats.dtype)))
+    return [0], [1], lambda x: reference.spatial_normalize.unchecked(x, mode, eps)
+
+
+differentiable_through_reference(_spatial_normalize_backward_op, _unpack_backward)
 
 
 def spatial_normalize(x: Tensor, mode: str = "softmax", eps: float = 1e-6) -> Tensor:

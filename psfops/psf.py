@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import _checks, reference
 from ._backend import use_triton
-from ._grads import for_autograd, gradient_buffers, needs_of
+from ._grads import differentiable_through_reference, for_autograd, gradient_buffers, needs_of
 
 try:  # the fused kernels; without triton, the reference serves every call
     from .kernels import psf as kernels
@@ -66,6 +66,8 @@ def _psf_conv_backward(ctx, grad):
 
 
 _psf_conv_op.register_autograd(_psf_conv_backward, setup_context=_psf_conv_setup)
+differentiable_through_reference(_psf_conv_backward_op, lambda grad, x, weights, basis, dilation, needs: (
+    [0], [1, 2, 3], lambda x, weights, basis: reference.psf_conv.unchecked(x, weights, basis, dilation)))
 
 
 def psf_conv(x: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1) -> Tensor:
@@ -130,6 +132,8 @@ def _apply_psf_backward(ctx, grad):
 
 
 _apply_psf_op.register_autograd(_apply_psf_backward, setup_context=_apply_psf_setup)
+differentiable_through_reference(_apply_psf_backward_op, lambda grad, x, psf, dilation, needs: (
+    [0], [1, 2], lambda x, psf: reference.apply_psf.unchecked(x, psf, dilation)))
 
 
 def apply_psf(x: Tensor, psf: Tensor, dilation: int = 1) -> Tensor:
@@ -190,6 +194,8 @@ def _synthesize_backward(ctx, grad):
 
 
 _synthesize_psf_op.register_autograd(_synthesize_backward, setup_context=_synthesize_setup)
+differentiable_through_reference(_synthesize_psf_backward_op, lambda grad, weights, basis, needs: (
+    [0], [1, 2], reference.synthesize_psf.unchecked))
 
 
 def synthesize_psf(weights: Tensor, basis: Tensor) -> Tensor:

@@ -50,6 +50,7 @@ def _empty_like(x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
 def _unfold_taps(x: torch.Tensor, k: int, dilation: int) -> torch.Tensor:
     """(B,C,H,W) -> (B,C,k*k,H,W): tap u*k+v holds x shifted by ((u-k//2)*d, (v-k//2)*d), zero padded."""
     B, C, H, W = x.shape
+    k, dilation = int(k), int(dilation)  # (plain ints: under torch.jit.trace the sizes are tensors)
     cols = F.unfold(x, k, dilation=dilation, padding=dilation * (k // 2))
     return cols.view(B, C, k * k, H, W)
 
@@ -95,7 +96,7 @@ def psf_conv_convstack(x: torch.Tensor, weights: torch.Tensor, basis: torch.Tens
     B, C, H, W = x.shape
     J, k, _ = basis.shape
     stack = F.conv2d(_acc(x).reshape(B * C, 1, H, W), _acc(basis).unsqueeze(1),
-                     dilation=dilation, padding=dilation * (k // 2))
+                     dilation=dilation, padding=dilation * (int(k) // 2))
     return torch.einsum("bcjhw,bjhw->bchw", stack.view(B, C, J, H, W), _acc(weights)).to(x.dtype)
 
 

@@ -5,6 +5,7 @@ on both backends; and one ``torch.compile(fullgraph=True)`` traces every op, for
 from __future__ import annotations
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -162,3 +163,44 @@ def test_torch_compile_fullgraph_traces_every_op(device):
     assert_rel_close(out[0], eager[0], 1e-6, "compiled forward")
     for got, want in zip(grads, eager_grads):
         assert_rel_close(got, want, 1e-5, "compiled grad")
+
+
+def _hvp(fn, sample, tensors):
+    """d/d(tensors) of <d/d(tensors) <fn(tensors), u>, v>: a Hessian-vector product with fixed random
+    projections u, v (None for a tensor the second derivative does not reach)."""
+    outs = fn(*sample.with_tensors(tensors))
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    g = torch.Generator().manual_seed(0)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype).to(o.device)).sum() for o in outs)
+    firsts = torch.autograd.grad(loss, tensors, create_graph=True)
+    second = sum((f * torch.randn(f.shape, generator=g, dtype=f.dtype).to(f.device)).sum() for f in firsts)
+    return torch.autograd.grad(second, tensors, allow_unused=True)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_second_derivatives_on_both_backends(name, device):
+    """Double backward works on the Triton path as on the reference (its backward ops are
+    differentiated through the reference): the same Hessian-vector product."""
+    info = OPS[name]
+    sample = info.samples(SMALL, torch.float64, device, requires_grad=True)[0]
+    with psfops.backend("triton"):
+        got = _hvp(info.function, sample, sample.tensors)
+    want = _hvp(info.reference, sample, [t.detach().requires_grad_(True) for t in sample.tensors])
+    for g, w in zip(got, want):
+        g = torch.zeros_like(w) if g is None and w is not None else g
+        w = torch.zeros_like(g) if w is None and g is not None else w
+        if g is not None:
+            assert_rel_close(g, w, 1e-10, f"{name} second derivative")
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_jit_trace_of_the_reference_path(name):
+    """torch.jit.trace records the reference ops (the CPU path) and replays them exactly (the
+    argument checks warn that they are traced as constants: shapes are fixed in a trace anyway)."""
+    sample = OPS[name].samples(SMALL, torch.float32, "cpu")[0]
+    fn = lambda *ts: OPS[name].function(*sample.with_tensors(ts))  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(fn, tuple(sample.tensors), check_trace=False)
+    for got, want in zip(*(o if isinstance(o, tuple) else (o,) for o in (traced(*sample.tensors), fn(*sample.tensors)))):
+        assert torch.equal(got, want), name
