@@ -7,7 +7,7 @@ from setuptools import setup
 
 setup(
     name="psfops",
-    version="0.1.0",
+    version="0.2.0",
     description="Fused Triton ops for spatially varying PSF filtering, and the SD-PSFNet deraining model",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

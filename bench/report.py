@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 from . import cases as C
 from .harness import record_key
+from .sass import static_table
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -320,6 +321,16 @@ def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path) -> str
         lines += ["**GPU results are pending**: no CUDA run has been recorded yet. The numbers below "
                   "come from a CPU smoke run (`--quick`, reference paths only) and say nothing about "
                   "the Triton kernels' speed.", ""]
+    static = static_table()
+    if static:
+        lines += ["## Static estimate of the psf kernels (not a measurement)", "",
+                  "From `python -m bench sass` (records in `results/static/`): each kernel's sm_90 SASS, "
+                  "compiled on a CPU, its dynamic instruction count and bytes requested, and the "
+                  "four roofs (issue, L1, math, HBM) on an H100 at the headline shape B8 C64 128x128 "
+                  "J40 k7; `x` is the estimate over the HBM floor, and the binding roof is named. "
+                  "psfops 0.1.0 is the first kernels, 0.2.0 the rewrite; triton 3.6 is the GPU image's "
+                  "compiler (ptxas 12.8), 3.9 CI's (ptxas 13.4), and they allocate registers "
+                  "differently.", ""] + static + [""]
     for path, recs in results.items():
         if not recs:
             continue

@@ -273,7 +273,11 @@ def _pass_record(op, pass_, dtype, gpu_name, gpu, shape, kernels, floor_bytes) -
     else:
         sums = {r: sum(k[f"{r}_us"] for k in kernels) for r in ("issue", "l1", "math")}
         binding = max(sums, key=sums.get)
+    import triton
+
+    import psfops
     return {"op": op, "pass": pass_, "dtype": str(dtype).replace("torch.", ""), "gpu": gpu_name,
+            "triton": triton.__version__, "psfops": psfops.__version__,
             "B": shape.B, "C": shape.C, "H": shape.H, "W": shape.W, "J": shape.J, "k": shape.k,
             "estimate_us": max(total, hbm_us), "hbm_floor_us": hbm_us, "binding": binding,
             "tensor_core_instructions": sum(k["static_tensor_core_instructions"] for k in kernels),
@@ -281,6 +285,36 @@ def _pass_record(op, pass_, dtype, gpu_name, gpu, shape, kernels, floor_bytes) -
             "kernels": [{key: k[key] for key in ("kernel", "programs", "num_warps", "registers", "spill_bytes",
                                                   "warp_instructions", "load_bytes", "issue_us", "l1_us", "math_us",
                                                   "tensor_core_instructions")} for k in kernels]}
+
+
+STATIC_DIR = Path(__file__).parent / "results" / "static"
+
+
+def static_table(paths=None, gpu: str = "H100") -> list[str]:
+    """Markdown: the static estimates of the records files (default: bench/results/static), one
+    column per (psfops, triton) version, psf ops by pass and dtype, as x the HBM floor."""
+    paths = sorted(Path(p) for p in (paths or STATIC_DIR.glob("*.json")))
+    runs = {}
+    for p in paths:
+        for r in json.loads(Path(p).read_text()):
+            if r["gpu"] == gpu:
+                runs.setdefault((r["psfops"], r["triton"]), {})[(r["op"], r["pass"], r["dtype"])] = r
+    if not runs:
+        return []
+    versions = sorted(runs)
+    lines = ["| op | pass | dtype | HBM floor us | " + " | ".join(f"psfops {v} (triton {t})" for v, t in versions)
+             + " |", "|---|---|---|---|" + "---|" * len(versions)]
+    for key in sorted({k for run in runs.values() for k in run}, key=lambda k: (PSF_OPS.index(k[0]),
+                                                                                 ("fwd", "bwd", "fwd+bwd").index(k[1]),
+                                                                                 k[2])):
+        floor = next(run[key]["hbm_floor_us"] for run in runs.values() if key in run)
+        cells = []
+        for v in versions:
+            r = runs[v].get(key)
+            cells.append("-" if r is None else f"{r['estimate_us']:.0f} us ({r['estimate_us'] / floor:.1f}x, "
+                         f"{r['binding']}{', spills' if r['spill_bytes'] else ''})")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {floor:.1f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,7 @@ from .lstm import lstm_cell
 from .normalize import spatial_normalize
 from .psf import apply_psf, psf_conv, synthesize_psf
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "psf_conv", "synthesize_psf", "apply_psf", "spatial_normalize", "gated_blend", "gated_fusion",
