@@ -1,7 +1,9 @@
 """psfops: Triton kernels for spatially varying PSF filtering, and SD-PSFNet built on them.
 
 The top-level ``kernels/`` folder is installed as ``psfops.kernels`` (never as a top-level
-``kernels`` package, which would collide with the unrelated PyPI project of that name).
+``kernels`` package, which would collide with the unrelated PyPI project of that name). ``bench/``
+is not installed (a top-level ``bench`` would collide the same way): it runs from a clone as
+``python -m bench``.
 """
 from setuptools import setup
 
@@ -12,13 +14,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["psfops", "psfops.kernels", "sdpsfnet", "bench"],
+    packages=["psfops", "psfops.kernels", "sdpsfnet"],
     package_dir={"psfops.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",
         "triton>=3.0; platform_system == 'Linux'",
         "numpy",
-        "einops",
         "pillow",
         "pypng",      # 16-bit colour PNGs, which Pillow reads and writes only at 8 bits
         "tifffile",   # 16-bit colour TIFFs, likewise
