@@ -93,6 +93,11 @@ def disassemble(cubin: bytes) -> list[tuple[int, str, str, tuple[str, int]]]:
         f.flush()
         text = subprocess.run([_tool("nvdisasm"), "-g", "-c", f.name], capture_output=True, text=True,
                               check=True).stdout
+    return parse_listing(text)
+
+
+def parse_listing(text: str) -> list[tuple[int, str, str, tuple[str, int]]]:
+    """:func:`disassemble` of an ``nvdisasm -g -c`` listing (its text)."""
     out, line, path, labels, pending = [], 0, "", {}, []
     for raw in text.splitlines():
         if m := _LINE.search(raw):

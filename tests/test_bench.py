@@ -291,3 +291,44 @@ def test_gpu_suite_runs_its_cpu_steps_and_boxes_each_step(tmp_path):
                                 0.05, lines.append)
     assert status == "timeout" and rc is None and time.monotonic() - t0 < 30 and lines == ["hi"]
     assert gpu_suite.run_boxed([sys.executable, "-c", "raise SystemExit(3)"], 1.0, lines.append) == ("failed", 3)
+
+
+def test_sass_estimate_counts_loops_bytes_and_flops_of_a_listing(tmp_path):
+    """bench sass on a hand-made nvdisasm listing: the backward branch on the ``for c0`` line
+    multiplies its body by C/BLOCK_C, a branch to itself (the trap after EXIT) is no loop, and the
+    counts, bytes, FLOPs and roofs are those worked out by hand."""
+    from bench import sass
+    src = tmp_path / "kernel.py"
+    src.write_text("def k(C):\n    x = 0\n    for c0 in range(0, C, 8):\n        x += 1\n    return x\n")
+    listing = f"""
+        //## File "{src}", line 2
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        //## File "{src}", line 4
+        /*0010*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0020*/                   FFMA R5, R4, R4, R5 ;
+        //## File "{src}", line 3
+        /*0030*/              @P0 BRA `(.L_x_0) ;
+        //## File "{src}", line 5
+        /*0040*/                   HGMMA.64x64x8.F32.TF32 R24, gdesc[UR4], R24 ;
+        /*0050*/                   EXIT ;
+.L_x_1:
+        /*0060*/                   BRA `(.L_x_1) ;
+"""
+    instrs = sass.parse_listing(listing)
+    assert [(a, op) for a, op, _, _ in instrs] == [(0, "MOV"), (16, "LDG.E.128"), (32, "FFMA"), (48, "BRA"),
+                                                   (64, "HGMMA.64x64x8.F32.TF32"), (80, "EXIT"), (96, "BRA")]
+    assert instrs[3][2].strip() == "0x10" and instrs[1][3] == (str(src), 4)
+    mult = sass.loop_multipliers(instrs, {"C": 64, "BLOCK_C": 8, "n_tiles": 4}, programs=2)
+    assert mult == [2, 16, 16, 16, 2, 2, 2]  # 2 programs; the c0 loop runs 64 / 8 times
+    prof = sass.kernel_profile(instrs, mult, num_warps=4)
+    assert prof["warp_instructions"] == 4 * (2 + 16 * 3 + 2 * 3)
+    assert prof["load_bytes"] == 4 * 16 * 32 * 16  # warps x executions x lanes x 16-byte loads
+    assert prof["fp32_flops"] == 4 * 16 * 32 * 2
+    assert prof["tensor_flops"] == {"tf32": 4 * 2 * 2 * 64 * 64 * 8 / 4}  # a warpgroup shares the HGMMA
+    assert prof["tensor_core_instructions"] == 8 and prof["static_tensor_core_instructions"] == 1
+    gpu = dict(sms=1, clock_ghz=1.0, fp32_tflops=1.0, tensor_tflops={"tf32": 2.0})
+    got = sass.roofs(prof, gpu)
+    assert got["issue_us"] == pytest.approx(1e6 * prof["warp_instructions"] / 4e9)
+    assert got["l1_us"] == pytest.approx(1e6 * prof["load_bytes"] / 128e9)
+    assert got["math_us"] == pytest.approx(1e6 * (prof["fp32_flops"] / 1e12 + prof["tensor_flops"]["tf32"] / 2e12))
