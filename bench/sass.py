@@ -11,8 +11,8 @@ SM). Each distinct launch is compiled for sm_90 with triton's own compiler; ``nv
 Dynamic instruction counts: a backward branch closes a loop; its source loop is the ``for``
 statement on the line of the branch (or of the nearest instruction before it on such a line),
 and its trip count follows from the launch arguments: ``tile`` (the persistent tile loop) runs
-n_tiles times over all programs, ``c0`` C/BLOCK_C, ``j0`` J/BLOCK_J, ``chunk0`` the staging chunks,
-``epi0`` the epilogue chunks;
+n_tiles times over all programs, ``c0`` C/BLOCK_C, ``jb`` the J blocks,
+``chunk0`` the staging chunks, ``epi0`` the epilogue chunks;
 ``tl.static_range`` loops are unrolled and count once per copy. Every instruction counts once per
 warp per execution of the loops around it.
 
@@ -62,7 +62,7 @@ _MMA = re.compile(r"^[HQ]?GMMA\.(\d+)x(\d+)x(\d+)\.|^HMMA\.(\d)(\d)(\d+)\.")
 # loop variable of a `for ... in range(...)` in the kernels -> its executions, from launch arguments
 TRIPS = {
     "c0": lambda a: -(-a["C"] // a["BLOCK_C"]),
-    "j0": lambda a: -(-a["J"] // a["BLOCK_J"]),
+    "jb": lambda a: a["NUM_JB"],
     "chunk0": lambda a: a["HALO_PAD"] // a["HALO_CHUNK"],
     "epi0": lambda a: a["TH"] * a["TW"] // a["EPILOGUE"],
 }

@@ -207,9 +207,11 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", default="float32,bfloat16,float64")
     p.add_argument("--json", type=Path, default=None, help="write the records here")
     p.add_argument("--ops", default=None, help="comma-separated op names (default: every op)")
+    p.add_argument("--basis", type=int, default=WORKLOAD["J"],
+                   help=f"J, the number of basis kernels (default {WORKLOAD['J']}; above 64 the psf kernels loop over J blocks)")
     a = p.parse_args(argv)
     dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
-    records = compile_report(dtypes, ops=a.ops.split(",") if a.ops else None)
+    records = compile_report(dtypes, dict(WORKLOAD, J=a.basis), ops=a.ops.split(",") if a.ops else None)
     print(f"{'kernel':28} {'dtype':9} {'warps':>5} {'regs':>5} {'stack':>6} {'local':>6} {'shared':>7} "
           f"{'ld/st bits':>10} {'mma':>10}  constexprs")
     for r in records:

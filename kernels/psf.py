@@ -76,6 +76,18 @@ def _matmul(a, b, DOT: tl.constexpr):
 
 
 @triton.jit
+def _matmul_add(acc, a, b, DOT: tl.constexpr):
+    """``acc + a @ b`` (see :func:`_matmul`), accumulated inside the tensor-core product where
+    there is one (no separate product tile in registers)."""
+    if DOT == "fma":
+        return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    elif DOT == "half":
+        return tl.dot(a, b, acc)
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=DOT)
+
+
+@triton.jit
 def _everywhere(flag, idx):
     """``flag != 0`` broadcast to the shape of the int tensor ``idx``, as a mask (the interpreter
     cannot combine a scalar bool with a tensor mask)."""
@@ -126,11 +138,12 @@ def _weights_block(w_ptr, jb, b, J, HW, pix, ok, BLOCK_J: tl.constexpr):
 def _mix_basis(w_ptr, basis_ptr, b, J, HW, pix, ok, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr,
                NUM_JB: tl.constexpr, DOT: tl.constexpr):
     """Synthesized taps ``K[p, t] = sum_j weights[b, j, pix[p]] basis[j, t]`` as a (len(pix),
-    KK_PAD) tile (zero where ``ok`` is False and, the basis being zero-padded, for t >= k*k)."""
-    k = _matmul(_weights_block(w_ptr, 0, b, J, HW, pix, ok, BLOCK_J), _basis_block(basis_ptr, 0, KK_PAD, BLOCK_J), DOT)
-    for jb in tl.static_range(1, NUM_JB):
-        k += _matmul(_weights_block(w_ptr, jb, b, J, HW, pix, ok, BLOCK_J),
-                     _basis_block(basis_ptr, jb, KK_PAD, BLOCK_J), DOT)
+    KK_PAD) tile (zero where ``ok`` is False and, the basis being zero-padded, for t >= k*k). The J
+    blocks are a loop, not unrolled, accumulated inside the products: registers do not grow with J."""
+    k = tl.zeros((pix.shape[0], KK_PAD), tl.float64 if DOT == "fma" else tl.float32)
+    for jb in range(NUM_JB):
+        k = _matmul_add(k, _weights_block(w_ptr, jb, b, J, HW, pix, ok, BLOCK_J),
+                        _basis_block(basis_ptr, jb, KK_PAD, BLOCK_J), DOT)
     return k
 
 
@@ -274,8 +287,9 @@ def _basis_grads(dk, w_ptr, basis_ptr, dw_ptr, part, b, J, HW, pix, valid, not_f
                  NUM_JB: tl.constexpr, DOT: tl.constexpr):
     """From a tile's tap gradients dk (P, KK_PAD): ``d(weights)[b, :, pix] = basis @ dk^T`` (stored)
     and this program's padded d(basis) partial ``part[j, t] += sum_p weights[b, j, pix[p]] dk[p, t]``
-    (read back unless this is the program's first tile, ``not_first`` 0)."""
-    for jb in tl.static_range(NUM_JB):
+    (read back unless this is the program's first tile, ``not_first`` 0). The J blocks are a loop,
+    not unrolled, so only one block's products are live."""
+    for jb in range(NUM_JB):
         jj = jb * BLOCK_J + tl.arange(0, BLOCK_J)
         if NEED_DW:
             tl.store(dw_ptr + ((b * J + jj) * HW)[None, :] + pix[:, None],
