@@ -23,7 +23,9 @@ Four roofs per kernel, per GPU (:data:`GPUS`):
             that dtype's tensor peak
     HBM   = the pass's fewest bytes (each input read once, each output written once) / bandwidth
 A pass's estimate is max(sum over its kernels of max(issue, L1, math), HBM); ``binding`` names the
-roof that sets it. These are static estimates, not measurements: they ignore latency, occupancy,
+roof that sets it. ``scratch_bytes``: the device memory of the kernels' work areas (per-program
+taps and staged halos, d(basis) partials) beyond inputs, outputs and gradients, the largest of the
+pass's kernels (each frees its own). These are static estimates, not measurements: they ignore latency, occupancy,
 cache misses and the overlap between kernels.
 """
 from __future__ import annotations
@@ -257,7 +259,8 @@ def analyse(dtype: torch.dtype, shape=None, gpus=GPUS) -> list[dict]:
                                           launch["num_warps"])
                     kernels[pass_].append({"kernel": launch["kernel"], "programs": launch["programs"],
                                            "num_warps": launch["num_warps"], "registers": launch.get("reg"),
-                                           "spill_bytes": launch.get("stack", 0), **prof, **roofs(prof, gpu)})
+                                           "spill_bytes": launch.get("stack", 0),
+                                           "scratch_bytes": scratch_bytes(fn, args, kwargs), **prof, **roofs(prof, gpu)})
             kernels["fwd+bwd"] = kernels["fwd"] + kernels["bwd"]
             sample = OPS[op].samples(shape, dtype, "meta")[0]
             outs = OPS[op].reference(*sample.args)  # on the meta device: only the sizes matter
@@ -267,6 +270,17 @@ def analyse(dtype: torch.dtype, shape=None, gpus=GPUS) -> list[dict]:
             for pass_, ks in kernels.items():
                 records.append(_pass_record(op, pass_, dtype, gpu_name, gpu, shape, ks, floors[pass_]))
     return records
+
+
+SCRATCH_ARGS = ("taps_ptr", "stage_ptr", "part_ptr")  # the psf kernels' work areas, beyond inputs and outputs
+
+
+def scratch_bytes(fn, args, kwargs) -> int:
+    """Device memory of a launch's work areas (per-program taps, staged halos, d(basis) partials;
+    without NEED_DBASIS the partials argument is a placeholder pointer, not a work area)."""
+    used = [n for n in SCRATCH_ARGS if n != "part_ptr" or kwargs.get("NEED_DBASIS", False)]
+    return sum(a.numel() * a.element_size() for name, a in zip(fn.arg_names, args)
+               if name in used and isinstance(a, torch.Tensor))
 
 
 def _pass_record(op, pass_, dtype, gpu_name, gpu, shape, kernels, floor_bytes) -> dict:
@@ -287,7 +301,10 @@ def _pass_record(op, pass_, dtype, gpu_name, gpu, shape, kernels, floor_bytes) -
             "estimate_us": max(total, hbm_us), "hbm_floor_us": hbm_us, "binding": binding,
             "tensor_core_instructions": sum(k["static_tensor_core_instructions"] for k in kernels),
             "spill_bytes": sum(k["spill_bytes"] for k in kernels),
+            # kernels run one after another, each freeing its work areas: the pass needs the largest
+            "scratch_bytes": max(k["scratch_bytes"] for k in kernels),
             "kernels": [{key: k[key] for key in ("kernel", "programs", "num_warps", "registers", "spill_bytes",
+                                                  "scratch_bytes",
                                                   "warp_instructions", "load_bytes", "issue_us", "l1_us", "math_us",
                                                   "tensor_core_instructions")} for k in kernels]}
 
@@ -336,11 +353,11 @@ def main(argv=None) -> int:
     print(f"static estimate (not a measurement): triton {triton.__version__}, sm_90, shape "
           f"B{HEADLINE['B']} C{HEADLINE['C']} {HEADLINE['H']}x{HEADLINE['H']} J{HEADLINE['J']} k{HEADLINE['k']}")
     print(f"{'op':15} {'pass':8} {'dtype':9} {'gpu':5} {'estimate us':>11} {'HBM floor':>9} {'x floor':>7} "
-          f"{'binding':8} {'TC instr':>8} {'spills':>6}")
+          f"{'binding':8} {'TC instr':>8} {'spills':>6} {'scratch MB':>10}")
     for r in records:
         print(f"{r['op']:15} {r['pass']:8} {r['dtype']:9} {r['gpu']:5} {r['estimate_us']:11.1f} "
               f"{r['hbm_floor_us']:9.1f} {r['estimate_us'] / r['hbm_floor_us']:7.2f} {r['binding']:8} "
-              f"{r['tensor_core_instructions']:8d} {r['spill_bytes']:6d}")
+              f"{r['tensor_core_instructions']:8d} {r['spill_bytes']:6d} {r['scratch_bytes'] / 1e6:10.1f}")
     print("\nper kernel (H100):")
     seen = set()
     for r in records:
@@ -353,7 +370,7 @@ def main(argv=None) -> int:
             seen.add(key)
             print(f"  {r['op']:15} {r['dtype']:9} {k['kernel']:24} regs {k['registers']:>3} spill {k['spill_bytes']:>4} "
                   f"warp-instr {k['warp_instructions'] / 1e6:7.1f}M  issue {k['issue_us']:7.1f}  "
-                  f"L1 {k['l1_us']:7.1f}  math {k['math_us']:6.1f} us")
+                  f"L1 {k['l1_us']:7.1f}  math {k['math_us']:6.1f} us  scratch {k['scratch_bytes'] / 1e6:5.1f} MB")
     if a.json:
         a.json.write_text(json.dumps(records, indent=1))
     return 0

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -332,3 +333,7 @@ def test_sass_estimate_counts_loops_bytes_and_flops_of_a_listing(tmp_path):
     assert got["issue_us"] == pytest.approx(1e6 * prof["warp_instructions"] / 4e9)
     assert got["l1_us"] == pytest.approx(1e6 * prof["load_bytes"] / 128e9)
     assert got["math_us"] == pytest.approx(1e6 * (prof["fp32_flops"] / 1e12 + prof["tensor_flops"]["tf32"] / 2e12))
+    fn = SimpleNamespace(arg_names=["x_ptr", "taps_ptr", "part_ptr"])  # work areas: taps, and partials if used
+    args = [torch.empty(10), torch.empty(4), torch.empty(3, dtype=torch.float64)]
+    assert sass.scratch_bytes(fn, args, {"NEED_DBASIS": True}) == 4 * 4 + 3 * 8
+    assert sass.scratch_bytes(fn, args, {"NEED_DBASIS": False}) == sass.scratch_bytes(fn, args, {}) == 4 * 4
