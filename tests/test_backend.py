@@ -1,7 +1,10 @@
-"""Backend choice: auto / env var / context manager, the CPU-without-interpreter error, and that
-`import psfops` needs no triton."""
+"""Backend choice: auto / env var / context manager, the CPU-without-interpreter error, that
+`import psfops` needs no triton, and that a clone that was never installed finds its kernels."""
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,3 +73,17 @@ def test_import_without_triton():
             "    else:\n"
             "        raise SystemExit('no error')\n")
     subprocess.run([sys.executable, "-c", code], check=True, env={"PATH": "", "TRITON_INTERPRET": "1"})
+
+
+def test_kernels_load_from_a_clone_that_was_never_installed(tmp_path):
+    """psfops/ and kernels/ copied, not installed, and imported with the site's .pth files off (so
+    no editable install's finder helps): psfops.kernels is the kernels/ folder beside psfops/."""
+    repo = Path(__file__).parents[1]
+    for name in ("psfops", "kernels"):
+        shutil.copytree(repo / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    site_dirs = [p for p in sys.path if p.endswith("site-packages")]
+    run = subprocess.run([sys.executable, "-S", "-c", "import psfops.kernels.psf as k; print(k.__file__)"],
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(site_dirs)},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert Path(run.stdout.strip()).resolve() == (tmp_path / "kernels" / "psf.py").resolve()
