@@ -1,11 +1,10 @@
 """The GPU run book in one command: ``python -m bench gpu-suite --out DIR``.
 
-On a fresh CUDA machine with torch and triton already installed (nothing else is installed but
-this project itself, editable and without dependencies, if ``psfops.kernels`` is not importable
-yet), in this order, each step in its own process under its own time box (a step that fails or
-runs over is recorded and the next one starts):
+On a fresh CUDA machine with torch and triton already installed, from the root of a clone
+(nothing is installed: ``import psfops`` there finds the clone's ``kernels/``), in this order, each
+step in its own process under its own time box (a step that fails or runs over is recorded and
+the next one starts):
 
-    setup     make ``psfops.kernels`` importable (``pip install --no-deps --no-index -e .``)
     env       the environment record: GPU, driver, CUDA, torch, triton, SMs, L2  -> env.json
     tests     ``pytest -m gpu``                                                    -> pytest-gpu.xml
     headline  ``python -m bench headline``: psf_conv fwd+bwd targets             -> <device>-<date>.json
@@ -47,7 +46,6 @@ class Step:
 
 
 STEPS = (
-    Step("setup", 1.5, "make psfops.kernels importable (editable install, no dependencies)"),
     Step("env", 0.5, "environment record"),
     Step("tests", 4.0, "pytest -m gpu"),
     Step("headline", 4.0, "psf_conv fwd+bwd headline targets"),
@@ -62,8 +60,6 @@ STEP_NAMES = tuple(s.name for s in STEPS)
 def command(step: str, out: Path, sweep: str, minutes: float) -> list[str] | None:
     """The step's command line (None: run in this process, or nothing to run)."""
     py = sys.executable
-    if step == "setup":
-        return [py, "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation", "-e", str(REPO)]
     if step == "tests":
         return [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
                 f"--junitxml={out / 'pytest-gpu.xml'}"]
@@ -96,14 +92,7 @@ def skip_reason(step: str, out: Path, sweep: str) -> str | None:
         return "bench/sass.py is not on this branch: no static SASS estimate to record"
     if step == "report" and not results_files(out):
         return "no benchmark records in the output folder"
-    if step == "setup" and _kernels_importable():
-        return "psfops.kernels already importable: nothing to install"
     return None
-
-
-def _kernels_importable() -> bool:
-    run = subprocess.run([sys.executable, "-c", "import psfops.kernels"], cwd=REPO, capture_output=True)
-    return run.returncode == 0
 
 
 def environment() -> dict:

@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the records here")
     p.add_argument("--ops", default=None, help="comma-separated op names (default: every op)")
     p.add_argument("--basis", type=int, default=WORKLOAD["J"],
-                   help=f"J, the number of basis kernels (default {WORKLOAD['J']}; above 64 the psf kernels loop over J blocks)")
+                   help=f"J, the number of basis kernels (default {WORKLOAD['J']}; above 64: several J blocks)")
     a = p.parse_args(argv)
     dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
     records = compile_report(dtypes, dict(WORKLOAD, J=a.basis), ops=a.ops.split(",") if a.ops else None)
