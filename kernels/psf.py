@@ -36,7 +36,7 @@ contiguous columns) and all its channels, BLOCK_C at a time.
   on an H100 at any image size.
 
 Scratch is per program, so its size depends on the tile shape and C but not on the image size:
-on an H100 at C=64, k=7, about 20 MB for the forward and 30 MB (float32) for d(x).
+on an H100 at C=64, k=7, about 17 MB for the forward and 24 MB (float32) for d(x).
 
 Precision: float32 inputs multiply in float32 (the matrix products as three tf32 tensor-core
 passes, ``tf32x3``, accurate to float32 rounding); half inputs run the synthesis on their own
@@ -197,7 +197,7 @@ def _stage_halo(src_ptr, rows, h0, w0, H, W, stage, RD: tl.constexpr, WPAD: tl.c
         ww = w0 - WPAD + idx % HALO_W
         ok = (idx < HALO) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
         v = tl.load(src_ptr + rows[:, None] + (hh * W + ww)[None, :], mask=ok[None, :], other=0.0)
-        tl.store(stage + cl[:, None] * HALO_PAD + idx[None, :], v)
+        tl.store(stage + cl[:, None] * HALO + idx[None, :], v, mask=(idx < HALO)[None, :])
 
 
 @triton.jit
@@ -347,9 +347,9 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
     pid = tl.program_id(0)
     i = tl.arange(0, P)
     taps = taps_ptr + pid.to(tl.int64) * (KK * P)
-    stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO_PAD)
+    stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO)
     here = _quad_starts(i, TW, RD, HALO_W)
-    staged = stage + (tl.arange(0, BLOCK_C) * HALO_PAD)[:, None] + here[None, :]
+    staged = stage + (tl.arange(0, BLOCK_C) * HALO)[:, None] + here[None, :]
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
@@ -377,7 +377,7 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
                    TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
                    KK_PAD: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
                    HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr,
-                   TAPS_PAD: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
+                   DOT: tl.constexpr, ACC: tl.constexpr):
     """dx[c, q] = sum_t K_t(q - s_t) dy[c, q - s_t]. Per tile: the taps of the tile and its halo
     (the pixels its outputs read from) go to ``taps`` in halo coordinates, synthesized (SYNTH) or
     copied from the psf src; per channel block dy is staged with its halo and read as in the
@@ -388,14 +388,14 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
     NV: tl.constexpr = 1 + 2 * WPAD // 4
     HW = H * W
     pid = tl.program_id(0)
-    taps = taps_ptr + pid.to(tl.int64) * (KK * TAPS_PAD)
-    stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO_PAD)
+    taps = taps_ptr + pid.to(tl.int64) * (KK * HALO)
+    stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO)
     i = tl.arange(0, P)
     here = _quad_starts(i, TW, RD, HALO_W)
-    staged = stage + (tl.arange(0, BLOCK_C) * HALO_PAD)[:, None] + here[None, :]
+    staged = stage + (tl.arange(0, BLOCK_C) * HALO)[:, None] + here[None, :]
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
-        _window_taps(taps, TAPS_PAD, src_ptr, basis_ptr, b, J, H, W, HW, h0 - RD, w0 - WPAD, HALO_W, HALO, SYNTH_CHUNK,
+        _window_taps(taps, HALO, src_ptr, basis_ptr, b, J, H, W, HW, h0 - RD, w0 - WPAD, HALO_W, HALO, SYNTH_CHUNK,
                      SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         for c0 in range(0, C, BLOCK_C):
@@ -409,7 +409,7 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
                 row = ()
                 for v in tl.static_range(KSIZE):
                     # K_t at q - s_t for the quad's pixels: halo columns pw + WPAD - dv + 0..3
-                    row = row + (_shifted_quad(taps + (u * KSIZE + v) * TAPS_PAD - (u - R) * DIL * HALO_W + here,
+                    row = row + (_shifted_quad(taps + (u * KSIZE + v) * HALO - (u - R) * DIL * HALO_W + here,
                                                WPAD - (v - R) * DIL, ACC),)
                 accs = _add_taps(accs, row, values, WPAD, -1, KSIZE, DIL)
             _store_quads(dx_ptr, accs, rows, cvalid, pix, valid)
@@ -437,8 +437,8 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
     i = tl.arange(0, P)
     here = _quad_starts(i, TW, RD, HALO_W)
     taps = taps_ptr + pid.to(tl.int64) * (KK * P)
-    stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO_PAD)
-    staged = stage + (tl.arange(0, BLOCK_C) * HALO_PAD)[:, None] + here[None, :]
+    stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO)
+    staged = stage + (tl.arange(0, BLOCK_C) * HALO)[:, None] + here[None, :]
     part = part_ptr + pid.to(tl.int64) * (NUM_JB * BLOCK_J * KK_PAD)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
@@ -519,16 +519,13 @@ class Plan:
     def halo(self, k: int, dilation: int) -> dict:
         """The staged halo of a tile for taps of size k at ``dilation``: RD rows above and below,
         WPAD (RD rounded up to a multiple of 4, so windows stay 16-byte aligned) columns left and
-        right; HALO_PAD is its size rounded up to whole staging chunks."""
+        right. A plane's staged halo and a d(x) tap plane hold HALO pixels; HALO_PAD, HALO rounded up
+        to whole staging chunks, is only the staging loop's extent."""
         rd = (k // 2) * dilation
         wpad = triton.cdiv(rd, 4) * 4
         halo = (self.TH + 2 * rd) * (self.TW + 2 * wpad)
         return dict(RD=rd, WPAD=wpad, HALO_W=self.TW + 2 * wpad, HALO=halo,
                     HALO_PAD=triton.cdiv(halo, self.HALO_CHUNK) * self.HALO_CHUNK, HALO_CHUNK=self.HALO_CHUNK)
-
-    def taps_pad(self, k: int, dilation: int) -> int:
-        """Halo pixels rounded up to whole synthesis products (the d(x) kernel's taps per plane)."""
-        return triton.cdiv(self.halo(k, dilation)["HALO"], self.SYNTH_CHUNK) * self.SYNTH_CHUNK
 
     def launch_args(self) -> dict:
         return dict(TH=self.TH, TW=self.TW, BLOCK_J=self.BLOCK_J, NUM_JB=self.NUM_JB, num_warps=self.num_warps,
@@ -632,7 +629,7 @@ def filter_forward(x, src, basis, dilation: int) -> torch.Tensor:
     _psf_fwd_kernel[(p.programs,)](
         x, src, _padded_basis(basis, p, _kk_pad(k)) if synth else src, y,
         _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
-        _scratch(p, p.BLOCK_C * halo["HALO_PAD"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
+        _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
         SYNTH=synth, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k), SYNTH_CHUNK=FWD_SYNTH_CHUNK,
         DOT=_dot_modes(x.dtype)[0], ACC=acc_dtype(x), **halo, **p.launch_args())
     return y
@@ -658,12 +655,12 @@ def filter_backward(dy, x, src, basis, dilation: int, needs):
     basis_arg = _padded_basis(basis, plan("dk", B, C, H, W, J, x.device), _kk_pad(k)) if synth else src
     if needs[0]:
         p = plan("dx", B, C, H, W, J, x.device)
-        halo, taps_pad = p.halo(k, dilation), p.taps_pad(k, dilation)
+        halo = p.halo(k, dilation)
         _psf_dx_kernel[(p.programs,)](
-            dy, src, basis_arg, dx, _scratch(p, k * k * taps_pad, acc, x.device),
-            _scratch(p, p.BLOCK_C * halo["HALO_PAD"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
+            dy, src, basis_arg, dx, _scratch(p, k * k * halo["HALO"], acc, x.device),
+            _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
             SYNTH=synth, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k), SYNTH_CHUNK=p.SYNTH_CHUNK,
-            TAPS_PAD=taps_pad, DOT=dot_in, ACC=acc_dtype(x), **halo, **p.launch_args())
+            DOT=dot_in, ACC=acc_dtype(x), **halo, **p.launch_args())
     need_dw, need_dbasis = needs[1], synth and needs[2]
     if need_dw or need_dbasis:
         p = plan("dk", B, C, H, W, J, x.device)
@@ -671,7 +668,7 @@ def filter_backward(dy, x, src, basis, dilation: int, needs):
         partials = _basis_partials(p, _kk_pad(k), acc, x.device) if need_dbasis else dx
         _psf_dk_kernel[(p.programs,)](
             x, dy, src, basis_arg, dsrc, partials, _scratch(p, k * k * p.TH * p.TW, acc, x.device),
-            _scratch(p, p.BLOCK_C * halo["HALO_PAD"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
+            _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
             SYNTH=synth, NEED_DW=need_dw, NEED_DBASIS=need_dbasis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C,
             KK_PAD=_kk_pad(k), EPILOGUE=min(EPILOGUE, p.TH * p.TW), DOT=dot_acc, ACC=acc_dtype(x), **halo,
             **p.launch_args())
