@@ -325,6 +325,41 @@ def _tile_basis_grads(dk_ptr, LOCAL: tl.constexpr, w_ptr, basis_ptr, dw_ptr, par
                      NEED_DBASIS, KK_PAD, BLOCK_J, NUM_JB, DOT)
 
 
+@triton.jit
+def _staging_area(stage_ptr, pid, i, TW: tl.constexpr, RD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr,
+                  BLOCK_C: tl.constexpr):
+    """Program ``pid``'s staging area (BLOCK_C planes of HALO pixels), the halo index of each tile
+    pixel's window start (``i``: the tile's pixels), and those starts' pointers for every channel."""
+    stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO)
+    here = _quad_starts(i, TW, RD, HALO_W)
+    return stage, here, stage + (tl.arange(0, BLOCK_C) * HALO)[:, None] + here[None, :]
+
+
+@triton.jit
+def _filter_block(staged, taps, here, i, FORWARD: tl.constexpr, P: tl.constexpr, HALO: tl.constexpr,
+                  KSIZE: tl.constexpr, DIL: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
+                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """One staged channel block through the taps, as four accumulators over the quads. FORWARD:
+    ``sum_t K_t(p) x[p + s_t]`` with the tile's taps (P per plane); else the gather form of d(x),
+    ``sum_t K_t(q - s_t) dy[q - s_t]`` with the halo's taps (HALO per plane, halo coordinates)."""
+    R: tl.constexpr = KSIZE // 2
+    NV: tl.constexpr = 1 + 2 * WPAD // 4
+    SIGN: tl.constexpr = 1 if FORWARD else -1
+    zero = tl.zeros((BLOCK_C, P // 4), ACC)
+    accs = (zero, zero, zero, zero)
+    for u in tl.static_range(KSIZE):
+        values = _window(staged + SIGN * (u - R) * DIL * HALO_W, NV, ACC)
+        row = ()
+        for v in tl.static_range(KSIZE):
+            if FORWARD:
+                row = row + (_quad_split(tl.load(taps + (u * KSIZE + v) * P + i).to(ACC)),)
+            else:  # K_t at q - s_t for the quad's pixels: halo columns pw + WPAD - dv + 0..3
+                row = row + (_shifted_quad(taps + (u * KSIZE + v) * HALO - (u - R) * DIL * HALO_W + here,
+                                           WPAD - (v - R) * DIL, ACC),)
+        accs = _add_taps(accs, row, values, WPAD, SIGN, KSIZE, DIL)
+    return accs
+
+
 # --------------------------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------------------------
@@ -341,15 +376,11 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
     aligned 4-vectors once for the four pixels of every quad."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
-    R: tl.constexpr = KSIZE // 2
-    NV: tl.constexpr = 1 + 2 * WPAD // 4
     HW = H * W
     pid = tl.program_id(0)
     i = tl.arange(0, P)
     taps = taps_ptr + pid.to(tl.int64) * (KK * P)
-    stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO)
-    here = _quad_starts(i, TW, RD, HALO_W)
-    staged = stage + (tl.arange(0, BLOCK_C) * HALO)[:, None] + here[None, :]
+    stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
@@ -359,14 +390,7 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
             _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
             tl.debug_barrier()  # the staged block (and this tile's taps) are written
-            zero = tl.zeros((BLOCK_C, P // 4), ACC)
-            accs = (zero, zero, zero, zero)
-            for u in tl.static_range(KSIZE):
-                values = _window(staged + (u - R) * DIL * HALO_W, NV, ACC)
-                row = ()
-                for v in tl.static_range(KSIZE):
-                    row = row + (_quad_split(tl.load(taps + (u * KSIZE + v) * P + i).to(ACC)),)
-                accs = _add_taps(accs, row, values, WPAD, 1, KSIZE, DIL)
+            accs = _filter_block(staged, taps, here, i, True, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC)
             _store_quads(y_ptr, accs, rows, cvalid, pix, valid)
             tl.debug_barrier()  # every read of the staged block (and the taps) is done
 
@@ -384,15 +408,11 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
     forward, with the shifts reversed."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
-    R: tl.constexpr = KSIZE // 2
-    NV: tl.constexpr = 1 + 2 * WPAD // 4
     HW = H * W
     pid = tl.program_id(0)
     taps = taps_ptr + pid.to(tl.int64) * (KK * HALO)
-    stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO)
     i = tl.arange(0, P)
-    here = _quad_starts(i, TW, RD, HALO_W)
-    staged = stage + (tl.arange(0, BLOCK_C) * HALO)[:, None] + here[None, :]
+    stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         _window_taps(taps, HALO, src_ptr, basis_ptr, b, J, H, W, HW, h0 - RD, w0 - WPAD, HALO_W, HALO, SYNTH_CHUNK,
@@ -402,16 +422,7 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
             _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
             tl.debug_barrier()
-            zero = tl.zeros((BLOCK_C, P // 4), ACC)
-            accs = (zero, zero, zero, zero)
-            for u in tl.static_range(KSIZE):
-                values = _window(staged - (u - R) * DIL * HALO_W, NV, ACC)
-                row = ()
-                for v in tl.static_range(KSIZE):
-                    # K_t at q - s_t for the quad's pixels: halo columns pw + WPAD - dv + 0..3
-                    row = row + (_shifted_quad(taps + (u * KSIZE + v) * HALO - (u - R) * DIL * HALO_W + here,
-                                               WPAD - (v - R) * DIL, ACC),)
-                accs = _add_taps(accs, row, values, WPAD, -1, KSIZE, DIL)
+            accs = _filter_block(staged, taps, here, i, False, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC)
             _store_quads(dx_ptr, accs, rows, cvalid, pix, valid)
             tl.debug_barrier()
 
@@ -435,10 +446,8 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
     HW = H * W
     pid = tl.program_id(0)
     i = tl.arange(0, P)
-    here = _quad_starts(i, TW, RD, HALO_W)
     taps = taps_ptr + pid.to(tl.int64) * (KK * P)
-    stage = stage_ptr + pid.to(tl.int64) * (BLOCK_C * HALO)
-    staged = stage + (tl.arange(0, BLOCK_C) * HALO)[:, None] + here[None, :]
+    stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
     part = part_ptr + pid.to(tl.int64) * (NUM_JB * BLOCK_J * KK_PAD)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
