@@ -135,10 +135,10 @@ def test_dynamic_psf_matches_depthwise_conv_truth():
 
 
 def test_parameter_counts_match_paper():
-    """Paper: 9.63M at tau=3, 3.64M at tau=0; within 3%."""
+    """Paper: 9.63M at tau=3, 3.64M at tau=0; ours within 1% (the README's counts, exactly)."""
     full, tau0 = n_params(build_model("sdpsfnet")), n_params(build_model("sdpsfnet-tau0"))
-    assert abs(full / 9.63e6 - 1) < 0.03, full
-    assert abs(tau0 / 3.64e6 - 1) < 0.03, tau0
+    assert (full, tau0) == (9_696_624, 3_675_360)
+    assert abs(full / 9.63e6 - 1) < 0.01 and abs(tau0 / 3.64e6 - 1) < 0.01
     tau1, tau2 = n_params(build_model("sdpsfnet-tau1")), n_params(build_model("sdpsfnet-tau2"))
     assert tau0 < tau1 < tau2 < full
 

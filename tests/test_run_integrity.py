@@ -260,8 +260,9 @@ def test_killed_at_random_moments_and_resumed_equals_an_uninterrupted_run(tmp_pa
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     reference = subprocess.Popen(new_run(straight), env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, text=True)  # alongside the killed run
-    rng = random.Random(os.environ.get("KILL_SEED"))
-    kills = 0
+    seed = os.environ.get("KILL_SEED", str(random.randrange(2 ** 32)))
+    rng = random.Random(seed)
+    kills, interrupted = 0, 0
     while True:
         last = killed / "last.pt"
         cmd = _train("--resume", str(last)) if last.exists() else new_run(killed) + ["--overwrite"]
@@ -275,9 +276,10 @@ def test_killed_at_random_moments_and_resumed_equals_an_uninterrupted_run(tmp_pa
             time.sleep(0.02)  # wait until this attempt trains, then kill it a random moment later
         time.sleep(rng.uniform(0, 0.5))
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        interrupted += proc.wait(timeout=30) == -signal.SIGKILL  # (not an attempt that had already finished)
         proc.stderr.close()
         kills += 1
+    assert interrupted >= 1, f"no kill interrupted a run (KILL_SEED={seed})"
     assert reference.wait(timeout=120) == 0, reference.stderr.read()[-2000:]
     reference.stderr.close()
     for name in ("last.pt", "best.pt"):
