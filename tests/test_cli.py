@@ -243,6 +243,21 @@ def test_derain_refuses_to_overwrite_its_inputs(run, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "e")) == ["b.jpg", "b.png"]
 
 
+def test_eval_metrics_and_show_psf_refuse_to_overwrite_their_inputs(run, pairs, tmp_path, capsys):
+    """Each command's output named as one of its inputs, directly or through a hard link."""
+    image = pairs / "input" / "1.png"
+    before = image.read_bytes()
+    os.link(image, tmp_path / "hard.png")
+    ck = str(run / "last.pt")
+    for out in (image, tmp_path / "hard.png"):
+        for argv in (["eval", "--ckpt", ck, "--data", str(pairs), "--json", str(out), "--no-progress"],
+                     ["metrics", str(pairs / "input"), str(pairs / "target"), "--json", str(out)],
+                     ["show-psf", "--ckpt", ck, "--image", str(image), "--out", str(out), "--no-progress"]):
+            assert main(argv) == 1, argv
+            assert "refusing to write" in capsys.readouterr().err, argv
+    assert image.read_bytes() == before
+
+
 def test_derain_writes_the_inputs_bit_depth_and_channels(run, tmp_path):
     (tmp_path / "in").mkdir()
     Image.fromarray(np.random.randint(0, 65536, (20, 24)).astype(np.uint16)).save(tmp_path / "in" / "g16.png")
