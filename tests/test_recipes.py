@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
 
 from psfops.nn import DynamicPSF
 from sdpsfnet import build_model
 from sdpsfnet.checkpoint import load_checkpoint
 from sdpsfnet.recipes import param_groups
 from sdpsfnet.train import amp_settings, make_config, make_scheduler, train
+from trainer_scaffold import Pairs, val_pairs
 
 MSPFN_CODE = dict(optimizer="adam", lr=5e-4, weight_decay=0.0, schedule="exponential", lr_decay=0.8,
                   lr_decay_steps=20000, min_lr=1e-6, warmup_epochs=0.0, clip=None, amp="off",
@@ -111,19 +111,6 @@ def test_param_groups_spare_the_psf_basis_and_1d_parameters():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-class _Pairs(Dataset):
-    def __init__(self, n=4, size=16):
-        g = torch.Generator().manual_seed(0)
-        self.clean = torch.rand(n, 3, size, size, generator=g)
-        self.rainy = (self.clean + 0.3 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1)
-
-    def __len__(self):
-        return len(self.clean)
-
-    def __getitem__(self, i):
-        return self.rainy[i], self.clean[i], str(i)
-
-
 def test_mspfn_recipe_runs_through_the_trainer(tmp_path, monkeypatch):
     """The trainer takes the optimizer, schedule, clipping and loss from the config: Adam at
     5e-4 + 1e-6 from the first step, MSPFN's loss, no clipping; the checkpoint's config says so."""
@@ -134,7 +121,7 @@ def test_mspfn_recipe_runs_through_the_trainer(tmp_path, monkeypatch):
     monkeypatch.setattr(MSPFNLoss, "term", lambda self, o, t: calls.append(1) or real(self, o, t))
     cfg = make_config("mspfn-tiny", "paper", steps=2, batch_size=2, crop=16, val_size=1,
                       out=str(tmp_path), progress=False)
-    train(cfg, train_set=_Pairs(), val_set=_Pairs(1))
+    train(cfg, train_set=Pairs(4, 16, 16, seed=0), val_set=val_pairs())
     ck = load_checkpoint(tmp_path / "last.pt")
     assert {k: ck["config"][k] for k in ("optimizer", "lr", "batch_size", "crop", "loss", "clip")} == \
         {"optimizer": "adam", "lr": 5e-4, "batch_size": 2, "crop": 16, "loss": "mspfn", "clip": None}
@@ -182,9 +169,9 @@ def test_exponential_schedule_resumes_on_the_same_curve(tmp_path):
         return make_config("mspfn-tiny", "paper", steps=10, batch_size=2, crop=16, val_size=1, out=str(out),
                            progress=False, warmup_epochs=1.0, lr_decay_steps=2, **kw)
 
-    train(cfg(tmp_path / "a"), train_set=_Pairs(), val_set=_Pairs(1))
-    train(cfg(tmp_path / "b", stop_at=5), train_set=_Pairs(), val_set=_Pairs(1))
-    train(cfg(tmp_path / "b"), resume=str(tmp_path / "b" / "last.pt"), train_set=_Pairs(), val_set=_Pairs(1))
+    train(cfg(tmp_path / "a"), train_set=Pairs(4, 16, 16, seed=0), val_set=val_pairs())
+    train(cfg(tmp_path / "b", stop_at=5), train_set=Pairs(4, 16, 16, seed=0), val_set=val_pairs())
+    train(cfg(tmp_path / "b"), resume=str(tmp_path / "b" / "last.pt"), train_set=Pairs(4, 16, 16, seed=0), val_set=val_pairs())
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
