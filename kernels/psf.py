@@ -53,9 +53,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..env import interpreting
-from .._grads import gradient_buffers
-from ._common import acc_dtype, launcher, sm_count, torch_acc_dtype
+from ._common import acc_dtype, gradient_buffers, torch_acc_dtype
+from .launch import gpu_plans, interpreting, launcher, sm_count
 
 
 # --------------------------------------------------------------------------------------------
@@ -549,17 +548,15 @@ GPU_CHUNKS = (128, 128)  # halo pixels per staging step, per synthesis product
 FWD_SYNTH_CHUNK = 128  # the forward's tile pixels per synthesis product
 
 
-def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device,
-         interpret: bool | None = None) -> Plan:
-    """The launch plan of kernel ``kind`` ("fwd", "dx", "dk", "synth"). On the GPU: the tile shapes
-    of :data:`GPU_SHAPES` and one program per SM (fewer if there are fewer tiles). In the
-    interpreter (``interpret``, default: whether it is on), which runs programs one after the other
-    in Python: tiles as large as the image (up to 16 x 32 pixels, so fewer, larger programs) and as
-    many programs as :func:`psfops.kernels._common.sm_count` gives a CPU (a few), so the persistent
-    loop always runs."""
-    interpret = interpreting() if interpret is None else interpret
+def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device) -> Plan:
+    """The launch plan of kernel ``kind`` ("fwd", "dx", "dk", "synth"). The GPU's plans (also in
+    the interpreter inside ``launch_target(gpu_plans=True)``): the tile shapes of
+    :data:`GPU_SHAPES` and one program per SM (fewer if there are fewer tiles). The interpreter's,
+    which runs programs one after the other in Python: tiles as large as the image (up to 16 x 32
+    pixels, so fewer, larger programs) and as many programs as :func:`launch.sm_count` gives a CPU
+    (a few), so the persistent loop always runs."""
     block_j = max(16, min(64, triton.next_power_of_2(max(J, 1))))
-    if interpret:
+    if not gpu_plans():
         tw = max(16, min(32, triton.next_power_of_2(max(W, 1))))
         th = min(16, triton.next_power_of_2(max(H, 1)))
         bc, warps, chunks = min(16, triton.next_power_of_2(max(C, 1))), 4, (256, 256)

@@ -5,13 +5,12 @@ Where they run: the public function (``psfops.<op>``, before a backend is chosen
 backends refuse the same inputs with the same message), ``psfops.reference.<op>``, and every
 registered custom op, forward and backward, in both its real and its fake implementation
 (``torch.ops.psfops.*`` is public API: an unchecked kernel launch would read and write out of
-bounds). The reference's unchecked cores and the kernel launchers assume checked input.
+bounds; a backward op runs its forward's check, then checks its cotangents and ``needs``, see
+``psfops._registry``). The reference's unchecked cores and the kernel launchers assume checked input.
 """
 from __future__ import annotations
 
 import torch
-
-from .env import accumulation_dtype
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -50,6 +49,15 @@ def check_like(name: str, t, like_name: str, like: torch.Tensor) -> None:
     check_same(like_name, like, **{name: t})
     if t.shape != like.shape:
         raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(t.shape)}")
+
+
+def check_output_like(name: str, t, shape, dtype, device, inputs: str) -> None:
+    """``t`` (a cotangent or a saved output given to a backward op) has the shape, dtype and device
+    of the forward's output for its ``inputs`` (named in the message)."""
+    check_tensor(name, t, ndim=None)
+    if tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != device:
+        raise ValueError(f"{name} must match the forward's output for the given {inputs}: shape {tuple(shape)}, "
+                         f"{dtype}, on {device}; got {tuple(t.shape)}, {t.dtype}, on {t.device}")
 
 
 def check_needs(needs, n: int) -> None:
@@ -163,62 +171,3 @@ def check_lstm_cell(gates, c_prev) -> None:
     if tuple(c_prev.shape) != (B, C4 // 4, H, W):
         raise ValueError(f"c_prev must have shape {(B, C4 // 4, H, W)} to match gates {tuple(gates.shape)}, "
                          f"got {tuple(c_prev.shape)}")
-
-
-# ---- backward ops: the forward's check, plus the incoming gradients (and saved stats) ----
-
-def check_psf_conv_backward(grad, x, weights, basis, dilation, needs) -> None:
-    check_psf_conv(x, weights, basis, dilation)
-    check_like("grad", grad, "x", x)
-    check_needs(needs, 3)
-
-
-def check_apply_psf_backward(grad, x, psf, dilation, needs) -> None:
-    check_apply_psf(x, psf, dilation)
-    check_like("grad", grad, "x", x)
-    check_needs(needs, 2)
-
-
-def check_synthesize_psf_backward(grad, weights, basis, needs) -> None:
-    check_synthesize_psf(weights, basis)
-    check_needs(needs, 2)
-    check_tensor("grad", grad)
-    check_same("weights", weights, grad=grad)
-    B, _, H, W = weights.shape
-    expected = (B, basis.shape[1] * basis.shape[2], H, W)
-    if tuple(grad.shape) != expected:
-        raise ValueError(f"grad must have shape {expected}, that of the psf of weights {tuple(weights.shape)} "
-                         f"and basis {tuple(basis.shape)}; got {tuple(grad.shape)}")
-
-
-def check_spatial_normalize_backward(grad, x, stats, mode, needs) -> None:
-    check_spatial_normalize(x, mode)
-    check_needs(needs, 1)
-    check_like("grad", grad, "x", x)
-    check_tensor("stats", stats, ndim=2)
-    B, C = x.shape[:2]
-    acc = accumulation_dtype(x.dtype)
-    if tuple(stats.shape) != (B * C, 2) or stats.dtype != acc or stats.device != x.device:
-        raise ValueError(f"stats must be the forward's per-plane (max, sum): shape {(B * C, 2)}, {acc}, "
-                         f"on {x.device}; got {tuple(stats.shape)}, {stats.dtype}, on {stats.device}")
-
-
-def check_gated_blend_backward(grad, cur, prev, gate, needs) -> None:
-    check_gated_blend(cur, prev, gate)
-    check_like("grad", grad, "cur", cur)
-    check_needs(needs, 3)
-
-
-def check_gated_fusion_backward(grad, cur, prev, weight, bias, needs) -> None:
-    check_gated_fusion(cur, prev, weight, bias)
-    check_like("grad", grad, "cur", cur)
-    check_needs(needs, 4)
-    if bias is None and needs[3]:
-        raise ValueError("needs[3] (the bias gradient) must be False when bias is None")
-
-
-def check_lstm_cell_backward(grad_h, grad_c, gates, c_prev, needs) -> None:
-    check_lstm_cell(gates, c_prev)
-    check_needs(needs, 2)
-    check_like("grad_h", grad_h, "c_prev", c_prev)
-    check_like("grad_c", grad_c, "c_prev", c_prev)

@@ -1,75 +1,43 @@
 """The PSF filtering ops: ``psf_conv``, ``synthesize_psf``, ``apply_psf``.
 
-Each public function checks its arguments once, then runs either the fused Triton op
-(``torch.ops.psfops.<name>``, a ``torch.library`` custom op with a fake implementation and
-registered autograd; its backward is the custom op ``psfops::<name>_backward``) or the unchecked
-core of ``psfops.reference.<name>`` (see :mod:`psfops._backend` for the choice). The custom ops
-check their own arguments too (real and fake implementations share the check), since
-``torch.ops.psfops.*`` can be called directly.
+Each is one definition (``psfops._registry.op``): its check, its Triton kernels
+(``psfops.kernels.psf``), its output shapes and its reference (``psfops.reference``).
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from . import _checks, reference
-from ._backend import use_triton
-from ._grads import differentiable_through_reference, for_autograd, gradient_buffers, needs_of
-
-try:  # the fused kernels; without triton, the reference serves every call
-    from .kernels import psf as kernels
-except ImportError:
-    kernels = None
+from ._registry import kernels, op
+from ._samples import Sample, mixing_weights, pixels, randn
 
 __all__ = ["psf_conv", "synthesize_psf", "apply_psf"]
 
-_CONTIGUOUS = torch.contiguous_format
+# The headline shape, psf_conv's: the paper's J40 k7 on 64 channels of 128x128, batch 8.
+HEADLINE = dict(B=8, C=64, H=128, J=40, k=7)
 
 
-# ---- psf_conv -------------------------------------------------------------------------------
-
-@torch.library.custom_op("psfops::psf_conv", mutates_args=())
-def _psf_conv_op(x: Tensor, weights: Tensor, basis: Tensor, dilation: int) -> Tensor:
-    _checks.check_psf_conv(x, weights, basis, dilation)
-    return kernels.filter_forward(x, weights, basis, dilation)
+def _like_x(x, *rest):
+    return ((x.shape, x.dtype),)
 
 
-@_psf_conv_op.register_fake
-def _(x, weights, basis, dilation):
-    _checks.check_psf_conv(x, weights, basis, dilation)
-    return torch.empty_like(x, memory_format=_CONTIGUOUS)
+def _basis(s, dtype, device, requires_grad):
+    return randn((s.J, s.k, s.k), dtype, device, requires_grad, scale=1.0 / s.k)
 
 
-@torch.library.custom_op("psfops::psf_conv_backward", mutates_args=())
-def _psf_conv_backward_op(grad: Tensor, x: Tensor, weights: Tensor, basis: Tensor, dilation: int,
-                          needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
-    _checks.check_psf_conv_backward(grad, x, weights, basis, dilation, needs)
-    return kernels.filter_backward(grad, x, weights, basis, dilation, needs)
+def _psf_conv_samples(s, dtype, device, requires_grad=False):
+    x = randn((s.B, s.C, s.H, s.W), dtype, device, requires_grad)
+    return [Sample((x, mixing_weights(s, dtype, device, requires_grad), _basis(s, dtype, device, requires_grad),
+                    s.dilation))]
 
 
-@_psf_conv_backward_op.register_fake
-def _(grad, x, weights, basis, dilation, needs):
-    _checks.check_psf_conv_backward(grad, x, weights, basis, dilation, needs)
-    return gradient_buffers(needs, x, weights, basis)
-
-
-def _psf_conv_setup(ctx, inputs, output):
-    x, weights, basis, dilation = inputs
-    ctx.save_for_backward(x, weights, basis)
-    ctx.dilation = dilation
-
-
-def _psf_conv_backward(ctx, grad):
-    x, weights, basis = ctx.saved_tensors
-    needs = needs_of(ctx, 3)
-    return *for_autograd(_psf_conv_backward_op(grad, x, weights, basis, ctx.dilation, needs), needs), None
-
-
-_psf_conv_op.register_autograd(_psf_conv_backward, setup_context=_psf_conv_setup)
-differentiable_through_reference(_psf_conv_backward_op, lambda grad, x, weights, basis, dilation, needs: (
-    [0], [1, 2, 3], lambda x, weights, basis: reference.psf_conv.unchecked(x, weights, basis, dilation)))
-
-
+@op(check=_checks.check_psf_conv, reference=reference.psf_conv.unchecked, outputs=_like_x,
+    kernel=lambda x, weights, basis, dilation: kernels.psf.filter_forward(x, weights, basis, dilation),
+    backward_kernel=lambda grad, x, weights, basis, dilation, needs: kernels.psf.filter_backward(
+        grad, x, weights, basis, dilation, needs),
+    samples=_psf_conv_samples, axes=("B", "C", "H", "J", "k"), bench_shape=HEADLINE,
+    # synthesis J*k*k MACs per pixel, filtering k*k MACs per pixel and channel
+    flops=lambda s: 2.0 * pixels(s) * s.k * s.k * (s.J + s.C))
 def psf_conv(x: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1) -> Tensor:
     """Spatially varying PSF filtering with a kernel dictionary, fused.
 
@@ -86,56 +54,19 @@ def psf_conv(x: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1) -> Te
     Returns:
         (B, C, H, W), dtype of ``x`` (contiguous NCHW on the Triton path).
     """
-    _checks.check_psf_conv(x, weights, basis, dilation)
-    if use_triton(x):
-        return _psf_conv_op(x, weights, basis, dilation)
-    return reference.psf_conv.unchecked(x, weights, basis, dilation)
 
 
-# ---- apply_psf ------------------------------------------------------------------------------
-
-@torch.library.custom_op("psfops::apply_psf", mutates_args=())
-def _apply_psf_op(x: Tensor, psf: Tensor, dilation: int) -> Tensor:
-    _checks.check_apply_psf(x, psf, dilation)
-    return kernels.filter_forward(x, psf, None, dilation)
+def _apply_psf_samples(s, dtype, device, requires_grad=False):
+    return [Sample((randn((s.B, s.C, s.H, s.W), dtype, device, requires_grad),
+                    randn((s.B, s.k * s.k, s.H, s.W), dtype, device, requires_grad, scale=1.0 / s.k), s.dilation))]
 
 
-@_apply_psf_op.register_fake
-def _(x, psf, dilation):
-    _checks.check_apply_psf(x, psf, dilation)
-    return torch.empty_like(x, memory_format=_CONTIGUOUS)
-
-
-@torch.library.custom_op("psfops::apply_psf_backward", mutates_args=())
-def _apply_psf_backward_op(grad: Tensor, x: Tensor, psf: Tensor, dilation: int,
-                           needs: list[bool]) -> tuple[Tensor, Tensor]:
-    _checks.check_apply_psf_backward(grad, x, psf, dilation, needs)
-    return kernels.filter_backward(grad, x, psf, None, dilation, needs)
-
-
-@_apply_psf_backward_op.register_fake
-def _(grad, x, psf, dilation, needs):
-    _checks.check_apply_psf_backward(grad, x, psf, dilation, needs)
-    return gradient_buffers(needs, x, psf)
-
-
-def _apply_psf_setup(ctx, inputs, output):
-    x, psf, dilation = inputs
-    ctx.save_for_backward(x, psf)
-    ctx.dilation = dilation
-
-
-def _apply_psf_backward(ctx, grad):
-    x, psf = ctx.saved_tensors
-    needs = needs_of(ctx, 2)
-    return *for_autograd(_apply_psf_backward_op(grad, x, psf, ctx.dilation, needs), needs), None
-
-
-_apply_psf_op.register_autograd(_apply_psf_backward, setup_context=_apply_psf_setup)
-differentiable_through_reference(_apply_psf_backward_op, lambda grad, x, psf, dilation, needs: (
-    [0], [1, 2], lambda x, psf: reference.apply_psf.unchecked(x, psf, dilation)))
-
-
+@op(check=_checks.check_apply_psf, reference=reference.apply_psf.unchecked, outputs=_like_x,
+    kernel=lambda x, psf, dilation: kernels.psf.filter_forward(x, psf, None, dilation),
+    backward_kernel=lambda grad, x, psf, dilation, needs: kernels.psf.filter_backward(
+        grad, x, psf, None, dilation, needs),
+    samples=_apply_psf_samples, axes=("B", "C", "H", "k"), bench_shape=dict(B=8, C=64, H=128, k=7),
+    flops=lambda s: 2.0 * pixels(s) * s.C * s.k * s.k)
 def apply_psf(x: Tensor, psf: Tensor, dilation: int = 1) -> Tensor:
     """Apply explicit per-pixel kernels (the kernel-prediction-network form).
 
@@ -149,55 +80,23 @@ def apply_psf(x: Tensor, psf: Tensor, dilation: int = 1) -> Tensor:
     Returns:
         (B, C, H, W), dtype of ``x``.
     """
-    _checks.check_apply_psf(x, psf, dilation)
-    if use_triton(x):
-        return _apply_psf_op(x, psf, dilation)
-    return reference.apply_psf.unchecked(x, psf, dilation)
 
 
-# ---- synthesize_psf -------------------------------------------------------------------------
-
-@torch.library.custom_op("psfops::synthesize_psf", mutates_args=())
-def _synthesize_psf_op(weights: Tensor, basis: Tensor) -> Tensor:
-    _checks.check_synthesize_psf(weights, basis)
-    return kernels.synthesize_forward(weights, basis)
+def _synthesize_samples(s, dtype, device, requires_grad=False):
+    return [Sample((mixing_weights(s, dtype, device, requires_grad), _basis(s, dtype, device, requires_grad)))]
 
 
-@_synthesize_psf_op.register_fake
-def _(weights, basis):
-    _checks.check_synthesize_psf(weights, basis)
+def _synthesized(weights, basis):
     B, _, H, W = weights.shape
-    return weights.new_empty((B, basis.shape[1] * basis.shape[2], H, W))
+    return (((B, basis.shape[-1] * basis.shape[-2], H, W), weights.dtype),)
 
 
-@torch.library.custom_op("psfops::synthesize_psf_backward", mutates_args=())
-def _synthesize_psf_backward_op(grad: Tensor, weights: Tensor, basis: Tensor,
-                                needs: list[bool]) -> tuple[Tensor, Tensor]:
-    _checks.check_synthesize_psf_backward(grad, weights, basis, needs)
-    return kernels.synthesize_backward(grad, weights, basis, needs)
-
-
-@_synthesize_psf_backward_op.register_fake
-def _(grad, weights, basis, needs):
-    _checks.check_synthesize_psf_backward(grad, weights, basis, needs)
-    return gradient_buffers(needs, weights, basis)
-
-
-def _synthesize_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _synthesize_backward(ctx, grad):
-    weights, basis = ctx.saved_tensors
-    needs = needs_of(ctx, 2)
-    return for_autograd(_synthesize_psf_backward_op(grad, weights, basis, needs), needs)
-
-
-_synthesize_psf_op.register_autograd(_synthesize_backward, setup_context=_synthesize_setup)
-differentiable_through_reference(_synthesize_psf_backward_op, lambda grad, weights, basis, needs: (
-    [0], [1, 2], reference.synthesize_psf.unchecked))
-
-
+@op(check=_checks.check_synthesize_psf, reference=reference.synthesize_psf.unchecked, outputs=_synthesized,
+    kernel=lambda weights, basis: kernels.psf.synthesize_forward(weights, basis),
+    backward_kernel=lambda grad, weights, basis, needs: kernels.psf.synthesize_backward(grad, weights, basis, needs),
+    samples=_synthesize_samples, axes=("B", "H", "J", "k"),
+    bench_shape=dict(B=8, C=1, H=128, J=40, k=7),  # C: no such axis, 1 in benchmark records
+    flops=lambda s: 2.0 * pixels(s) * s.J * s.k * s.k)
 def synthesize_psf(weights: Tensor, basis: Tensor) -> Tensor:
     """Per-pixel kernels from a dictionary: ``K[b,u*k+v,h,w] = sum_j weights[b,j,h,w] * basis[j,u,v]``.
 
@@ -207,7 +106,3 @@ def synthesize_psf(weights: Tensor, basis: Tensor) -> Tensor:
     Returns:
         (B, k*k, H, W), dtype of ``weights``.
     """
-    _checks.check_synthesize_psf(weights, basis)
-    if use_triton(weights):
-        return _synthesize_psf_op(weights, basis)
-    return reference.synthesize_psf.unchecked(weights, basis)
