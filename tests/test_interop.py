@@ -16,6 +16,16 @@ import psfops
 from psfops import interop, reference
 from helpers import assert_rel_close
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: intra-op threads only add spin-wait contention on a shared machine
+    (measured 1.3 s single-threaded vs 17 s with two threads under load for the adjoint sweep)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 PADDINGS = ("valid", "zeros", "constant", "circular", "reflect", "replicate")
 INSTALL = ("pip install --no-deps deepinv==0.5.0 torchvision==0.28.0 torchmetrics einops natsort h5py "
            "lightning-utilities")
