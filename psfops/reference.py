@@ -86,7 +86,9 @@ def _synthesize(weights: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 def synthesize_psf(weights: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """(B,J,H,W), (J,k,k) or (B,J,k,k) -> (B,k*k,H,W): ``K[b,u*k+v] = sum_j weights[b,j] * basis[(b,)j,u,v]``.
 
-    A 3-d basis is shared by the batch, a 4-d one holds one dictionary per sample.
+    A 3-d basis is shared by the batch, a 4-d one holds one dictionary per sample. The taps keep the
+    basis's orientation: ``psf_conv`` / ``apply_psf`` apply them as a correlation (for convolution
+    kernels, synthesize from ``basis.flip(-1, -2)``).
     """
     return _synthesize(_acc(weights), _acc(basis)).to(weights.dtype)
 
@@ -97,6 +99,8 @@ def apply_psf(x: torch.Tensor, psf: torch.Tensor, dilation: int = 1, padding: st
 
     ``y[b,c,h,w] = sum_{u,v} psf[b,u*k+v,h,w] * xpad[b,c,h+(u-k//2)d, w+(v-k//2)d]``, ``xpad`` the
     input extended by ``padding`` (zeros, reflect, replicate, circular: :mod:`psfops.padding`).
+    The kernels are applied as a correlation; for convolution kernels flip each one
+    (``psf.unflatten(1, (k, k)).flip(1, 2).flatten(1, 2)``).
     """
     if x.numel() == 0 or psf.numel() == 0:
         return _empty_like(x, psf)
@@ -132,7 +136,10 @@ def psf_conv_transpose(y: torch.Tensor, weights: torch.Tensor, basis: torch.Tens
                        padding: str = "zeros") -> torch.Tensor:
     """The exact adjoint of :func:`psf_conv` with the same arguments (scatter form); same shapes.
 
-    ``<psf_conv(x, w, basis, d, padding), y> == <x, psf_conv_transpose(y, w, basis, d, padding)>``.
+    ``<psf_conv(x, w, basis, d, padding), y> == <x, psf_conv_transpose(y, w, basis, d, padding)>``,
+    where ``psf_conv(x)[b,c,h,w] = sum_j w[b,j,h,w] * sum_{u,v} basis[(b,)j,u,v] *
+    xpad[b,c,h+(u-k//2)d, w+(v-k//2)d]`` (the basis applied as a correlation there; for a
+    convolution kernel pass ``basis.flip(-1, -2)`` to both).
     With ``K_t(p) = sum_j w[b,j,p] * basis[(b,)j,t]`` and ``s_t = ((u-k//2)d, (v-k//2)d)`` for tap
     ``t = u*k+v``, each pixel p spreads ``K_t(p) * y[p]`` to the extended position ``p + s_t``; the
     extension is then folded back onto the image as the adjoint of ``padding`` (zeros: dropped;
