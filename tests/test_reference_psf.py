@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from psfops import padding as P
-from helpers import rand
+from psfops import reference as R
+from helpers import FWD_RTOL, assert_rel_close, float64_leaves, rand, value_and_grads
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -145,9 +146,6 @@ def test_padding_bad_mode_and_pad():
 
 
 # ---- independent float64 loop truth: one tap at a time, index maps written out per pixel -------
-
-from psfops import reference as R  # noqa: E402
-from helpers import FWD_RTOL, GRAD_RTOL, assert_rel_close, float64_leaves, value_and_grads  # noqa: E402
 
 
 def _tap_kernel(weights, basis, u, v):
