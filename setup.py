@@ -29,7 +29,8 @@ setup(
     ],
     extras_require={
         "onnx": ["onnx", "onnxscript"],  # sdpsfnet export --out *.onnx
-        "dev": ["pytest", "hypothesis", "pytest-benchmark", "pytest-timeout", "onnx", "onnxscript", "onnxruntime"],
+        "dev": ["pytest", "hypothesis", "pytest-benchmark", "pytest-timeout", "onnx", "onnxscript", "onnxruntime",
+                "vulture"],
     },
     entry_points={"console_scripts": ["sdpsfnet = sdpsfnet.cli:main"]},
 )
