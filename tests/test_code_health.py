@@ -54,3 +54,14 @@ def test_no_dead_code(tmp_path):
                           "--min-confidence", "60"], cwd=ROOT, capture_output=True, text=True)
     dead = [line for line in run.stdout.splitlines() if line.startswith(PACKAGES)]  # (tests: fixtures are used by name)
     assert not dead, "dead code (or add a name vulture cannot see to USED_ELSEWHERE):\n" + "\n".join(dead)
+
+
+def test_documentation_links_resolve():
+    """Every relative link of the README and docs/ names a file that exists."""
+    import re
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(pages) > 5
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to a missing {target}"
