@@ -63,7 +63,7 @@ def _check_resume_options(a, run_config: dict) -> None:
         given["model"] = make_config(*_model_and_preset(a)).model
     for name, value in given.items():
         old = run_config.get(name)
-        same = (os.path.abspath(value) == os.path.abspath(old) if name in ("data", "val") and old
+        same = (os.path.realpath(value) == os.path.realpath(old) if name in ("data", "val") and old
                 else value == old)
         if not same:
             flag = "--" + name.replace("_", "-")
@@ -75,7 +75,7 @@ def _check_resume_options(a, run_config: dict) -> None:
 
 def cmd_train(a) -> int:
     from .checkpoint import load_checkpoint
-    from .train import TrainConfig, TrainingDiverged, make_config, train
+    from .train import TrainConfig, TrainingDiverged, make_config, resume_advice, train
 
     if a.resume:
         _check_resume_options(a, load_checkpoint(a.resume, resumable=True)["config"])
@@ -93,6 +93,9 @@ def cmd_train(a) -> int:
     except TrainingDiverged as e:
         print(f"sdpsfnet train: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\nsdpsfnet train: interrupted; {resume_advice(cfg.out)}", file=sys.stderr)
+        return 130
     if summary["start_step"] == summary["step"]:
         print(f"nothing to train: the run is complete (step {summary['step']}/{summary['total_steps']}); "
               f"outputs in {cfg.out}")
@@ -108,7 +111,7 @@ def _load(ckpt: str, device: str):
     from .device import pick_device
 
     dev = pick_device(device)  # before loading: a bad --device fails fast
-    return model_from_checkpoint(ckpt).to(dev)
+    return model_from_checkpoint(ckpt, device=dev)
 
 
 def cmd_eval(a) -> int:
@@ -322,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, OSError) as e:
         print(f"sdpsfnet {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT
+        print(f"\nsdpsfnet {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
