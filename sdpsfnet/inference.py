@@ -300,17 +300,31 @@ def psf_figure(model: nn.Module, image: Tensor | None = None, module: int = 0, t
     return fig
 
 
+FIGURE_FORMATS = ("png", "jpg", "jpeg", "pdf", "svg")
+
+
+def figure_format(path: str) -> str:
+    """The figure format ``path``'s suffix names; ValueError naming ``path`` for another suffix."""
+    fmt = os.path.splitext(path)[1].lower().lstrip(".")
+    if fmt not in FIGURE_FORMATS:
+        raise ValueError(f"--out {path}: the suffix picks the format, use one of "
+                         f"{', '.join('.' + f for f in FIGURE_FORMATS)}")
+    return fmt
+
+
 def show_psf(model: nn.Module, out_png: str, image: Tensor | None = None, module: int = 0,
              top: int = 8) -> str:
-    """Write :func:`psf_figure` as a PNG, atomically (:func:`sdpsfnet.files.atomic_write`)."""
+    """Write :func:`psf_figure` in the format ``out_png``'s suffix names (:func:`figure_format`),
+    atomically (:func:`sdpsfnet.files.atomic_write`)."""
     import matplotlib.pyplot as plt
 
     from .files import atomic_write
 
+    fmt = figure_format(out_png)
     fig = psf_figure(model, image, module, top)
     try:
         with atomic_write(out_png) as f:
-            fig.savefig(f, format="png", dpi=120)
+            fig.savefig(f, format=fmt, dpi=120)
     finally:
         plt.close(fig)
     return out_png

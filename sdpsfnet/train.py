@@ -77,7 +77,7 @@ from .checkpoint import (FORMAT, CheckpointError, get_rng_state, load_checkpoint
                          save_checkpoint, set_rng_state)
 from .data import PairedImages, check_pairs, save_image
 from .device import pick_device
-from .files import atomic_write, remove_stale_temps
+from .files import atomic_write, check_writable, remove_stale_temps
 from .inference import evaluate
 from .losses import LOSSES
 from .metrics import MIN_SIDE
@@ -802,6 +802,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
     rank, world, local_rank = _dist_info()
     device = pick_device(cfg.device, local_rank)
     refuse_out_in_data(cfg)
+    check_writable(cfg.out, folder=True)
     with run_folder_lock(cfg.out) if rank == 0 else contextlib.nullcontext():
         check_out_folder(cfg.out, resume, int(ckpt["step"]) if ckpt else 0, overwrite)
         own_group = init_distributed(device, world)
