@@ -86,19 +86,22 @@ def derain_image(model: nn.Module, image: Tensor, tile: int | None = 512, overla
 
 
 def list_images(inputs: Iterable[str]) -> list[str]:
-    """Expand files and folders (non-recursive, sorted) into image paths; ValueError naming a
-    path that does not exist or a folder without images."""
-    from .data import IMAGE_EXTENSIONS
+    """Expand files and folders into image paths (folders listed by
+    :func:`sdpsfnet.data.image_files`, the rule of every command); ValueError naming a path that
+    does not exist or is not a regular file, or a folder without images."""
+    from .data import IMAGE_EXTENSIONS, image_files
 
     paths = []
     for p in inputs:
         if os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTENSIONS))
+            found = [os.path.join(p, f.name) for f in image_files(p)]
             if not found:
                 raise ValueError(f"input folder {p} has no images ({', '.join(IMAGE_EXTENSIONS)})")
             paths += found
         elif os.path.isfile(p):
             paths.append(p)
+        elif os.path.lexists(p):
+            raise ValueError(f"input {p} is not a regular file (a broken or looping link, a FIFO or a device)")
         else:
             raise ValueError(f"input {p} does not exist")
     return paths
@@ -106,8 +109,11 @@ def list_images(inputs: Iterable[str]) -> list[str]:
 
 def derain_outputs(inputs: Iterable[str], out_dir: str) -> dict[str, str]:
     """``{output path: input path}`` of :func:`derain_paths`: ``out_dir/<stem>.png`` per input
-    image. ValueError naming both if two inputs share a stem, or naming the file if an output
-    would be one of the inputs (``out_dir`` is an input folder holding a PNG of that stem)."""
+    image. ValueError naming both if two inputs share a stem, naming the file if an output
+    would be one of the inputs (``out_dir`` is an input folder holding a PNG of that stem) or
+    cannot be written, or if an input's header is unreadable or refused (frames, pixel count:
+    :func:`sdpsfnet.data.image_size`): every problem is found before the first image is derained."""
+    from .data import image_size
     from .files import refuse_overwrite
 
     paths = list_images(inputs)
@@ -118,6 +124,8 @@ def derain_outputs(inputs: Iterable[str], out_dir: str) -> dict[str, str]:
             raise ValueError(f"inputs {outputs[dst]} and {p} would both be written as {dst}")
         outputs[dst] = p
     refuse_overwrite(outputs, paths)
+    for p in paths:
+        image_size(p)
     return outputs
 
 
