@@ -115,12 +115,16 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def bad_field(path: str, name: str, value, expected: str) -> CheckpointError:
+    """The one-line error for a checkpoint field ``name`` that is not ``expected``."""
+    shown = repr(value) if len(repr(value)) <= 40 else type(value).__name__
+    return CheckpointError(f"{path}: field {name!r} must be {expected}, got {shown}; the file was "
+                           f"edited or damaged: resume from another checkpoint of the run")
+
+
 def _check_field(path: str, name: str, value, ok: bool, expected: str) -> None:
-    """CheckpointError naming ``path`` and the field ``name`` unless ``ok``."""
     if not ok:
-        shown = repr(value) if len(repr(value)) <= 40 else type(value).__name__
-        raise CheckpointError(f"{path}: field {name!r} must be {expected}, got {shown}; the file was "
-                              f"edited or damaged: resume from another checkpoint of the run")
+        raise bad_field(path, name, value, expected)
 
 
 def _check_training_fields(state: dict, path: str) -> None:
@@ -212,8 +216,14 @@ def model_from_checkpoint(ckpt: dict | str | os.PathLike, map_location: Any = "c
             skeleton = build()
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path} describes a model this version cannot build: {e}") from e
-    check_weights(skeleton.state_dict(), state["model"], path, type(skeleton).__name__)
-    model = build()
+    except Exception:  # a model whose constructor cannot run on meta: checked once built
+        skeleton = None
+    if skeleton is not None:
+        check_weights(skeleton.state_dict(), state["model"], path, type(skeleton).__name__)
+    try:
+        model = build()
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} describes a model this version cannot build: {e}") from e
     load_weights(model, state["model"], path)
     if device is not None:
         device = torch.device(device)

@@ -118,7 +118,8 @@ def _open(path: Path):
     finally:
         Image.MAX_IMAGE_PIXELS = old
     with im:
-        _check_header(path, *im.size, getattr(im, "n_frames", 1))
+        # MPO (a camera JPEG with a preview image): the first frame is the photo.
+        _check_header(path, *im.size, 1 if im.format == "MPO" else getattr(im, "n_frames", 1))
         yield im
 
 

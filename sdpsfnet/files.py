@@ -53,7 +53,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         if isinstance(e, OSError):  # name the file the user asked for, not our temporary one
-            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+            raise (OSError(e.errno, f"cannot write {path}: {e.strerror}") if e.errno and e.strerror
+                   else OSError(f"cannot write {path}: {e}")) from e
         raise
 
 

@@ -36,7 +36,12 @@ Choices where the paper is silent:
   raises ``FileExistsError`` unless ``overwrite=True``, which deletes them first. A resume writes
   into its checkpoint's folder (or into a folder without a run, continuing the logged history) and
   refuses a checkpoint older than that folder's ``last.pt`` (it would discard the later steps).
-  Temporary files of a killed writer are removed when a run starts.
+  Temporary files of a killed writer are removed when a run starts. While a run writes, rank 0
+  holds an ``flock`` on ``out/.train.lock`` (:func:`run_folder_lock`): a second run into the
+  folder is refused naming the first's process. ``out`` may not lie inside ``data`` or ``val``.
+- **A run's length is fixed at its start**: checkpoints store ``total_steps`` and
+  ``train_items``; resuming after the training set changed size is refused (the schedule was
+  built for the old length).
 - **Crash between last.pt and best.pt**: the checkpoint records the step that scored best
   (``metrics["best_step"]``); resuming a checkpoint that is that step rewrites ``best.pt`` from it.
 - **Determinism**: everything is seeded from ``seed``; the data order of epoch ``e`` is the
@@ -73,8 +78,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from .checkpoint import (FORMAT, CheckpointError, get_rng_state, load_checkpoint, load_weights,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (FORMAT, CheckpointError, bad_field, get_rng_state, load_checkpoint,
+                         load_weights, save_checkpoint, set_rng_state)
 from .data import PairedImages, check_pairs, save_image
 from .device import pick_device
 from .files import atomic_write, check_writable, remove_stale_temps
@@ -592,7 +597,7 @@ def restore(run: Run, ckpt: dict, path: str) -> None:
                          f"a new run (another --out, or --overwrite)")
     step = ckpt["step"]
     if step > run.total and step != done:
-        raise _bad_field(path, "step", step, f"at most the run's {run.total} steps")
+        raise bad_field(path, "step", step, f"at most the run's {run.total} steps")
     with _as_field(path, "optimizer"):
         run.optimizer.load_state_dict(ckpt["optimizer"])
         for p in (p for g in run.optimizer.param_groups for p in g["params"]):
@@ -626,11 +631,6 @@ def _layout(obj):
     if isinstance(obj, (list, tuple)):
         return [_layout(v) for v in obj]
     return None
-
-
-def _bad_field(path: str, name: str, value, expected: str) -> CheckpointError:
-    return CheckpointError(f"{path}: field {name!r} must be {expected}, got {value!r}; the file was "
-                           f"edited or damaged: resume from another checkpoint of the run")
 
 
 @contextlib.contextmanager
