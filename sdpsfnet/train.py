@@ -753,26 +753,28 @@ def fit(run: Run) -> dict:
         append_row(run.path("metrics.csv"), {"step": 0, "epoch": 0, **validate(run)})
     run.model.train()
     batches = None
-    while run.step < run.stop:
-        epoch, in_epoch = divmod(run.step, run.steps_per_epoch)
-        if batches is None or in_epoch == 0:
-            batches = epoch_batches(run, epoch, in_epoch)
-        loss, grad_norm, lr = train_step(run, next(batches))
-        run.step += 1
-        bar.update(1)
-        row = {"step": run.step, "epoch": epoch, "lr": f"{lr:.6g}", "loss": f"{loss:.6g}",
-               "grad_norm": f"{grad_norm:.6g}", "seconds": f"{time.perf_counter() - t0:.3f}"}
-        if run.is_main and (run.step % cfg.val_every == 0 or run.step == run.stop):
-            row.update(validate(run))
-            bar.set_postfix(loss=f"{loss:.4f}", psnr=f"{run.last_val['val_psnr_y']:.2f}")
-        elif run.is_main and run.step % 10 == 0:
-            bar.set_postfix(loss=f"{loss:.4f}")
-        if run.is_main:
-            append_row(run.path("metrics.csv"), row)
-        if run.step % cfg.ckpt_every == 0 or run.step == run.stop:
-            save(run)
-        summary["loss"] = loss
-    bar.close()
+    try:
+        while run.step < run.stop:
+            epoch, in_epoch = divmod(run.step, run.steps_per_epoch)
+            if batches is None or in_epoch == 0:
+                batches = epoch_batches(run, epoch, in_epoch)
+            loss, grad_norm, lr = train_step(run, next(batches))
+            run.step += 1
+            bar.update(1)
+            row = {"step": run.step, "epoch": epoch, "lr": f"{lr:.6g}", "loss": f"{loss:.6g}",
+                   "grad_norm": f"{grad_norm:.6g}", "seconds": f"{time.perf_counter() - t0:.3f}"}
+            if run.is_main and (run.step % cfg.val_every == 0 or run.step == run.stop):
+                row.update(validate(run))
+                bar.set_postfix(loss=f"{loss:.4f}", psnr=f"{run.last_val['val_psnr_y']:.2f}")
+            elif run.is_main and run.step % 10 == 0:
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if run.is_main:
+                append_row(run.path("metrics.csv"), row)
+            if run.step % cfg.ckpt_every == 0 or run.step == run.stop:
+                save(run)
+            summary["loss"] = loss
+    finally:
+        bar.close()  # also on Ctrl-C, before the message saying how to resume
     return {**summary, "step": run.step, "total_steps": run.total, "warmup_steps": run.warmup,
             "steps_per_epoch": run.steps_per_epoch, "seconds": time.perf_counter() - t0, **run.last_val}
 
