@@ -445,9 +445,12 @@ LOCK_NAME = ".train.lock"
 def run_folder_lock(out: str):
     """Hold an exclusive ``flock`` on ``out/.train.lock`` (which records this process's id) while
     a run writes into ``out``; ``FileExistsError`` naming the holder if another live process holds
-    it. The kernel drops the lock when its process dies, so a killed run never blocks the next."""
+    it. The kernel drops the lock when its process dies, so a killed run never blocks the next.
+    A folder this call created is removed again if the run wrote nothing into it."""
+    created = not os.path.isdir(out)
     os.makedirs(out, exist_ok=True)
-    fd = os.open(os.path.join(out, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+    lock = os.path.join(out, LOCK_NAME)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -460,6 +463,10 @@ def run_folder_lock(out: str):
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        if created and os.listdir(out) == [LOCK_NAME]:  # a run that failed before writing
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+                os.rmdir(out)
         os.close(fd)  # releases the lock
 
 

@@ -478,3 +478,9 @@ def test_a_checkpoint_that_is_a_fifo_is_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "f.pt")
     with pytest.raises(CheckpointError, match=r"f\.pt is not a regular file"):
         load_checkpoint(tmp_path / "f.pt")
+
+
+def test_a_run_that_fails_before_writing_leaves_no_run_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "run"
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out), "--no-progress"]) == 1
+    assert "missing" in capsys.readouterr().err and not out.exists()
