@@ -263,6 +263,8 @@ def read_image(path: str | os.PathLike) -> tuple[Tensor, PixelFormat]:
     """
     path = Path(path)
     if not path.is_file():
+        if os.path.lexists(path):
+            raise not_regular(path)
         raise FileNotFoundError(f"image file not found: {path}")
     arr, fmt = _pillow_or_tifffile(path, lambda im: _decode(im, path), _read_tifffile)
     img = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1)
@@ -303,10 +305,14 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
         if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or p.is_dir():
             continue
         if not p.is_file():
-            raise ValueError(f"{p} is not a regular file (a broken or looping link, a FIFO or a device); "
-                             f"remove it or move it out of {folder}")
+            raise not_regular(p, f"; remove it or move it out of {folder}")
         found.append(p)
     return found
+
+
+def not_regular(path, advice: str = "") -> ValueError:
+    """The error for an image path that exists but is not a regular file or a link to one."""
+    return ValueError(f"{path} is not a regular file (a broken or looping link, a FIFO or a device){advice}")
 
 
 def _with_icc(png: bytes, icc: bytes) -> bytes:

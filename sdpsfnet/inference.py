@@ -89,7 +89,7 @@ def list_images(inputs: Iterable[str]) -> list[str]:
     """Expand files and folders into image paths (folders listed by
     :func:`sdpsfnet.data.image_files`, the rule of every command); ValueError naming a path that
     does not exist or is not a regular file, or a folder without images."""
-    from .data import IMAGE_EXTENSIONS, image_files
+    from .data import IMAGE_EXTENSIONS, image_files, not_regular
 
     paths = []
     for p in inputs:
@@ -101,7 +101,7 @@ def list_images(inputs: Iterable[str]) -> list[str]:
         elif os.path.isfile(p):
             paths.append(p)
         elif os.path.lexists(p):
-            raise ValueError(f"input {p} is not a regular file (a broken or looping link, a FIFO or a device)")
+            raise not_regular(p)
         else:
             raise ValueError(f"input {p} does not exist")
     return paths

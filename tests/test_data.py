@@ -416,7 +416,8 @@ def test_entries_that_are_not_regular_files_are_refused_before_any_work(tmp_path
         os.mkfifo(bad)
     for listing in (lambda: derain_outputs([str(tmp_path / "in")], str(tmp_path / "out")),
                     lambda: images_by_key(tmp_path / "in"),
-                    lambda: derain_outputs([str(bad)], str(tmp_path / "out"))):
+                    lambda: derain_outputs([str(bad)], str(tmp_path / "out")),
+                    lambda: read_image(bad)):
         with pytest.raises(ValueError, match=r"b\.png is not a regular file"):
             listing()
     assert not (tmp_path / "out").exists()
