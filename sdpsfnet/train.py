@@ -433,7 +433,8 @@ def refuse_out_in_data(cfg: TrainConfig) -> None:
     out = os.path.realpath(cfg.out)
     for name in ("data", "val"):
         folder = getattr(cfg, name)
-        if folder is not None and os.path.commonpath([out, os.path.realpath(folder)]) == os.path.realpath(folder):
+        inside = folder is not None and os.path.commonpath([out, os.path.realpath(folder)]) == os.path.realpath(folder)
+        if inside:
             raise ValueError(f"--out {cfg.out} lies inside the --{name} folder {folder}: the run's files "
                              f"would be written among the images; choose an --out outside it")
 
