@@ -298,7 +298,8 @@ def test_gpu_suite_runs_its_cpu_steps_and_boxes_each_step(tmp_path):
 def test_sass_estimate_counts_loops_bytes_and_flops_of_a_listing(tmp_path):
     """bench sass on a hand-made nvdisasm listing: the backward branch on the ``for c0`` line
     multiplies its body by C/BLOCK_C, a branch to itself (the trap after EXIT) is no loop, and the
-    counts, bytes, FLOPs and roofs are those worked out by hand."""
+    counts, bytes (loads and stores, L1 and L2), barriers, wgmma waits, FLOPs and roofs (four-roof
+    and honest) are those worked out by hand."""
     from bench import sass
     src = tmp_path / "kernel.py"
     src.write_text("def k(C):\n    x = 0\n    for c0 in range(0, C, 8):\n        x += 1\n    return x\n")
@@ -309,31 +310,71 @@ def test_sass_estimate_counts_loops_bytes_and_flops_of_a_listing(tmp_path):
         //## File "{src}", line 4
         /*0010*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
         /*0020*/                   FFMA R5, R4, R4, R5 ;
+        /*0030*/                   STS.64 [R7], R4 ;
+        /*0040*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0050*/                   STG.E.U16 desc[UR4][R8.64], R5 ;
         //## File "{src}", line 3
-        /*0030*/              @P0 BRA `(.L_x_0) ;
+        /*0060*/              @P0 BRA `(.L_x_0) ;
         //## File "{src}", line 5
-        /*0040*/                   HGMMA.64x64x8.F32.TF32 R24, gdesc[UR4], R24 ;
-        /*0050*/                   EXIT ;
+        /*0070*/                   HGMMA.64x64x8.F32.TF32 R24, gdesc[UR4], R24 ;
+        /*0080*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
+        /*0090*/                   EXIT ;
 .L_x_1:
-        /*0060*/                   BRA `(.L_x_1) ;
+        /*00a0*/                   BRA `(.L_x_1) ;
 """
     instrs = sass.parse_listing(listing)
-    assert [(a, op) for a, op, _, _ in instrs] == [(0, "MOV"), (16, "LDG.E.128"), (32, "FFMA"), (48, "BRA"),
-                                                   (64, "HGMMA.64x64x8.F32.TF32"), (80, "EXIT"), (96, "BRA")]
-    assert instrs[3][2].strip() == "0x10" and instrs[1][3] == (str(src), 4)
+    assert [(a, op) for a, op, _, _ in instrs] == [
+        (0, "MOV"), (16, "LDG.E.128"), (32, "FFMA"), (48, "STS.64"), (64, "BAR.SYNC.DEFER_BLOCKING"),
+        (80, "STG.E.U16"), (96, "BRA"), (112, "HGMMA.64x64x8.F32.TF32"), (128, "WARPGROUP.DEPBAR.LE"),
+        (144, "EXIT"), (160, "BRA")]
+    assert instrs[6][2].strip() == "0x10" and instrs[1][3] == (str(src), 4)
+    assert sass.loops(instrs) == [(16, 96, "c0")]
+    # a barrier in the c0 loop (an inner loop: not the persistent tile loop)
+    assert sass.barrier_counts(instrs) == {"total": 1, "in_loops": 1, "inner": 1, "by_loop": {"c0": 1}}
     mult = sass.loop_multipliers(instrs, {"C": 64, "BLOCK_C": 8, "n_tiles": 4}, programs=2)
-    assert mult == [2, 16, 16, 16, 2, 2, 2]  # 2 programs; the c0 loop runs 64 / 8 times
+    assert mult == [2, 16, 16, 16, 16, 16, 16, 2, 2, 2, 2]  # 2 programs; the c0 loop runs 64 / 8 times
     prof = sass.kernel_profile(instrs, mult, num_warps=4)
-    assert prof["warp_instructions"] == 4 * (2 + 16 * 3 + 2 * 3)
+    assert prof["warp_instructions"] == 4 * (2 + 16 * 6 + 2 * 4)
     assert prof["load_bytes"] == 4 * 16 * 32 * 16  # warps x executions x lanes x 16-byte loads
+    assert prof["store_bytes"] == 4 * 16 * 32 * (8 + 2)  # STS.64 and STG.E.U16
+    # L2: the global accesses alone, each warp's in whole sectors (32 lanes x 2 bytes = 2 sectors)
+    assert prof["l2_bytes"] == 4 * 16 * (32 * 16 + 2 * 32)
+    assert prof["barriers"] == 16 and prof["wgmma_waits"] == 2  # events, per program, summed over programs
     assert prof["fp32_flops"] == 4 * 16 * 32 * 2
     assert prof["tensor_flops"] == {"tf32": 4 * 2 * 2 * 64 * 64 * 8 / 4}  # a warpgroup shares the HGMMA
     assert prof["tensor_core_instructions"] == 8 and prof["static_tensor_core_instructions"] == 1
-    gpu = dict(sms=1, clock_ghz=1.0, fp32_tflops=1.0, tensor_tflops={"tf32": 2.0})
-    got = sass.roofs(prof, gpu)
-    assert got["issue_us"] == pytest.approx(1e6 * prof["warp_instructions"] / 4e9)
-    assert got["l1_us"] == pytest.approx(1e6 * prof["load_bytes"] / 128e9)
+    gpu = dict(sms=1, clock_ghz=1.0, fp32_tflops=1.0, tensor_tflops={"tf32": 2.0}, l2_tbs=0.001)
+    got = sass.roofs(prof, gpu, num_warps=4, resident=1, programs=2)
+    issue = 1e6 * prof["warp_instructions"] / 4e9
+    assert got["issue_4roof_us"] == pytest.approx(issue)
+    assert got["l1_4roof_us"] == pytest.approx(1e6 * prof["load_bytes"] / 128e9)
+    # 4 warps on 4 schedulers: 1 warp each, a quarter of the HIDING_WARPS; 16 barriers and 2 waits
+    # stall the one SM (both programs run on it, one after the other)
+    assert got["occupancy"] == pytest.approx(1 / sass.HIDING_WARPS) and got["warps_per_scheduler"] == 1
+    sync = 1e6 * (16 * sass.BAR_SYNC_CYCLES + 2 * sass.WGMMA_WAIT_CYCLES) / 1e9
+    assert got["sync_us"] == pytest.approx(sync)
+    assert got["issue_us"] == pytest.approx(issue * sass.HIDING_WARPS + sync)
+    assert got["l1_us"] == pytest.approx(1e6 * (prof["load_bytes"] + prof["store_bytes"]) / 128e9)
+    assert got["l2_us"] == pytest.approx(1e6 * prof["l2_bytes"] / 1e9)
     assert got["math_us"] == pytest.approx(1e6 * (prof["fp32_flops"] / 1e12 + prof["tensor_flops"]["tf32"] / 2e12))
+    # two resident programs of 8 warps: 4 warps per scheduler hide latency, and halve the stalls
+    two = sass.roofs(prof, gpu, num_warps=8, resident=2, programs=2)
+    assert two["occupancy"] == 1.0 and two["sync_us"] == pytest.approx(sync / 2)
+    assert sass.binding_roof(got) == "l2"  # a slow L2 (1 GB/s) binds
+    h100 = sass.GPUS["H100"]
+    assert sass.resident_programs(h100, 8, 255, 1024, 132) == 1      # one program per SM in the grid
+    assert sass.resident_programs(h100, 8, 128, 1024, 1000) == 2     # registers: 128 x 32 x 8 x 2 = 64 K
+    assert sass.resident_programs(h100, 4, 32, 120 * 1024, 1000) == 1  # shared memory
+    # the modelled L2 traffic of a d(taps) launch: halo rows start WPAD columns left of an
+    # aligned tile column (partial sectors), the tap sums are read-modified-written per block
+    f32 = torch.empty(0)
+    args = dict(n_tiles=1, J=2, TH=1, TW=8, KSIZE=3, C=4, BLOCK_C=4, RD=1, WPAD=4, HALO_W=16, HALO=48,
+                SYNTH=True, NEED_DW=True, stage_ptr=f32, taps_ptr=f32, w_ptr=f32)
+    halo = 4 * 3 * 96   # 4 channels x 3 rows x 64 bytes from 16 bytes into a sector: 3 sectors
+    staged = 4 * 192    # 48 values a plane, written and read back
+    plane, taps, weights = 4 * 32, 9 * 32, 2 * 32
+    assert sass.l2_traffic("_psf_dk_kernel", args) == halo + 2 * staged + plane + taps + taps + 2 * weights
+    assert sass.l2_traffic("_blend_fwd_kernel", args) is None
     fn = SimpleNamespace(arg_names=["x_ptr", "taps_ptr", "part_ptr"])  # work areas: taps, and partials if used
     args = [torch.empty(10), torch.empty(4), torch.empty(3, dtype=torch.float64)]
     assert sass.scratch_bytes(fn, args, {"NEED_DBASIS": True}) == 4 * 4 + 3 * 8
@@ -357,5 +398,6 @@ def test_bench_sass_end_to_end(tmp_path):
                                                       for p in ("fwd", "bwd", "fwd+bwd")}
     for r in records:
         assert r["estimate_us"] >= r["hbm_floor_us"] > 0 and r["scratch_bytes"] >= 0, r
+        assert r["estimate_us"] >= r["estimate_4roof_us"] and r["binding"] in ("issue", "l1", "l2", "math", "hbm")
     conv = {r["pass"]: r for r in records if r["op"] == "psf_conv"}
     assert conv["fwd+bwd"]["tensor_core_instructions"] > 0 and conv["bwd"]["scratch_bytes"] > 0
