@@ -266,33 +266,98 @@ def test_pytest_benchmark_suite_runs_on_cpu():
 
 # ---- the GPU run book ---------------------------------------------------------------------------
 
-def test_gpu_suite_dry_run_writes_nothing(tmp_path, capsys):
+def test_gpu_suite_dry_run_fits_a_short_lease_and_writes_nothing(tmp_path, capsys):
+    """The plan: install line first, then check, headline, model, sweep, in that order, boxes
+    adding up to at most 9 minutes with the archive; sass and report are not GPU steps."""
     from bench import gpu_suite
     out = tmp_path / "suite"
     assert bench_main(["gpu-suite", "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
-    order = [text.index(f"  {s} ") for s in gpu_suite.STEP_NAMES]
-    assert order == sorted(order) and "pytest -m gpu" in text and "--sweep small" in text
-    assert sum(s.minutes for s in gpu_suite.STEPS) <= 20
-    assert not out.exists()
+    order = [text.index(f"  {s} ") for s in ("env", "check", "headline", "model", "sweep", "archive")]
+    assert order == sorted(order) and text.index("pip install --no-deps -e .") < order[0]
+    assert "bench gpu-check" in text and "--sweep small" in text and "bench headline" in text
+    assert "  tests " not in text and "  sass " not in text and "  report " not in text
+    plan = gpu_suite.plan_boxes(gpu_suite.DEFAULT_STEPS, {s.name: s.minutes for s in gpu_suite.STEPS},
+                                gpu_suite.BUDGET_MINUTES)
+    total_s = 60 * (sum(box for _, box in plan) + gpu_suite.ARCHIVE_MINUTES)
+    assert total_s <= 540 and f"({total_s:.0f} s)" in text
+    assert [s.name for s, _ in plan] == ["env", "check", "headline", "model", "sweep"]
+    assert not out.exists() and not (tmp_path / "suite.tar.gz").exists()
 
 
-def test_gpu_suite_runs_its_cpu_steps_and_boxes_each_step(tmp_path):
-    """The suite records every step; a step that runs past its box (sass, given 3 s: a cold
-    compile takes minutes) is recorded as a timeout and the next step still runs."""
+def test_gpu_suite_records_failures_and_timeouts_runs_on_and_archives(tmp_path, monkeypatch):
+    """Each step runs in its own box: a failing step (check) and one that runs past its box
+    (headline) are recorded and the next steps still run; the folder is packed into one archive
+    with suite.json beside it; a step with no time left in the budget is skipped. The steps'
+    commands are stand-ins here (no compiles, no GPU)."""
+    import tarfile
+
     from bench import gpu_suite
-    out = tmp_path / "suite"
-    bench_main(["gpu-suite", "--out", str(out), "--steps", "env,sass,report", "--box", "sass=0.05"])
+    stand_ins = {"check": "raise SystemExit(3)", "headline": "import time; time.sleep(60)",
+                 "model": "print('model step')", "sweep": "print('sweep')"}
+    monkeypatch.setattr(gpu_suite, "command", lambda step, out, sweep, minutes: [sys.executable, "-c", stand_ins[step]])
+    out, ship = tmp_path / "suite", tmp_path / "ship"
+    t0 = time.monotonic()
+    rc = bench_main(["gpu-suite", "--out", str(out), "--archive", str(ship / "gpu-suite.tar.gz"),
+                     "--box", "headline=0.05"])
+    assert rc == 1 and time.monotonic() - t0 < 120
     steps = json.loads((out / "suite.json").read_text())["steps"]
-    assert [(s["step"], s["status"]) for s in steps] == [("env", "ok"), ("sass", "timeout"), ("report", "skipped")]
-    assert json.loads((out / "env.json").read_text())["torch"]
-    assert (out / "gpu-suite.log").exists() and (out / "logs" / "env.log").exists()
+    assert [(s["step"], s["status"]) for s in steps] == [
+        ("env", "ok"), ("check", "failed"), ("headline", "timeout"), ("model", "ok"), ("sweep", "ok")]
+    assert steps[1]["exit_code"] == 3 and steps[2]["exit_code"] is None
+    env = json.loads((out / "env.json").read_text())
+    assert env["torch"] and env["psfops"]["kernels_file"]
+    assert sorted(p.name for p in ship.iterdir()) == ["gpu-suite.tar.gz", "suite.json"]
+    with tarfile.open(ship / "gpu-suite.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"suite/suite.json", "suite/env.json", "suite/gpu-suite.log", "suite/logs/model.log"} <= names
+    assert json.loads((ship / "suite.json").read_text())["steps"] == steps
+    # a budget already spent: the steps after env are skipped, and still recorded and archived
+    rc = bench_main(["gpu-suite", "--out", str(tmp_path / "late"), "--budget", "0.3", "--steps", "env,model,sweep"])
+    steps = json.loads((tmp_path / "late" / "suite.json").read_text())["steps"]
+    assert [s["status"] for s in steps] == ["ok", "skipped", "skipped"] and "no time left" in steps[1]["reason"]
+    assert (tmp_path / "late.tar.gz").exists()
+
+
+def test_gpu_suite_boxes_a_step():
+    from bench import gpu_suite
     lines = []
     t0 = time.monotonic()
     status, rc = gpu_suite.run_boxed([sys.executable, "-c", "print('hi', flush=True); import time; time.sleep(60)"],
-                                0.05, lines.append)
+                                     0.05, lines.append)
     assert status == "timeout" and rc is None and time.monotonic() - t0 < 30 and lines == ["hi"]
     assert gpu_suite.run_boxed([sys.executable, "-c", "raise SystemExit(3)"], 1.0, lines.append) == ("failed", 3)
+
+
+def test_gpu_check_runs_the_psf_kernels_against_the_reference(monkeypatch):
+    """bench gpu-check's case runner, on a tiny shape in the interpreter (the GPU runs it at full
+    size): every gradient set, frozen inputs included, passes; allocations made inside the
+    poisoned block are NaN; a kernel that leaves an output element unwritten is caught."""
+    from bench import gpu_check
+    monkeypatch.setitem(gpu_check.SHAPES, "tiny", dict(B=1, C=3, H=9, W=10, J=3, k=3))
+    got = list(gpu_check.run_op("psf_conv", "float32", "tiny", "cpu"))
+    assert [(r["passage"], r["needs"]) for r in got] == [
+        ("fwd", None), ("bwd", [True, True, True]), ("bwd", [False, True, True]), ("bwd", [True, False, True]),
+        ("bwd", [True, True, False])]
+    assert all(r["status"] == "ok" and r["bitwise_repeat"] for r in got), got
+    with gpu_check.poisoned_allocations():
+        assert torch.empty(3).isnan().all() and torch.empty_like(torch.ones(2)).isnan().all()
+    assert not torch.zeros(2).isnan().any()
+    planned = gpu_check.plan(["psf_conv", "apply_psf", "synthesize_psf"], gpu_check.DTYPES, ["full", "ragged"])
+    assert len(planned) == 3 * 2 * (5 + 4 + 4)  # (forward + each gradient set) per op, dtype and shape
+    ops, skipped = gpu_check.available_ops()
+    assert {"psf_conv", "apply_psf", "synthesize_psf"} <= set(ops)
+    assert set(ops) | set(skipped) == set(gpu_check.PSF_OPS)
+    import psfops.psf as ops_psf
+    real = ops_psf.kernels.filter_forward
+
+    def skips_a_pixel(*args, **kwargs):  # as if the kernel never wrote pixel (0, 0): poisoned NaN stays
+        y = real(*args, **kwargs)
+        y[..., 0, 0] = float("nan")
+        return y
+    monkeypatch.setattr(ops_psf.kernels, "filter_forward", skips_a_pixel)
+    bad = next(gpu_check.run_op("apply_psf", "float32", "tiny", "cpu"))
+    assert bad["status"] == "nan" and bad["nan"], bad
 
 
 def test_sass_estimate_counts_loops_bytes_and_flops_of_a_listing(tmp_path):
