@@ -114,12 +114,22 @@ TRIPS = {
 }
 
 
+def _source_path(path: str) -> Path:
+    """The file to read a listing's source lines from: the kernels of this checkout. (Triton's cache
+    is keyed by the kernels' source and line numbers, not their path, so a cubin may name another
+    clone's file, whose text may have changed since: the imported kernels' file has the lines the
+    cache key vouches for.)"""
+    import psfops.kernels
+    ours = Path(psfops.kernels.__file__).parent / Path(path).name
+    return ours if Path(path).parent.name == "kernels" and ours.exists() else Path(path)
+
+
 @functools.lru_cache(maxsize=None)
 def _for_lines(path: str) -> dict[int, str]:
     """Line -> loop variable of every runtime ``for v in range(...)`` in a source file (static_range
     loops are unrolled by the compiler and are left out)."""
     loops = {}
-    for node in ast.walk(ast.parse(Path(path).read_text())):
+    for node in ast.walk(ast.parse(_source_path(path).read_text())):
         if (isinstance(node, ast.For) and isinstance(node.iter, ast.Call)
                 and getattr(node.iter.func, "id", None) == "range" and isinstance(node.target, ast.Name)):
             loops[node.lineno] = node.target.id
@@ -182,19 +192,20 @@ def barrier_counts(instrs) -> dict:
     """Static counts of the CTA barriers (``BAR.SYNC``) of a kernel's SASS: ``total``,
     ``in_loops`` (inside any loop), ``inner`` (inside a loop other than the persistent ``tile``
     loop: the channel-block, tap, staging, J-block and epilogue loops, where each barrier runs
-    many times per tile), and ``by_loop``: per source loop variable, the barriers anywhere inside
-    that loop (nested loops included; ``?`` for a loop with no source ``for``)."""
+    many times per tile; that is, inside two nested loops, or inside one loop that the source
+    names and that is not ``tile``), and ``by_loop``: per source loop variable, the barriers anywhere inside that loop
+    (nested loops included; ``?`` for a loop with no source ``for``)."""
     bars = [addr for addr, op, _, _ in instrs if op.startswith(BARRIER_OPS)]
     found = loops(instrs)
     by_loop = collections.Counter()
     in_loops = inner = 0
     for addr in bars:
-        around = [(e - s, var) for s, e, var in found if s <= addr <= e]
+        around = sorted((e - s, var) for s, e, var in found if s <= addr <= e)
         for var in {var or "?" for _, var in around}:
             by_loop[var] += 1
         if around:
             in_loops += 1
-            if min(around)[1] != "tile":
+            if len(around) >= 2 or around[0][1] not in (None, "tile"):
                 inner += 1
     return {"total": len(bars), "in_loops": in_loops, "inner": inner, "by_loop": dict(by_loop)}
 
