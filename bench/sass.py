@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
-import contextlib
 import functools
 import json
 import re
@@ -335,31 +334,18 @@ def binding_roof(k: dict, names=ROOFS) -> str:
     return max(names, key=lambda r: k[f"{r}_us"])
 
 
-@contextlib.contextmanager
-def _gpu_plans(sms: int):
-    """The launchers plan for a GPU with ``sms`` SMs (not the interpreter, not this CPU)."""
-    from psfops.kernels import _common
-    real = _common.INTERPRETER_SMS
-    _common.INTERPRETER_SMS = sms
-    try:
-        yield
-    finally:
-        _common.INTERPRETER_SMS = real
-
-
 def record_pass_launches(op: str, pass_: str, dtype: torch.dtype, shape, sms: int) -> list:
     """The Triton launches of ``op``'s forward (``pass_`` "fwd") or backward ("bwd") at ``shape``."""
     from psfops.testing import OPS, backward_args
 
     info = OPS[op]
     sample = info.samples(shape, dtype, "cpu")[0]
-    with _gpu_plans(sms):
-        with sm90.recording_launches() as launches:
-            args = backward_args(info, sample)
-        fwd = [entry for entry in launches]  # backward_args runs the forward once
-        with sm90.recording_launches() as launches:
-            info.backward(*args)
-        bwd = list(launches)
+    with sm90.recording_launches(sms) as launches:
+        args = backward_args(info, sample)
+    fwd = list(launches)  # backward_args runs the forward once
+    with sm90.recording_launches(sms) as launches:
+        info.backward(*args)
+    bwd = list(launches)
     return fwd if pass_ == "fwd" else bwd
 
 

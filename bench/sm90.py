@@ -42,27 +42,27 @@ WORKLOAD = dict(B=2, C=64, H=16, W=16, J=40, k=7)
 
 
 @contextlib.contextmanager
-def recording_launches():
+def recording_launches(sms: int | None = None):
     """Within the block, Triton kernels record their launches in the yielded list as (kernel,
-    arguments, keyword arguments with the launch ``grid`` added), and the launchers' CUDA check is
-    lifted so they accept CPU tensors. Nothing is executed."""
+    arguments, keyword arguments with the launch ``grid`` added), and the launchers accept CPU
+    tensors and plan for a GPU of ``sms`` SMs (default :data:`RECORDED_SMS`; ``launch_target``).
+    Nothing is executed."""
     from triton.runtime.jit import JITFunction
 
-    from psfops.kernels import _common
+    from psfops.kernels import launch_target
 
     launches = []
-    real_run, real_check = JITFunction.run, _common.check_triton_runs_on
+    real_run = JITFunction.run
 
     def record(self, *args, grid, warmup, **kwargs):
         launches.append((self, args, {**kwargs, "grid": grid}))
 
     JITFunction.run = record
-    _common.check_triton_runs_on = lambda device: None
     try:
-        yield launches
+        with launch_target(sm_count=sms or RECORDED_SMS, any_device=True, gpu_plans=True):
+            yield launches
     finally:
         JITFunction.run = real_run
-        _common.check_triton_runs_on = real_check
 
 
 # Further shapes for ops whose launch depends on the image size beyond 16x16: a whole-plane and a
@@ -79,18 +79,14 @@ def _drive_launchers(dtype: torch.dtype, shape, ops=None) -> None:
     """Call every custom op of the op table (or those named in ``ops``), forward and backward, on
     every sample variant (so every kernel path launches) with CPU tensors of ``shape`` and of the
     op's :data:`EXTRA_WORKLOADS`; nothing executes while recording."""
-    from unittest import mock
-
-    from psfops.kernels import _common
     from psfops.testing import OPS, Shape, backward_args
 
-    with mock.patch.object(_common, "INTERPRETER_SMS", RECORDED_SMS):
-        for info in OPS.values():
-            if ops is not None and info.name not in ops:
-                continue
-            for s in [shape] + [Shape(**w) for w in EXTRA_WORKLOADS.get(info.name, ())]:
-                for sample in info.samples(s, dtype, "cpu"):
-                    info.backward(*backward_args(info, sample))
+    for info in OPS.values():
+        if ops is not None and info.name not in ops:
+            continue
+        for s in [shape] + [Shape(**w) for w in EXTRA_WORKLOADS.get(info.name, ())]:
+            for sample in info.samples(s, dtype, "cpu"):
+                info.backward(*backward_args(info, sample))
 
 
 def ptx_facts(ptx: str) -> dict:

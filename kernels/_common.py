@@ -1,74 +1,38 @@
-"""Helpers shared by every kernel module: accumulation dtype, block sizes, launch guard, and the
-jit helpers for tap geometry (so forward and backward kernels share one address arithmetic)."""
+"""Helpers shared by the kernel modules: accumulation dtype, block sizes and the jit helpers of
+the memory-bound kernels (pixel tiles, plane offsets, tile products, tanh)."""
 from __future__ import annotations
-
-import contextlib
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from .._backend import check_triton_runs_on
-from ..env import accumulation_dtype, interpreting
-
-
-def launcher(fn):
-    """Decorator for the Python launchers: the first tensor argument says where the kernels run.
-    It must be a CUDA tensor (or any tensor under ``TRITON_INTERPRET=1``), and CUDA launches go to
-    its device: Triton launches on the current device, so inputs on ``cuda:1`` would otherwise
-    fail while device 0 is current."""
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        t = next(a for a in args if isinstance(a, torch.Tensor))
-        check_triton_runs_on(t.device)
-        with torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext():
-            return fn(*args, **kwargs)
-    return run
-
-
-def unneeded_as_placeholders(grads, needs) -> tuple:
-    """Gradients with a 0-element placeholder for each one not needed (see ``psfops._grads``)."""
-    return tuple(g if need else g.new_empty(0) for g, need in zip(grads, needs))
-
-
-def acc_dtype(t: torch.Tensor):
-    """The triton accumulation dtype for inputs of ``t.dtype`` (:func:`psfops.env.accumulation_dtype`)."""
-    return tl.float64 if torch_acc_dtype(t) == torch.float64 else tl.float32
+from .launch import gpu_plans
 
 
 def torch_acc_dtype(t: torch.Tensor) -> torch.dtype:
-    return accumulation_dtype(t.dtype)
+    """Sums and products of inputs like ``t`` are carried in float64 for float64, float32 for
+    every other dtype."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def acc_dtype(t: torch.Tensor):
+    """:func:`torch_acc_dtype` as a triton dtype."""
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def gradient_buffers(needs, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A backward launcher's outputs: an uninitialized contiguous buffer shaped like each input
+    whose gradient ``needs`` asks for, a 0-element placeholder (never written) for the others."""
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) if need else t.new_empty(0)
+                 for need, t in zip(needs, inputs))
 
 
 def pixel_block(hw: int, gpu_block: int = 128) -> int:
-    """Pixels per program. The interpreter runs programs one by one in Python, so there a large
-    block (fewer programs) is much faster; on the GPU, ``gpu_block``."""
-    cap = 1024 if interpreting() else gpu_block
+    """Pixels per program: ``gpu_block`` on the GPU; the interpreter runs programs one by one in
+    Python, so there a large block (fewer programs) is much faster."""
+    cap = gpu_block if gpu_plans() else 1024
     return max(16, min(triton.next_power_of_2(max(hw, 1)), cap))
 
-
-def channel_block(c: int, cap: int = 32) -> int:
-    return max(2, min(triton.next_power_of_2(max(c, 1)), cap))
-
-
-@triton.jit
-def tap_shift(t, KSIZE: tl.constexpr, dilation):
-    """Row and column offset of tap ``t = u*KSIZE + v``: ((u - KSIZE//2)*d, (v - KSIZE//2)*d)."""
-    r: tl.constexpr = KSIZE // 2
-    return (t // KSIZE - r) * dilation, (t % KSIZE - r) * dilation
-
-
-@triton.jit
-def shifted_pixels(h, w, dh, dw, H, W, valid):
-    """Flat in-plane index of pixels (h+dh, w+dw) and the mask of those inside the image."""
-    hh = h + dh
-    ww = w + dw
-    inside = valid & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-    return hh * W + ww, inside
-
-
-# ---- appended for the normalize / gating / lstm kernels ----
 
 @triton.jit
 def pixel_tile(pid, HW, BLOCK_P: tl.constexpr):
@@ -116,23 +80,6 @@ def plane_and_tile(HW, BLOCK_P: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     pix, pmask = pixel_tile((pid % n_tiles).to(tl.int32), HW, BLOCK_P)
     return pid // n_tiles, pix, pmask
-
-
-# ---- launch geometry of the memory-bound kernels (normalize / gating / lstm) ----
-
-INTERPRETER_SMS = 4  # the pretend GPU of the interpreter: small test shapes take the GPU's split paths
-
-
-def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA ``device`` (:data:`INTERPRETER_SMS` elsewhere)."""
-    if device.type != "cuda":
-        return INTERPRETER_SMS
-    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def vector_block(dtype: torch.dtype, threads: int) -> int:

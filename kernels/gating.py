@@ -31,10 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._grads import gradient_buffers
-from ..env import interpreting
-from ._common import (acc_dtype, launcher, matmul_tile, pixel_block, pixel_tile, plane_and_tile,
+from ._common import (acc_dtype, gradient_buffers, matmul_tile, pixel_block, pixel_tile, plane_and_tile,
                       plane_offsets, torch_acc_dtype, vector_block)
+from .launch import gpu_plans, interpreting, launcher
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,7 +325,7 @@ def dweight_chunks() -> int:
     """Programs along the pixels for dW: a fixed count (for a given shape), so the partial-sum
     buffer is (chunks, C, 2C+1) whatever the image size. Under the interpreter 2, so the tests
     run both the per-program loop and the cross-program reduction."""
-    return 2 if interpreting() else 256
+    return 256 if gpu_plans() else 2
 
 
 def fusion_blocks(C: int, HW: int):

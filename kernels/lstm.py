@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._grads import gradient_buffers
-from ._common import acc_dtype, launcher, pixel_block, plane_and_tile, tanh, vector_block
+from ._common import acc_dtype, gradient_buffers, pixel_block, plane_and_tile, tanh, vector_block
+from .launch import launcher
 
 
 @triton.jit

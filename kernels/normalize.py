@@ -36,8 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..env import interpreting
-from ._common import acc_dtype, launcher, sm_count, torch_acc_dtype
+from ._common import acc_dtype, torch_acc_dtype
+from .launch import gpu_plans, launcher, sm_count
 
 # MODE: which normalization
 SOFTMAX: tl.constexpr = tl.constexpr(0)
@@ -56,7 +56,7 @@ def plane_block(hw: int, split: bool = False) -> int:
     """Values per loop step: under the interpreter 1024 (a 70x70 plane takes 5 steps); on the GPU
     4096 for a whole plane and 2048 for a chunk (more, smaller chunks); never more than the
     plane needs."""
-    cap = 1024 if interpreting() else (2048 if split else 4096)
+    cap = (2048 if split else 4096) if gpu_plans() else 1024
     return max(16, min(triton.next_power_of_2(max(hw, 1)), cap))
 
 

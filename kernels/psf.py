@@ -1,4 +1,5 @@
-"""Fused kernels for spatially varying PSF filtering: psf_conv, apply_psf, synthesize_psf.
+"""Fused kernels for spatially varying PSF filtering: psf_conv, psf_conv_transpose, apply_psf,
+synthesize_psf.
 
 A per-pixel tap weight ``K_t(p)`` (t = u*k + v, shift s_t = ((u - k//2) d, (v - k//2) d)) comes
 either from an explicit psf tensor (``apply_psf``, SYNTH=False) or from the kernel dictionary
@@ -11,6 +12,13 @@ product ``(pixels x J) @ (J x k*k)`` (tensor cores) and never written to device 
                apply_psf: d(psf) = dK.  psf_conv: d(weights)[:, p] = basis @ dK[p, :] and
                d(basis) = sum_p weights[:, p] (x) dK[p, :], both matrix products per tile.
     synthesize_psf forward / backward: the synthesis and that epilogue alone.
+
+Three launchers serve every psf op and its gradients: :func:`filter_forward` (the gather form,
+``_psf_fwd_kernel``), :func:`filter_scatter` (its adjoint with zeros padding, the d(x) kernel) and
+:func:`tap_grads` (``_psf_dk_kernel``). psf_conv_transpose's forward is the scatter; its
+gradients are the gather (for its input) and the tap gradients with the roles of x and dy
+swapped. A padding mode other than zeros is applied where the gather kernels stage their input
+(the indices remapped, ``_source``); the scatter is zeros-only here (the op layer extends and folds).
 
 Work layout. Every kernel runs a persistent grid (about one program per SM, a fixed tile order:
 program ``pid`` takes tiles pid, pid + programs, ...). A tile is TH x TW pixels of one image (TW
@@ -30,10 +38,14 @@ contiguous columns) and all its channels, BLOCK_C at a time.
 - d(taps) keeps a block of channels inside each thread (the channel sum needs no shuffles), sums
   over channel blocks in scratch, then runs the d(weights)/d(basis) epilogue in EPILOGUE-pixel
   matrix products, the same helper the synthesize backward uses.
-- The basis is zero-padded to (NUM_JB*BLOCK_J, KK_PAD) so its blocks load without masks. d(basis)
-  is summed per program, over its tiles in a fixed order, into a (programs, NUM_JB*BLOCK_J,
-  KK_PAD) buffer that a fixed-order ``torch.sum`` reduces: deterministic, no atomics, about 2 MB
-  on an H100 at any image size.
+- The basis is zero-padded to (NUM_JB*BLOCK_J, KK_PAD) so its blocks load without masks (one
+  such matrix per sample for a per-sample (B,J,k,k) basis). d(basis) is summed per program, over
+  its tiles in a fixed order, into a (programs, NB, NUM_JB*BLOCK_J, KK_PAD) buffer (NB = 1, or B
+  per sample) that a fixed-order ``torch.sum`` reduces: deterministic for a given number of
+  programs (the SM count: bitwise-equal runs on one GPU model), no atomics, about 2 MB per basis
+  sample on an H100 at any image size.
+- Large kernels: the synthesis and epilogue products take fewer pixels at a time as k grows
+  (:func:`_capped`); the tap loops are unrolled over the k*k taps, so compile time grows with k.
 
 Scratch is per program, so its size depends on the tile shape and C but not on the image size:
 on an H100 at C=64, k=7, about 17 MB for the forward and 24 MB (float32) for d(x).
@@ -53,9 +65,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..env import interpreting
-from .._grads import gradient_buffers
-from ._common import acc_dtype, launcher, sm_count, torch_acc_dtype
+from ._common import acc_dtype, gradient_buffers, torch_acc_dtype
+from .launch import gpu_plans, interpreting, launcher, sm_count
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,16 +196,35 @@ def _load_taps(ptr, idx, STRIDE, valid, KK: tl.constexpr, KK_PAD: tl.constexpr):
 
 
 @triton.jit
+def _source(e, n, PADDING: tl.constexpr):
+    """The source index of extended index ``e`` on an axis of length ``n`` (``psfops.padding``'s
+    maps): replicate clamps, circular wraps, reflect mirrors without repeating the edge (period
+    2(n-1)); zeros keeps ``e`` (the caller masks what falls outside)."""
+    if PADDING == "replicate":
+        return tl.minimum(tl.maximum(e, 0), n - 1)
+    elif PADDING == "circular":
+        return (e % n + n) % n
+    elif PADDING == "reflect":
+        period = tl.maximum(2 * (n - 1), 1)
+        m = (e % period + period) % period
+        return tl.where(m < n, m, period - m)
+    else:
+        return e
+
+
+@triton.jit
 def _stage_halo(src_ptr, rows, h0, w0, H, W, stage, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
-                HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+                HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
+                PADDING: tl.constexpr):
     """Copy planes ``rows`` around the tile (rows h0-RD .., columns w0-WPAD .., HALO_W wide, HALO
-    pixels) into the staging area ``stage[c, halo index]``, zeros outside the image: the tap loops
-    then read it at constant, aligned offsets with no masks."""
+    pixels) into the staging area ``stage[c, halo index]``, the image extended by PADDING (the
+    indices remapped, or zeros): the tap loops then read it at constant, aligned offsets with no
+    masks."""
     cl = tl.arange(0, BLOCK_C)
     for chunk0 in range(0, HALO_PAD, HALO_CHUNK):  # (a loop, not unrolled: keeps the index math out of registers)
         idx = chunk0 + tl.arange(0, HALO_CHUNK)
-        hh = h0 - RD + idx // HALO_W
-        ww = w0 - WPAD + idx % HALO_W
+        hh = _source(h0 - RD + idx // HALO_W, H, PADDING)
+        ww = _source(w0 - WPAD + idx % HALO_W, W, PADDING)
         ok = (idx < HALO) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
         v = tl.load(src_ptr + rows[:, None] + (hh * W + ww)[None, :], mask=ok[None, :], other=0.0)
         tl.store(stage + cl[:, None] * HALO + idx[None, :], v, mask=(idx < HALO)[None, :])
@@ -287,7 +317,8 @@ def _basis_grads(dk, w_ptr, basis_ptr, dw_ptr, part, b, J, HW, pix, valid, not_f
                  NUM_JB: tl.constexpr, DOT: tl.constexpr):
     """From a tile's tap gradients dk (P, KK_PAD): ``d(weights)[b, :, pix] = basis @ dk^T`` (stored)
     and this program's padded d(basis) partial ``part[j, t] += sum_p weights[b, j, pix[p]] dk[p, t]``
-    (read back unless this is the program's first tile, ``not_first`` 0). The J blocks are a loop,
+    (read back unless ``not_first`` is 0: this program's first tile; per-sample partials start
+    zeroed and pass a nonzero ``not_first`` always). The J blocks are a loop,
     not unrolled, so only one block's products are live."""
     for jb in range(NUM_JB):
         jj = jb * BLOCK_J + tl.arange(0, BLOCK_J)
@@ -366,7 +397,7 @@ def _filter_block(staged, taps, here, i, FORWARD: tl.constexpr, P: tl.constexpr,
 
 @triton.jit
 def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles, tiles_w,
-                    tiles_per_img, SYNTH: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
+                    tiles_per_img, basis_stride, SYNTH: tl.constexpr, PADDING: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
                     TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
                     KK_PAD: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
                     HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr,
@@ -384,11 +415,12 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
-        _window_taps(taps, P, src_ptr, basis_ptr, b, J, H, W, HW, h0, w0, TW, P, SYNTH_CHUNK, SYNTH, KK, KK_PAD,
-                     BLOCK_J, NUM_JB, DOT)
+        _window_taps(taps, P, src_ptr, basis_ptr + b * basis_stride, b, J, H, W, HW, h0, w0, TW, P, SYNTH_CHUNK,
+                     SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
-            _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
+            _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
+                        PADDING)
             tl.debug_barrier()  # the staged block (and this tile's taps) are written
             accs = _filter_block(staged, taps, here, i, True, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC)
             _store_quads(y_ptr, accs, rows, cvalid, pix, valid)
@@ -397,7 +429,7 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
 
 @triton.jit
 def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles, tiles_w,
-                   tiles_per_img, SYNTH: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
+                   tiles_per_img, basis_stride, SYNTH: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
                    TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
                    KK_PAD: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
                    HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr,
@@ -415,12 +447,13 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
     stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
-        _window_taps(taps, HALO, src_ptr, basis_ptr, b, J, H, W, HW, h0 - RD, w0 - WPAD, HALO_W, HALO, SYNTH_CHUNK,
-                     SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+        _window_taps(taps, HALO, src_ptr, basis_ptr + b * basis_stride, b, J, H, W, HW, h0 - RD, w0 - WPAD, HALO_W,
+                     HALO, SYNTH_CHUNK, SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
-            _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
+            _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
+                        "zeros")
             tl.debug_barrier()
             accs = _filter_block(staged, taps, here, i, False, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC)
             _store_quads(dx_ptr, accs, rows, cvalid, pix, valid)
@@ -429,7 +462,7 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
 
 @triton.jit
 def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles,
-                   tiles_w, tiles_per_img, SYNTH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr,
+                   tiles_w, tiles_per_img, basis_stride, part_stride, SYNTH: tl.constexpr, PADDING: tl.constexpr, NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr,
                    KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, RD: tl.constexpr,
                    WPAD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr, HALO_PAD: tl.constexpr,
@@ -448,13 +481,14 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
     i = tl.arange(0, P)
     taps = taps_ptr + pid.to(tl.int64) * (KK * P)
     stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
-    part = part_ptr + pid.to(tl.int64) * (NUM_JB * BLOCK_J * KK_PAD)
+    part = part_ptr + pid.to(tl.int64) * part_stride
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
-            _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C)
+            _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
+                        PADDING)
             dyq = _quad_split(tl.load(dy_ptr + rows[:, None] + tl.max_contiguous(pix, 4)[None, :],
                                       mask=cvalid[:, None] & valid[None, :], other=0.0).to(ACC))
             tl.debug_barrier()
@@ -466,8 +500,9 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
                     tl.store(at, dk + tl.load(at, mask=_everywhere(c0, i), other=0.0))
             tl.debug_barrier()
         if SYNTH:
-            _tile_basis_grads(taps, True, w_ptr, basis_ptr, dsrc_ptr, part, b, h0, w0, H, W, J, tile - pid, TH, TW,
-                              EPILOGUE, NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+            _tile_basis_grads(taps, True, w_ptr, basis_ptr + b * basis_stride, dsrc_ptr, part + b * basis_stride, b,
+                              h0, w0, H, W, J, tile - pid + basis_stride, TH, TW, EPILOGUE, NEED_DW, NEED_DBASIS, KK,
+                              KK_PAD, BLOCK_J, NUM_JB, DOT)
         else:
             for epi0 in range(0, P, EPILOGUE):
                 idx = epi0 + tl.arange(0, EPILOGUE)
@@ -479,7 +514,7 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
 
 
 @triton.jit
-def _synthesize_fwd_kernel(w_ptr, basis_ptr, psf_ptr, H, W, J, n_tiles, tiles_w, tiles_per_img,
+def _synthesize_fwd_kernel(w_ptr, basis_ptr, psf_ptr, H, W, J, n_tiles, tiles_w, tiles_per_img, basis_stride,
                            KSIZE: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_J: tl.constexpr,
                            NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, DOT: tl.constexpr):
     KK: tl.constexpr = KSIZE * KSIZE
@@ -487,23 +522,24 @@ def _synthesize_fwd_kernel(w_ptr, basis_ptr, psf_ptr, H, W, J, n_tiles, tiles_w,
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
-        k = _mix_basis(w_ptr, basis_ptr, b, J, HW, pix, valid, KK_PAD, BLOCK_J, NUM_JB, DOT)
+        k = _mix_basis(w_ptr, basis_ptr + b * basis_stride, b, J, HW, pix, valid, KK_PAD, BLOCK_J, NUM_JB, DOT)
         _store_taps(psf_ptr + b * KK * HW, k, pix, HW, valid, KK, KK_PAD)
 
 
 @triton.jit
 def _synthesize_bwd_kernel(dpsf_ptr, w_ptr, basis_ptr, dw_ptr, part_ptr, H, W, J, n_tiles, tiles_w, tiles_per_img,
-                           NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr, KSIZE: tl.constexpr, TH: tl.constexpr,
+                           basis_stride, part_stride, NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr, KSIZE: tl.constexpr, TH: tl.constexpr,
                            TW: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr,
                            EPILOGUE: tl.constexpr, DOT: tl.constexpr):
     KK: tl.constexpr = KSIZE * KSIZE
     HW = H * W
     pid = tl.program_id(0)
-    part = part_ptr + pid.to(tl.int64) * (NUM_JB * BLOCK_J * KK_PAD)
+    part = part_ptr + pid.to(tl.int64) * part_stride
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
-        _tile_basis_grads(dpsf_ptr + b * KK * HW, False, w_ptr, basis_ptr, dw_ptr, part, b, h0, w0, H, W, J,
-                          tile - pid, TH, TW, EPILOGUE, NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+        _tile_basis_grads(dpsf_ptr + b * KK * HW, False, w_ptr, basis_ptr + b * basis_stride, dw_ptr,
+                          part + b * basis_stride, b, h0, w0, H, W, J, tile - pid + basis_stride, TH, TW, EPILOGUE,
+                          NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -549,17 +585,15 @@ GPU_CHUNKS = (128, 128)  # halo pixels per staging step, per synthesis product
 FWD_SYNTH_CHUNK = 128  # the forward's tile pixels per synthesis product
 
 
-def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device,
-         interpret: bool | None = None) -> Plan:
-    """The launch plan of kernel ``kind`` ("fwd", "dx", "dk", "synth"). On the GPU: the tile shapes
-    of :data:`GPU_SHAPES` and one program per SM (fewer if there are fewer tiles). In the
-    interpreter (``interpret``, default: whether it is on), which runs programs one after the other
-    in Python: tiles as large as the image (up to 16 x 32 pixels, so fewer, larger programs) and as
-    many programs as :func:`psfops.kernels._common.sm_count` gives a CPU (a few), so the persistent
-    loop always runs."""
-    interpret = interpreting() if interpret is None else interpret
+def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device) -> Plan:
+    """The launch plan of kernel ``kind`` ("fwd", "dx", "dk", "synth"). The GPU's plans (also in
+    the interpreter inside ``launch_target(gpu_plans=True)``): the tile shapes of
+    :data:`GPU_SHAPES` and one program per SM (fewer if there are fewer tiles). The interpreter's,
+    which runs programs one after the other in Python: tiles as large as the image (up to 16 x 32
+    pixels, so fewer, larger programs) and as many programs as :func:`launch.sm_count` gives a CPU
+    (a few), so the persistent loop always runs."""
     block_j = max(16, min(64, triton.next_power_of_2(max(J, 1))))
-    if interpret:
+    if not gpu_plans():
         tw = max(16, min(32, triton.next_power_of_2(max(W, 1))))
         th = min(16, triton.next_power_of_2(max(H, 1)))
         bc, warps, chunks = min(16, triton.next_power_of_2(max(C, 1))), 4, (256, 256)
@@ -596,24 +630,41 @@ def _scratch(p: Plan, per_program: int, dtype: torch.dtype, device) -> torch.Ten
     return torch.empty((p.programs, per_program), device=device, dtype=dtype)
 
 
-def _padded_basis(basis: torch.Tensor, p: Plan, kk_pad: int) -> torch.Tensor:
-    """The (J, k, k) basis as a zero-padded (NUM_JB*BLOCK_J, KK_PAD) matrix, so the kernels load
-    its blocks without masks."""
-    J, k, _ = basis.shape
-    padded = basis.new_zeros((p.NUM_JB * p.BLOCK_J, kk_pad))
-    padded[:J, :k * k] = basis.reshape(J, k * k)
-    return padded
+class _Basis:
+    """The basis, (J, k, k) shared or (B, J, k, k) per sample, as the kernels read it: zero-padded
+    (NB, NUM_JB*BLOCK_J, KK_PAD) blocks (NB = 1 shared, B per sample; no masks in the kernels),
+    ``stride`` elements from one sample's blocks to the next (0 when shared)."""
+
+    def __init__(self, basis: torch.Tensor, p: Plan):
+        self.basis, self.k, J = basis, basis.shape[-1], basis.shape[-3]
+        self.kk_pad = _kk_pad(self.k)
+        per_sample = basis.dim() == 4
+        nb = basis.shape[0] if per_sample else 1
+        self.padded = basis.new_zeros((nb, p.NUM_JB * p.BLOCK_J, self.kk_pad))
+        self.padded[:, :J, :self.k * self.k] = basis.reshape(nb, J, self.k * self.k)
+        self.stride = self.padded[0].numel() if per_sample else 0
+
+    def partials(self, p: Plan, dtype) -> torch.Tensor:
+        """Each program's padded d(basis) partial sums, (programs, NB, ...): written over by a
+        program's first tile when shared; per sample they start zeroed (a program adds every
+        image's tiles into that image's slot)."""
+        alloc = torch.zeros if self.stride else torch.empty
+        return alloc((p.programs, *self.padded.shape), device=self.basis.device, dtype=dtype)
+
+    def reduce(self, partials: torch.Tensor) -> torch.Tensor:
+        """d(basis) from the programs' partials: a fixed-order sum (deterministic), unpadded, in
+        the basis's shape."""
+        J = self.basis.shape[-3]
+        return partials.sum(dim=0)[:, :J, :self.k * self.k].reshape(self.basis.shape)
 
 
-def _basis_partials(p: Plan, kk_pad: int, dtype, device) -> torch.Tensor:
-    """Each program's padded d(basis) partial sum."""
-    return torch.empty((p.programs, p.NUM_JB * p.BLOCK_J, kk_pad), device=device, dtype=dtype)
-
-
-def _reduce_partials(partials: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """d(basis) from the programs' partials: a fixed-order sum (deterministic), unpadded."""
-    J, k, _ = basis.shape
-    return partials.sum(dim=0)[:J, :k * k].reshape(basis.shape)
+def _capped(n: int, p: Plan, kk_pad: int, dot: str) -> int:
+    """``n`` pixels per synthesis or epilogue product, fewer for large kernels: a float64 product
+    (pixels x BLOCK_J x KK_PAD) stays within triton's 2**20 elements per tensor, a tap tile
+    (pixels x KK_PAD) within 2**14 values per program (16 pixels at least: tl.dot's minimum)."""
+    if dot == "fma":
+        return min(n, max(1, 2 ** 20 // (p.BLOCK_J * kk_pad)))
+    return min(n, max(16, 2 ** 14 // kk_pad))
 
 
 def _check_plane(H: int, W: int) -> None:
@@ -621,74 +672,96 @@ def _check_plane(H: int, W: int) -> None:
         raise ValueError(f"the psf kernels index a plane with int32: H*W must be < 2**31, got {H}x{W}")
 
 
-@launcher
-def filter_forward(x, src, basis, dilation: int) -> torch.Tensor:
-    """y = psf_conv(x, src, basis) if ``basis`` is given, else apply_psf(x, src). (B,C,H,W) out."""
-    synth = basis is not None
-    x, src = x.contiguous(), src.contiguous()
+def _shapes(x, src, basis):
+    """(B, C, H, W, J, k) of a filter launch: ``src`` is the weights (with ``basis``) or the psf."""
     B, C, H, W = x.shape
     _check_plane(H, W)
-    k = basis.shape[-1] if synth else int(round(src.shape[1] ** 0.5))
+    if basis is None:
+        return B, C, H, W, 1, int(round(src.shape[1] ** 0.5))
+    return B, C, H, W, src.shape[1], basis.shape[-1]
+
+
+@launcher
+def filter_forward(x, src, basis, dilation: int, padding: str = "zeros") -> torch.Tensor:
+    """Gather form: y = psf_conv(x, src, basis) if ``basis`` is given, else apply_psf(x, src),
+    the input extended by ``padding`` (its indices remapped while staging). (B,C,H,W) out."""
+    x, src = x.contiguous(), src.contiguous()
+    B, C, H, W, J, k = _shapes(x, src, basis)
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0 or src.numel() == 0:
         return y.zero_()
-    J = src.shape[1] if synth else 1
     p = plan("fwd", B, C, H, W, J, x.device)
-    halo = p.halo(k, dilation)
+    b = _Basis(basis.contiguous(), p) if basis is not None else None
+    kk_pad = _kk_pad(k)
+    dot = _dot_modes(x.dtype)[0]
     _psf_fwd_kernel[(p.programs,)](
-        x, src, _padded_basis(basis, p, _kk_pad(k)) if synth else src, y,
-        _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
-        _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
-        SYNTH=synth, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k), SYNTH_CHUNK=FWD_SYNTH_CHUNK,
-        DOT=_dot_modes(x.dtype)[0], ACC=acc_dtype(x), **halo, **p.launch_args())
+        x, src, b.padded if b else src, y, _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
+        _scratch(p, p.BLOCK_C * p.halo(k, dilation)["HALO"], x.dtype, x.device), C, H, W, J,
+        *_grid_args(p, B, H, W), b.stride if b else 0, SYNTH=b is not None, PADDING=padding, KSIZE=k, DIL=dilation,
+        BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad, SYNTH_CHUNK=_capped(FWD_SYNTH_CHUNK, p, kk_pad, dot), DOT=dot,
+        ACC=acc_dtype(x), **p.halo(k, dilation), **p.launch_args())
     return y
 
 
 @launcher
-def filter_backward(dy, x, src, basis, dilation: int, needs):
-    """Gradients of :func:`filter_forward` where ``needs`` asks for them (placeholders elsewhere):
-    (dx, d(weights), d(basis)) if ``basis`` is given (psf_conv) else (dx, d(psf))."""
-    synth = basis is not None
-    dy, x, src = dy.contiguous(), x.contiguous(), src.contiguous()
-    B, C, H, W = x.shape
-    _check_plane(H, W)
-    k = basis.shape[-1] if synth else int(round(src.shape[1] ** 0.5))
-    J = src.shape[1] if synth else 1
-    acc = torch_acc_dtype(x)
-    grads = gradient_buffers(needs, x, src, basis) if synth else gradient_buffers(needs, x, src)
-    dx, dsrc, dbasis = grads if synth else (*grads, None)
+def filter_scatter(y, src, basis, dilation: int) -> torch.Tensor:
+    """Scatter form, the adjoint of :func:`filter_forward` with zeros padding: each pixel spreads
+    ``K_t(p) y[p]`` to ``p + s_t`` (pixels outside the image dropped), computed as a gather
+    ``out[q] = sum_t K_t(q - s_t) y[q - s_t]`` (the d(x) kernel). (B,C,H,W) out."""
+    y, src = y.contiguous(), src.contiguous()
+    B, C, H, W, J, k = _shapes(y, src, basis)
+    out = torch.empty_like(y, memory_format=torch.contiguous_format)
+    if y.numel() == 0 or src.numel() == 0:
+        return out.zero_()
+    p = plan("dx", B, C, H, W, J, y.device)
+    b = _Basis(basis.contiguous(), p) if basis is not None else None
+    halo = p.halo(k, dilation)
+    kk_pad = _kk_pad(k)
+    dot = _dot_modes(y.dtype)[0]
+    _psf_dx_kernel[(p.programs,)](
+        y, src, b.padded if b else src, out, _scratch(p, k * k * halo["HALO"], torch_acc_dtype(y), y.device),
+        _scratch(p, p.BLOCK_C * halo["HALO"], y.dtype, y.device), C, H, W, J, *_grid_args(p, B, H, W),
+        b.stride if b else 0, SYNTH=b is not None, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad,
+        SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kk_pad, dot), DOT=dot, ACC=acc_dtype(y), **halo, **p.launch_args())
+    return out
+
+
+@launcher
+def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, need_basis: bool):
+    """The gradients through the per-pixel taps of :func:`filter_forward` (x extended by
+    ``padding``), ``dK_t(p) = sum_c dy[c, p] x[c, p + s_t]``: (d(src), d(basis)) where asked for
+    (0-element placeholders elsewhere): d(psf) = dK (no ``basis``), or d(weights) and d(basis)
+    (reduced deterministically)."""
+    x, dy, src = x.contiguous(), dy.contiguous(), src.contiguous()
+    B, C, H, W, J, k = _shapes(x, src, basis)
+    need_basis = need_basis and basis is not None
+    dsrc, dbasis = gradient_buffers((need_src, need_basis), src, src if basis is None else basis)
     if x.numel() == 0 or src.numel() == 0:
-        return tuple(g.zero_() for g in grads)
-    dot_in, dot_acc = _dot_modes(x.dtype)
-    # (the plans of both kernels block J alike; apply_psf passes src as an unused pointer)
-    basis_arg = _padded_basis(basis, plan("dk", B, C, H, W, J, x.device), _kk_pad(k)) if synth else src
-    if needs[0]:
-        p = plan("dx", B, C, H, W, J, x.device)
-        halo = p.halo(k, dilation)
-        _psf_dx_kernel[(p.programs,)](
-            dy, src, basis_arg, dx, _scratch(p, k * k * halo["HALO"], acc, x.device),
-            _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
-            SYNTH=synth, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=_kk_pad(k), SYNTH_CHUNK=p.SYNTH_CHUNK,
-            DOT=dot_in, ACC=acc_dtype(x), **halo, **p.launch_args())
-    need_dw, need_dbasis = needs[1], synth and needs[2]
-    if need_dw or need_dbasis:
-        p = plan("dk", B, C, H, W, J, x.device)
-        halo = p.halo(k, dilation)
-        partials = _basis_partials(p, _kk_pad(k), acc, x.device) if need_dbasis else dx
-        _psf_dk_kernel[(p.programs,)](
-            x, dy, src, basis_arg, dsrc, partials, _scratch(p, k * k * p.TH * p.TW, acc, x.device),
-            _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
-            SYNTH=synth, NEED_DW=need_dw, NEED_DBASIS=need_dbasis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C,
-            KK_PAD=_kk_pad(k), EPILOGUE=min(EPILOGUE, p.TH * p.TW), DOT=dot_acc, ACC=acc_dtype(x), **halo,
-            **p.launch_args())
-        if need_dbasis:
-            dbasis.copy_(_reduce_partials(partials, basis))
-    return grads
+        return dsrc.zero_(), dbasis.zero_()
+    if not (need_src or need_basis):
+        return dsrc, dbasis
+    p = plan("dk", B, C, H, W, J, x.device)
+    b = _Basis(basis.contiguous(), p) if basis is not None else None
+    halo = p.halo(k, dilation)
+    kk_pad = _kk_pad(k)
+    dot = _dot_modes(x.dtype)[1]
+    partials = b.partials(p, torch_acc_dtype(x)) if need_basis else dy  # dy: a pointer never written
+    _psf_dk_kernel[(p.programs,)](
+        x, dy, src, b.padded if b else src, dsrc if need_src else dy, partials,
+        _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
+        _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
+        b.stride if b else 0, partials[0].numel(), SYNTH=b is not None, PADDING=padding, NEED_DW=need_src,
+        NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad,
+        EPILOGUE=_capped(min(EPILOGUE, p.TH * p.TW), p, kk_pad, dot), DOT=dot, ACC=acc_dtype(x), **halo,
+        **p.launch_args())
+    if need_basis:
+        dbasis.copy_(b.reduce(partials))
+    return dsrc, dbasis
 
 
 @launcher
 def synthesize_forward(weights, basis) -> torch.Tensor:
-    """(B,J,H,W), (J,k,k) -> (B,k*k,H,W)."""
+    """(B,J,H,W), (J,k,k) or (B,J,k,k) -> (B,k*k,H,W)."""
     weights, basis = weights.contiguous(), basis.contiguous()
     B, J, H, W = weights.shape
     _check_plane(H, W)
@@ -697,8 +770,9 @@ def synthesize_forward(weights, basis) -> torch.Tensor:
     if weights.numel() == 0:
         return psf.zero_()
     p = plan("synth", B, 1, H, W, J, weights.device)
+    b = _Basis(basis, p)
     _synthesize_fwd_kernel[(p.programs,)](
-        weights, _padded_basis(basis, p, _kk_pad(k)), psf, H, W, J, *_grid_args(p, B, H, W), KSIZE=k, KK_PAD=_kk_pad(k),
+        weights, b.padded, psf, H, W, J, *_grid_args(p, B, H, W), b.stride, KSIZE=k, KK_PAD=b.kk_pad,
         DOT=_dot_modes(weights.dtype)[0], **p.launch_args())
     return psf
 
@@ -714,11 +788,13 @@ def synthesize_backward(dpsf, weights, basis, needs):
     if weights.numel() == 0 or not any(needs):
         return dw.zero_(), dbasis.zero_()
     p = plan("synth", B, 1, H, W, J, weights.device)
-    partials = _basis_partials(p, _kk_pad(k), torch_acc_dtype(weights), weights.device) if needs[1] else dw
+    b = _Basis(basis, p)
+    dot = _dot_modes(weights.dtype)[0]
+    partials = b.partials(p, torch_acc_dtype(weights)) if needs[1] else dw
     _synthesize_bwd_kernel[(p.programs,)](
-        dpsf, weights, _padded_basis(basis, p, _kk_pad(k)), dw, partials, H, W, J, *_grid_args(p, B, H, W), NEED_DW=needs[0],
-        NEED_DBASIS=needs[1], KSIZE=k, KK_PAD=_kk_pad(k), EPILOGUE=min(EPILOGUE, p.TH * p.TW),
-        DOT=_dot_modes(weights.dtype)[0], **p.launch_args())
+        dpsf, weights, b.padded, dw, partials, H, W, J, *_grid_args(p, B, H, W), b.stride, partials[0].numel(),
+        NEED_DW=needs[0], NEED_DBASIS=needs[1], KSIZE=k, KK_PAD=b.kk_pad,
+        EPILOGUE=_capped(min(EPILOGUE, p.TH * p.TW), p, b.kk_pad, dot), DOT=dot, **p.launch_args())
     if needs[1]:
-        dbasis.copy_(_reduce_partials(partials, basis))
+        dbasis.copy_(b.reduce(partials))
     return dw, dbasis

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from .env import TRITON_AVAILABLE, interpreting
+from .env import TRITON_AVAILABLE
 
 BACKENDS = ("auto", "triton", "reference")
 
@@ -49,26 +49,27 @@ def backend(name: str):
 
 def check_triton_runs_on(device: torch.device) -> None:
     """Triton kernels run on CUDA devices, and on the CPU only in the interpreter; else a clear
-    ``RuntimeError``. (The one launchability rule: the dispatcher and the kernel launchers use it.)"""
+    ``RuntimeError`` (also when triton or the kernels are not installed)."""
     if not TRITON_AVAILABLE:
         raise RuntimeError("psfops backend 'triton' was requested but triton is not installed")
-    if device.type != "cuda" and not interpreting():
-        raise RuntimeError(
-            f"psfops backend 'triton' cannot run on {device.type} tensors: move them to CUDA, "
-            "set TRITON_INTERPRET=1 (slow, for testing), or use backend 'reference'"
-        )
+    try:
+        from .kernels.launch import check_runs_on
+    except ImportError as err:  # a clone that was never installed: kernels/ is psfops.kernels once installed
+        raise RuntimeError("psfops backend 'triton' needs psfops' kernels, which are installed with psfops: "
+                           "run `pip install --no-deps -e .` in the clone") from err
+    check_runs_on(device)
 
 
-def use_triton(t) -> bool:
-    """Whether an op whose inputs live where ``t`` lives runs the Triton kernels (False for a
-    non-tensor ``t``: the reference path then reports the bad argument).
+def choose(t) -> str:
+    """The implementation an op whose inputs live where ``t`` lives runs: ``"triton"`` or
+    ``"reference"`` (the reference for a non-tensor ``t``: its check reports the bad argument).
 
     Raises ``RuntimeError`` when Triton is asked for but cannot run there.
     """
     name = current_backend()
     if name == "reference" or not isinstance(t, torch.Tensor):
-        return False
+        return "reference"
     if name == "auto":
-        return t.device.type == "cuda" and TRITON_AVAILABLE
+        return "triton" if t.device.type == "cuda" and TRITON_AVAILABLE else "reference"
     check_triton_runs_on(t.device)
-    return True
+    return "triton"

@@ -5,13 +5,14 @@ Where they run: the public function (``psfops.<op>``, before a backend is chosen
 backends refuse the same inputs with the same message), ``psfops.reference.<op>``, and every
 registered custom op, forward and backward, in both its real and its fake implementation
 (``torch.ops.psfops.*`` is public API: an unchecked kernel launch would read and write out of
-bounds). The reference's unchecked cores and the kernel launchers assume checked input.
+bounds; a backward op runs its forward's check, then checks its cotangents and ``needs``, see
+``psfops._registry``). The reference's unchecked cores and the kernel launchers assume checked input.
 """
 from __future__ import annotations
 
 import torch
 
-from .env import accumulation_dtype
+from . import padding as _padding
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -52,6 +53,15 @@ def check_like(name: str, t, like_name: str, like: torch.Tensor) -> None:
         raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(t.shape)}")
 
 
+def check_output_like(name: str, t, shape, dtype, device, inputs: str) -> None:
+    """``t`` (a cotangent or a saved output given to a backward op) has the shape, dtype and device
+    of the forward's output for its ``inputs`` (named in the message)."""
+    check_tensor(name, t, ndim=None)
+    if tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != device:
+        raise ValueError(f"{name} must match the forward's output for the given {inputs}: shape {tuple(shape)}, "
+                         f"{dtype}, on {device}; got {tuple(t.shape)}, {t.dtype}, on {t.device}")
+
+
 def check_needs(needs, n: int) -> None:
     """``needs``: which of the forward's ``n`` tensor inputs want a gradient (n bools)."""
     if not isinstance(needs, (list, tuple)) or len(needs) != n or not all(isinstance(b, bool) for b in needs):
@@ -70,29 +80,53 @@ def check_kernel_size(name: str, k: int) -> None:
 
 # ---- per-op argument checks (shared by psfops.<op> and psfops.reference.<op>) ----
 
-def check_psf_conv(x, weights, basis, dilation=1) -> None:
-    check_tensor("x", x)
+def check_padding(padding) -> None:
+    """``padding`` is one of ``psfops.padding.PADDINGS`` (zeros, reflect, replicate, circular)."""
+    _padding._check_mode(padding)  # (one message for the ops and psfops.padding)
+
+
+def check_basis(basis, J: int, batch: int | None = None, batch_of: str = "x") -> None:
+    """``basis`` is (J, k, k), shared by the batch, or (B, J, k, k), one dictionary per sample
+    (``batch``: the batch size B of ``batch_of`` it must then have; None: any); k odd."""
+    check_tensor("basis", basis, ndim=None)
+    if basis.dim() not in (3, 4):
+        raise ValueError(f"basis must have shape (J, k, k) (shared) or (B, J, k, k) (per sample), "
+                         f"got shape {tuple(basis.shape)}")
+    if basis.dim() == 4 and batch is not None:
+        check_dim("basis", basis, 0, batch, f"batch size B of {batch_of}: a 4-d basis is (B, J, k, k), one per sample")
+    check_dim("basis", basis, basis.dim() - 3, J, "number of basis kernels J = weights.shape[1]")
+    if basis.shape[-1] != basis.shape[-2]:
+        raise ValueError(f"basis must have shape (J, k, k) or (B, J, k, k) with square kernels, "
+                         f"got {tuple(basis.shape)}")
+    check_kernel_size("basis", basis.shape[-1])
+
+
+def _check_filter(image: str, x, weights, basis, dilation, padding) -> None:
+    check_tensor(image, x)
     check_tensor("weights", weights)
-    check_tensor("basis", basis, ndim=3)
-    check_same("x", x, weights=weights, basis=basis)
-    check_dim("weights", weights, 0, x.shape[0], "batch size B of x")
-    check_dim("weights", weights, 2, x.shape[2], "height H of x")
-    check_dim("weights", weights, 3, x.shape[3], "width W of x")
-    check_dim("basis", basis, 0, weights.shape[1], "number of basis kernels J = weights.shape[1]")
-    if basis.shape[1] != basis.shape[2]:
-        raise ValueError(f"basis must have shape (J, k, k) with square kernels, got {tuple(basis.shape)}")
-    check_kernel_size("basis", basis.shape[1])
+    check_tensor("basis", basis, ndim=None)
+    check_same(image, x, weights=weights, basis=basis)
+    check_dim("weights", weights, 0, x.shape[0], f"batch size B of {image}")
+    check_dim("weights", weights, 2, x.shape[2], f"height H of {image}")
+    check_dim("weights", weights, 3, x.shape[3], f"width W of {image}")
+    check_basis(basis, weights.shape[1], x.shape[0], image)
     check_dilation(dilation)
+    check_padding(padding)
+
+
+def check_psf_conv(x, weights, basis, dilation=1, padding="zeros") -> None:
+    _check_filter("x", x, weights, basis, dilation, padding)
+
+
+def check_psf_conv_transpose(y, weights, basis, dilation=1, padding="zeros") -> None:
+    _check_filter("y", y, weights, basis, dilation, padding)
 
 
 def check_synthesize_psf(weights, basis) -> None:
     check_tensor("weights", weights)
-    check_tensor("basis", basis, ndim=3)
+    check_tensor("basis", basis, ndim=None)
     check_same("weights", weights, basis=basis)
-    check_dim("basis", basis, 0, weights.shape[1], "number of basis kernels J = weights.shape[1]")
-    if basis.shape[1] != basis.shape[2]:
-        raise ValueError(f"basis must have shape (J, k, k) with square kernels, got {tuple(basis.shape)}")
-    check_kernel_size("basis", basis.shape[1])
+    check_basis(basis, weights.shape[1], weights.shape[0], "weights")
 
 
 def psf_kernel_size(psf: torch.Tensor) -> int:
@@ -105,7 +139,7 @@ def psf_kernel_size(psf: torch.Tensor) -> int:
     return k
 
 
-def check_apply_psf(x, psf, dilation=1) -> None:
+def check_apply_psf(x, psf, dilation=1, padding="zeros") -> None:
     check_tensor("x", x)
     check_tensor("psf", psf)
     check_same("x", x, psf=psf)
@@ -114,6 +148,7 @@ def check_apply_psf(x, psf, dilation=1) -> None:
     check_dim("psf", psf, 3, x.shape[3], "width W of x")
     psf_kernel_size(psf)
     check_dilation(dilation)
+    check_padding(padding)
 
 
 def check_spatial_normalize(x, mode="softmax", eps=1e-6) -> None:
@@ -163,62 +198,3 @@ def check_lstm_cell(gates, c_prev) -> None:
     if tuple(c_prev.shape) != (B, C4 // 4, H, W):
         raise ValueError(f"c_prev must have shape {(B, C4 // 4, H, W)} to match gates {tuple(gates.shape)}, "
                          f"got {tuple(c_prev.shape)}")
-
-
-# ---- backward ops: the forward's check, plus the incoming gradients (and saved stats) ----
-
-def check_psf_conv_backward(grad, x, weights, basis, dilation, needs) -> None:
-    check_psf_conv(x, weights, basis, dilation)
-    check_like("grad", grad, "x", x)
-    check_needs(needs, 3)
-
-
-def check_apply_psf_backward(grad, x, psf, dilation, needs) -> None:
-    check_apply_psf(x, psf, dilation)
-    check_like("grad", grad, "x", x)
-    check_needs(needs, 2)
-
-
-def check_synthesize_psf_backward(grad, weights, basis, needs) -> None:
-    check_synthesize_psf(weights, basis)
-    check_needs(needs, 2)
-    check_tensor("grad", grad)
-    check_same("weights", weights, grad=grad)
-    B, _, H, W = weights.shape
-    expected = (B, basis.shape[1] * basis.shape[2], H, W)
-    if tuple(grad.shape) != expected:
-        raise ValueError(f"grad must have shape {expected}, that of the psf of weights {tuple(weights.shape)} "
-                         f"and basis {tuple(basis.shape)}; got {tuple(grad.shape)}")
-
-
-def check_spatial_normalize_backward(grad, x, stats, mode, needs) -> None:
-    check_spatial_normalize(x, mode)
-    check_needs(needs, 1)
-    check_like("grad", grad, "x", x)
-    check_tensor("stats", stats, ndim=2)
-    B, C = x.shape[:2]
-    acc = accumulation_dtype(x.dtype)
-    if tuple(stats.shape) != (B * C, 2) or stats.dtype != acc or stats.device != x.device:
-        raise ValueError(f"stats must be the forward's per-plane (max, sum): shape {(B * C, 2)}, {acc}, "
-                         f"on {x.device}; got {tuple(stats.shape)}, {stats.dtype}, on {stats.device}")
-
-
-def check_gated_blend_backward(grad, cur, prev, gate, needs) -> None:
-    check_gated_blend(cur, prev, gate)
-    check_like("grad", grad, "cur", cur)
-    check_needs(needs, 3)
-
-
-def check_gated_fusion_backward(grad, cur, prev, weight, bias, needs) -> None:
-    check_gated_fusion(cur, prev, weight, bias)
-    check_like("grad", grad, "cur", cur)
-    check_needs(needs, 4)
-    if bias is None and needs[3]:
-        raise ValueError("needs[3] (the bias gradient) must be False when bias is None")
-
-
-def check_lstm_cell_backward(grad_h, grad_c, gates, c_prev, needs) -> None:
-    check_lstm_cell(gates, c_prev)
-    check_needs(needs, 2)
-    check_like("grad_h", grad_h, "c_prev", c_prev)
-    check_like("grad_c", grad_c, "c_prev", c_prev)

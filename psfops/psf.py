@@ -1,213 +1,205 @@
-"""The PSF filtering ops: ``psf_conv``, ``synthesize_psf``, ``apply_psf``.
+"""The PSF filtering ops: ``psf_conv`` and its adjoint ``psf_conv_transpose``, ``apply_psf``,
+``synthesize_psf``.
 
-Each public function checks its arguments once, then runs either the fused Triton op
-(``torch.ops.psfops.<name>``, a ``torch.library`` custom op with a fake implementation and
-registered autograd; its backward is the custom op ``psfops::<name>_backward``) or the unchecked
-core of ``psfops.reference.<name>`` (see :mod:`psfops._backend` for the choice). The custom ops
-check their own arguments too (real and fake implementations share the check), since
-``torch.ops.psfops.*`` can be called directly.
+Each is one definition (``psfops._registry.op``): its check, its Triton kernels
+(``psfops.kernels.psf``: a gather, a scatter and the tap gradients serve all four), its output
+shapes and its reference (``psfops.reference``).
+
+Orientation: the basis is applied as a correlation, ``y[p] = sum_t K_t(p) x[p + s_t]`` with
+``s_t = ((u - k//2) d, (v - k//2) d)`` for tap ``t = u*k + v``; for a convolution kernel pass
+``basis.flip(-1, -2)``. ``padding`` extends the op's input as ``F.pad`` would ("zeros",
+"reflect", "replicate", "circular"; any pad size, :mod:`psfops.padding`). On the Triton path the
+gather direction remaps indices inside the kernels; the scatter direction with a padding other
+than zeros runs the zeros-padding scatter on y and the per-pixel kernels extended by the halo and
+folds the extension back (``psfops.padding.pad_adjoint``): an extra copy of each, larger by the
+halo.
 """
 from __future__ import annotations
 
-import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks, reference
-from ._backend import use_triton
-from ._grads import differentiable_through_reference, for_autograd, gradient_buffers, needs_of
+from .padding import pad_adjoint
+from ._registry import kernels, op
+from ._samples import Sample, mixing_weights, pixels, randn
 
-try:  # the fused kernels; without triton, the reference serves every call
-    from .kernels import psf as kernels
-except ImportError:
-    kernels = None
+__all__ = ["psf_conv", "psf_conv_transpose", "synthesize_psf", "apply_psf"]
 
-__all__ = ["psf_conv", "synthesize_psf", "apply_psf"]
-
-_CONTIGUOUS = torch.contiguous_format
+# The headline shape, psf_conv's: the paper's J40 k7 on 64 channels of 128x128, batch 8.
+HEADLINE = dict(B=8, C=64, H=128, J=40, k=7)
 
 
-# ---- psf_conv -------------------------------------------------------------------------------
-
-@torch.library.custom_op("psfops::psf_conv", mutates_args=())
-def _psf_conv_op(x: Tensor, weights: Tensor, basis: Tensor, dilation: int) -> Tensor:
-    _checks.check_psf_conv(x, weights, basis, dilation)
-    return kernels.filter_forward(x, weights, basis, dilation)
+def _like_first(image, *rest):
+    return ((image.shape, image.dtype),)
 
 
-@_psf_conv_op.register_fake
-def _(x, weights, basis, dilation):
-    _checks.check_psf_conv(x, weights, basis, dilation)
-    return torch.empty_like(x, memory_format=_CONTIGUOUS)
+def _scatter(y: Tensor, src: Tensor, basis: Tensor | None, dilation: int, padding: str) -> Tensor:
+    """The scatter (adjoint of the gather with ``padding``) on the Triton path."""
+    if padding == "zeros":
+        return kernels.psf.filter_scatter(y, src, basis, dilation)
+    k = basis.shape[-1] if basis is not None else int(round(src.shape[1] ** 0.5))
+    r = (k // 2) * dilation
+    extended = kernels.psf.filter_scatter(F.pad(y, (r, r, r, r)), F.pad(src, (r, r, r, r)), basis, dilation)
+    return pad_adjoint(extended, r, r, padding)
 
 
-@torch.library.custom_op("psfops::psf_conv_backward", mutates_args=())
-def _psf_conv_backward_op(grad: Tensor, x: Tensor, weights: Tensor, basis: Tensor, dilation: int,
-                          needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
-    _checks.check_psf_conv_backward(grad, x, weights, basis, dilation, needs)
-    return kernels.filter_backward(grad, x, weights, basis, dilation, needs)
+def _placeholder(t: Tensor) -> Tensor:
+    return t.new_empty(0)
 
 
-@_psf_conv_backward_op.register_fake
-def _(grad, x, weights, basis, dilation, needs):
-    _checks.check_psf_conv_backward(grad, x, weights, basis, dilation, needs)
-    return gradient_buffers(needs, x, weights, basis)
+def _filter_backward(grad, x, src, basis, dilation, padding, needs):
+    """Gradients of the gather ``filter_forward(x, src, basis)``: (dx, d(src)[, d(basis)])."""
+    dx = _scatter(grad, src, basis, dilation, padding) if needs[0] else _placeholder(x)
+    dsrc, dbasis = kernels.psf.tap_grads(x, grad, src, basis, dilation, padding, needs[1],
+                                         basis is not None and needs[2])
+    return (dx, dsrc) if basis is None else (dx, dsrc, dbasis)
 
 
-def _psf_conv_setup(ctx, inputs, output):
-    x, weights, basis, dilation = inputs
-    ctx.save_for_backward(x, weights, basis)
-    ctx.dilation = dilation
+def _transpose_backward(grad, y, weights, basis, dilation, padding, needs):
+    """Gradients of the scatter: dy is the gather of the cotangent; the tap gradients are the
+    gather's with the cotangent in the role of x and y in that of its cotangent."""
+    dy = kernels.psf.filter_forward(grad, weights, basis, dilation, padding) if needs[0] else _placeholder(y)
+    dw, dbasis = kernels.psf.tap_grads(grad, y, weights, basis, dilation, padding, needs[1], needs[2])
+    return dy, dw, dbasis
 
 
-def _psf_conv_backward(ctx, grad):
-    x, weights, basis = ctx.saved_tensors
-    needs = needs_of(ctx, 3)
-    return *for_autograd(_psf_conv_backward_op(grad, x, weights, basis, ctx.dilation, needs), needs), None
+def _basis(s, dtype, device, requires_grad, per_sample=False):
+    shape = (s.B, s.J, s.k, s.k) if per_sample else (s.J, s.k, s.k)
+    return randn(shape, dtype, device, requires_grad, scale=1.0 / s.k)
 
 
-_psf_conv_op.register_autograd(_psf_conv_backward, setup_context=_psf_conv_setup)
-differentiable_through_reference(_psf_conv_backward_op, lambda grad, x, weights, basis, dilation, needs: (
-    [0], [1, 2, 3], lambda x, weights, basis: reference.psf_conv.unchecked(x, weights, basis, dilation)))
+def _filter_samples(s, dtype, device, requires_grad=False):
+    """The usual use (zeros, one basis), and a per-sample basis with reflect padding."""
+    def sample(per_sample, padding, label):
+        return Sample((randn((s.B, s.C, s.H, s.W), dtype, device, requires_grad),
+                       mixing_weights(s, dtype, device, requires_grad),
+                       _basis(s, dtype, device, requires_grad, per_sample), s.dilation, padding), label)
+    return [sample(False, "zeros", ""), sample(True, "reflect", "per-sample basis, reflect")]
 
 
-def psf_conv(x: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1) -> Tensor:
-    """Spatially varying PSF filtering with a kernel dictionary, fused.
+# synthesis J*k*k MACs per pixel, filtering k*k MACs per pixel and channel
+def _filter_flops(s):
+    return 2.0 * pixels(s) * s.k * s.k * (s.J + s.C)
 
-    ``y[b,c,h,w] = sum_j weights[b,j,h,w] * sum_{u,v} basis[j,u,v] * x[b,c,h+(u-k//2)d, w+(v-k//2)d]``
-    with zero padding. Equals ``apply_psf(x, synthesize_psf(weights, basis), dilation)``, but the
-    Triton path never builds the (B,k*k,H,W) kernels or any (B,C*k*k,H,W) / (B,C*J,H,W) tensor,
-    forward or backward; d(basis) is reduced deterministically (bitwise-reproducible).
+
+@op(check=_checks.check_psf_conv, reference=reference.psf_conv.unchecked, outputs=_like_first,
+    kernel=lambda x, weights, basis, dilation, padding: kernels.psf.filter_forward(x, weights, basis, dilation,
+                                                                                    padding),
+    backward_kernel=lambda grad, x, weights, basis, dilation, padding, needs: _filter_backward(
+        grad, x, weights, basis, dilation, padding, needs),
+    samples=_filter_samples, axes=("B", "C", "H", "J", "k"), bench_shape=HEADLINE, flops=_filter_flops)
+def psf_conv(x: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1, padding: str = "zeros") -> Tensor:
+    """Spatially varying PSF filtering with a kernel dictionary, gather form, fused.
+
+    ``y[b,c,h,w] = sum_j weights[b,j,h,w] * sum_{u,v} basis[(b,)j,u,v] * xpad[b,c,h+(u-k//2)d, w+(v-k//2)d]``
+    where ``xpad`` is ``x`` extended by ``padding``. The basis is applied as a correlation: for a
+    convolution kernel pass ``basis.flip(-1, -2)``. Equals ``apply_psf(x, synthesize_psf(weights,
+    basis), dilation, padding)``, but the Triton path never builds the (B,k*k,H,W) kernels or any
+    (B,C*k*k,H,W) / (B,C*J,H,W) tensor, forward or backward; d(basis) is reduced deterministically.
+    Its exact adjoint is :func:`psf_conv_transpose`.
 
     Args:
         x: (B, C, H, W) image or features.
         weights: (B, J, H, W) per-pixel mixing weights (not normalized here).
-        basis: (J, k, k), k odd.
+        basis: (J, k, k) shared by the batch, or (B, J, k, k) one dictionary per sample; k odd.
         dilation: int >= 1, spacing of the kernel taps.
+        padding: "zeros", "reflect", "replicate" or "circular".
     Returns:
         (B, C, H, W), dtype of ``x`` (contiguous NCHW on the Triton path).
     """
-    _checks.check_psf_conv(x, weights, basis, dilation)
-    if use_triton(x):
-        return _psf_conv_op(x, weights, basis, dilation)
-    return reference.psf_conv.unchecked(x, weights, basis, dilation)
 
 
-# ---- apply_psf ------------------------------------------------------------------------------
-
-@torch.library.custom_op("psfops::apply_psf", mutates_args=())
-def _apply_psf_op(x: Tensor, psf: Tensor, dilation: int) -> Tensor:
-    _checks.check_apply_psf(x, psf, dilation)
-    return kernels.filter_forward(x, psf, None, dilation)
-
-
-@_apply_psf_op.register_fake
-def _(x, psf, dilation):
-    _checks.check_apply_psf(x, psf, dilation)
-    return torch.empty_like(x, memory_format=_CONTIGUOUS)
+def _transpose_samples(s, dtype, device, requires_grad=False):
+    """The usual use (zeros, one basis), and a per-sample basis with replicate padding."""
+    return [Sample(sample.args[:4] + (padding,), label) for sample, (padding, label) in
+            zip(_filter_samples(s, dtype, device, requires_grad),
+                (("zeros", ""), ("replicate", "per-sample basis, replicate")))]
 
 
-@torch.library.custom_op("psfops::apply_psf_backward", mutates_args=())
-def _apply_psf_backward_op(grad: Tensor, x: Tensor, psf: Tensor, dilation: int,
-                           needs: list[bool]) -> tuple[Tensor, Tensor]:
-    _checks.check_apply_psf_backward(grad, x, psf, dilation, needs)
-    return kernels.filter_backward(grad, x, psf, None, dilation, needs)
+@op(check=_checks.check_psf_conv_transpose, reference=reference.psf_conv_transpose.unchecked, outputs=_like_first,
+    kernel=lambda y, weights, basis, dilation, padding: _scatter(y, weights, basis, dilation, padding),
+    backward_kernel=lambda grad, y, weights, basis, dilation, padding, needs: _transpose_backward(
+        grad, y, weights, basis, dilation, padding, needs),
+    samples=_transpose_samples, axes=("B", "C", "H", "J", "k"), bench_shape=HEADLINE, flops=_filter_flops)
+def psf_conv_transpose(y: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1,
+                       padding: str = "zeros") -> Tensor:
+    """The exact adjoint of :func:`psf_conv` with the same arguments, scatter form, fused.
+
+    ``<psf_conv(x, w, basis, d, padding), y> == <x, psf_conv_transpose(y, w, basis, d, padding)>``.
+    Each pixel p spreads ``K_t(p) * y[p]`` (``K_t(p) = sum_j w[b,j,p] basis[(b,)j,u,v]``, tap
+    ``t = u*k + v``) to the position ``p + ((u-k//2)d, (v-k//2)d)``, and what lands outside the
+    image is folded back as the adjoint of ``padding`` (zeros: dropped; reflect, replicate,
+    circular: added onto the pixel the padding copies there). This is the physical image formation
+    of a spatially varying blur: each source pixel spreads its light by the PSF of where it sits,
+    ``basis[j,u,v]`` being the light sent to offset ``((u-k//2)d, (v-k//2)d)``. The Triton path
+    shares psf_conv's kernels (the forward is psf_conv's d(x) pass; the gradients are its forward
+    and tap-gradient passes) and never builds the per-pixel kernels.
+
+    Args:
+        y: (B, C, H, W) image.
+        weights: (B, J, H, W) per-pixel mixing weights.
+        basis: (J, k, k) or (B, J, k, k), k odd.
+        dilation: int >= 1.
+        padding: "zeros", "reflect", "replicate" or "circular".
+    Returns:
+        (B, C, H, W), dtype of ``y`` (contiguous NCHW on the Triton path).
+    """
 
 
-@_apply_psf_backward_op.register_fake
-def _(grad, x, psf, dilation, needs):
-    _checks.check_apply_psf_backward(grad, x, psf, dilation, needs)
-    return gradient_buffers(needs, x, psf)
+def _apply_psf_samples(s, dtype, device, requires_grad=False):
+    def sample(padding, label):
+        return Sample((randn((s.B, s.C, s.H, s.W), dtype, device, requires_grad),
+                       randn((s.B, s.k * s.k, s.H, s.W), dtype, device, requires_grad, scale=1.0 / s.k), s.dilation,
+                       padding), label)
+    return [sample("zeros", ""), sample("circular", "circular")]
 
 
-def _apply_psf_setup(ctx, inputs, output):
-    x, psf, dilation = inputs
-    ctx.save_for_backward(x, psf)
-    ctx.dilation = dilation
-
-
-def _apply_psf_backward(ctx, grad):
-    x, psf = ctx.saved_tensors
-    needs = needs_of(ctx, 2)
-    return *for_autograd(_apply_psf_backward_op(grad, x, psf, ctx.dilation, needs), needs), None
-
-
-_apply_psf_op.register_autograd(_apply_psf_backward, setup_context=_apply_psf_setup)
-differentiable_through_reference(_apply_psf_backward_op, lambda grad, x, psf, dilation, needs: (
-    [0], [1, 2], lambda x, psf: reference.apply_psf.unchecked(x, psf, dilation)))
-
-
-def apply_psf(x: Tensor, psf: Tensor, dilation: int = 1) -> Tensor:
+@op(check=_checks.check_apply_psf, reference=reference.apply_psf.unchecked, outputs=_like_first,
+    kernel=lambda x, psf, dilation, padding: kernels.psf.filter_forward(x, psf, None, dilation, padding),
+    backward_kernel=lambda grad, x, psf, dilation, padding, needs: _filter_backward(
+        grad, x, psf, None, dilation, padding, needs),
+    samples=_apply_psf_samples, axes=("B", "C", "H", "k"), bench_shape=dict(B=8, C=64, H=128, k=7),
+    flops=lambda s: 2.0 * pixels(s) * s.C * s.k * s.k)
+def apply_psf(x: Tensor, psf: Tensor, dilation: int = 1, padding: str = "zeros") -> Tensor:
     """Apply explicit per-pixel kernels (the kernel-prediction-network form).
 
-    ``y[b,c,h,w] = sum_{u,v} psf[b,u*k+v,h,w] * x[b,c,h+(u-k//2)d, w+(v-k//2)d]``, zero padding;
-    the same kernel is applied to every channel.
+    ``y[b,c,h,w] = sum_{u,v} psf[b,u*k+v,h,w] * xpad[b,c,h+(u-k//2)d, w+(v-k//2)d]``, ``xpad`` the
+    input extended by ``padding``; the same kernel is applied to every channel, as a correlation.
 
     Args:
         x: (B, C, H, W).
         psf: (B, k*k, H, W), k odd (the channel count must be an odd square).
         dilation: int >= 1.
+        padding: "zeros", "reflect", "replicate" or "circular".
     Returns:
         (B, C, H, W), dtype of ``x``.
     """
-    _checks.check_apply_psf(x, psf, dilation)
-    if use_triton(x):
-        return _apply_psf_op(x, psf, dilation)
-    return reference.apply_psf.unchecked(x, psf, dilation)
 
 
-# ---- synthesize_psf -------------------------------------------------------------------------
-
-@torch.library.custom_op("psfops::synthesize_psf", mutates_args=())
-def _synthesize_psf_op(weights: Tensor, basis: Tensor) -> Tensor:
-    _checks.check_synthesize_psf(weights, basis)
-    return kernels.synthesize_forward(weights, basis)
+def _synthesize_samples(s, dtype, device, requires_grad=False):
+    w = mixing_weights(s, dtype, device, requires_grad)
+    return [Sample((w, _basis(s, dtype, device, requires_grad))),
+            Sample((w, _basis(s, dtype, device, requires_grad, per_sample=True)), "per-sample basis")]
 
 
-@_synthesize_psf_op.register_fake
-def _(weights, basis):
-    _checks.check_synthesize_psf(weights, basis)
+def _synthesized(weights, basis):
     B, _, H, W = weights.shape
-    return weights.new_empty((B, basis.shape[1] * basis.shape[2], H, W))
+    return (((B, basis.shape[-1] * basis.shape[-2], H, W), weights.dtype),)
 
 
-@torch.library.custom_op("psfops::synthesize_psf_backward", mutates_args=())
-def _synthesize_psf_backward_op(grad: Tensor, weights: Tensor, basis: Tensor,
-                                needs: list[bool]) -> tuple[Tensor, Tensor]:
-    _checks.check_synthesize_psf_backward(grad, weights, basis, needs)
-    return kernels.synthesize_backward(grad, weights, basis, needs)
-
-
-@_synthesize_psf_backward_op.register_fake
-def _(grad, weights, basis, needs):
-    _checks.check_synthesize_psf_backward(grad, weights, basis, needs)
-    return gradient_buffers(needs, weights, basis)
-
-
-def _synthesize_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _synthesize_backward(ctx, grad):
-    weights, basis = ctx.saved_tensors
-    needs = needs_of(ctx, 2)
-    return for_autograd(_synthesize_psf_backward_op(grad, weights, basis, needs), needs)
-
-
-_synthesize_psf_op.register_autograd(_synthesize_backward, setup_context=_synthesize_setup)
-differentiable_through_reference(_synthesize_psf_backward_op, lambda grad, weights, basis, needs: (
-    [0], [1, 2], reference.synthesize_psf.unchecked))
-
-
+@op(check=_checks.check_synthesize_psf, reference=reference.synthesize_psf.unchecked, outputs=_synthesized,
+    kernel=lambda weights, basis: kernels.psf.synthesize_forward(weights, basis),
+    backward_kernel=lambda grad, weights, basis, needs: kernels.psf.synthesize_backward(grad, weights, basis, needs),
+    samples=_synthesize_samples, axes=("B", "H", "J", "k"),
+    bench_shape=dict(B=8, C=1, H=128, J=40, k=7),  # C: no such axis, 1 in benchmark records
+    flops=lambda s: 2.0 * pixels(s) * s.J * s.k * s.k)
 def synthesize_psf(weights: Tensor, basis: Tensor) -> Tensor:
-    """Per-pixel kernels from a dictionary: ``K[b,u*k+v,h,w] = sum_j weights[b,j,h,w] * basis[j,u,v]``.
+    """Per-pixel kernels from a dictionary: ``K[b,u*k+v,h,w] = sum_j weights[b,j,h,w] * basis[(b,)j,u,v]``.
 
     Args:
         weights: (B, J, H, W).
-        basis: (J, k, k), k odd.
+        basis: (J, k, k) or (B, J, k, k), k odd.
     Returns:
         (B, k*k, H, W), dtype of ``weights``.
     """
-    _checks.check_synthesize_psf(weights, basis)
-    if use_triton(weights):
-        return _synthesize_psf_op(weights, basis)
-    return reference.synthesize_psf.unchecked(weights, basis)

@@ -93,24 +93,23 @@ def test_fusion_gpu_launch_shapes(dtype, device, monkeypatch):
     """The GPU's tiles under the interpreter: 64-pixel tiles (3 per image here, the last one
     short), two channel tiles of 32 (C=40), the dW partials of 6 programs; float16 runs tl.dot on float16
     operands as the tensor cores do (bfloat16 cannot: the interpreter's tl.dot mishandles it)."""
-    from psfops.kernels import _common, gating
-    monkeypatch.setattr(_common, "interpreting", lambda: False)
-    monkeypatch.setattr(gating, "interpreting", lambda: False)
-    assert gating.fusion_blocks(40, 9 * 20) == (32, 64) and gating.dweight_chunks() == 256
-    assert gating.dot_mode(dtype) == gating.DOT_NATIVE.value
-    check_against_truth(fusion, truth_fusion, fusion_inputs(2, 40, 9, 20, dtype=dtype, device=device),
-                        dtype, "gated_fusion")
+    from psfops.kernels import gating, launch_target
+    with launch_target(gpu_plans=True):
+        assert gating.fusion_blocks(40, 9 * 20) == (32, 64) and gating.dweight_chunks() == 256
+        assert gating.dot_mode(dtype) == gating.DOT_NATIVE.value
+        check_against_truth(fusion, truth_fusion, fusion_inputs(2, 40, 9, 20, dtype=dtype, device=device),
+                            dtype, "gated_fusion")
 
 
 def test_blend_gpu_launch_shapes(device, monkeypatch):
     """The GPU's tiles under the interpreter: bfloat16 8 channels x 256 pixels."""
-    from psfops.kernels import _common, gating
-    monkeypatch.setattr(_common, "interpreting", lambda: False)
-    assert gating.blend_blocks(20, 33 * 40, torch.bfloat16) == (8, 256)
-    for gate_c in (20, 1):
-        check_against_truth(psfops.gated_blend, truth_blend,
-                            blend_inputs(2, 20, 33, 40, gate_c, torch.bfloat16, device), torch.bfloat16,
-                            "gated_blend")
+    from psfops.kernels import gating, launch_target
+    with launch_target(gpu_plans=True):
+        assert gating.blend_blocks(20, 33 * 40, torch.bfloat16) == (8, 256)
+        for gate_c in (20, 1):
+            check_against_truth(psfops.gated_blend, truth_blend,
+                                blend_inputs(2, 20, 33, 40, gate_c, torch.bfloat16, device), torch.bfloat16,
+                                "gated_blend")
 
 
 def test_fusion_float64_path(device):

@@ -230,10 +230,14 @@ def test_backend_is_in_force_during_forward(monkeypatch, name):
 def test_backend_triton_matches_reference(monkeypatch):
     """mspfn-tiny on psfops' Triton ops (interpreter on CPU) vs psfops.reference: outputs and
     parameter gradients within rtol 1e-4 (float32)."""
-    lstm_mod = importlib.import_module("psfops.lstm")
+    registry = importlib.import_module("psfops._registry")
     picked = []
-    real_use = lstm_mod.use_triton
-    monkeypatch.setattr(lstm_mod, "use_triton", lambda t: picked.append(real_use(t)) or picked[-1])
+    real_choose = registry.choose
+
+    def choose(t):
+        picked.append(real_choose(t))
+        return picked[-1]
+    monkeypatch.setattr(registry, "choose", choose)
     ref = _tiny(backend="reference")
     tri = _tiny(backend="triton")
     tri.load_state_dict(ref.state_dict())
@@ -247,7 +251,7 @@ def test_backend_triton_matches_reference(monkeypatch):
         results.append((y.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
     (y_r, g_r), (y_t, g_t) = results
     n_calls = len(picked) // 2
-    assert n_calls > 0 and picked == [False] * n_calls + [True] * n_calls  # the kernels really ran
+    assert n_calls > 0 and picked == ["reference"] * n_calls + ["triton"] * n_calls  # the kernels really ran
     assert_rel_close(y_t, y_r, 1e-4, "output")
     assert g_r.keys() == g_t.keys()
     for n in g_r:

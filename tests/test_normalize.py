@@ -58,10 +58,11 @@ GPU_LAUNCHES = [
 
 
 def test_launch_shapes_on_the_gpu(monkeypatch):
+    from psfops.kernels import launch_target
     from psfops.kernels import normalize as kn
-    monkeypatch.setattr(kn, "interpreting", lambda: False)
-    for (sms, B, C, H, W), expect in GPU_LAUNCHES:
-        assert kn.launch_shape(B * C, H * W, sms) == expect, (sms, B, C, H, W)
+    with launch_target(gpu_plans=True):
+        for (sms, B, C, H, W), expect in GPU_LAUNCHES:
+            assert kn.launch_shape(B * C, H * W, sms) == expect, (sms, B, C, H, W)
 
 
 @pytest.mark.parametrize("case", [c for c in GPU_LAUNCHES if c[0][1] * c[0][2] * c[0][3] * c[0][4] <= 2 ** 17],
@@ -70,13 +71,12 @@ def test_launch_shapes_on_the_gpu(monkeypatch):
 def test_gpu_launch_shapes_run_in_the_interpreter(case, mode, device, monkeypatch):
     """The GPU's block sizes and chunk counts (not the interpreter's own), forward and backward:
     split planes combine their chunks' partials (softmax: the chunk maxima differ) exactly."""
-    from psfops.kernels import normalize as kn
+    from psfops.kernels import launch_target
     (sms, B, C, H, W), _ = case
-    monkeypatch.setattr(kn, "interpreting", lambda: False)
-    monkeypatch.setattr(kn, "sm_count", lambda device: sms)
     x = rand(B, C, H, W, device=device, requires_grad=True, scale=3.0)
     x.data[..., : H // 2, :] -= 20.0  # chunk maxima far apart: a wrong rescaling shows
-    check_against_truth(x, mode)
+    with launch_target(sm_count=sms, gpu_plans=True):
+        check_against_truth(x, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -85,7 +85,8 @@ def test_split_planes_with_nonfinite_chunks(mode, device):
     all -inf chunk contributes nothing to the softmax sum, and the other chunks are far below 0
     (where a chunk max of 0 instead of -inf would underflow the sum)."""
     from psfops.kernels import normalize as kn
-    assert kn.launch_shape(1, 48 * 64, kn.sm_count(torch.device(device)))[1] == 3
+    from psfops.kernels.launch import sm_count
+    assert kn.launch_shape(1, 48 * 64, sm_count(torch.device(device)))[1] == 3
     x = rand(1, 1, 48, 64, device=device, scale=2.0) - 200.0
     x[0, 0, :16] = float("-inf")  # the first chunk (16 rows of 64 values)
     x.requires_grad_(True)

@@ -217,3 +217,30 @@ def test_jit_trace_of_the_reference_path(name):
     assert not all(torch.equal(a, b) for a, b in zip(traced_on.tensors, fresh.tensors))
     for got, want in zip(*(o if isinstance(o, tuple) else (o,) for o in (traced(*fresh.tensors), fn(*fresh.tensors)))):
         assert torch.equal(got, want), name
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_forward_mode_and_func_transforms_on_the_triton_path(name, device):
+    """Forward-mode AD (``torch.func.jvp``, ``torch.autograd.forward_ad``) and ``torch.func.grad``
+    on the Triton backend give the reference's tangents and gradients (they run the reference):
+    not a zero tangent, not an error."""
+    import torch.autograd.forward_ad as fwAD
+    info = OPS[name]
+    sample = info.samples(SMALL, torch.float64, device)[0]
+    tangents = tuple(torch.randn_like(t) for t in sample.tensors)
+    fn = lambda *ts: info.function(*sample.with_tensors(ts))  # noqa: E731
+    ref = lambda *ts: info.reference(*sample.with_tensors(ts))  # noqa: E731
+    first = lambda outs: outs[0] if isinstance(outs, tuple) else outs  # noqa: E731
+    want_out, want_tangent = torch.func.jvp(ref, tuple(sample.tensors), tangents)
+    want_grad = torch.func.grad(lambda *ts: first(ref(*ts)).square().sum())(*sample.tensors)
+    with psfops.backend("triton"):
+        got_out, got_tangent = torch.func.jvp(fn, tuple(sample.tensors), tangents)
+        with fwAD.dual_level():
+            dual = fn(*[fwAD.make_dual(t, d) for t, d in zip(sample.tensors, tangents)])
+            dual_tangent = fwAD.unpack_dual(first(dual)).tangent
+        got_grad = torch.func.grad(lambda *ts: first(fn(*ts)).square().sum())(*sample.tensors)
+    assert first(want_tangent).abs().max() > 0
+    assert_rel_close(first(got_out), first(want_out), 1e-12, f"{name} jvp output")
+    assert_rel_close(first(got_tangent), first(want_tangent), 1e-12, f"{name} jvp tangent")
+    assert_rel_close(dual_tangent, first(want_tangent), 1e-12, f"{name} forward_ad tangent")
+    assert_rel_close(got_grad, want_grad, 1e-12, f"{name} func.grad")

@@ -105,16 +105,14 @@ def test_psf_conv_equals_apply_of_synthesized(device):
 
 
 @pytest.fixture
-def gpu_plans(monkeypatch):
-    """The GPU's launch plans (4x32-pixel tiles, 16-channel blocks, 64-pixel halo chunks) on 2
+def gpu_plans():
+    """The GPU's launch plans (4x32-pixel tiles, 64-channel blocks, 128-pixel halo chunks) on 2
     programs, in the interpreter: so tile edges, interior tiles, several tiles per program, several
     channel blocks and the cross-program d(basis) reduction all run as a GPU runs them."""
-    from psfops.kernels import _common
+    from psfops.kernels import launch_target
     from psfops.kernels import psf as kernels
-    real = kernels.plan
-    monkeypatch.setattr(_common, "INTERPRETER_SMS", 2)
-    monkeypatch.setattr(kernels, "plan", lambda *a, **kw: real(*a, **{**kw, "interpret": False}))
-    return kernels
+    with launch_target(sm_count=2, gpu_plans=True):
+        yield kernels
 
 
 @pytest.mark.parametrize("k,d,J,B,H", [(3, 1, 40, 2, 9), (7, 1, 5, 1, 9), (5, 2, 1, 1, 9), (1, 1, 3, 2, 9),
