@@ -1,8 +1,8 @@
 """The psf kernels' correctness on a GPU, without pytest: ``python -m bench gpu-check --out FILE``.
 
-For every psf op of the op table (psf_conv, apply_psf, synthesize_psf, and psf_conv_transpose
-once psfops has it; otherwise the record says it was skipped), dtype (float32, bfloat16, float16)
-and shape (``full``: the headline's B8 C64 128x128 J40 k7, so exactly the launches the
+For every psf op of the op table (psf_conv, psf_conv_transpose, apply_psf, synthesize_psf; an op
+psfops does not have is recorded as skipped), each of its sample variants (the usual use, then
+e.g. a per-sample basis with reflect padding), dtype (float32, bfloat16, float16) and shape (``full``: the headline's B8 C64 128x128 J40 k7, so exactly the launches the
 benchmarks time; ``ragged``: B4 C36 130x100, image sides that are not multiples of the tiles, C
 not a multiple of the channel blocks, more tiles than programs in every kernel):
 
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-PSF_OPS = ("psf_conv", "apply_psf", "synthesize_psf", "psf_conv_transpose")
+PSF_OPS = ("psf_conv", "psf_conv_transpose", "apply_psf", "synthesize_psf")
 DTYPES = ("float32", "bfloat16", "float16")
 SHAPES = {"full": dict(B=8, C=64, H=128, W=128, J=40, k=7), "ragged": dict(B=4, C=36, H=130, W=100, J=40, k=7)}
 FWD_RTOL = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}
@@ -58,20 +58,34 @@ def needs_variants(op: str) -> list[tuple[bool, ...]]:
     return [(True,) * n] + [tuple(j != i for j in range(n)) for i in range(n)]
 
 
+def variants(op: str) -> list[str]:
+    """The labels of the op's sample variants (``usual`` for the first, unlabelled one)."""
+    from psfops.testing import OPS, Shape
+    return [s.label or "usual" for s in OPS[op].samples(Shape(), torch.float32, "meta")]
+
+
+def order(ops) -> list[tuple[str, int]]:
+    """(op, variant index) in running order: every op's usual use first, then the other variants."""
+    n = {op: len(variants(op)) for op in ops}
+    return [(op, v) for v in range(max(n.values(), default=0)) for op in ops if v < n[op]]
+
+
 def plan(ops, dtypes, shapes) -> list[dict]:
     """The cases, in the order each worker (one per dtype and shape) runs them."""
     cases = []
     for dtype in dtypes:
         for shape in shapes:
-            for op in ops:
-                cases.append(dict(op=op, dtype=dtype, shape=shape, passage="fwd", needs=None))
-                cases += [dict(op=op, dtype=dtype, shape=shape, passage="bwd", needs=list(n))
+            for op, v in order(ops):
+                variant = variants(op)[v]
+                cases.append(dict(op=op, variant=variant, dtype=dtype, shape=shape, passage="fwd", needs=None))
+                cases += [dict(op=op, variant=variant, dtype=dtype, shape=shape, passage="bwd", needs=list(n))
                           for n in needs_variants(op)]
     return cases
 
 
 def case_key(c: dict) -> tuple:
-    return c["op"], c["dtype"], c["shape"], c["passage"], None if c["needs"] is None else tuple(c["needs"])
+    return (c["op"], c.get("variant"), c["dtype"], c["shape"], c["passage"],
+            None if c["needs"] is None else tuple(c["needs"]))
 
 
 @contextlib.contextmanager
@@ -113,18 +127,19 @@ def _as_tuple(x):
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
-def run_op(op: str, dtype: str, shape: str, device: str = "cuda"):
-    """Yield one result dict per case of (op, dtype, shape): the forward, then each gradient set."""
+def run_op(op: str, dtype: str, shape: str, device: str = "cuda", variant: int = 0):
+    """Yield one result dict per case of (op, sample variant, dtype, shape): the forward, then each
+    gradient set."""
     from psfops.testing import OPS, Shape
     info = OPS[op]
     torch.manual_seed(0)
-    sample = info.samples(Shape(**SHAPES[shape]), getattr(torch, dtype), device)[0]
+    sample = info.samples(Shape(**SHAPES[shape]), getattr(torch, dtype), device)[variant]
     args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in sample.args)
     # the truth: float64 reference on the same inputs
     leaves = [t.double().requires_grad_(True) for t in sample.tensors]
     with torch.enable_grad():
         ref_outs = _as_tuple(info.reference(*sample.with_tensors(leaves)))
-    base = dict(op=op, dtype=dtype, shape=shape, sizes=SHAPES[shape])
+    base = dict(op=op, variant=sample.label or "usual", dtype=dtype, shape=shape, sizes=SHAPES[shape])
 
     t0 = time.monotonic()
     with poisoned_allocations():
@@ -171,14 +186,14 @@ def _verdict(outs, again, errs, rtol) -> dict:
 def worker(dtype: str, shape: str, ops, jsonl: Path) -> int:
     """Run every case of one dtype and shape, a JSON line each in ``jsonl`` as it finishes."""
     with open(jsonl, "a", encoding="utf-8") as f:
-        for op in ops:
+        for op, v in order(ops):
             try:
-                for rec in run_op(op, dtype, shape):
+                for rec in run_op(op, dtype, shape, "cuda", v):
                     f.write(json.dumps(rec) + "\n")
                     f.flush()
             except Exception as err:  # noqa: BLE001  (record it; the next op still runs)
-                f.write(json.dumps(dict(op=op, dtype=dtype, shape=shape, passage="error", needs=None,
-                                        status="error", error=f"{type(err).__name__}: {err}"[:2000],
+                f.write(json.dumps(dict(op=op, variant=variants(op)[v], dtype=dtype, shape=shape, passage="error",
+                                        needs=None, status="error", error=f"{type(err).__name__}: {err}"[:2000],
                                         traceback=traceback.format_exc()[-3000:])) + "\n")
                 f.flush()
             if torch.cuda.is_available():
@@ -222,8 +237,8 @@ def check(out: Path, ops=PSF_OPS, dtypes=DTYPES, shapes=tuple(SHAPES), max_minut
             results += [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     done = {case_key(r) for r in results}
     not_reached = [c for c in planned if case_key(c) not in done]
-    errored = {(r["op"], r["dtype"], r["shape"]) for r in results if r["status"] == "error"}
-    not_reached = [c for c in not_reached if (c["op"], c["dtype"], c["shape"]) not in errored]
+    errored = {(r["op"], r["variant"], r["dtype"], r["shape"]) for r in results if r["status"] == "error"}
+    not_reached = [c for c in not_reached if (c["op"], c["variant"], c["dtype"], c["shape"]) not in errored]
     counts = {}
     for r in results:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -236,7 +251,8 @@ def check(out: Path, ops=PSF_OPS, dtypes=DTYPES, shapes=tuple(SHAPES), max_minut
     for r in results:
         needs = "" if r.get("needs") is None else "needs=" + "".join("1" if n else "0" for n in r["needs"])
         err = r.get("rel_err")
-        log(f"{r['status']:16} {r['op']:15} {r['dtype']:9} {r['shape']:7} {r['passage']:4} {needs:10} "
+        log(f"{r['status']:16} {r['op']:18} {r['variant'][:20]:20} {r['dtype']:9} {r['shape']:7} {r['passage']:4} "
+            f"{needs:10} "
             f"rel err {'-' if err is None else f'{err:.2e}'} (tol {r.get('rtol', '-')})"
             f"{'  ' + r['error'] if r.get('error') else ''}")
     for op, why in skipped.items():

@@ -1,8 +1,9 @@
-"""Static analysis of the psf kernels' sm_90 SASS, and a four-roof time estimate, without a GPU.
+"""Static analysis of the psf kernels' sm_90 SASS, and a time estimate, without a GPU.
 
     python -m bench sass [--dtypes float32,bfloat16] [--gpus H100,H200] [--json OUT]
 
-How. The psf ops (psf_conv, synthesize_psf, apply_psf), forward and backward, run at the headline
+How. The psf ops (psf_conv, psf_conv_transpose, synthesize_psf, apply_psf; their usual use: zeros
+padding, one basis), forward and backward, run at the headline
 shape (B8 C64 128x128 J40 k7) on CPU tensors with every Triton launch recorded instead of run
 (``bench.sm90.recording_launches``) and the GPU's launch plan (its tile shapes, one program per
 SM). Each distinct launch is compiled for sm_90 with triton's own compiler; ``nvdisasm -g``
@@ -97,7 +98,7 @@ GLOBAL_OPS = ("LDG", "STG", "ATOMG", "RED", "LDGSTS")  # accesses that reach L2
 LOAD_OPS = ("LDG", "LDS", "LDSM", "LDL", "LDGSTS")
 STORE_OPS = ("STG", "STS", "STSM", "STL", "ATOMG", "RED")
 
-PSF_OPS = ("psf_conv", "synthesize_psf", "apply_psf")
+PSF_OPS = ("psf_conv", "psf_conv_transpose", "synthesize_psf", "apply_psf")
 WARP = 32
 
 _LINE = re.compile(r'//## File "([^"]+)", line (\d+)')

@@ -343,19 +343,23 @@ def test_gpu_check_runs_the_psf_kernels_against_the_reference(monkeypatch):
     with gpu_check.poisoned_allocations():
         assert torch.empty(3).isnan().all() and torch.empty_like(torch.ones(2)).isnan().all()
     assert not torch.zeros(2).isnan().any()
-    planned = gpu_check.plan(["psf_conv", "apply_psf", "synthesize_psf"], gpu_check.DTYPES, ["full", "ragged"])
-    assert len(planned) == 3 * 2 * (5 + 4 + 4)  # (forward + each gradient set) per op, dtype and shape
+    planned = gpu_check.plan(["psf_conv", "apply_psf"], gpu_check.DTYPES, ["full", "ragged"])
+    # (forward + each gradient set) per sample variant, op, dtype and shape; usual uses first
+    assert len(planned) == 3 * 2 * 2 * (5 + 4)
+    assert [(c["op"], c["variant"]) for c in planned[:10:5]] == [("psf_conv", "usual"), ("apply_psf", "usual")]
+    padded = list(gpu_check.run_op("apply_psf", "float32", "tiny", "cpu", variant=1))
+    assert padded[0]["variant"] != "usual" and all(r["status"] == "ok" for r in padded), padded
     ops, skipped = gpu_check.available_ops()
-    assert {"psf_conv", "apply_psf", "synthesize_psf"} <= set(ops)
+    assert set(ops) == set(gpu_check.PSF_OPS) and not skipped  # psf_conv_transpose included
     assert set(ops) | set(skipped) == set(gpu_check.PSF_OPS)
-    import psfops.psf as ops_psf
-    real = ops_psf.kernels.filter_forward
+    from psfops.kernels import psf as kpsf
+    real = kpsf.filter_forward
 
     def skips_a_pixel(*args, **kwargs):  # as if the kernel never wrote pixel (0, 0): poisoned NaN stays
         y = real(*args, **kwargs)
         y[..., 0, 0] = float("nan")
         return y
-    monkeypatch.setattr(ops_psf.kernels, "filter_forward", skips_a_pixel)
+    monkeypatch.setattr(kpsf, "filter_forward", skips_a_pixel)
     bad = next(gpu_check.run_op("apply_psf", "float32", "tiny", "cpu"))
     assert bad["status"] == "nan" and bad["nan"], bad
 
@@ -459,7 +463,8 @@ def test_bench_sass_end_to_end(tmp_path):
                          cwd=Path(__file__).parents[1])
     assert run.returncode == 0, run.stderr[-2000:]
     records = json.loads(out.read_text())
-    assert {(r["op"], r["pass"]) for r in records} == {(op, p) for op in ("psf_conv", "synthesize_psf", "apply_psf")
+    assert {(r["op"], r["pass"]) for r in records} == {(op, p) for op in ("psf_conv", "psf_conv_transpose",
+                                                                           "synthesize_psf", "apply_psf")
                                                       for p in ("fwd", "bwd", "fwd+bwd")}
     for r in records:
         assert r["estimate_us"] >= r["hbm_floor_us"] > 0 and r["scratch_bytes"] >= 0, r
