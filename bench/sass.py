@@ -530,7 +530,7 @@ def static_table(paths=None, gpu: str = "H100") -> list[str]:
     """Markdown: the static estimates of the records files (default: bench/results/static), for
     each (psfops, triton) version the four-roof estimate ("before") and, where the records have
     it, the honest one ("after"), psf ops by pass and dtype, as x the HBM floor, binding roof named."""
-    paths = sorted(Path(p) for p in (paths or STATIC_DIR.glob("*.json")))
+    paths = sorted(Path(p) for p in (paths or STATIC_DIR.glob("sass-*.json")))
     runs = {}
     for p in paths:
         for r in json.loads(Path(p).read_text()):

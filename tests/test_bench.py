@@ -450,6 +450,26 @@ def test_sass_estimate_counts_loops_bytes_and_flops_of_a_listing(tmp_path):
     assert sass.scratch_bytes(fn, args, {"NEED_DBASIS": False}) == sass.scratch_bytes(fn, args, {}) == 4 * 4
 
 
+def test_static_table_has_before_and_after_columns(tmp_path):
+    """RESULTS.md's static table: per (psfops, triton) the four-roof estimate ("before") and, for
+    records that have it, the honest one ("after"), each with its binding roof; older records
+    (four roofs only) get a before column alone."""
+    from bench import sass
+    base = dict(op="psf_conv", dtype="float32", gpu="H100", hbm_floor_us=50.0, spill_bytes=0)
+    old = [dict(base, **{"pass": "fwd+bwd"}, psfops="0.1.0", triton="3.9.0", estimate_us=500.0, binding="issue")]
+    new = [dict(base, **{"pass": "fwd+bwd"}, psfops="0.2.0", triton="3.9.0", estimate_us=300.0, binding="l2",
+                estimate_4roof_us=100.0, binding_4roof="l1")]
+    (tmp_path / "sass-old.json").write_text(json.dumps(old))
+    (tmp_path / "sass-new.json").write_text(json.dumps(new))
+    lines = sass.static_table(sorted(tmp_path.glob("sass-*.json")))
+    header = next(line for line in lines if line.startswith("| op |"))
+    assert header.count("before") == 2 and header.count("after") == 1
+    row = next(line for line in lines if line.startswith("| psf_conv | fwd+bwd |"))
+    assert "500 us (10.0x, issue)" in row and "100 us (2.0x, l1)" in row and "300 us (6.0x, l2)" in row
+    assert row.index("100 us") < row.index("300 us")
+    assert "occupancy" in lines[0] and "L2" in lines[0]  # the preamble names the model
+
+
 @pytest.mark.slow
 def test_bench_sass_end_to_end(tmp_path):
     """``python -m bench sass`` compiles the headline's psf launches for sm_90 and writes a record
