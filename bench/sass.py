@@ -517,13 +517,13 @@ STATIC_DIR = Path(__file__).parent / "results" / "static"
 
 
 STATIC_PREAMBLE = (
-    "Before: the four-roof estimate (issue at full rate, L1 bytes of the loads, math, HBM floor). "
-    "After: the honest estimate of the same SASS: issue divided by the occupancy factor "
+    "Before: the four-roof estimate (issue at full rate, L1 bytes of the loads, math, HBM floor), a "
+    "lower bound. After: the honest estimate of the same SASS: issue divided by the occupancy factor "
     f"min(1, resident warps per scheduler / {HIDING_WARPS}) plus {BAR_SYNC_CYCLES} cycles per CTA barrier "
     f"(BAR.SYNC) and {WGMMA_WAIT_CYCLES} per wgmma wait (WARPGROUP.DEPBAR) of each program; L1 with the "
-    f"stores; an L2 roof (every global load and store, the scratch round trips included, in "
-    f"{SECTOR}-byte sectors, at {GPUS['H100']['l2_tbs']} TB/s); math; HBM. Both are lower bounds from "
-    "static counts, not measurements.")
+    "stores; an L2 roof (every global load and store once, the scratch round trips of the staged halos "
+    f"and tap tiles included, in whole {SECTOR}-byte sectors, at {GPUS['H100']['l2_tbs']} TB/s); math; "
+    "HBM. Static estimates from instruction counts, not measurements.")
 
 
 def static_table(paths=None, gpu: str = "H100") -> list[str]:
