@@ -5,11 +5,15 @@ The top-level ``kernels/`` folder is installed as ``psfops.kernels`` (never as a
 is not installed (a top-level ``bench`` would collide the same way): it runs from a clone as
 ``python -m bench``.
 """
+import re
+
 from setuptools import setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"', open("psfops/version.py", encoding="utf-8").read()).group(1)
 
 setup(
     name="psfops",
-    version="0.2.0",
+    version=VERSION,
     description="Fused Triton ops for spatially varying PSF filtering, and the SD-PSFNet deraining model",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -17,8 +21,7 @@ setup(
     packages=["psfops", "psfops.kernels", "sdpsfnet"],
     package_dir={"psfops.kernels": "kernels"},
     install_requires=[
-        "torch>=2.4",
-        "triton>=3.0; platform_system == 'Linux'",
+        "torch>=2.4",  # a CUDA build of torch brings its own matching triton; CPU users need none
         "numpy",
         "pillow",
         "pypng",      # 16-bit colour PNGs, which Pillow reads and writes only at 8 bits
@@ -29,7 +32,9 @@ setup(
     ],
     extras_require={
         "onnx": ["onnx", "onnxscript"],  # sdpsfnet export --out *.onnx
-        "dev": ["pytest", "hypothesis", "pytest-benchmark", "pytest-timeout", "onnx", "onnxscript", "onnxruntime"],
+        "triton": ["triton>=3.0"],        # the Triton kernels where torch did not bring triton
+        "dev": ["triton>=3.0", "pytest", "hypothesis", "pytest-benchmark", "pytest-timeout", "onnx", "onnxscript", "onnxruntime",
+                "vulture"],
     },
     entry_points={"console_scripts": ["sdpsfnet = sdpsfnet.cli:main"]},
 )

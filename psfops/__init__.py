@@ -13,8 +13,8 @@ from .gating import gated_blend, gated_fusion
 from .lstm import lstm_cell
 from .normalize import spatial_normalize
 from .psf import apply_psf, psf_conv, psf_conv_transpose, synthesize_psf
+from .version import __version__
 
-__version__ = "0.2.0"
 
 __all__ = [
     "psf_conv", "psf_conv_transpose", "synthesize_psf", "apply_psf", "spatial_normalize", "gated_blend", "gated_fusion",

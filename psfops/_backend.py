@@ -5,14 +5,16 @@
 tests the kernels) and raises a clear ``RuntimeError`` without it.
 ``reference``: always ``psfops.reference``.
 
-The choice comes from, in order: the innermost ``psfops.backend(...)`` context manager, the
-``PSFOPS_BACKEND`` environment variable, ``auto``. The state lives in a plain module-level list so
-that ``torch.compile`` can read (and guard on) it without a graph break.
+The choice comes from, in order: the innermost ``psfops.backend(...)`` context manager of the
+calling thread, the ``PSFOPS_BACKEND`` environment variable, ``auto``. Each thread has its own
+stack of ``backend(...)`` blocks (a ``threading.local``, which ``torch.compile`` reads and guards
+on without a graph break): one thread's block never changes what another thread runs.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import torch
 
@@ -20,7 +22,14 @@ from .env import TRITON_AVAILABLE
 
 BACKENDS = ("auto", "triton", "reference")
 
-_override: list[str] = []  # stack of names pushed by `backend(...)`
+_local = threading.local()  # .stack: the names pushed by this thread's `backend(...)` blocks
+
+
+def _stack() -> list[str]:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
 
 
 def _env_backend() -> str:
@@ -32,7 +41,8 @@ def _env_backend() -> str:
 
 def current_backend() -> str:
     """The backend name in force here: ``"auto"``, ``"triton"`` or ``"reference"``."""
-    return _override[-1] if _override else _env_backend()
+    stack = _stack()
+    return stack[-1] if stack else _env_backend()
 
 
 @contextlib.contextmanager
@@ -40,11 +50,12 @@ def backend(name: str):
     """Run the ops inside the ``with`` block on ``name`` ("auto", "triton" or "reference")."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    _override.append(name)
+    stack = _stack()
+    stack.append(name)
     try:
         yield
     finally:
-        _override.pop()
+        stack.pop()
 
 
 def check_triton_runs_on(device: torch.device) -> None:

@@ -45,14 +45,6 @@ def check_dim(name: str, t: torch.Tensor, dim: int, expected: int, what: str) ->
         )
 
 
-def check_like(name: str, t, like_name: str, like: torch.Tensor) -> None:
-    """``t`` is a tensor with the shape, dtype and device of ``like`` (a gradient of ``like``)."""
-    check_tensor(name, t, ndim=None)
-    check_same(like_name, like, **{name: t})
-    if t.shape != like.shape:
-        raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(t.shape)}")
-
-
 def check_output_like(name: str, t, shape, dtype, device, inputs: str) -> None:
     """``t`` (a cotangent or a saved output given to a backward op) has the shape, dtype and device
     of the forward's output for its ``inputs`` (named in the message)."""

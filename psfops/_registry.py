@@ -118,111 +118,126 @@ def op(*, check: Callable, kernel: Callable, backward_kernel: Callable, referenc
     backward op's cotangent arguments, one per differentiable output. ``saved_outputs``: the
     forward outputs the backward op also takes, {output index: argument name}.
     """
-    saved_outputs = saved_outputs or {}
-
     def register(public: Callable) -> Callable:
-        name = public.__name__
-        params = inspect.signature(public).parameters
-        n_out, n_cot = len(outputs(*_sample_args(samples))), len(cotangents)
-        arg_schema = torch.library.infer_schema(public, mutates_args=()).rsplit(" -> ", 1)[0]
-        schema = f"{arg_schema} -> {'(' + ', '.join(['Tensor'] * n_out) + ')' if n_out > 1 else 'Tensor'}"
-        forward_args = list(torch._C.parse_schema(f"x::{name}{schema}").arguments)
-        tensor_at = [i for i, a in enumerate(forward_args) if "Tensor" in str(a.type)]
-
-        def check_backward(*bargs):
-            cots, args = bargs[:n_cot], bargs[n_cot:n_cot + len(forward_args)]
-            saved, needs = bargs[n_cot + len(forward_args):-1], bargs[-1]
-            check(*args)
-            _checks.check_needs(needs, len(tensor_at))
-            for i, need in zip(tensor_at, needs):
-                if need and args[i] is None:
-                    raise ValueError(f"needs asks for the gradient of {forward_args[i].name}, which is None")
-            metas = outputs(*args)
-            like = args[tensor_at[0]]
-            inputs = ", ".join(forward_args[i].name for i in tensor_at if args[i] is not None)
-            for what, t, j in [*zip(cotangents, cots, range(n_cot)),
-                               *zip(saved_outputs.values(), saved, saved_outputs)]:
-                _checks.check_output_like(what, t, *metas[j], like.device, inputs)
-            return args, like
-
-        def forward_fake(*args, **kwargs):
-            args = _full_arguments(name, params, args, kwargs)
-            check(*args)
-            device = args[tensor_at[0]].device
-            outs = tuple(torch.empty(shape, dtype=dtype, device=device) for shape, dtype in outputs(*args))
-            return outs if n_out > 1 else outs[0]
-
-        def forward_real(*args, **kwargs):
-            args = _full_arguments(name, params, args, kwargs)
-            check(*args)
-            return kernel(*args)
-
-        def backward_fake(*bargs):
-            args, like = check_backward(*bargs)
-            grads = gradient_buffers(bargs[-1], [args[i] for i in tensor_at], like)
-            return grads if len(grads) > 1 else grads[0]
-
-        def backward_real(*bargs):
-            check_backward(*bargs)
-            grads = backward_kernel(*bargs)
-            return grads if len(grads) > 1 else grads[0]
-
-        forward_op = torch.library.custom_op(f"psfops::{name}", forward_real, mutates_args=(), schema=schema)
-        forward_op.register_fake(forward_fake)
-        arg_decls = re.sub(r"=[^,]*", "", arg_schema[1:-1])  # the forward's arguments, without defaults
-        cot_decls = "".join(f"Tensor {c}, " for c in cotangents)
-        saved_decls = "".join(f"Tensor {n}, " for n in saved_outputs.values())
-        returns = ", ".join(["Tensor"] * len(tensor_at))
-        backward_schema = f"({cot_decls}{arg_decls}, {saved_decls}bool[] needs) -> ({returns})"
-        backward_op = torch.library.custom_op(f"psfops::{name}_backward", backward_real, mutates_args=(),
-                                              schema=backward_schema)
-        backward_op.register_fake(backward_fake)
-
-        def setup_context(ctx, inputs, output):
-            outs = _as_tuple(output)
-            inputs = _full_arguments(name, params, tuple(inputs), {})
-            ctx.args = [None if isinstance(a, Tensor) else a for a in inputs]
-            ctx.save_for_backward(*(inputs[i] for i in tensor_at), *(outs[j] for j in saved_outputs))
-            ctx.mark_non_differentiable(*outs[n_cot:])
-
-        def backward(ctx, *grads):
-            saved = ctx.saved_tensors
-            args = list(ctx.args)
-            for i, t in zip(tensor_at, saved):
-                args[i] = t
-            if any(g is None for g in grads[:n_cot]):  # an output that did not reach the loss
-                metas = outputs(*args)
-                like = args[tensor_at[0]]
-                grads = tuple(torch.zeros(metas[j][0], dtype=metas[j][1], device=like.device) if g is None else g
-                              for j, g in enumerate(grads[:n_cot]))
-            given = len(ctx.needs_input_grad)  # (a caller may leave out trailing defaults)
-            needs = [i < given and bool(ctx.needs_input_grad[i]) and args[i] is not None for i in tensor_at]
-            result_grads = _as_tuple(backward_op(*grads[:n_cot], *args, *saved[len(tensor_at):], needs))
-            out: list = [None] * len(args)
-            for i, g, need in zip(tensor_at, result_grads, needs):
-                out[i] = g if need else None
-            return tuple(out[:given])
-
-        forward_op.register_autograd(backward, setup_context=setup_context)
-        _differentiable_through_reference(backward_op, n_cot, len(forward_args), tensor_at, reference)
-
-        def call(*args, **kwargs):
-            full = _full_arguments(name, params, args, kwargs)
-            check(*full)
-            first = full[tensor_at[0]]
-            backend = "reference" if _needs_reference(full) else choose(first)
-            if backend == "triton":
-                return result(forward_op(*full))
-            if backend == "cpu" and cpu is not None:
-                return cpu(*full)
-            return reference(*full)
-
-        call = _wraps(public, call)
-        REGISTERED[name] = Op(name, call, getattr(importlib.import_module("psfops.reference"), name),
-                              getattr(torch.ops.psfops, name), getattr(torch.ops.psfops, f"{name}_backward"),
-                              samples, axes, bench_shape, flops, n_cot, tuple(saved_outputs))
-        return call
+        d = _Definition(public, check, kernel, backward_kernel, reference, outputs, samples, cotangents,
+                        saved_outputs or {}, result, cpu)
+        REGISTERED[d.name] = Op(d.name, d.call, getattr(importlib.import_module("psfops.reference"), d.name),
+                                getattr(torch.ops.psfops, d.name), getattr(torch.ops.psfops, f"{d.name}_backward"),
+                                samples, axes, bench_shape, flops, d.n_cot,
+                                tuple(d.saved_outputs))
+        return d.call
     return register
+
+
+class _Definition:
+    """One op's registration: the custom ops, their fakes, autograd and the public call."""
+
+    def __init__(self, public, check, kernel, backward_kernel, reference, outputs, samples, cotangents,
+                 saved_outputs, result, cpu):
+        self.name, self.params = public.__name__, inspect.signature(public).parameters
+        self.check, self.kernel, self.backward_kernel, self.reference = check, kernel, backward_kernel, reference
+        self.outputs, self.cotangents, self.saved_outputs, self.result, self.cpu = (
+            outputs, cotangents, saved_outputs, result, cpu)
+        self.n_out, self.n_cot = len(outputs(*_sample_args(samples))), len(cotangents)
+        arg_schema = torch.library.infer_schema(public, mutates_args=()).rsplit(" -> ", 1)[0]
+        returns = "(" + ", ".join(["Tensor"] * self.n_out) + ")" if self.n_out > 1 else "Tensor"
+        self.args_of = list(torch._C.parse_schema(f"x::{self.name}{arg_schema} -> {returns}").arguments)
+        self.tensor_at = [i for i, a in enumerate(self.args_of) if "Tensor" in str(a.type)]
+        self.forward_op = torch.library.custom_op(f"psfops::{self.name}", self.forward_real, mutates_args=(),
+                                                  schema=f"{arg_schema} -> {returns}")
+        self.forward_op.register_fake(self.forward_fake)
+        self.backward_op = torch.library.custom_op(f"psfops::{self.name}_backward", self.backward_real,
+                                                   mutates_args=(), schema=self._backward_schema(arg_schema))
+        self.backward_op.register_fake(self.backward_fake)
+        self.forward_op.register_autograd(self.backward, setup_context=self.setup_context)
+        _differentiable_through_reference(self.backward_op, self.n_cot, len(self.args_of), self.tensor_at,
+                                          reference)
+        self.call = _wraps(public, lambda *args, **kwargs: self.dispatch(*args, **kwargs))
+
+    def _backward_schema(self, arg_schema: str) -> str:
+        """(*cotangents, *forward arguments, *saved outputs, needs) -> a tensor per tensor argument."""
+        arg_decls = re.sub(r"=[^,]*", "", arg_schema[1:-1])  # the forward's arguments, without defaults
+        cot_decls = "".join(f"Tensor {c}, " for c in self.cotangents)
+        saved_decls = "".join(f"Tensor {n}, " for n in self.saved_outputs.values())
+        returns = ", ".join(["Tensor"] * len(self.tensor_at))
+        return f"({cot_decls}{arg_decls}, {saved_decls}bool[] needs) -> ({returns})"
+
+    def full(self, args, kwargs=None) -> tuple:
+        return _full_arguments(self.name, self.params, tuple(args), kwargs or {})
+
+    def check_backward(self, *bargs):
+        """The forward's check, ``needs``, and each cotangent and saved output against the
+        forward's outputs for these arguments; returns (forward arguments, first tensor)."""
+        n_args = len(self.args_of)
+        cots, args = bargs[:self.n_cot], bargs[self.n_cot:self.n_cot + n_args]
+        saved, needs = bargs[self.n_cot + n_args:-1], bargs[-1]
+        self.check(*args)
+        _checks.check_needs(needs, len(self.tensor_at))
+        for i, need in zip(self.tensor_at, needs):
+            if need and args[i] is None:
+                raise ValueError(f"needs asks for the gradient of {self.args_of[i].name}, which is None")
+        metas, like = self.outputs(*args), args[self.tensor_at[0]]
+        inputs = ", ".join(self.args_of[i].name for i in self.tensor_at if args[i] is not None)
+        for what, t, j in [*zip(self.cotangents, cots, range(self.n_cot)),
+                           *zip(self.saved_outputs.values(), saved, self.saved_outputs)]:
+            _checks.check_output_like(what, t, *metas[j], like.device, inputs)
+        return args, like
+
+    def forward_fake(self, *args, **kwargs):
+        args = self.full(args, kwargs)
+        self.check(*args)
+        device = args[self.tensor_at[0]].device
+        outs = tuple(torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self.outputs(*args))
+        return outs if self.n_out > 1 else outs[0]
+
+    def forward_real(self, *args, **kwargs):
+        args = self.full(args, kwargs)
+        self.check(*args)
+        return self.kernel(*args)
+
+    def backward_fake(self, *bargs):
+        args, like = self.check_backward(*bargs)
+        grads = gradient_buffers(bargs[-1], [args[i] for i in self.tensor_at], like)
+        return grads if len(grads) > 1 else grads[0]
+
+    def backward_real(self, *bargs):
+        self.check_backward(*bargs)
+        grads = self.backward_kernel(*bargs)
+        return grads if len(grads) > 1 else grads[0]
+
+    def setup_context(self, ctx, inputs, output):
+        outs, inputs = _as_tuple(output), self.full(inputs)
+        ctx.args = [None if isinstance(a, Tensor) else a for a in inputs]
+        ctx.save_for_backward(*(inputs[i] for i in self.tensor_at), *(outs[j] for j in self.saved_outputs))
+        ctx.mark_non_differentiable(*outs[self.n_cot:])
+
+    def backward(self, ctx, *grads):
+        saved, args = ctx.saved_tensors, list(ctx.args)
+        for i, t in zip(self.tensor_at, saved):
+            args[i] = t
+        grads = grads[:self.n_cot]
+        if any(g is None for g in grads):  # an output that did not reach the loss
+            metas, like = self.outputs(*args), args[self.tensor_at[0]]
+            grads = tuple(torch.zeros(metas[j][0], dtype=metas[j][1], device=like.device) if g is None else g
+                          for j, g in enumerate(grads))
+        given = len(ctx.needs_input_grad)  # (a caller may leave out trailing defaults)
+        needs = [i < given and bool(ctx.needs_input_grad[i]) and args[i] is not None for i in self.tensor_at]
+        result_grads = _as_tuple(self.backward_op(*grads, *args, *saved[len(self.tensor_at):], needs))
+        out: list = [None] * len(args)
+        for i, g, need in zip(self.tensor_at, result_grads, needs):
+            out[i] = g if need else None
+        return tuple(out[:given])
+
+    def dispatch(self, *args, **kwargs):
+        """The public function: check, then the backend's implementation."""
+        full = self.full(args, kwargs)
+        self.check(*full)
+        backend = "reference" if _needs_reference(full) else choose(full[self.tensor_at[0]])
+        if backend == "triton":
+            return self.result(self.forward_op(*full))
+        if backend == "cpu" and self.cpu is not None:
+            return self.cpu(*full)
+        return self.reference(*full)
 
 
 def _full_arguments(name: str, params, args: tuple, kwargs: dict) -> tuple:

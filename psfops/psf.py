@@ -40,8 +40,10 @@ def _scatter(y: Tensor, src: Tensor, basis: Tensor | None, dilation: int, paddin
         return kernels.psf.filter_scatter(y, src, basis, dilation)
     k = basis.shape[-1] if basis is not None else int(round(src.shape[1] ** 0.5))
     r = (k // 2) * dilation
-    extended = kernels.psf.filter_scatter(F.pad(y, (r, r, r, r)), F.pad(src, (r, r, r, r)), basis, dilation)
-    return pad_adjoint(extended, r, r, padding)
+    align = -(y.shape[-1] + 2 * r) % 16  # zero columns that keep the rows 16-aligned (vector access, no spills)
+    pads = (r, r + align, r, r)
+    extended = kernels.psf.filter_scatter(F.pad(y, pads), F.pad(src, pads), basis, dilation)
+    return pad_adjoint(extended[..., :extended.shape[-1] - align], r, r, padding)
 
 
 def _placeholder(t: Tensor) -> Tensor:

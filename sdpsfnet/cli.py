@@ -19,22 +19,44 @@ from .files import atomic_write, refuse_overwrite
 NO_OVERWRITE = "Never writes over an input file: such an output path is refused before any work."
 
 
-def _finite(obj):
-    """``obj`` with every non-finite float (PSNR of identical images is inf) replaced by None."""
+def _strict(obj):
+    """``obj`` made strict JSON: every non-finite float (PSNR of identical images is inf) becomes
+    None, and a string holding bytes that are not UTF-8 (a file name, decoded by Python with
+    surrogate escapes) gets them as the text ``\\xNN``, never as lone surrogates."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {_strict(k): _strict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [_strict(v) for v in obj]
     return obj
 
 
 def _write_json(result: dict, path: str | None) -> None:
-    """Strict JSON (no Infinity/NaN tokens: non-finite numbers become null), written atomically."""
+    """Strict JSON (see :func:`_strict`), written atomically."""
     if path:
         with atomic_write(path) as f:
-            f.write((json.dumps(_finite(result), indent=2, allow_nan=False) + "\n").encode())
+            f.write((json.dumps(_strict(result), indent=2, allow_nan=False) + "\n").encode())
+
+
+def _int_in(lo: int, hi: int | None = None, zero: bool = False):
+    """argparse type: an int in [lo, hi] (or 0 when ``zero``); argparse's error names the option."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if not (zero and value == 0) and (value < lo or (hi is not None and value > hi)):
+            span = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise argparse.ArgumentTypeError(f"must be {'0 or ' if zero else ''}{span}, got {value}")
+        return value
+    return parse
+
+
+MIN_TILE = 64  # px: smaller tiles mostly see their padding (a tile of 1 px took 660 s on 40x40)
+SEED = _int_in(0, 2 ** 63 - 1)
 
 
 def _print_means(title: str, result: dict) -> None:
@@ -63,7 +85,7 @@ def _check_resume_options(a, run_config: dict) -> None:
         given["model"] = make_config(*_model_and_preset(a)).model
     for name, value in given.items():
         old = run_config.get(name)
-        same = (os.path.abspath(value) == os.path.abspath(old) if name in ("data", "val") and old
+        same = (os.path.realpath(value) == os.path.realpath(old) if name in ("data", "val") and old
                 else value == old)
         if not same:
             flag = "--" + name.replace("_", "-")
@@ -75,7 +97,7 @@ def _check_resume_options(a, run_config: dict) -> None:
 
 def cmd_train(a) -> int:
     from .checkpoint import load_checkpoint
-    from .train import TrainConfig, TrainingDiverged, make_config, train
+    from .train import TrainConfig, TrainingDiverged, make_config, resume_advice, train
 
     if a.resume:
         _check_resume_options(a, load_checkpoint(a.resume, resumable=True)["config"])
@@ -93,6 +115,9 @@ def cmd_train(a) -> int:
     except TrainingDiverged as e:
         print(f"sdpsfnet train: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\nsdpsfnet train: interrupted; {resume_advice(cfg.out)}", file=sys.stderr)
+        return 130
     if summary["start_step"] == summary["step"]:
         print(f"nothing to train: the run is complete (step {summary['step']}/{summary['total_steps']}); "
               f"outputs in {cfg.out}")
@@ -108,7 +133,7 @@ def _load(ckpt: str, device: str):
     from .device import pick_device
 
     dev = pick_device(device)  # before loading: a bad --device fails fast
-    return model_from_checkpoint(ckpt).to(dev)
+    return model_from_checkpoint(ckpt, device=dev)
 
 
 def cmd_eval(a) -> int:
@@ -159,8 +184,9 @@ def cmd_synth(a) -> int:
 
 def cmd_show_psf(a) -> int:
     from .data import load_image
-    from .inference import show_psf
+    from .inference import figure_format, show_psf
 
+    figure_format(a.out)
     refuse_overwrite([a.out], [a.ckpt] + ([a.image] if a.image else []))
     model = _load(a.ckpt, a.device)
     image = load_image(a.image) if a.image else None
@@ -204,8 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
 
     def tiling(sp):
-        sp.add_argument("--tile", type=int, default=512, help="tile size in px for large images (0: never tile)")
-        sp.add_argument("--overlap", type=int, default=64, help="tile overlap in px")
+        sp.add_argument("--tile", type=_int_in(MIN_TILE, zero=True), default=512,
+                        help=f"tile size in px for large images, at least {MIN_TILE} (0: never tile)")
+        sp.add_argument("--overlap", type=_int_in(0), default=64, help="tile overlap in px (less than --tile)")
+        sp.set_defaults(tiled=sp)
 
     t = sub.add_parser("train", help="train a model (its paper's recipe by default)",
                        description="Train; prints the resolved config (one JSON line), writes last.pt/best.pt, "
@@ -234,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="per-process batch size")
     t.add_argument("--crop", type=int, help="training crop size")
     t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=SEED, help="0 .. 2**63-1")
     t.add_argument("--workers", type=int, help="DataLoader workers (default 0)")
     t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
                    help="mixed precision (default: the recipe's; auto: fp16 on CUDA, off on CPU)")
@@ -283,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "for a given --seed.", ckpt=False)
     s.add_argument("--clean", required=True, help="folder of clean images")
     s.add_argument("--out", required=True, help="output folder (gets input/ and target/)")
-    s.add_argument("--seed", type=int, default=0, help="image i is rendered with seed + i")
+    s.add_argument("--seed", type=SEED, default=0, help="image i is rendered with seed + i (0 .. 2**63-1)")
     common(s, device=False)
 
     v = command("show-psf", cmd_show_psf, "plot the learned PSF basis and per-pixel mixing weights",
@@ -292,14 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
                 "mixing-weight maps (colour bar).")
     v.add_argument("--image", help="image whose mixing-weight maps are shown")
     v.add_argument("--module", type=int, default=0, help="which dynamic-PSF module (0 = first)")
-    v.add_argument("--out", required=True, help="PNG path")
+    v.add_argument("--out", required=True, help="figure path; its suffix picks the format (.png, .jpg, .pdf, .svg)")
     common(v)
 
     z = command("models", cmd_models, "list the model zoo (name, parameters, what)",
                 "List the registered models: name (for train --model), parameter count and what it is.",
                 writes=False, ckpt=False)
     z.add_argument("--macs", action="store_true", help="also count multiply-accumulates (slower)")
-    z.add_argument("--size", type=int, default=256, help="image side for --macs")
+    z.add_argument("--size", type=_int_in(8), default=256, help="image side for --macs (at least 8)")
 
     x = command("export", cmd_export, "export a checkpoint for deployment (torch.export or ONNX)",
                 "Export a checkpoint's model as a torch.export program (--out *.pt2; load it with "
@@ -317,11 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sdpsfnet`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "tile", 0) and args.overlap >= args.tile:
+        args.tiled.error(f"argument --overlap: must be less than --tile ({args.tile}), got {args.overlap}")
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, OSError) as e:
         print(f"sdpsfnet {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT
+        print(f"\nsdpsfnet {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

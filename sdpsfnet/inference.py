@@ -86,19 +86,22 @@ def derain_image(model: nn.Module, image: Tensor, tile: int | None = 512, overla
 
 
 def list_images(inputs: Iterable[str]) -> list[str]:
-    """Expand files and folders (non-recursive, sorted) into image paths; ValueError naming a
-    path that does not exist or a folder without images."""
-    from .data import IMAGE_EXTENSIONS
+    """Expand files and folders into image paths (folders listed by
+    :func:`sdpsfnet.data.image_files`, the rule of every command); ValueError naming a path that
+    does not exist or is not a regular file, or a folder without images."""
+    from .data import IMAGE_EXTENSIONS, image_files, not_regular
 
     paths = []
     for p in inputs:
         if os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTENSIONS))
+            found = [os.path.join(p, f.name) for f in image_files(p)]
             if not found:
                 raise ValueError(f"input folder {p} has no images ({', '.join(IMAGE_EXTENSIONS)})")
             paths += found
         elif os.path.isfile(p):
             paths.append(p)
+        elif os.path.lexists(p):
+            raise not_regular(p)
         else:
             raise ValueError(f"input {p} does not exist")
     return paths
@@ -106,8 +109,11 @@ def list_images(inputs: Iterable[str]) -> list[str]:
 
 def derain_outputs(inputs: Iterable[str], out_dir: str) -> dict[str, str]:
     """``{output path: input path}`` of :func:`derain_paths`: ``out_dir/<stem>.png`` per input
-    image. ValueError naming both if two inputs share a stem, or naming the file if an output
-    would be one of the inputs (``out_dir`` is an input folder holding a PNG of that stem)."""
+    image. ValueError naming both if two inputs share a stem, naming the file if an output
+    would be one of the inputs (``out_dir`` is an input folder holding a PNG of that stem) or
+    cannot be written, or if an input's header is unreadable or refused (frames, pixel count:
+    :func:`sdpsfnet.data.image_size`): every problem is found before the first image is derained."""
+    from .data import image_size
     from .files import refuse_overwrite
 
     paths = list_images(inputs)
@@ -118,6 +124,8 @@ def derain_outputs(inputs: Iterable[str], out_dir: str) -> dict[str, str]:
             raise ValueError(f"inputs {outputs[dst]} and {p} would both be written as {dst}")
         outputs[dst] = p
     refuse_overwrite(outputs, paths)
+    for p in paths:
+        image_size(p)
     return outputs
 
 
@@ -300,17 +308,31 @@ def psf_figure(model: nn.Module, image: Tensor | None = None, module: int = 0, t
     return fig
 
 
+FIGURE_FORMATS = ("png", "jpg", "jpeg", "pdf", "svg")
+
+
+def figure_format(path: str) -> str:
+    """The figure format ``path``'s suffix names; ValueError naming ``path`` for another suffix."""
+    fmt = os.path.splitext(path)[1].lower().lstrip(".")
+    if fmt not in FIGURE_FORMATS:
+        raise ValueError(f"--out {path}: the suffix picks the format, use one of "
+                         f"{', '.join('.' + f for f in FIGURE_FORMATS)}")
+    return fmt
+
+
 def show_psf(model: nn.Module, out_png: str, image: Tensor | None = None, module: int = 0,
              top: int = 8) -> str:
-    """Write :func:`psf_figure` as a PNG, atomically (:func:`sdpsfnet.files.atomic_write`)."""
+    """Write :func:`psf_figure` in the format ``out_png``'s suffix names (:func:`figure_format`),
+    atomically (:func:`sdpsfnet.files.atomic_write`)."""
     import matplotlib.pyplot as plt
 
     from .files import atomic_write
 
+    fmt = figure_format(out_png)
     fig = psf_figure(model, image, module, top)
     try:
         with atomic_write(out_png) as f:
-            fig.savefig(f, format="png", dpi=120)
+            fig.savefig(f, format=fmt, dpi=120)
     finally:
         plt.close(fig)
     return out_png

@@ -36,7 +36,12 @@ Choices where the paper is silent:
   raises ``FileExistsError`` unless ``overwrite=True``, which deletes them first. A resume writes
   into its checkpoint's folder (or into a folder without a run, continuing the logged history) and
   refuses a checkpoint older than that folder's ``last.pt`` (it would discard the later steps).
-  Temporary files of a killed writer are removed when a run starts.
+  Temporary files of a killed writer are removed when a run starts. While a run writes, rank 0
+  holds an ``flock`` on ``out/.train.lock`` (:func:`run_folder_lock`): a second run into the
+  folder is refused naming the first's process. ``out`` may not lie inside ``data`` or ``val``.
+- **A run's length is fixed at its start**: checkpoints store ``total_steps`` and
+  ``train_items``; resuming after the training set changed size is refused (the schedule was
+  built for the old length).
 - **Crash between last.pt and best.pt**: the checkpoint records the step that scored best
   (``metrics["best_step"]``); resuming a checkpoint that is that step rewrites ``best.pt`` from it.
 - **Determinism**: everything is seeded from ``seed``; the data order of epoch ``e`` is the
@@ -53,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import fcntl
 import io
 import math
 import os
@@ -72,13 +78,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from .checkpoint import (FORMAT, CheckpointError, get_rng_state, load_checkpoint, load_weights,
-                         save_checkpoint, set_rng_state)
-from .data import PairedImages, save_image
+from .checkpoint import (FORMAT, CheckpointError, bad_field, get_rng_state, load_checkpoint,
+                         load_weights, save_checkpoint, set_rng_state)
+from .data import PairedImages, check_pairs, save_image
 from .device import pick_device
-from .files import atomic_write, remove_stale_temps
+from .files import atomic_write, check_writable, remove_stale_temps
 from .inference import evaluate
 from .losses import LOSSES
+from .metrics import MIN_SIDE
 from .rain import SyntheticRain
 from .recipes import OPTIMIZERS, param_groups, resolve
 from .registry import build_model
@@ -132,6 +139,9 @@ class TrainConfig:
         if self.val_every < 1 or self.ckpt_every < 1 or self.val_every % self.ckpt_every:
             raise ValueError(f"val_every ({self.val_every}) must be a positive multiple of ckpt_every "
                              f"({self.ckpt_every}), so best.pt is written at the step that scored best")
+        for name in ("data", "val"):  # stored resolved: a resume from another folder finds them
+            if getattr(self, name) is not None:
+                setattr(self, name, os.path.realpath(getattr(self, name)))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -263,6 +273,7 @@ def default_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     else:
         train_set = PairedImages(cfg.data, crop=cfg.crop, train=True)
         val_set = PairedImages(cfg.val or cfg.data, crop=None, train=False)
+        check_pairs(val_set.pairs[:cfg.val_size], MIN_SIDE, "validation (SSIM's window) needs")
         val_set = Subset(val_set, range(min(cfg.val_size, len(val_set))))
     return train_set, (val_set if cfg.val_crop is None else CenterCropped(val_set, cfg.val_crop))
 
@@ -394,8 +405,8 @@ def check_out_folder(out: str, resume: str | None, step: int, overwrite: bool) -
         return
     held = f"{out} already holds a run ({', '.join(found)})"
     if resume is None:
-        raise FileExistsError(f"{held}; continue it with --resume {os.path.join(out, 'last.pt')}, "
-                              f"replace it with --overwrite, or choose another --out")
+        again = ", replace it with --overwrite" if os.path.isfile(os.path.join(out, "last.pt")) else ""
+        raise FileExistsError(f"{held}; {resume_advice(out)}{again}, or choose another --out")
     if not _same_file(os.path.dirname(os.path.abspath(resume)), out):
         raise FileExistsError(f"{held}; resume {resume} into its own folder or an empty --out")
     last = os.path.join(out, "last.pt")
@@ -405,6 +416,59 @@ def check_out_folder(out: str, resume: str | None, step: int, overwrite: bool) -
             raise FileExistsError(f"resuming {resume} (step {step}) in {out} would discard steps "
                                   f"{step + 1}..{later} of {last}; resume from {last}, or give "
                                   f"another --out to branch off at step {step}")
+
+
+def resume_advice(out: str) -> str:
+    """How to go on with the run in ``out``: resume its ``last.pt``, or, stopped before its first
+    checkpoint, start again."""
+    last = os.path.join(out, "last.pt")
+    if os.path.isfile(last):
+        return f"continue it with --resume {last}"
+    return "it stopped before its first checkpoint (no last.pt): start it again with --overwrite"
+
+
+def refuse_out_in_data(cfg: TrainConfig) -> None:
+    """ValueError if ``cfg.out`` is, or lies inside, the ``data`` or ``val`` folder: the run's
+    files would land among the images (and break the dataset)."""
+    out = os.path.realpath(cfg.out)
+    for name in ("data", "val"):
+        folder = getattr(cfg, name)
+        inside = folder is not None and os.path.commonpath([out, os.path.realpath(folder)]) == os.path.realpath(folder)
+        if inside:
+            raise ValueError(f"--out {cfg.out} lies inside the --{name} folder {folder}: the run's files "
+                             f"would be written among the images; choose an --out outside it")
+
+
+LOCK_NAME = ".train.lock"
+
+
+@contextlib.contextmanager
+def run_folder_lock(out: str):
+    """Hold an exclusive ``flock`` on ``out/.train.lock`` (which records this process's id) while
+    a run writes into ``out``; ``FileExistsError`` naming the holder if another live process holds
+    it. The kernel drops the lock when its process dies, so a killed run never blocks the next.
+    A folder this call created is removed again if the run wrote nothing into it."""
+    created = not os.path.isdir(out)
+    os.makedirs(out, exist_ok=True)
+    lock = os.path.join(out, LOCK_NAME)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise FileExistsError(f"{out} is in use by another train run (process {holder or 'unknown'}); "
+                              f"wait for it to finish or stop it, or choose another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        if created and os.listdir(out) == [LOCK_NAME]:  # a run that failed before writing
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+                os.rmdir(out)
+        os.close(fd)  # releases the lock
 
 
 def prepare_out_folder(out: str, resume: str | None, ckpt: dict | None, overwrite: bool) -> None:
@@ -533,18 +597,60 @@ def restore(run: Run, ckpt: dict, path: str) -> None:
     """Load the checkpoint ``ckpt`` (read from ``path``) into ``run``: weights, optimizer,
     schedule, scaler, step, best score and this rank's RNG state."""
     load_weights(run.model, ckpt["model"], path)
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
+    items, was, done = len(run.train_set), ckpt.get("train_items"), ckpt.get("total_steps")
+    if done != ckpt["step"] and (was is not None and was != items or done not in (None, run.total)):
+        raise ValueError(f"the training data changed since the run in {path} started ({was} items then, "
+                         f"{items} now: {run.total} steps instead of {done}); its "
+                         f"learning-rate schedule was built for its length: restore the data, or start "
+                         f"a new run (another --out, or --overwrite)")
+    step = ckpt["step"]
+    if step > run.total and step != done:
+        raise bad_field(path, "step", step, f"at most the run's {run.total} steps")
+    with _as_field(path, "optimizer"):
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        for p in (p for g in run.optimizer.param_groups for p in g["params"]):
+            for name, value in run.optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.dim() and value.shape != p.shape:
+                    raise ValueError(f"{name} {tuple(value.shape)} for a parameter {tuple(p.shape)}")
+    with _as_field(path, "scheduler"):
+        if _layout(ckpt["scheduler"]) != _layout(run.scheduler.state_dict()):
+            raise ValueError("its entries are not those of the run's schedule")
+        if ckpt["scheduler"]["last_epoch"] != step:
+            raise ValueError(f"it is at step {ckpt['scheduler']['last_epoch']}, the checkpoint at {step}")
+        run.scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt.get("scaler"):
-        run.scaler.load_state_dict(ckpt["scaler"])
-    run.step = int(ckpt["step"])
+        with _as_field(path, "scaler"):
+            run.scaler.load_state_dict(ckpt["scaler"])
+    run.step = step
     if run.step >= run.stop and run.step < run.total:
         raise ValueError(f"stop_at {run.cfg.stop_at} is not after step {run.step} of {path}")
     metrics = ckpt.get("metrics", {})
     run.best, run.best_step = float(metrics.get("best_psnr_y", -math.inf)), metrics.get("best_step")
     run.last_val = {k: metrics[k] for k in VAL_FIELDS if k in metrics}
     rng = ckpt["rng"]
-    set_rng_state(rng[run.rank] if len(rng) == run.world else rng[0])
+    with _as_field(path, "rng"):
+        set_rng_state(rng[run.rank] if len(rng) == run.world else rng[0])
+
+
+def _layout(obj):
+    """The keys and list lengths of a nested state dict (its shape, not its values)."""
+    if isinstance(obj, dict):
+        return {k: _layout(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_layout(v) for v in obj]
+    return None
+
+
+@contextlib.contextmanager
+def _as_field(path: str, name: str):
+    """Turn an error loading the checkpoint's field ``name`` into one line naming file and field."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: field {name!r} does not fit this run ({e}); the file was edited "
+                              f"or damaged: resume from another checkpoint of the run") from e
 
 
 def epoch_batches(run: Run, epoch: int, in_epoch: int):
@@ -626,6 +732,7 @@ def checkpoint_state(run: Run) -> dict:
             "model": run.model.state_dict(), "build_spec": spec,
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(), "config": run.cfg.to_dict(), "rng": rng,
+            "total_steps": run.total, "train_items": len(run.train_set),
             "metrics": {**run.last_val, "best_psnr_y": run.best, "best_step": run.best_step}}
 
 
@@ -654,26 +761,28 @@ def fit(run: Run) -> dict:
         append_row(run.path("metrics.csv"), {"step": 0, "epoch": 0, **validate(run)})
     run.model.train()
     batches = None
-    while run.step < run.stop:
-        epoch, in_epoch = divmod(run.step, run.steps_per_epoch)
-        if batches is None or in_epoch == 0:
-            batches = epoch_batches(run, epoch, in_epoch)
-        loss, grad_norm, lr = train_step(run, next(batches))
-        run.step += 1
-        bar.update(1)
-        row = {"step": run.step, "epoch": epoch, "lr": f"{lr:.6g}", "loss": f"{loss:.6g}",
-               "grad_norm": f"{grad_norm:.6g}", "seconds": f"{time.perf_counter() - t0:.3f}"}
-        if run.is_main and (run.step % cfg.val_every == 0 or run.step == run.stop):
-            row.update(validate(run))
-            bar.set_postfix(loss=f"{loss:.4f}", psnr=f"{run.last_val['val_psnr_y']:.2f}")
-        elif run.is_main and run.step % 10 == 0:
-            bar.set_postfix(loss=f"{loss:.4f}")
-        if run.is_main:
-            append_row(run.path("metrics.csv"), row)
-        if run.step % cfg.ckpt_every == 0 or run.step == run.stop:
-            save(run)
-        summary["loss"] = loss
-    bar.close()
+    try:
+        while run.step < run.stop:
+            epoch, in_epoch = divmod(run.step, run.steps_per_epoch)
+            if batches is None or in_epoch == 0:
+                batches = epoch_batches(run, epoch, in_epoch)
+            loss, grad_norm, lr = train_step(run, next(batches))
+            run.step += 1
+            bar.update(1)
+            row = {"step": run.step, "epoch": epoch, "lr": f"{lr:.6g}", "loss": f"{loss:.6g}",
+                   "grad_norm": f"{grad_norm:.6g}", "seconds": f"{time.perf_counter() - t0:.3f}"}
+            if run.is_main and (run.step % cfg.val_every == 0 or run.step == run.stop):
+                row.update(validate(run))
+                bar.set_postfix(loss=f"{loss:.4f}", psnr=f"{run.last_val['val_psnr_y']:.2f}")
+            elif run.is_main and run.step % 10 == 0:
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if run.is_main:
+                append_row(run.path("metrics.csv"), row)
+            if run.step % cfg.ckpt_every == 0 or run.step == run.stop:
+                save(run)
+            summary["loss"] = loss
+    finally:
+        bar.close()  # also on Ctrl-C, before the message saying how to resume
     return {**summary, "step": run.step, "total_steps": run.total, "warmup_steps": run.warmup,
             "steps_per_epoch": run.steps_per_epoch, "seconds": time.perf_counter() - t0, **run.last_val}
 
@@ -702,15 +811,18 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
         cfg = resumed_config(cfg, ckpt, resume)
     rank, world, local_rank = _dist_info()
     device = pick_device(cfg.device, local_rank)
-    check_out_folder(cfg.out, resume, int(ckpt["step"]) if ckpt else 0, overwrite)
-    own_group = init_distributed(device, world)
-    try:
-        run = setup(cfg, rank, world, device, model, train_set, val_set, criterion)
-        if ckpt is not None:
-            restore(run, ckpt, resume)
-        if run.is_main:
-            prepare_out_folder(cfg.out, resume, ckpt, overwrite)
-        return fit(run)
-    finally:
-        if own_group:
-            dist.destroy_process_group()
+    refuse_out_in_data(cfg)
+    check_writable(cfg.out, folder=True)
+    with run_folder_lock(cfg.out) if rank == 0 else contextlib.nullcontext():
+        check_out_folder(cfg.out, resume, int(ckpt["step"]) if ckpt else 0, overwrite)
+        own_group = init_distributed(device, world)
+        try:
+            run = setup(cfg, rank, world, device, model, train_set, val_set, criterion)
+            if ckpt is not None:
+                restore(run, ckpt, resume)
+            if run.is_main:
+                prepare_out_folder(cfg.out, resume, ckpt, overwrite)
+            return fit(run)
+        finally:
+            if own_group:
+                dist.destroy_process_group()

@@ -93,3 +93,47 @@ def test_import_psfops_only_imports():
             "assert sys.meta_path == before, sys.meta_path\n"
             "assert not [m for m in sys.modules if m.startswith('psfops.kernels.')], sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "TRITON_INTERPRET": "0"})
+
+
+def test_backend_blocks_are_per_thread(monkeypatch):
+    """A thread inside ``backend("reference")`` does not see another thread's ``"triton"``, and
+    leaving its block does not pop the other thread's entry."""
+    import threading
+    monkeypatch.delenv("PSFOPS_BACKEND", raising=False)
+    inside, release, seen = threading.Event(), threading.Event(), {}
+
+    def other():
+        with psfops.backend("reference"):
+            inside.set()
+            release.wait(10)
+            seen["other"] = psfops.current_backend()
+        seen["other after"] = psfops.current_backend()
+
+    with psfops.backend("triton"):
+        t = threading.Thread(target=other)
+        t.start()
+        inside.wait(10)
+        seen["main"] = psfops.current_backend()
+        release.set()
+        t.join(10)
+        seen["main after"] = psfops.current_backend()
+    assert seen == {"main": "triton", "other": "reference", "other after": "auto", "main after": "triton"}
+
+
+def test_ops_from_several_threads_at_once(device):
+    """Triton ops called from 4 threads at once give the results of the same calls made one after
+    another (the interpreter's launches take turns; on a GPU the streams do)."""
+    from concurrent.futures import ThreadPoolExecutor
+    inputs = [(rand(1, 3, 7, 9, device=device), rand(1, 4, 7, 9, device=device).softmax(1),
+               rand(4, 3, 3, device=device)) for _ in range(4)]
+
+    def run(args):
+        with psfops.backend("triton"):
+            return psfops.psf_conv(*args), psfops.gated_blend(args[0], args[0] * 2, args[0])
+
+    serial = [run(a) for a in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(run, inputs))
+    for got, want in zip(parallel, serial):
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)

@@ -36,7 +36,7 @@ def _env():
 
 def test_byte_and_flop_models_match_hand_counts():
     c = C.Case(op="psf_conv", B=2, C=3, H=5, J=4, k=3, dtype="bfloat16")
-    x, w, basis, _ = C.OPS["psf_conv"].make_inputs(c, CPU, False)
+    x, w, basis, *_ = C.OPS["psf_conv"].make_inputs(c, CPU, False)
     y = torch.empty_like(x)
     n_in = 2 * (2 * 3 * 25 + 2 * 4 * 25 + 4 * 9)  # bf16: 2 bytes each
     n_out = 2 * (2 * 3 * 25)

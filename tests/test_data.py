@@ -340,3 +340,128 @@ def test_batches_through_a_dataloader(tmp_path):
     assert rainy.shape == (3, 3, 8, 8) and sorted(names) == ["0", "1", "2"]
     with pytest.raises(ValueError, match="crop"):
         PairedImages(tmp_path, crop=0)
+
+
+# ---- refused from the header, folders listed by one rule, TIFFs Pillow cannot read, ICC ----------
+
+def _frames(path: Path, n: int = 2) -> Path:
+    frames = [Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)) for i in range(n)]
+    if path.suffix in (".tif", ".tiff"):
+        import tifffile
+        tifffile.imwrite(path, np.stack([np.asarray(f) for f in frames]), photometric="rgb")
+    else:
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return path
+
+
+@pytest.mark.parametrize("name", ["anim.gif", "anim.png", "pages.tif", "anim.webp"])
+def test_animations_and_multi_page_files_are_refused(tmp_path, name):
+    path = _frames(tmp_path / name)
+    for read in (read_image, image_size):
+        with pytest.raises(ValueError, match=rf"{name} holds 2 frames .* extract the frames"):
+            read(path)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_images_over_the_pixel_limit_are_refused_from_the_header(tmp_path, monkeypatch):
+    bomb = _png_header_only(tmp_path / "bomb.png", 13000, 13000)  # 169 megapixels declared
+    for read in (read_image, image_size):
+        with pytest.raises(ValueError, match=r"bomb\.png is 13000x13000 .* limit of 64 megapixels.*SDPSFNET_MAX_PIXELS"):
+            read(bomb)
+    save_image(torch.rand(3, 16, 16), tmp_path / "a.png")
+    monkeypatch.setenv("SDPSFNET_MAX_PIXELS", "255")
+    with pytest.raises(ValueError, match="over the limit"):
+        read_image(tmp_path / "a.png")
+    monkeypatch.setenv("SDPSFNET_MAX_PIXELS", "256")
+    assert read_image(tmp_path / "a.png")[0].shape == (3, 16, 16)
+
+
+def test_every_command_lists_folders_by_one_rule(tmp_path):
+    from sdpsfnet.data import image_files, images_by_key
+    from sdpsfnet.inference import list_images
+
+    save_image(torch.rand(3, 4, 4), tmp_path / "a.png")
+    (tmp_path / "._a.png").write_bytes(b"\0\5\x16\7 AppleDouble")  # macOS metadata, not an image
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    assert image_files(tmp_path) == [tmp_path / "a.png"]
+    assert list_images([str(tmp_path)]) == [str(tmp_path / "a.png")]
+    assert list(images_by_key(tmp_path).values()) == [tmp_path / "a.png"]
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop", "fifo"])
+def test_entries_that_are_not_regular_files_are_refused_before_any_work(tmp_path, kind):
+    from sdpsfnet.data import images_by_key
+    from sdpsfnet.inference import derain_outputs
+
+    save_image(torch.rand(3, 4, 4), tmp_path / "in" / "a.png")
+    bad = tmp_path / "in" / "b.png"
+    if kind == "dangling":
+        bad.symlink_to(tmp_path / "missing.png")
+    elif kind == "loop":
+        bad.symlink_to(bad)
+    else:
+        os.mkfifo(bad)
+    for listing in (lambda: derain_outputs([str(tmp_path / "in")], str(tmp_path / "out")),
+                    lambda: images_by_key(tmp_path / "in"),
+                    lambda: derain_outputs([str(bad)], str(tmp_path / "out")),
+                    lambda: read_image(bad)):
+        with pytest.raises(ValueError, match=r"b\.png is not a regular file"):
+            listing()
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_float_tiff_holding_nan_says_so(tmp_path):
+    import tifffile
+
+    arr = np.full((4, 4), 0.5, np.float32)
+    arr[1, 2] = np.nan
+    tifffile.imwrite(tmp_path / "n.tif", arr)
+    with pytest.raises(ValueError, match=r"n\.tif.*holds NaN"):
+        read_image(tmp_path / "n.tif")
+
+
+@pytest.mark.parametrize("dtype,samples,bits", [("float32", 3, 16), ("uint16", 2, 16), ("float64", 1, 16),
+                                                ("float16", 1, 16)])
+def test_tiffs_pillow_cannot_open_are_read_with_tifffile(tmp_path, dtype, samples, bits):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    shape = (5, 7, samples) if samples > 1 else (5, 7)
+    arr = (rng.integers(0, 65536, shape).astype(np.uint16) if dtype == "uint16"
+           else rng.random(shape).astype(dtype))
+    extra = {"extrasamples": [2]} if samples == 2 else {}
+    tifffile.imwrite(tmp_path / "t.tif", arr, photometric="minisblack" if samples < 3 else "rgb", **extra)
+    img, fmt = read_image(tmp_path / "t.tif")
+    scale = 65535.0 if dtype == "uint16" else 1.0
+    first = arr[..., 0] if samples == 2 else arr
+    expected = torch.from_numpy((first / scale).astype(np.float32))
+    expected = expected.permute(2, 0, 1) if samples == 3 else expected.expand(3, -1, -1)
+    torch.testing.assert_close(img, expected)
+    assert fmt == PixelFormat(bits, samples < 3) and image_size(tmp_path / "t.tif") == (7, 5)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_the_icc_profile_of_an_input_is_kept_in_its_output(tmp_path, bits):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    save_image(torch.rand(3, 6, 5), tmp_path / "in.png", bits, icc=icc)
+    img, fmt = read_image(tmp_path / "in.png")
+    assert fmt.icc == icc
+    save_as(img, tmp_path / "out.png", fmt)
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.info["icc_profile"] == icc
+    assert torch.equal(read_image(tmp_path / "out.png")[0], img)

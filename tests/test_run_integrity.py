@@ -20,8 +20,8 @@ import sdpsfnet.train
 from sdpsfnet.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from sdpsfnet.cli import main
 from sdpsfnet.data import save_image
-from sdpsfnet.train import RUN_FILES, TrainingDiverged
-from trainer_scaffold import Standin, config, rows, run
+from sdpsfnet.train import RUN_FILES, TrainingDiverged, train
+from trainer_scaffold import Pairs, Standin, config, rows, run, val_pairs
 
 
 def _weights_equal(a, b) -> bool:
@@ -164,7 +164,7 @@ def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
 def bad(tmp_path_factory) -> dict[str, Path]:
     good = tmp_path_factory.mktemp("good")
     run(config(good, steps=2, val_every=2, ckpt_every=2))
-    return _bad_checkpoints(tmp_path_factory.mktemp("bad"), good / "last.pt")
+    return {**_bad_checkpoints(tmp_path_factory.mktemp("bad"), good / "last.pt"), "good": good / "last.pt"}
 
 
 @pytest.mark.parametrize("kind,cause", [
@@ -291,3 +291,196 @@ def test_killed_at_random_moments_and_resumed_equals_an_uninterrupted_run(tmp_pa
     drop_time = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert drop_time(rows(killed)) == drop_time(rows(straight))
     assert not [p.name for p in killed.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------- concurrent runs, run folders, data
+def test_a_run_folder_in_use_by_a_live_run_is_refused_and_a_stale_lock_is_not(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from sdpsfnet.train import run_folder_lock\n"
+         f"with run_folder_lock({str(tmp_path)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(FileExistsError, match=rf"in use by another train run \(process {holder.pid}\)"):
+            run(config(tmp_path, steps=2))
+        assert not (tmp_path / "metrics.csv").exists()
+    finally:
+        holder.kill()  # as a kill -9 would: the lock file stays, its lock goes
+        holder.wait()
+    assert (tmp_path / sdpsfnet.train.LOCK_NAME).exists()
+    run(config(tmp_path, steps=2, val_every=2, ckpt_every=2))
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+
+
+@pytest.mark.parametrize("where", ["target", "", "target/sub"])
+def test_out_inside_the_data_folder_is_refused(tmp_path, where):
+    data = _pairs(tmp_path / "pairs")
+    out = data / where if where else data
+    with pytest.raises(ValueError, match=r"lies inside the --data folder"):
+        run(config(out, data=str(data)))
+    assert sorted(p.name for p in (data / "target").iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_to_start_again(tmp_path, capsys):
+    with pytest.raises(TrainingDiverged):
+        run(config(tmp_path, steps=4), criterion=_nan_loss)
+    assert (tmp_path / "metrics.csv").exists() and not (tmp_path / "last.pt").exists()
+    with pytest.raises(FileExistsError) as info:
+        run(config(tmp_path, steps=4))
+    assert "no last.pt" in str(info.value) and "--overwrite" in str(info.value)
+    assert "--resume" not in str(info.value)
+
+
+def test_data_paths_are_stored_resolved_and_compared_resolved(tmp_path, monkeypatch, capsys):
+    data = _pairs(tmp_path / "pairs")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "_standin", "--data", "pairs", "--steps", "4", "--stop-at", "2",
+                 "--crop", "16", "--batch-size", "2", "--ckpt-every", "2", "--val-every", "2",
+                 "--out", "r", "--no-progress"]) == 0
+    last = tmp_path / "r" / "last.pt"
+    assert load_checkpoint(last)["config"]["data"] == str(data.resolve())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the same folder, spelled absolute, from elsewhere
+    assert main(["train", "--resume", str(last), "--data", str(data), "--no-progress"]) == 0, capsys.readouterr().err
+    assert load_checkpoint(last)["step"] == 4
+
+
+def test_a_resume_after_the_data_changed_size_is_refused(tmp_path):
+    cfg = config(tmp_path, steps=None, epochs=4, stop_at=2, ckpt_every=2, val_every=2)
+    train(cfg, train_set=Pairs(5), val_set=val_pairs())
+    assert load_checkpoint(tmp_path / "last.pt")["total_steps"] == 8
+    for n in (9, 13):  # 4 or 6 steps per epoch now (the second once crashed in the scheduler)
+        with pytest.raises(ValueError, match=rf"training data changed .*5 items then, {n} now"):
+            train(config(tmp_path), resume=str(tmp_path / "last.pt"), train_set=Pairs(n), val_set=val_pairs())
+    train(config(tmp_path), resume=str(tmp_path / "last.pt"), train_set=Pairs(5), val_set=val_pairs())
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 8
+
+
+def test_validation_images_under_11_px_are_refused_when_indexed(tmp_path):
+    for sub in ("input", "target"):
+        save_image(torch.rand(3, 16, 16), tmp_path / "d" / sub / "a.png")
+        save_image(torch.rand(3, 8, 16), tmp_path / "d" / sub / "b.png")
+    with pytest.raises(ValueError, match=r"b\.png .* at least 11x11"):
+        sdpsfnet.train.default_datasets(config(tmp_path / "o", data=str(tmp_path / "d")))
+
+
+def test_ctrl_c_during_train_prints_where_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
+    data = _pairs(tmp_path / "pairs")
+    real_step = sdpsfnet.train.train_step
+
+    def interrupted_at_step_3(run_, batch):
+        if run_.step == 2:
+            raise KeyboardInterrupt
+        return real_step(run_, batch)
+
+    monkeypatch.setattr(sdpsfnet.train, "train_step", interrupted_at_step_3)
+    out = tmp_path / "r"
+    assert main(["train", "--model", "_standin", "--data", str(data), "--steps", "4", "--crop", "16",
+                 "--batch-size", "2", "--ckpt-every", "2", "--val-every", "2", "--out", str(out),
+                 "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"sdpsfnet train: interrupted; continue it with --resume {out / 'last.pt'}"
+    assert load_checkpoint(out / "last.pt")["step"] == 2
+
+
+# ----------------------------------------------------------------- edited checkpoints
+def _edited(tmp_path, good: Path, name: str, edit) -> Path:
+    state = torch.load(good, weights_only=True)
+    edit(state)
+    path = tmp_path / f"{name}.pt"
+    save_checkpoint(state, path)
+    return path
+
+
+def _set(key, value):
+    return lambda s: s.__setitem__(key, value)
+
+
+EDITS = {
+    "metrics": (_set("metrics", "x"), "metrics"),
+    "rng_type": (_set("rng", "x"), "rng"),
+    "rng_state": (lambda s: s["rng"][0].__setitem__("torch", torch.zeros(3, dtype=torch.uint8)), "rng"),
+    "rng_numpy": (lambda s: s["rng"][0].__setitem__("numpy", ("MT19937",)), "rng"),
+    "optimizer_shape": (lambda s: s["optimizer"]["state"][0].__setitem__("exp_avg", torch.zeros(2)), "optimizer"),
+    "format": (_set("format", "1"), "format"),
+    "step_text": (_set("step", "abc"), "step"),
+    "step_negative": (_set("step", -5), "step"),
+    "step_huge": (_set("step", 10 ** 12), "step"),
+    "scheduler": (_set("scheduler", {"bogus": 1}), "scheduler"),
+    "scheduler_step": (lambda s: s["scheduler"].__setitem__("last_epoch", 1), "scheduler"),
+    "best": (lambda s: s["metrics"].__setitem__("best_step", "x"), "metrics.best_step"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EDITS))
+def test_resume_validates_every_field_naming_file_and_field(bad, tmp_path, kind):
+    edit, field = EDITS[kind]
+    path = _edited(tmp_path, bad["good"], kind, edit)
+    with pytest.raises(CheckpointError) as info:
+        run(config(tmp_path / "r"), resume=str(path))
+    message = str(info.value)
+    assert str(path) in message and f"field {field!r}" in message and "\n" not in message
+
+
+def test_cli_names_the_file_for_an_edited_format(bad, tmp_path, capsys):
+    path = _edited(tmp_path, bad["good"], "fmt", _set("format", "1"))
+    assert main(["show-psf", "--ckpt", str(path), "--out", str(tmp_path / "p.png")]) == 1
+    assert capsys.readouterr().err.startswith(f"sdpsfnet show-psf: error: {path}: field 'format'")
+
+
+@pytest.mark.parametrize("kind,cause", [("nan", "holds NaN or Inf"), ("int", "is torch.int64")])
+def test_nan_or_integer_weights_are_refused_naming_the_tensor(tmp_path, capsys, kind, cause):
+    from sdpsfnet.registry import build_model
+
+    model = build_model("tiny")
+    weights = model.state_dict()
+    key = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[key] = weights[key].clone().fill_(float("nan")) if kind == "nan" else weights[key].long()
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"model": weights, "build_spec": model.build_spec}, path)
+    save_image(torch.rand(3, 16, 16), tmp_path / "in" / "a.png")
+    assert main(["derain", "--ckpt", str(path), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: tensor {key!r} {cause}" in err and err.count("\n") == 1
+    assert not (tmp_path / "o" / "a.png").exists()
+
+
+def test_an_edited_build_spec_is_checked_before_the_model_is_built(tmp_path):
+    from sdpsfnet.registry import build_model
+
+    model = build_model("tiny")
+    path = tmp_path / "ck.pt"
+    spec = {"name": "tiny", "overrides": {"n_feat": 5000}}  # ~0.5 TB if built for real
+    save_checkpoint({"model": model.state_dict(), "build_spec": spec}, path)
+    with pytest.raises(CheckpointError, match=r"do not fit.*in the file, \(5000,"):
+        model_from_checkpoint(path)
+
+
+def test_a_triton_checkpoint_runs_on_the_cpu_with_the_reference_ops(tmp_path, monkeypatch):
+    from sdpsfnet.registry import build_model
+
+    model = build_model("tiny", backend="triton")
+    save_checkpoint({"model": model.state_dict(), "build_spec": model.build_spec}, tmp_path / "ck.pt")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # a plain CPU machine: Triton cannot run here
+    x = torch.rand(1, 3, 16, 16)
+    for env in ("auto", "triton"):
+        monkeypatch.setenv("PSFOPS_BACKEND", env)
+        loaded = model_from_checkpoint(tmp_path / "ck.pt", device="cpu")
+        assert loaded.config.backend == "reference"
+        assert torch.isfinite(loaded(x)[-1]).all()
+    plain = build_model("tiny")
+    save_checkpoint({"model": plain.state_dict(), "build_spec": plain.build_spec}, tmp_path / "auto.pt")
+    assert model_from_checkpoint(tmp_path / "auto.pt", device="cpu").config.backend == "reference"  # env triton
+
+
+def test_a_checkpoint_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "f.pt")
+    with pytest.raises(CheckpointError, match=r"f\.pt is not a regular file"):
+        load_checkpoint(tmp_path / "f.pt")
+
+
+def test_a_run_that_fails_before_writing_leaves_no_run_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "run"
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out), "--no-progress"]) == 1
+    assert "missing" in capsys.readouterr().err and not out.exists()
