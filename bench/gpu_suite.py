@@ -88,12 +88,6 @@ def command(step: str, out: Path, sweep: str, minutes: float) -> list[str] | Non
     return None
 
 
-def results_files(out: Path) -> list[Path]:
-    """The benchmark record files in ``out`` (not the suite's own JSON files)."""
-    own = {"suite.json", "env.json", "sass.json", "check.json"}
-    return [p for p in out.glob("*.json") if p.name not in own]
-
-
 def skip_reason(step: str, out: Path, sweep: str) -> str | None:
     if step == "sweep" and sweep == "none":
         return "--sweep none"
