@@ -38,7 +38,9 @@ import torch
 
 PSF_OPS = ("psf_conv", "psf_conv_transpose", "apply_psf", "synthesize_psf")
 DTYPES = ("float32", "bfloat16", "float16")
-SHAPES = {"full": dict(B=8, C=64, H=128, W=128, J=40, k=7), "ragged": dict(B=4, C=36, H=130, W=100, J=40, k=7)}
+SHAPES = {"full": dict(B=8, C=64, H=128, W=128, J=40, k=7), "ragged": dict(B=4, C=36, H=130, W=100, J=40, k=7),
+          "smoke": dict(B=1, C=3, H=9, W=10, J=3, k=3)}  # smoke: the CPU test of the plumbing (interpreter)
+DEFAULT_SHAPES = ("full", "ragged")
 FWD_RTOL = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}
 GRAD_RTOL = {"float32": 1e-4, "float16": 1e-3, "bfloat16": 8e-3}
 REPO = Path(__file__).resolve().parents[1]
@@ -183,12 +185,12 @@ def _verdict(outs, again, errs, rtol) -> dict:
                 nan=nan)
 
 
-def worker(dtype: str, shape: str, ops, jsonl: Path) -> int:
+def worker(dtype: str, shape: str, ops, jsonl: Path, device: str = "cuda") -> int:
     """Run every case of one dtype and shape, a JSON line each in ``jsonl`` as it finishes."""
     with open(jsonl, "a", encoding="utf-8") as f:
         for op, v in order(ops):
             try:
-                for rec in run_op(op, dtype, shape, "cuda", v):
+                for rec in run_op(op, dtype, shape, device, v):
                     f.write(json.dumps(rec) + "\n")
                     f.flush()
             except Exception as err:  # noqa: BLE001  (record it; the next op still runs)
@@ -201,8 +203,8 @@ def worker(dtype: str, shape: str, ops, jsonl: Path) -> int:
     return 0
 
 
-def check(out: Path, ops=PSF_OPS, dtypes=DTYPES, shapes=tuple(SHAPES), max_minutes: float = 3.5,
-          log=print) -> dict:
+def check(out: Path, ops=PSF_OPS, dtypes=DTYPES, shapes=DEFAULT_SHAPES, max_minutes: float = 3.5,
+          log=print, device: str = "cuda") -> dict:
     """Run the workers (one per dtype and shape, at once), stop them at ``max_minutes``, write and
     return the report."""
     ops, skipped = available_ops(ops)
@@ -210,7 +212,7 @@ def check(out: Path, ops=PSF_OPS, dtypes=DTYPES, shapes=tuple(SHAPES), max_minut
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = out.parent / (out.stem + "-parts")
     parts.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" or device != "cuda"}
     procs = []
     t0 = time.monotonic()
     for dtype in dtypes:
@@ -218,7 +220,7 @@ def check(out: Path, ops=PSF_OPS, dtypes=DTYPES, shapes=tuple(SHAPES), max_minut
             jsonl = parts / f"{dtype}-{shape}.jsonl"
             jsonl.unlink(missing_ok=True)
             cmd = [sys.executable, "-m", "bench.gpu_check", "--worker", dtype, shape, "--ops", ",".join(ops),
-                   "--out", str(jsonl)]
+                   "--out", str(jsonl), "--device", device]
             procs.append((jsonl, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                                   stderr=open(parts / f"{dtype}-{shape}.err", "w"),
                                                   start_new_session=True)))
@@ -242,7 +244,7 @@ def check(out: Path, ops=PSF_OPS, dtypes=DTYPES, shapes=tuple(SHAPES), max_minut
     counts = {}
     for r in results:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    report = {"device": torch.cuda.get_device_name(0) if device == "cuda" else device,
               "seconds": round(time.monotonic() - t0, 1), "max_minutes": max_minutes,
               "skipped_ops": skipped, "workers_stopped_at_deadline": stopped,
               "summary": {**counts, "not_reached": len(not_reached), "planned": len(planned)},
@@ -266,13 +268,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="the report (JSON); a worker's JSON lines with --worker")
     p.add_argument("--ops", default=",".join(PSF_OPS))
     p.add_argument("--dtypes", default=",".join(DTYPES))
-    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES))
     p.add_argument("--max-minutes", type=float, default=3.5, help="stop the workers after this long")
     p.add_argument("--worker", nargs=2, metavar=("DTYPE", "SHAPE"), help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # (cpu: the plumbing's test)
     a = p.parse_args(argv)
     ops = [o for o in a.ops.split(",") if o]
     if a.worker:
-        return worker(*a.worker, ops, a.out)
+        return worker(*a.worker, ops, a.out, a.device)
     if not torch.cuda.is_available():
         print("gpu-check needs a CUDA device", file=sys.stderr)
         return 2

@@ -331,11 +331,10 @@ def test_gpu_suite_boxes_a_step():
 
 def test_gpu_check_runs_the_psf_kernels_against_the_reference(monkeypatch):
     """bench gpu-check's case runner, on a tiny shape in the interpreter (the GPU runs it at full
-    size): every gradient set, frozen inputs included, passes; allocations made inside the
+    size; smoke is the CPU test shape): every gradient set, frozen inputs included, passes; allocations made inside the
     poisoned block are NaN; a kernel that leaves an output element unwritten is caught."""
     from bench import gpu_check
-    monkeypatch.setitem(gpu_check.SHAPES, "tiny", dict(B=1, C=3, H=9, W=10, J=3, k=3))
-    got = list(gpu_check.run_op("psf_conv", "float32", "tiny", "cpu"))
+    got = list(gpu_check.run_op("psf_conv", "float32", "smoke", "cpu"))
     assert [(r["passage"], r["needs"]) for r in got] == [
         ("fwd", None), ("bwd", [True, True, True]), ("bwd", [False, True, True]), ("bwd", [True, False, True]),
         ("bwd", [True, True, False])]
@@ -347,7 +346,7 @@ def test_gpu_check_runs_the_psf_kernels_against_the_reference(monkeypatch):
     # (forward + each gradient set) per sample variant, op, dtype and shape; usual uses first
     assert len(planned) == 3 * 2 * 2 * (5 + 4)
     assert [(c["op"], c["variant"]) for c in planned[:10:5]] == [("psf_conv", "usual"), ("apply_psf", "usual")]
-    padded = list(gpu_check.run_op("apply_psf", "float32", "tiny", "cpu", variant=1))
+    padded = list(gpu_check.run_op("apply_psf", "float32", "smoke", "cpu", variant=1))
     assert padded[0]["variant"] != "usual" and all(r["status"] == "ok" for r in padded), padded
     ops, skipped = gpu_check.available_ops()
     assert set(ops) == set(gpu_check.PSF_OPS) and not skipped  # psf_conv_transpose included
@@ -360,7 +359,7 @@ def test_gpu_check_runs_the_psf_kernels_against_the_reference(monkeypatch):
         y[..., 0, 0] = float("nan")
         return y
     monkeypatch.setattr(kpsf, "filter_forward", skips_a_pixel)
-    bad = next(gpu_check.run_op("apply_psf", "float32", "tiny", "cpu"))
+    bad = next(gpu_check.run_op("apply_psf", "float32", "smoke", "cpu"))
     assert bad["status"] == "nan" and bad["nan"], bad
 
 
@@ -468,6 +467,18 @@ def test_static_table_has_before_and_after_columns(tmp_path):
     assert "500 us (10.0x, issue)" in row and "100 us (2.0x, l1)" in row and "300 us (6.0x, l2)" in row
     assert row.index("100 us") < row.index("300 us")
     assert "occupancy" in lines[0] and "L2" in lines[0]  # the preamble names the model
+
+
+def test_gpu_check_workers_report_every_planned_case(tmp_path):
+    """gpu-check's plumbing on the CPU (interpreter, the smoke shape): a worker process per dtype,
+    their JSON lines merged into one report that accounts for every planned case."""
+    from bench import gpu_check
+    out = tmp_path / "check.json"
+    report = gpu_check.check(out, ops=["apply_psf"], dtypes=["float32"], shapes=["smoke"], max_minutes=4,
+                             log=lambda line: None, device="cpu")
+    assert json.loads(out.read_text())["summary"] == report["summary"]
+    assert report["summary"] == {"ok": 8, "not_reached": 0, "planned": 8}, report
+    assert {r["variant"] for r in report["results"]} == {"usual", "circular"}
 
 
 @pytest.mark.slow
