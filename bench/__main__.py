@@ -8,7 +8,8 @@
     python -m bench report [JSON ...] [--md OUT.md]
     python -m bench sm90 [--dtypes ...] [--ops ...] [--json OUT]   (compile every kernel for sm_90, no GPU)
     python -m bench sass [--dtypes ...] [--json OUT]   (psf kernels' SASS and a static time estimate)
-    python -m bench gpu-suite --out DIR [--sweep small|full|none] [--dry-run]   (the GPU run book)
+    python -m bench gpu-suite --out DIR [--archive FILE.tar.gz] [--dry-run]   (the GPU run book, <= 9 min)
+    python -m bench gpu-check --out FILE.json [--dtypes ...] [--max-minutes M]   (psf kernels vs reference, on a GPU)
 
 Results go to ``<out>/<device>-<date>.json`` (merged into an existing file of that name, so the
 suite can run in pieces), then ``<out>/RESULTS.md`` and ``<out>/plots/*.png`` are regenerated from
@@ -192,6 +193,9 @@ def main(argv=None) -> int:
         return sass.main(argv[1:])
     if argv and argv[0] == "model":
         return main_model(argv[1:])
+    if argv and argv[0] == "gpu-check":
+        from . import gpu_check
+        return gpu_check.main(argv[1:])
     if argv and argv[0] == "gpu-suite":
         from . import gpu_suite
         return gpu_suite.main(argv[1:])

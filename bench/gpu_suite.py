@@ -1,23 +1,29 @@
-"""The GPU run book in one command: ``python -m bench gpu-suite --out DIR``.
+"""The GPU run book in one command, for a short lease: ``python -m bench gpu-suite --out DIR``.
 
-On a fresh CUDA machine with torch and triton already installed, from the root of a clone
-(nothing is installed: ``import psfops`` there finds the clone's ``kernels/``), in this order, each
-step in its own process under its own time box (a step that fails or runs over is recorded and
-the next one starts):
+On a CUDA machine with torch and triton already installed, from the root of a clone, after
+``pip install --no-deps -e .`` (the one install: ``import psfops`` finds the kernels through it),
+in this order, each step in its own process under its own time box (a step that fails or runs
+over is recorded and the next one starts), all within a budget of ``--budget`` minutes (default
+9) of wall time:
 
-    env       the environment record: GPU, driver, CUDA, torch, triton, SMs, L2  -> env.json
-    tests     ``pytest -m gpu``                                                    -> pytest-gpu.xml
-    headline  ``python -m bench headline``: psf_conv fwd+bwd targets             -> <device>-<date>.json
-    sweep     ``python -m bench --sweep small`` (or full; stops cleanly in its box) -> the same JSON
-    model     ``python -m bench model``: SD-PSFNet training step, Triton vs reference ops
-    sass      ``python -m bench sass --json`` (the static SASS estimate), if bench/sass.py exists
-    report    RESULTS.md and plots/ from the JSON records
+    env       the environment record: GPU, driver, CUDA, torch, triton, SMs, L2, where psfops and
+              its kernels import from                                             -> env.json
+    check     ``python -m bench gpu-check``: every psf kernel at full size (the headline's
+              launches) and on a ragged shape, float32/bfloat16/float16, forward and every
+              gradient set (frozen inputs too), run twice and compared bitwise, outputs poisoned
+              with NaN, against the float64 reference                            -> check.json
+    headline  ``python -m bench headline``: psf_conv fwd+bwd vs eager and torch.compile, with
+              peak memory                                                         -> <device>-<date>.json
+    model     ``python -m bench model``: the SD-PSFNet training step, Triton vs reference ops
+    sweep     ``python -m bench --sweep small``, with whatever time is left (stops cleanly)
 
-Everything lands under DIR: ``suite.json`` (each step's command, status, exit code and seconds,
-rewritten after every step), ``gpu-suite.log`` (all output), ``logs/<step>.log``, ``env.json``,
-the records, ``RESULTS.md``, ``plots/``. The default time boxes add up to under 20 minutes.
-``--steps`` runs a subset (e.g. two calls of under 10 minutes each; records merge in DIR), and
-``--dry-run`` prints the plan without running or writing anything.
+After every step, ``suite.json`` (each step's command, status, exit code, seconds) is rewritten
+and the whole folder is packed into one archive (``--archive``, default ``DIR.tar.gz``) with a
+copy of ``suite.json`` beside it: two files to bring back. The static estimate (``bench sass``)
+and the report (``bench report``) are not GPU work: run them afterwards on any machine, from the
+unpacked archive. ``--steps`` runs a subset (``tests``, ``pytest -m gpu``, only when named),
+``--box STEP=MINUTES`` changes a box, ``--dry-run`` prints the plan and its total box time
+without running or writing anything.
 """
 from __future__ import annotations
 
@@ -45,21 +51,29 @@ class Step:
     what: str
 
 
+BUDGET_MINUTES = 9.0    # the whole suite's wall time: a 15-minute lease less the machine's start
+ARCHIVE_MINUTES = 0.25  # kept back from the budget for the last archive
 STEPS = (
-    Step("env", 0.5, "environment record"),
-    Step("tests", 4.0, "pytest -m gpu"),
-    Step("headline", 4.0, "psf_conv fwd+bwd headline targets"),
-    Step("sweep", 4.5, "benchmark sweep"),
-    Step("model", 2.0, "SD-PSFNet training step, Triton vs reference ops"),
-    Step("sass", 1.5, "static SASS estimate"),
-    Step("report", 1.0, "RESULTS.md fragment and plots"),
+    Step("env", 0.25, "environment record"),
+    Step("check", 3.25, "psf kernels vs the float64 reference: full size and ragged, 3 dtypes, "
+                        "every gradient set, bitwise repeat, NaN-poisoned outputs"),
+    Step("headline", 2.5, "psf_conv fwd+bwd headline vs eager and torch.compile, peak memory"),
+    Step("model", 1.25, "SD-PSFNet training step, Triton vs reference ops"),
+    Step("sweep", 1.5, "benchmark sweep (small), with the time left"),
+    Step("tests", 4.0, "pytest -m gpu (only when named in --steps)"),
 )
 STEP_NAMES = tuple(s.name for s in STEPS)
+DEFAULT_STEPS = ("env", "check", "headline", "model", "sweep")
+MIN_STEP_MINUTES = 0.2  # a step with less time than this left in the budget is skipped
+INSTALL = "pip install --no-deps -e ."
 
 
 def command(step: str, out: Path, sweep: str, minutes: float) -> list[str] | None:
     """The step's command line (None: run in this process, or nothing to run)."""
     py = sys.executable
+    if step == "check":  # stop the workers a little before the box closes, so the report is written
+        return [py, "-m", "bench", "gpu-check", "--out", str(out / "check.json"),
+                "--max-minutes", f"{max(minutes - 0.3, 0.2):g}"]
     if step == "tests":
         return [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
                 f"--junitxml={out / 'pytest-gpu.xml'}"]
@@ -68,30 +82,15 @@ def command(step: str, out: Path, sweep: str, minutes: float) -> list[str] | Non
     if step == "sweep":
         # stop starting cases a little before the box closes, so the records are saved
         return [py, "-m", "bench", "--sweep", sweep, "--out", str(out), "--resume", "--no-model",
-                "--no-report", "--max-minutes", f"{max(minutes - 0.75, 0.5):g}"]
+                "--no-report", "--max-minutes", f"{max(minutes - 0.5, 0.2):g}"]
     if step == "model":
         return [py, "-m", "bench", "model", "--out", str(out)]
-    if step == "sass":
-        return [py, "-m", "bench", "sass", "--json", str(out / "sass.json")]
-    if step == "report":
-        return [py, "-m", "bench", "report", *sorted(str(p) for p in results_files(out)),
-                "--md", str(out / "RESULTS.md"), "--plots", str(out / "plots")]
     return None
-
-
-def results_files(out: Path) -> list[Path]:
-    """The benchmark record files in ``out`` (not the suite's own JSON files)."""
-    own = {"suite.json", "env.json", "sass.json"}
-    return [p for p in out.glob("*.json") if p.name not in own]
 
 
 def skip_reason(step: str, out: Path, sweep: str) -> str | None:
     if step == "sweep" and sweep == "none":
         return "--sweep none"
-    if step == "sass" and not (REPO / "bench" / "sass.py").exists():
-        return "bench/sass.py is not on this branch: no static SASS estimate to record"
-    if step == "report" and not results_files(out):
-        return "no benchmark records in the output folder"
     return None
 
 
@@ -108,6 +107,7 @@ def environment() -> dict:
         rec["triton"] = triton.__version__
     except ImportError:
         rec["triton"] = None
+    rec.update(psfops_location())
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         rec.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
@@ -121,6 +121,38 @@ def environment() -> dict:
     except (OSError, subprocess.TimeoutExpired) as err:
         rec["nvidia_smi"] = f"not available: {err}"
     return rec
+
+
+def psfops_location() -> dict:
+    """Where ``psfops`` and its kernels import from (in a fresh process, as the steps see them),
+    and whether psfops is installed: the run book's first line installs it."""
+    probe = ("import json, importlib.metadata as m, psfops, psfops.kernels as k\n"
+             "try:\n    v = m.version('psfops')\nexcept m.PackageNotFoundError:\n    v = None\n"
+             "print(json.dumps({'psfops_file': psfops.__file__, 'kernels_file': k.__file__, 'installed': v}))")
+    try:
+        run = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+        if run.returncode == 0:
+            return {"psfops": json.loads(run.stdout.strip().splitlines()[-1])}
+        return {"psfops": {"error": (run.stderr.strip().splitlines() or ["?"])[-1],
+                           "hint": f"run `{INSTALL}` in the clone first"}}
+    except (OSError, subprocess.TimeoutExpired, ValueError) as err:
+        return {"psfops": {"error": f"{type(err).__name__}: {err}"}}
+
+
+def write_archive(out: Path, archive: Path) -> None:
+    """Pack ``out`` into ``archive`` (.tar.gz, replaced atomically) and copy ``suite.json`` beside
+    it (unless the archive lies in ``out``)."""
+    import shutil
+    import tarfile
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = archive.with_name(archive.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for p in sorted(out.rglob("*")):
+            if p.is_file() and p.resolve() not in (archive.resolve(), tmp.resolve()):
+                tar.add(p, arcname=str(Path(out.name) / p.relative_to(out)))
+    os.replace(tmp, archive)
+    if (out / "suite.json").exists() and archive.parent.resolve() != out.resolve():
+        shutil.copyfile(out / "suite.json", archive.parent / "suite.json")
 
 
 def run_boxed(cmd: list[str], minutes: float, log) -> tuple[str, int | None]:
@@ -148,15 +180,30 @@ def run_boxed(cmd: list[str], minutes: float, log) -> tuple[str, int | None]:
     return ("ok" if rc == 0 else "failed"), rc
 
 
+def plan_boxes(steps, boxes: dict, budget: float) -> list[tuple[Step, float]]:
+    """(step, box minutes) in running order; the sweep's box is what the budget leaves (at most
+    its own box when the others use theirs: it gets more at run time if they finish early)."""
+    chosen = [s for s in STEPS if s.name in steps]
+    fixed = sum(boxes[s.name] for s in chosen if s.name != "sweep")
+    return [(s, min(boxes[s.name], max(budget - ARCHIVE_MINUTES - fixed, 0.0)) if s.name == "sweep"
+             else boxes[s.name]) for s in chosen]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench gpu-suite", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--out", type=Path, required=True, help="folder for everything the suite writes")
+    p.add_argument("--archive", type=Path, default=None,
+                   help="the .tar.gz of the folder, rewritten after every step (default DIR.tar.gz); "
+                        "suite.json is copied beside it")
+    p.add_argument("--budget", type=float, default=BUDGET_MINUTES,
+                   help=f"minutes of wall time for the whole suite (default {BUDGET_MINUTES:g})")
     p.add_argument("--sweep", choices=("small", "full", "none"), default="small",
-                   help="sweep size (full takes hours: give it --steps sweep and a larger box, "
+                   help="sweep size (full takes hours: give it --steps sweep and a larger budget, "
                         "repeatedly; it resumes)")
-    p.add_argument("--steps", default=",".join(STEP_NAMES), help=f"subset of {','.join(STEP_NAMES)}, run in the order above")
+    p.add_argument("--steps", default=",".join(DEFAULT_STEPS),
+                   help=f"subset of {','.join(STEP_NAMES)}, run in the order above (default {','.join(DEFAULT_STEPS)})")
     p.add_argument("--box", action="append", default=[], metavar="STEP=MINUTES",
                    help="another time box for a step, e.g. --box sweep=9")
     p.add_argument("--dry-run", action="store_true", help="print the plan; run and write nothing")
@@ -172,30 +219,47 @@ def main(argv=None) -> int:
             p.error(f"--box {item}: unknown step {name!r}")
         boxes[name] = float(minutes)
     out = a.out.resolve()
-    plan = [s for s in STEPS if s.name in wanted]
+    archive = (a.archive or out.with_name(out.name + ".tar.gz")).resolve()
+    plan = plan_boxes(wanted, boxes, a.budget)
 
     if a.dry_run:
-        print(f"gpu-suite plan (dry run: nothing runs, nothing is written), output folder {out}:")
-        for s in plan:
-            cmd = command(s.name, out, a.sweep, boxes[s.name])
+        print(f"gpu-suite plan (dry run: nothing runs, nothing is written), output folder {out}, "
+              f"archive {archive}, budget {a.budget:g} min:")
+        print(f"  (first, once, in the clone: {INSTALL})")
+        for s, box in plan:
+            cmd = command(s.name, out, a.sweep, box)
             shown = "(in this process)" if cmd is None else shlex.join(cmd)
-            print(f"  {s.name:<9} <= {boxes[s.name]:4.1f} min  {s.what}: {shown}")
-        print(f"time boxes add up to {sum(boxes[s.name] for s in plan):.1f} min")
+            print(f"  {s.name:<9} <= {box:4.2f} min  {s.what}: {shown}")
+        print(f"  archive   <= {ARCHIVE_MINUTES:4.2f} min  {archive} and suite.json beside it")
+        total = sum(box for _, box in plan) + ARCHIVE_MINUTES
+        print(f"time boxes add up to {total:.2f} min ({60 * total:.0f} s) of a {a.budget:g} min budget")
+        print("afterwards, on any machine (no GPU): tar xzf the archive, then "
+              "`python -m bench report DIR/*.json --md DIR/RESULTS.md` and `python -m bench sass`")
         return 0
 
+    t_start = time.monotonic()
+    deadline = t_start + 60 * (a.budget - ARCHIVE_MINUTES)
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     suite = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-             "sweep": a.sweep, "steps": []}
+             "budget_minutes": a.budget, "sweep": a.sweep, "archive": str(archive), "steps": []}
     main_log = open(out / "gpu-suite.log", "a", encoding="utf-8")
 
     def save():
         tmp = out / "suite.json.tmp"
         tmp.write_text(json.dumps(suite, indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, out / "suite.json")
+        try:
+            write_archive(out, archive)
+        except OSError as err:  # the records stay in the folder
+            print(f"archive not written: {err}", flush=True)
 
-    for s in plan:
+    for s, box in plan:
         t0 = time.monotonic()
+        left = (deadline - t0) / 60
+        if s.name == "sweep":
+            box = left  # the sweep takes whatever time is left
+        box = min(box, left)
         step_log = open(out / "logs" / f"{s.name}.log", "w", encoding="utf-8")
 
         def log(line, step_log=step_log):
@@ -204,10 +268,12 @@ def main(argv=None) -> int:
                 f.flush()
             print(line, flush=True)
 
-        log(f"=== {s.name}: {s.what} (time box {boxes[s.name]:g} min)")
-        rec = {"step": s.name, "what": s.what, "box_minutes": boxes[s.name], "command": None,
+        log(f"=== {s.name}: {s.what} (time box {box:.2f} min)")
+        rec = {"step": s.name, "what": s.what, "box_minutes": round(box, 2), "command": None,
                "status": None, "exit_code": None, "reason": None}
         why = skip_reason(s.name, out, a.sweep)
+        if why is None and left < MIN_STEP_MINUTES and s.name != "env":  # (env: seconds, and always useful)
+            why = f"no time left in the {a.budget:g}-minute budget ({max(left, 0):.2f} min)"
         if why:
             rec.update(status="skipped", reason=why)
         elif s.name == "env":
@@ -216,22 +282,27 @@ def main(argv=None) -> int:
                 (out / "env.json").write_text(json.dumps(env, indent=1) + "\n", encoding="utf-8")
                 log(json.dumps(env, indent=1))
                 rec["status"] = "ok"
+                if "error" in env.get("psfops", {}):
+                    rec.update(status="failed", reason=f"psfops does not import: {env['psfops']['error']} "
+                                                       f"(run `{INSTALL}` first)")
             except Exception as err:  # noqa: BLE001  (the other steps still run)
                 rec.update(status="failed", reason=f"{type(err).__name__}: {err}")
         else:
-            cmd = command(s.name, out, a.sweep, boxes[s.name])
+            cmd = command(s.name, out, a.sweep, box)
             rec["command"] = shlex.join(cmd)
             log("$ " + rec["command"])
-            rec["status"], rec["exit_code"] = run_boxed(cmd, boxes[s.name], log)
+            rec["status"], rec["exit_code"] = run_boxed(cmd, box, log)
         rec["seconds"] = round(time.monotonic() - t0, 1)
         log(f"=== {s.name}: {rec['status']}" + (f" ({rec['reason']})" if rec["reason"] else "")
             + f" in {rec['seconds']} s")
         step_log.close()
         suite["steps"].append(rec)
+        suite["seconds"] = round(time.monotonic() - t_start, 1)
         save()
     main_log.close()
     print("\nstep       status    seconds")
     for rec in suite["steps"]:
         print(f"{rec['step']:<10} {rec['status']:<9} {rec['seconds']:>7}  {rec['reason'] or ''}")
-    print(f"everything is in {out}")
+    print(f"everything is in {out}, packed in {archive} (suite.json beside it); "
+          f"{suite.get('seconds', 0)} s in all")
     return 0 if all(r["status"] in ("ok", "skipped") for r in suite["steps"]) else 1

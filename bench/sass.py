@@ -1,8 +1,9 @@
-"""Static analysis of the psf kernels' sm_90 SASS, and a four-roof time estimate, without a GPU.
+"""Static analysis of the psf kernels' sm_90 SASS, and a time estimate, without a GPU.
 
     python -m bench sass [--dtypes float32,bfloat16] [--gpus H100,H200] [--json OUT]
 
-How. The psf ops (psf_conv, synthesize_psf, apply_psf), forward and backward, run at the headline
+How. The psf ops (psf_conv, psf_conv_transpose, synthesize_psf, apply_psf; their usual use: zeros
+padding, one basis), forward and backward, run at the headline
 shape (B8 C64 128x128 J40 k7) on CPU tensors with every Triton launch recorded instead of run
 (``bench.sm90.recording_launches``) and the GPU's launch plan (its tile shapes, one program per
 SM). Each distinct launch is compiled for sm_90 with triton's own compiler; ``nvdisasm -g``
@@ -16,17 +17,33 @@ n_tiles times over all programs, ``c0`` C/BLOCK_C, ``jb`` the J blocks,
 ``tl.static_range`` loops are unrolled and count once per copy. Every instruction counts once per
 warp per execution of the loops around it.
 
-Four roofs per kernel, per GPU (:data:`GPUS`):
-    issue = dynamic warp-instructions / (SMs x 4 per clock x clock)
-    L1    = bytes the loads request (global and shared, width x 32 lanes) / (SMs x 128 B per clock x clock)
+Roofs per kernel, per GPU (:data:`GPUS`; every constant of the model is named in one block of
+:mod:`bench.sass_model`):
+    issue = dynamic warp-instructions / (SMs x 4 per clock x clock), divided by the occupancy factor
+            min(1, resident warps per scheduler / HIDING_WARPS), plus the synchronisation stalls:
+            each BAR.SYNC a program executes stalls its SM for BAR_SYNC_CYCLES, each wgmma wait
+            (WARPGROUP.DEPBAR) for WGMMA_WAIT_CYCLES, hidden only by other resident programs
+    L1    = bytes the loads and stores move through the SM (global and shared, width x 32 lanes) /
+            (SMs x 128 B per clock x clock)
+    L2    = bytes between the SMs and L2 / the L2 bandwidth: for the psf kernels every global load
+            and store once, the scratch round trips included (staged halos and tap tiles go through
+            global memory), each contiguous run in whole 32-byte sectors (:func:`l2_traffic`; loads
+            of the same bytes again within a tile are taken as L1 hits); for other kernels every
+            global access of the SASS in whole sectors (``l2_bytes_every_access``, also recorded
+            for the psf kernels: the bound if L1 kept nothing)
     math  = FMA/FADD/FMUL FLOPs / the CUDA-core fp32 peak + tensor-core FLOPs (HGMMA/HMMA shapes) /
             that dtype's tensor peak
     HBM   = the pass's fewest bytes (each input read once, each output written once) / bandwidth
-A pass's estimate is max(sum over its kernels of max(issue, L1, math), HBM); ``binding`` names the
-roof that sets it. ``scratch_bytes``: the device memory of the kernels' work areas (per-program
-taps and staged halos, d(basis) partials) beyond inputs, outputs and gradients, the largest of the
-pass's kernels (each frees its own). These are static estimates, not measurements: they ignore latency, occupancy,
-cache misses and the overlap between kernels.
+A pass's estimate is max(sum over its kernels of max(issue, L1, L2, math), HBM); ``binding`` names
+the roof that sets it (the largest of the roofs summed over the pass's kernels, or hbm), and each
+kernel record names its own. Every record also keeps the earlier four-roof estimate
+(``estimate_4roof_us``, ``binding_4roof``: issue without occupancy or stalls, L1 of loads only, no
+L2 roof), the "before" of RESULTS.md. ``scratch_bytes``: the device memory of the kernels' work
+areas (per-program taps and staged halos, d(basis) partials) beyond inputs, outputs and gradients,
+the largest of the pass's kernels (each frees its own). These are static estimates, not
+measurements: they still ignore cache misses beyond the HBM floor, memory latency beyond what the
+occupancy factor stands for, barrier skew (warps arriving at different times), masked-off lanes
+(counted as active) and the overlap between kernels.
 """
 from __future__ import annotations
 
@@ -45,16 +62,11 @@ import torch
 
 from . import sm90
 from .cases import HEADLINE, min_bytes
+from .sass_model import (BAR_SYNC_CYCLES, BARRIER_OPS, GLOBAL_OPS, GPUS, HIDING_WARPS, LOAD_OPS, ROOFS, SECTOR,
+                         STORE_OPS, WARP, WGMMA_WAIT_CYCLES, WGMMA_WAIT_OPS, binding_roof, l2_traffic,
+                         pass_estimate, resident_programs, roofs)
 
-# Hopper as the estimate sees it: SMs, sustained clock, HBM bandwidth, peaks (dense) in TFLOP/s.
-GPUS = {
-    "H100": dict(sms=132, clock_ghz=1.755, hbm_tbs=3.35, fp32_tflops=67.0,
-                 tensor_tflops={"tf32": 495.0, "bf16": 990.0, "f16": 990.0}),
-    "H200": dict(sms=132, clock_ghz=1.755, hbm_tbs=4.8, fp32_tflops=67.0,
-                 tensor_tflops={"tf32": 495.0, "bf16": 990.0, "f16": 990.0}),
-}
-PSF_OPS = ("psf_conv", "synthesize_psf", "apply_psf")
-WARP = 32
+PSF_OPS = ("psf_conv", "psf_conv_transpose", "synthesize_psf", "apply_psf")
 
 _LINE = re.compile(r'//## File "([^"]+)", line (\d+)')
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Za-z0-9_.]*)([^;]*);")
@@ -69,12 +81,22 @@ TRIPS = {
 }
 
 
+def _source_path(path: str) -> Path:
+    """The file to read a listing's source lines from: the kernels of this checkout. (Triton's cache
+    is keyed by the kernels' source and line numbers, not their path, so a cubin may name another
+    clone's file, whose text may have changed since: the imported kernels' file has the lines the
+    cache key vouches for.)"""
+    import psfops.kernels
+    ours = Path(psfops.kernels.__file__).parent / Path(path).name
+    return ours if Path(path).parent.name == "kernels" and ours.exists() else Path(path)
+
+
 @functools.lru_cache(maxsize=None)
 def _for_lines(path: str) -> dict[int, str]:
     """Line -> loop variable of every runtime ``for v in range(...)`` in a source file (static_range
     loops are unrolled by the compiler and are left out)."""
     loops = {}
-    for node in ast.walk(ast.parse(Path(path).read_text())):
+    for node in ast.walk(ast.parse(_source_path(path).read_text())):
         if (isinstance(node, ast.For) and isinstance(node.iter, ast.Call)
                 and getattr(node.iter.func, "id", None) == "range" and isinstance(node.target, ast.Name)):
             loops[node.lineno] = node.target.id
@@ -114,11 +136,11 @@ def parse_listing(text: str) -> list[tuple[int, str, str, tuple[str, int]]]:
     return [(a, op, label.sub(lambda m: hex(labels[m.group(1)]), rest), src) for a, op, rest, src in out]
 
 
-def loop_multipliers(instrs, args: dict, programs: int) -> list[float]:
-    """Executions per warp, over all programs, of each instruction: ``programs`` times the trip
-    counts of the loops around it (the tile loop: n_tiles / programs per program)."""
-    trips = {**TRIPS, "tile": lambda a: a["n_tiles"] / programs}
-    mult = [float(programs)] * len(instrs)
+def loops(instrs) -> list[tuple[int, int, str | None]]:
+    """(first address, address of the closing backward branch, source loop variable or None) of
+    every loop: a backward branch closes a loop; its source loop is the ``for`` statement on the
+    line of the branch, or of the nearest instruction before it on such a line."""
+    out = []
     for k, (addr, op, rest, _) in enumerate(instrs):
         target = re.search(r"0x([0-9a-f]+)", rest)
         if not op.startswith("BRA") or not target or int(target.group(1), 16) >= addr:
@@ -129,6 +151,38 @@ def loop_multipliers(instrs, args: dict, programs: int) -> list[float]:
             var = _for_lines(path).get(line) if path else None
             if var or instrs[back][0] < start:
                 break
+        out.append((start, addr, var))
+    return out
+
+
+def barrier_counts(instrs) -> dict:
+    """Static counts of the CTA barriers (``BAR.SYNC``) of a kernel's SASS: ``total``,
+    ``in_loops`` (inside any loop), ``inner`` (inside a loop other than the persistent ``tile``
+    loop: the channel-block, tap, staging, J-block and epilogue loops, where each barrier runs
+    many times per tile; that is, inside two nested loops, or inside one loop that the source
+    names and that is not ``tile``), and ``by_loop``: per source loop variable, the barriers anywhere inside that loop
+    (nested loops included; ``?`` for a loop with no source ``for``)."""
+    bars = [addr for addr, op, _, _ in instrs if op.startswith(BARRIER_OPS)]
+    found = loops(instrs)
+    by_loop = collections.Counter()
+    in_loops = inner = 0
+    for addr in bars:
+        around = sorted((e - s, var) for s, e, var in found if s <= addr <= e)
+        for var in {var or "?" for _, var in around}:
+            by_loop[var] += 1
+        if around:
+            in_loops += 1
+            if len(around) >= 2 or around[0][1] not in (None, "tile"):
+                inner += 1
+    return {"total": len(bars), "in_loops": in_loops, "inner": inner, "by_loop": dict(by_loop)}
+
+
+def loop_multipliers(instrs, args: dict, programs: int) -> list[float]:
+    """Executions per warp, over all programs, of each instruction: ``programs`` times the trip
+    counts of the loops around it (the tile loop: n_tiles / programs per program)."""
+    trips = {**TRIPS, "tile": lambda a: a["n_tiles"] / programs}
+    mult = [float(programs)] * len(instrs)
+    for start, addr, var in loops(instrs):
         if var not in trips:
             raise RuntimeError(f"cannot tell which source loop the branch at {addr:#x} closes ({var})")
         n = trips[var](args)
@@ -157,18 +211,34 @@ def _mma_flops(op: str) -> tuple[float, str] | None:
     return 2.0 * int(m.group(4)) * int(m.group(5)) * int(m.group(6)), kind
 
 
+def _warp_bytes(op: str) -> int:
+    """Bytes one warp's access moves (32 lanes; ldmatrix/stmatrix .4: 16 bytes a lane)."""
+    base = op.split(".")[0]
+    return WARP * _bytes_per_thread(op) * (4 if base in ("LDSM", "STSM") else 1)
+
+
 def kernel_profile(instrs, mult, num_warps: int) -> dict:
-    """Dynamic counts (all warps of all programs) by opcode class, bytes requested, FLOPs."""
+    """Dynamic counts (all warps of all programs) by opcode class, bytes loaded and stored through
+    L1, bytes to and from L2 (whole sectors), FLOPs; and the synchronisation events (per program,
+    summed over programs): barriers and wgmma waits."""
     ops = collections.Counter()
-    load_bytes = fp32_flops = 0.0
+    load_bytes = store_bytes = l2_bytes = fp32_flops = barriers = wgmma_waits = 0.0
     tensor = collections.Counter()
     tensor_instr = 0
     for (addr, op, rest, _), n in zip(instrs, mult):
+        if op.startswith(BARRIER_OPS):
+            barriers += n  # every warp of the program executes it once per event
+        elif op.startswith(WGMMA_WAIT_OPS):
+            wgmma_waits += n
         n *= num_warps
         base = op.split(".")[0]
         ops[base] += n
-        if base in ("LDG", "LDS", "LDSM", "LDL"):
-            load_bytes += n * WARP * _bytes_per_thread(op) * (4 if base == "LDSM" else 1)
+        if base in LOAD_OPS:
+            load_bytes += n * _warp_bytes(op)
+        elif base in STORE_OPS:
+            store_bytes += n * _warp_bytes(op)
+        if base in GLOBAL_OPS:  # a warp's access in whole sectors (contiguous lanes assumed)
+            l2_bytes += n * SECTOR * -(-_warp_bytes(op) // SECTOR)
         if base in ("FFMA",):
             fp32_flops += 2 * n * WARP
         elif base in ("FADD", "FMUL"):
@@ -178,20 +248,11 @@ def kernel_profile(instrs, mult, num_warps: int) -> dict:
             tensor[mma[1]] += mma[0] * n
             tensor_instr += n
     return {"warp_instructions": sum(ops.values()), "by_opcode": dict(ops.most_common()),
-            "load_bytes": load_bytes, "fp32_flops": fp32_flops, "tensor_flops": dict(tensor),
+            "load_bytes": load_bytes, "store_bytes": store_bytes, "l2_bytes": l2_bytes,
+            "barriers": barriers, "wgmma_waits": wgmma_waits,
+            "fp32_flops": fp32_flops, "tensor_flops": dict(tensor),
             "tensor_core_instructions": tensor_instr,
             "static_tensor_core_instructions": sum(1 for _, op, _, _ in instrs if _mma_flops(op))}
-
-
-def roofs(profile: dict, gpu: dict) -> dict:
-    """Issue, L1 and math times (us) of one kernel on ``gpu``."""
-    clock = gpu["clock_ghz"] * 1e9
-    math = profile["fp32_flops"] / (gpu["fp32_tflops"] * 1e12)
-    for kind, flops in profile["tensor_flops"].items():
-        math += flops / (gpu["tensor_tflops"][kind] * 1e12)
-    return {"issue_us": 1e6 * profile["warp_instructions"] / (gpu["sms"] * 4 * clock),
-            "l1_us": 1e6 * profile["load_bytes"] / (gpu["sms"] * 128 * clock),
-            "math_us": 1e6 * math}
 
 
 def record_pass_launches(op: str, pass_: str, dtype: torch.dtype, shape, sms: int) -> list:
@@ -219,8 +280,12 @@ def compile_launch(fn, args, kwargs) -> dict:
     key = (fn, tuple(signature.items()), repr(sorted(constexprs.items())), repr(options),
            repr(sorted(sm90._divisibility(fn, args, kwargs))))
     if key not in _COMPILED:
-        cubin = sm90.compile_launch(fn, args, kwargs).asm["cubin"]
-        _COMPILED[key] = (disassemble(cubin), sm90._resource_usage(cubin))
+        compiled = sm90.compile_launch(fn, args, kwargs)
+        cubin = compiled.asm["cubin"]
+        resources = sm90._resource_usage(cubin)
+        # the launch's shared memory: triton's dynamic allocation (cuobjdump shows the static part)
+        resources["shared"] = max(resources.get("shared", 0), int(getattr(compiled.metadata, "shared", 0) or 0))
+        _COMPILED[key] = (disassemble(cubin), resources)
     instrs, resources = _COMPILED[key]
     values = {**dict(zip(fn.arg_names, args)), **constexprs}
     return {"kernel": fn.__name__, "args": values, "num_warps": options.get("num_warps", 4),
@@ -243,10 +308,20 @@ def analyse(dtype: torch.dtype, shape=None, gpus=GPUS) -> list[dict]:
                     prof = kernel_profile(launch["instrs"], loop_multipliers(launch["instrs"], launch["args"],
                                                                              launch["programs"]),
                                           launch["num_warps"])
-                    kernels[pass_].append({"kernel": launch["kernel"], "programs": launch["programs"],
-                                           "num_warps": launch["num_warps"], "registers": launch.get("reg"),
-                                           "spill_bytes": launch.get("stack", 0),
-                                           "scratch_bytes": scratch_bytes(fn, args, kwargs), **prof, **roofs(prof, gpu)})
+                    prof["l2_bytes_every_access"] = prof["l2_bytes"]
+                    modelled = l2_traffic(launch["kernel"], launch["args"])
+                    if modelled is not None:
+                        prof["l2_bytes"] = modelled
+                    resident = resident_programs(gpu, launch["num_warps"], launch.get("reg"),
+                                                 launch.get("shared", 0), launch["programs"])
+                    k = {"kernel": launch["kernel"], "programs": launch["programs"],
+                         "num_warps": launch["num_warps"], "registers": launch.get("reg"),
+                         "shared_bytes": launch.get("shared", 0), "resident_programs": resident,
+                         "spill_bytes": launch.get("stack", 0), "barrier_sites": barrier_counts(launch["instrs"]),
+                         "scratch_bytes": scratch_bytes(fn, args, kwargs), **prof,
+                         **roofs(prof, gpu, launch["num_warps"], resident, launch["programs"])}
+                    k["binding"] = binding_roof(k)
+                    kernels[pass_].append(k)
             kernels["fwd+bwd"] = kernels["fwd"] + kernels["bwd"]
             sample = OPS[op].samples(shape, dtype, "meta")[0]
             outs = OPS[op].reference(*sample.args)  # on the meta device: only the sizes matter
@@ -269,39 +344,52 @@ def scratch_bytes(fn, args, kwargs) -> int:
                if name in used and isinstance(a, torch.Tensor))
 
 
+KERNEL_FIELDS = ("kernel", "programs", "num_warps", "registers", "shared_bytes", "resident_programs",
+                 "warps_per_scheduler", "occupancy", "spill_bytes", "scratch_bytes", "warp_instructions",
+                 "load_bytes", "store_bytes", "l2_bytes", "l2_bytes_every_access", "barriers", "wgmma_waits", "barrier_sites",
+                 "issue_4roof_us", "l1_4roof_us", "sync_us", "issue_us", "l1_us", "l2_us", "math_us", "binding",
+                 "tensor_core_instructions")
+
+
 def _pass_record(op, pass_, dtype, gpu_name, gpu, shape, kernels, floor_bytes) -> dict:
     hbm_us = 1e6 * floor_bytes / (gpu["hbm_tbs"] * 1e12)
-    per_kernel = [max(k["issue_us"], k["l1_us"], k["math_us"]) for k in kernels]
-    total = sum(per_kernel)
-    if hbm_us >= total:
-        binding = "hbm"
-    else:
-        sums = {r: sum(k[f"{r}_us"] for k in kernels) for r in ("issue", "l1", "math")}
-        binding = max(sums, key=sums.get)
+    total, binding = pass_estimate(kernels, hbm_us, {r: "_us" for r in ROOFS})
+    before, binding_before = pass_estimate(kernels, hbm_us, {"issue": "_4roof_us", "l1": "_4roof_us", "math": "_us"})
     import triton
 
     import psfops
     return {"op": op, "pass": pass_, "dtype": str(dtype).replace("torch.", ""), "gpu": gpu_name,
             "triton": triton.__version__, "psfops": psfops.__version__,
             "B": shape.B, "C": shape.C, "H": shape.H, "W": shape.W, "J": shape.J, "k": shape.k,
-            "estimate_us": max(total, hbm_us), "hbm_floor_us": hbm_us, "binding": binding,
+            "estimate_us": total, "hbm_floor_us": hbm_us, "binding": binding,
+            "estimate_4roof_us": before, "binding_4roof": binding_before,
+            "l2_bytes": sum(k["l2_bytes"] for k in kernels),
+            "roof_sums_us": {r: sum(k[f"{r}_us"] for k in kernels) for r in ROOFS},
             "tensor_core_instructions": sum(k["static_tensor_core_instructions"] for k in kernels),
             "spill_bytes": sum(k["spill_bytes"] for k in kernels),
             # kernels run one after another, each freeing its work areas: the pass needs the largest
             "scratch_bytes": max(k["scratch_bytes"] for k in kernels),
-            "kernels": [{key: k[key] for key in ("kernel", "programs", "num_warps", "registers", "spill_bytes",
-                                                  "scratch_bytes",
-                                                  "warp_instructions", "load_bytes", "issue_us", "l1_us", "math_us",
-                                                  "tensor_core_instructions")} for k in kernels]}
+            "kernels": [{key: k[key] for key in KERNEL_FIELDS} for k in kernels]}
 
 
 STATIC_DIR = Path(__file__).parent / "results" / "static"
 
 
+STATIC_PREAMBLE = (
+    "Before: the four-roof estimate (issue at full rate, L1 bytes of the loads, math, HBM floor), a "
+    "lower bound. After: the honest estimate of the same SASS: issue divided by the occupancy factor "
+    f"min(1, resident warps per scheduler / {HIDING_WARPS}) plus {BAR_SYNC_CYCLES} cycles per CTA barrier "
+    f"(BAR.SYNC) and {WGMMA_WAIT_CYCLES} per wgmma wait (WARPGROUP.DEPBAR) of each program; L1 with the "
+    "stores; an L2 roof (every global load and store once, the scratch round trips of the staged halos "
+    f"and tap tiles included, in whole {SECTOR}-byte sectors, at {GPUS['H100']['l2_tbs']} TB/s); math; "
+    "HBM. Static estimates from instruction counts, not measurements.")
+
+
 def static_table(paths=None, gpu: str = "H100") -> list[str]:
-    """Markdown: the static estimates of the records files (default: bench/results/static), one
-    column per (psfops, triton) version, psf ops by pass and dtype, as x the HBM floor."""
-    paths = sorted(Path(p) for p in (paths or STATIC_DIR.glob("*.json")))
+    """Markdown: the static estimates of the records files (default: bench/results/static), for
+    each (psfops, triton) version the four-roof estimate ("before") and, where the records have
+    it, the honest one ("after"), psf ops by pass and dtype, as x the HBM floor, binding roof named."""
+    paths = sorted(Path(p) for p in (paths or STATIC_DIR.glob("sass-*.json")))
     runs = {}
     for p in paths:
         for r in json.loads(Path(p).read_text()):
@@ -310,8 +398,18 @@ def static_table(paths=None, gpu: str = "H100") -> list[str]:
     if not runs:
         return []
     versions = sorted(runs)
-    lines = ["| op | pass | dtype | HBM floor us | " + " | ".join(f"psfops {v} (triton {t})" for v, t in versions)
-             + " |", "|---|---|---|---|" + "---|" * len(versions)]
+    honest = {v for v in versions if any("estimate_4roof_us" in r for r in runs[v].values())}
+    heads = []
+    for v, t in versions:
+        heads.append(f"psfops {v} (triton {t}) before")
+        if (v, t) in honest:
+            heads.append(f"psfops {v} (triton {t}) after")
+    lines = [STATIC_PREAMBLE, "", "| op | pass | dtype | HBM floor us | " + " | ".join(heads) + " |",
+             "|---|---|---|---|" + "---|" * len(heads)]
+
+    def cell(us, floor, binding, spills):
+        return f"{us:.0f} us ({us / floor:.1f}x, {binding}{', spills' if spills else ''})"
+
     for key in sorted({k for run in runs.values() for k in run}, key=lambda k: (PSF_OPS.index(k[0]),
                                                                                  ("fwd", "bwd", "fwd+bwd").index(k[1]),
                                                                                  k[2])):
@@ -319,8 +417,16 @@ def static_table(paths=None, gpu: str = "H100") -> list[str]:
         cells = []
         for v in versions:
             r = runs[v].get(key)
-            cells.append("-" if r is None else f"{r['estimate_us']:.0f} us ({r['estimate_us'] / floor:.1f}x, "
-                         f"{r['binding']}{', spills' if r['spill_bytes'] else ''})")
+            if r is None:
+                cells += ["-"] * (2 if v in honest else 1)
+                continue
+            if "estimate_4roof_us" in r:
+                cells.append(cell(r["estimate_4roof_us"], floor, r["binding_4roof"], r["spill_bytes"]))
+            else:
+                cells.append(cell(r["estimate_us"], floor, r["binding"], r["spill_bytes"]))
+            if v in honest:
+                cells.append("-" if "estimate_4roof_us" not in r else
+                             cell(r["estimate_us"], floor, r["binding"], r["spill_bytes"]))
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {floor:.1f} | " + " | ".join(cells) + " |")
     return lines
 
@@ -338,13 +444,15 @@ def main(argv=None) -> int:
         records += analyse(getattr(torch, name), gpus=gpus)
     print(f"static estimate (not a measurement): triton {triton.__version__}, sm_90, shape "
           f"B{HEADLINE['B']} C{HEADLINE['C']} {HEADLINE['H']}x{HEADLINE['H']} J{HEADLINE['J']} k{HEADLINE['k']}")
-    print(f"{'op':15} {'pass':8} {'dtype':9} {'gpu':5} {'estimate us':>11} {'HBM floor':>9} {'x floor':>7} "
-          f"{'binding':8} {'TC instr':>8} {'spills':>6} {'scratch MB':>10}")
+    print(f"{'op':15} {'pass':8} {'dtype':9} {'gpu':5} {'before us':>9} {'(binding)':9} {'after us':>9} "
+          f"{'HBM floor':>9} {'x floor':>7} {'binding':8} {'L2 MB':>7} {'TC instr':>8} {'spills':>6} {'scratch MB':>10}")
     for r in records:
-        print(f"{r['op']:15} {r['pass']:8} {r['dtype']:9} {r['gpu']:5} {r['estimate_us']:11.1f} "
+        print(f"{r['op']:15} {r['pass']:8} {r['dtype']:9} {r['gpu']:5} {r['estimate_4roof_us']:9.1f} "
+              f"{r['binding_4roof']:9} {r['estimate_us']:9.1f} "
               f"{r['hbm_floor_us']:9.1f} {r['estimate_us'] / r['hbm_floor_us']:7.2f} {r['binding']:8} "
-              f"{r['tensor_core_instructions']:8d} {r['spill_bytes']:6d} {r['scratch_bytes'] / 1e6:10.1f}")
-    print("\nper kernel (H100):")
+              f"{r['l2_bytes'] / 1e6:7.0f} {r['tensor_core_instructions']:8d} {r['spill_bytes']:6d} "
+              f"{r['scratch_bytes'] / 1e6:10.1f}")
+    print("\nper kernel (H100; us; issue = issue at full rate / occupancy + sync stalls):")
     seen = set()
     for r in records:
         if r["gpu"] != "H100" or r["pass"] == "fwd+bwd":
@@ -354,9 +462,13 @@ def main(argv=None) -> int:
             if key in seen:
                 continue
             seen.add(key)
+            bars = k["barrier_sites"]
             print(f"  {r['op']:15} {r['dtype']:9} {k['kernel']:24} regs {k['registers']:>3} spill {k['spill_bytes']:>4} "
-                  f"warp-instr {k['warp_instructions'] / 1e6:7.1f}M  issue {k['issue_us']:7.1f}  "
-                  f"L1 {k['l1_us']:7.1f}  math {k['math_us']:6.1f} us  scratch {k['scratch_bytes'] / 1e6:5.1f} MB")
+                  f"warps/sched {k['warps_per_scheduler']:3.1f}  warp-instr {k['warp_instructions'] / 1e6:6.1f}M  "
+                  f"issue {k['issue_4roof_us']:5.1f}/{k['occupancy']:.2f}+{k['sync_us']:5.1f}={k['issue_us']:6.1f}  "
+                  f"L1 {k['l1_us']:6.1f}  L2 {k['l2_us']:6.1f}  math {k['math_us']:5.1f}  -> {k['binding']:5}  "
+                  f"BAR.SYNC {bars['total']} (inner loops {bars['inner']}), {k['barriers'] / k['programs']:.0f} "
+                  f"per program; wgmma waits {k['wgmma_waits'] / k['programs']:.0f} per program")
     if a.json:
         a.json.write_text(json.dumps(records, indent=1))
     return 0

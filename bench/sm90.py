@@ -11,8 +11,13 @@ only fails on the GPU compiler (a ``tl.dot`` shape or dtype, a layout) fails her
 
     python -m bench sm90 [--dtypes float32,bfloat16,float64] [--ops OP,...] [--json OUT]
 
-Each record also says, from the PTX, how wide the kernel's global loads and stores are and which
-tensor-core instructions it uses (:func:`ptx_facts`).
+Each record also says, from the PTX, how wide the kernel's global loads and stores are, which
+tensor-core instructions it uses and how many ``bar.sync`` it has (:func:`ptx_facts`), and from
+the SASS where its CTA barriers (``BAR.SYNC``) are: ``barriers`` = ``total``, ``in_loops``,
+``inner`` (inside a loop other than the persistent tile loop: the channel-block, tap, staging,
+J-block and epilogue loops) and ``by_loop`` (per source loop variable, the barriers anywhere
+inside it), from :func:`bench.sass.barrier_counts`. A barrier inside the channel-block loop runs
+C/BLOCK_C times per tile: those are the ones that cost.
 """
 from __future__ import annotations
 
@@ -86,8 +91,9 @@ def _drive_launchers(dtype: torch.dtype, shape, ops=None) -> None:
 
 def ptx_facts(ptx: str) -> dict:
     """What the PTX says about memory and matrix instructions: the widest global load and store
-    (bits per thread and instruction) and the tensor-core instructions (``mma``/``wgmma`` with
-    their operand types), e.g. ``{"load_bits": 128, "store_bits": 128, "mma": ["mma.bf16"]}``."""
+    (bits per thread and instruction), the tensor-core instructions (``mma``/``wgmma`` with
+    their operand types) and the number of CTA barriers (``bar.sync``/``barrier.sync``), e.g.
+    ``{"load_bits": 128, "store_bits": 128, "mma": ["mma.bf16"], "bar_sync": 2}``."""
     def widest(op):
         bits = [0]
         for vec, width in re.findall(rf"\b{op}\.global(?:\.[a-z0-9_:]+)*?(?:\.v(\d))?\.[bfus](\d+)\b", ptx):
@@ -95,7 +101,8 @@ def ptx_facts(ptx: str) -> dict:
         return max(bits)
     mma = sorted({f"{kind}.{ty}" for kind, ty in
                   re.findall(r"\b(w?gmma|mma)\.[a-z0-9_.:]*?\.(bf16|f16|tf32|f64|e4m3|e5m2)\b", ptx)})
-    return {"load_bits": widest("ld"), "store_bits": widest("st"), "mma": mma}
+    bars = len(re.findall(r"^\s*(?:@!?%p\d+\s+)?(?:bar|barrier)\.sync\b", ptx, re.M))
+    return {"load_bits": widest("ld"), "store_bits": widest("st"), "mma": mma, "bar_sync": bars}
 
 
 def _signature(fn, args, kwargs):
@@ -166,6 +173,12 @@ def compile_launch(fn, args, kwargs):
                           target=GPUTarget(*TARGET), options=options)
 
 
+def _barriers(cubin: bytes) -> dict:
+    """Where the kernel's CTA barriers are in its SASS (:func:`bench.sass.barrier_counts`)."""
+    from . import sass
+    return sass.barrier_counts(sass.disassemble(cubin))
+
+
 def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), workload=WORKLOAD,
                    ops=None) -> list[dict]:
     """One record per distinct launch: kernel, dtype, constexprs, num_warps, the resources and
@@ -191,7 +204,8 @@ def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), worklo
                    "num_warps": options.get("num_warps", 4)}
             try:
                 compiled = compile_launch(fn, args, kwargs)
-                rec.update(_resource_usage(compiled.asm["cubin"]), **ptx_facts(compiled.asm["ptx"]), ok=True)
+                rec.update(_resource_usage(compiled.asm["cubin"]), **ptx_facts(compiled.asm["ptx"]))
+                rec.update(barriers=_barriers(compiled.asm["cubin"]), ok=True)
             except Exception as e:  # report every failing kernel, not just the first
                 rec.update(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
             records.append(rec)
@@ -209,12 +223,14 @@ def main(argv=None) -> int:
     dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
     records = compile_report(dtypes, dict(WORKLOAD, J=a.basis), ops=a.ops.split(",") if a.ops else None)
     print(f"{'kernel':28} {'dtype':9} {'warps':>5} {'regs':>5} {'stack':>6} {'local':>6} {'shared':>7} "
-          f"{'ld/st bits':>10} {'mma':>10}  constexprs")
+          f"{'ld/st bits':>10} {'mma':>10} {'BAR.SYNC all/inner':>18}  barriers by loop; constexprs")
     for r in records:
         if r["ok"]:
+            bars = r["barriers"]
             print(f"{r['kernel']:28} {r['dtype']:9} {r['num_warps']:>5} {r.get('reg', '?'):>5} {r.get('stack', 0):>6} "
                   f"{r.get('local', 0):>6} {r.get('shared', 0):>7} {r['load_bits']:>4}/{r['store_bits']:<5} "
-                  f"{','.join(r['mma']) or '-':>10}  {r['constexprs']}")
+                  f"{','.join(r['mma']) or '-':>10} {bars['total']:>8}/{bars['inner']:<9}  {bars['by_loop']}; "
+                  f"{r['constexprs']}")
         else:
             print(f"{r['kernel']:28} {r['dtype']:9} FAILED: {r['error']}")
     if a.json:

@@ -266,39 +266,108 @@ def test_pytest_benchmark_suite_runs_on_cpu():
 
 # ---- the GPU run book ---------------------------------------------------------------------------
 
-def test_gpu_suite_dry_run_writes_nothing(tmp_path, capsys):
+def test_gpu_suite_dry_run_fits_a_short_lease_and_writes_nothing(tmp_path, capsys):
+    """The plan: install line first, then check, headline, model, sweep, in that order, boxes
+    adding up to at most 9 minutes with the archive; sass and report are not GPU steps."""
     from bench import gpu_suite
     out = tmp_path / "suite"
     assert bench_main(["gpu-suite", "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
-    order = [text.index(f"  {s} ") for s in gpu_suite.STEP_NAMES]
-    assert order == sorted(order) and "pytest -m gpu" in text and "--sweep small" in text
-    assert sum(s.minutes for s in gpu_suite.STEPS) <= 20
-    assert not out.exists()
+    order = [text.index(f"  {s} ") for s in ("env", "check", "headline", "model", "sweep", "archive")]
+    assert order == sorted(order) and text.index("pip install --no-deps -e .") < order[0]
+    assert "bench gpu-check" in text and "--sweep small" in text and "bench headline" in text
+    assert "  tests " not in text and "  sass " not in text and "  report " not in text
+    plan = gpu_suite.plan_boxes(gpu_suite.DEFAULT_STEPS, {s.name: s.minutes for s in gpu_suite.STEPS},
+                                gpu_suite.BUDGET_MINUTES)
+    total_s = 60 * (sum(box for _, box in plan) + gpu_suite.ARCHIVE_MINUTES)
+    assert total_s <= 540 and f"({total_s:.0f} s)" in text
+    assert [s.name for s, _ in plan] == ["env", "check", "headline", "model", "sweep"]
+    assert not out.exists() and not (tmp_path / "suite.tar.gz").exists()
 
 
-def test_gpu_suite_runs_its_cpu_steps_and_boxes_each_step(tmp_path):
-    """The suite records every step; a step that runs past its box (sass, given 3 s: a cold
-    compile takes minutes) is recorded as a timeout and the next step still runs."""
+def test_gpu_suite_records_failures_and_timeouts_runs_on_and_archives(tmp_path, monkeypatch):
+    """Each step runs in its own box: a failing step (check) and one that runs past its box
+    (headline) are recorded and the next steps still run; the folder is packed into one archive
+    with suite.json beside it; a step with no time left in the budget is skipped. The steps'
+    commands are stand-ins here (no compiles, no GPU)."""
+    import tarfile
+
     from bench import gpu_suite
-    out = tmp_path / "suite"
-    bench_main(["gpu-suite", "--out", str(out), "--steps", "env,sass,report", "--box", "sass=0.05"])
+    stand_ins = {"check": "raise SystemExit(3)", "headline": "import time; time.sleep(60)",
+                 "model": "print('model step')", "sweep": "print('sweep')"}
+    monkeypatch.setattr(gpu_suite, "command", lambda step, out, sweep, minutes: [sys.executable, "-c", stand_ins[step]])
+    out, ship = tmp_path / "suite", tmp_path / "ship"
+    t0 = time.monotonic()
+    rc = bench_main(["gpu-suite", "--out", str(out), "--archive", str(ship / "gpu-suite.tar.gz"),
+                     "--box", "headline=0.05"])
+    assert rc == 1 and time.monotonic() - t0 < 120
     steps = json.loads((out / "suite.json").read_text())["steps"]
-    assert [(s["step"], s["status"]) for s in steps] == [("env", "ok"), ("sass", "timeout"), ("report", "skipped")]
-    assert json.loads((out / "env.json").read_text())["torch"]
-    assert (out / "gpu-suite.log").exists() and (out / "logs" / "env.log").exists()
+    assert [(s["step"], s["status"]) for s in steps] == [
+        ("env", "ok"), ("check", "failed"), ("headline", "timeout"), ("model", "ok"), ("sweep", "ok")]
+    assert steps[1]["exit_code"] == 3 and steps[2]["exit_code"] is None
+    env = json.loads((out / "env.json").read_text())
+    assert env["torch"] and env["psfops"]["kernels_file"]
+    assert sorted(p.name for p in ship.iterdir()) == ["gpu-suite.tar.gz", "suite.json"]
+    with tarfile.open(ship / "gpu-suite.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"suite/suite.json", "suite/env.json", "suite/gpu-suite.log", "suite/logs/model.log"} <= names
+    assert json.loads((ship / "suite.json").read_text())["steps"] == steps
+    # a budget already spent: the steps after env are skipped, and still recorded and archived
+    rc = bench_main(["gpu-suite", "--out", str(tmp_path / "late"), "--budget", "0.3", "--steps", "env,model,sweep"])
+    steps = json.loads((tmp_path / "late" / "suite.json").read_text())["steps"]
+    assert [s["status"] for s in steps] == ["ok", "skipped", "skipped"] and "no time left" in steps[1]["reason"]
+    assert (tmp_path / "late.tar.gz").exists()
+
+
+def test_gpu_suite_boxes_a_step():
+    from bench import gpu_suite
     lines = []
     t0 = time.monotonic()
     status, rc = gpu_suite.run_boxed([sys.executable, "-c", "print('hi', flush=True); import time; time.sleep(60)"],
-                                0.05, lines.append)
+                                     0.05, lines.append)
     assert status == "timeout" and rc is None and time.monotonic() - t0 < 30 and lines == ["hi"]
     assert gpu_suite.run_boxed([sys.executable, "-c", "raise SystemExit(3)"], 1.0, lines.append) == ("failed", 3)
+
+
+def test_gpu_check_runs_the_psf_kernels_against_the_reference(monkeypatch):
+    """bench gpu-check's case runner, on a tiny shape in the interpreter (the GPU runs it at full
+    size; smoke is the CPU test shape): every gradient set, frozen inputs included, passes; allocations made inside the
+    poisoned block are NaN; a kernel that leaves an output element unwritten is caught."""
+    from bench import gpu_check
+    got = list(gpu_check.run_op("psf_conv", "float32", "smoke", "cpu"))
+    assert [(r["passage"], r["needs"]) for r in got] == [
+        ("fwd", None), ("bwd", [True, True, True]), ("bwd", [False, True, True]), ("bwd", [True, False, True]),
+        ("bwd", [True, True, False])]
+    assert all(r["status"] == "ok" and r["bitwise_repeat"] for r in got), got
+    with gpu_check.poisoned_allocations():
+        assert torch.empty(3).isnan().all() and torch.empty_like(torch.ones(2)).isnan().all()
+    assert not torch.zeros(2).isnan().any()
+    planned = gpu_check.plan(["psf_conv", "apply_psf"], gpu_check.DTYPES, ["full", "ragged"])
+    # (forward + each gradient set) per sample variant, op, dtype and shape; usual uses first
+    assert len(planned) == 3 * 2 * 2 * (5 + 4)
+    assert [(c["op"], c["variant"]) for c in planned[:10:5]] == [("psf_conv", "usual"), ("apply_psf", "usual")]
+    padded = list(gpu_check.run_op("apply_psf", "float32", "smoke", "cpu", variant=1))
+    assert padded[0]["variant"] != "usual" and all(r["status"] == "ok" for r in padded), padded
+    ops, skipped = gpu_check.available_ops()
+    assert set(ops) == set(gpu_check.PSF_OPS) and not skipped  # psf_conv_transpose included
+    assert set(ops) | set(skipped) == set(gpu_check.PSF_OPS)
+    from psfops.kernels import psf as kpsf
+    real = kpsf.filter_forward
+
+    def skips_a_pixel(*args, **kwargs):  # as if the kernel never wrote pixel (0, 0): poisoned NaN stays
+        y = real(*args, **kwargs)
+        y[..., 0, 0] = float("nan")
+        return y
+    monkeypatch.setattr(kpsf, "filter_forward", skips_a_pixel)
+    bad = next(gpu_check.run_op("apply_psf", "float32", "smoke", "cpu"))
+    assert bad["status"] == "nan" and bad["nan"], bad
 
 
 def test_sass_estimate_counts_loops_bytes_and_flops_of_a_listing(tmp_path):
     """bench sass on a hand-made nvdisasm listing: the backward branch on the ``for c0`` line
     multiplies its body by C/BLOCK_C, a branch to itself (the trap after EXIT) is no loop, and the
-    counts, bytes, FLOPs and roofs are those worked out by hand."""
+    counts, bytes (loads and stores, L1 and L2), barriers, wgmma waits, FLOPs and roofs (four-roof
+    and honest) are those worked out by hand."""
     from bench import sass
     src = tmp_path / "kernel.py"
     src.write_text("def k(C):\n    x = 0\n    for c0 in range(0, C, 8):\n        x += 1\n    return x\n")
@@ -309,35 +378,107 @@ def test_sass_estimate_counts_loops_bytes_and_flops_of_a_listing(tmp_path):
         //## File "{src}", line 4
         /*0010*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
         /*0020*/                   FFMA R5, R4, R4, R5 ;
+        /*0030*/                   STS.64 [R7], R4 ;
+        /*0040*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0050*/                   STG.E.U16 desc[UR4][R8.64], R5 ;
         //## File "{src}", line 3
-        /*0030*/              @P0 BRA `(.L_x_0) ;
+        /*0060*/              @P0 BRA `(.L_x_0) ;
         //## File "{src}", line 5
-        /*0040*/                   HGMMA.64x64x8.F32.TF32 R24, gdesc[UR4], R24 ;
-        /*0050*/                   EXIT ;
+        /*0070*/                   HGMMA.64x64x8.F32.TF32 R24, gdesc[UR4], R24 ;
+        /*0080*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
+        /*0090*/                   EXIT ;
 .L_x_1:
-        /*0060*/                   BRA `(.L_x_1) ;
+        /*00a0*/                   BRA `(.L_x_1) ;
 """
     instrs = sass.parse_listing(listing)
-    assert [(a, op) for a, op, _, _ in instrs] == [(0, "MOV"), (16, "LDG.E.128"), (32, "FFMA"), (48, "BRA"),
-                                                   (64, "HGMMA.64x64x8.F32.TF32"), (80, "EXIT"), (96, "BRA")]
-    assert instrs[3][2].strip() == "0x10" and instrs[1][3] == (str(src), 4)
+    assert [(a, op) for a, op, _, _ in instrs] == [
+        (0, "MOV"), (16, "LDG.E.128"), (32, "FFMA"), (48, "STS.64"), (64, "BAR.SYNC.DEFER_BLOCKING"),
+        (80, "STG.E.U16"), (96, "BRA"), (112, "HGMMA.64x64x8.F32.TF32"), (128, "WARPGROUP.DEPBAR.LE"),
+        (144, "EXIT"), (160, "BRA")]
+    assert instrs[6][2].strip() == "0x10" and instrs[1][3] == (str(src), 4)
+    assert sass.loops(instrs) == [(16, 96, "c0")]
+    # a barrier in the c0 loop (an inner loop: not the persistent tile loop)
+    assert sass.barrier_counts(instrs) == {"total": 1, "in_loops": 1, "inner": 1, "by_loop": {"c0": 1}}
     mult = sass.loop_multipliers(instrs, {"C": 64, "BLOCK_C": 8, "n_tiles": 4}, programs=2)
-    assert mult == [2, 16, 16, 16, 2, 2, 2]  # 2 programs; the c0 loop runs 64 / 8 times
+    assert mult == [2, 16, 16, 16, 16, 16, 16, 2, 2, 2, 2]  # 2 programs; the c0 loop runs 64 / 8 times
     prof = sass.kernel_profile(instrs, mult, num_warps=4)
-    assert prof["warp_instructions"] == 4 * (2 + 16 * 3 + 2 * 3)
+    assert prof["warp_instructions"] == 4 * (2 + 16 * 6 + 2 * 4)
     assert prof["load_bytes"] == 4 * 16 * 32 * 16  # warps x executions x lanes x 16-byte loads
+    assert prof["store_bytes"] == 4 * 16 * 32 * (8 + 2)  # STS.64 and STG.E.U16
+    # L2: the global accesses alone, each warp's in whole sectors (32 lanes x 2 bytes = 2 sectors)
+    assert prof["l2_bytes"] == 4 * 16 * (32 * 16 + 2 * 32)
+    assert prof["barriers"] == 16 and prof["wgmma_waits"] == 2  # events, per program, summed over programs
     assert prof["fp32_flops"] == 4 * 16 * 32 * 2
     assert prof["tensor_flops"] == {"tf32": 4 * 2 * 2 * 64 * 64 * 8 / 4}  # a warpgroup shares the HGMMA
     assert prof["tensor_core_instructions"] == 8 and prof["static_tensor_core_instructions"] == 1
-    gpu = dict(sms=1, clock_ghz=1.0, fp32_tflops=1.0, tensor_tflops={"tf32": 2.0})
-    got = sass.roofs(prof, gpu)
-    assert got["issue_us"] == pytest.approx(1e6 * prof["warp_instructions"] / 4e9)
-    assert got["l1_us"] == pytest.approx(1e6 * prof["load_bytes"] / 128e9)
+    gpu = dict(sms=1, clock_ghz=1.0, fp32_tflops=1.0, tensor_tflops={"tf32": 2.0}, l2_tbs=0.001)
+    got = sass.roofs(prof, gpu, num_warps=4, resident=1, programs=2)
+    issue = 1e6 * prof["warp_instructions"] / 4e9
+    assert got["issue_4roof_us"] == pytest.approx(issue)
+    assert got["l1_4roof_us"] == pytest.approx(1e6 * prof["load_bytes"] / 128e9)
+    # 4 warps on 4 schedulers: 1 warp each, a quarter of the HIDING_WARPS; 16 barriers and 2 waits
+    # stall the one SM (both programs run on it, one after the other)
+    assert got["occupancy"] == pytest.approx(1 / sass.HIDING_WARPS) and got["warps_per_scheduler"] == 1
+    sync = 1e6 * (16 * sass.BAR_SYNC_CYCLES + 2 * sass.WGMMA_WAIT_CYCLES) / 1e9
+    assert got["sync_us"] == pytest.approx(sync)
+    assert got["issue_us"] == pytest.approx(issue * sass.HIDING_WARPS + sync)
+    assert got["l1_us"] == pytest.approx(1e6 * (prof["load_bytes"] + prof["store_bytes"]) / 128e9)
+    assert got["l2_us"] == pytest.approx(1e6 * prof["l2_bytes"] / 1e9)
     assert got["math_us"] == pytest.approx(1e6 * (prof["fp32_flops"] / 1e12 + prof["tensor_flops"]["tf32"] / 2e12))
+    # two resident programs of 8 warps: 4 warps per scheduler hide latency, and halve the stalls
+    two = sass.roofs(prof, gpu, num_warps=8, resident=2, programs=2)
+    assert two["occupancy"] == 1.0 and two["sync_us"] == pytest.approx(sync / 2)
+    assert sass.binding_roof(got) == "l2"  # a slow L2 (1 GB/s) binds
+    h100 = sass.GPUS["H100"]
+    assert sass.resident_programs(h100, 8, 255, 1024, 132) == 1      # one program per SM in the grid
+    assert sass.resident_programs(h100, 8, 128, 1024, 1000) == 2     # registers: 128 x 32 x 8 x 2 = 64 K
+    assert sass.resident_programs(h100, 4, 32, 120 * 1024, 1000) == 1  # shared memory
+    # the modelled L2 traffic of a d(taps) launch: halo rows start WPAD columns left of an
+    # aligned tile column (partial sectors), the tap sums are read-modified-written per block
+    f32 = torch.empty(0)
+    args = dict(n_tiles=1, J=2, TH=1, TW=8, KSIZE=3, C=4, BLOCK_C=4, RD=1, WPAD=4, HALO_W=16, HALO=48,
+                SYNTH=True, NEED_DW=True, stage_ptr=f32, taps_ptr=f32, w_ptr=f32)
+    halo = 4 * 3 * 96   # 4 channels x 3 rows x 64 bytes from 16 bytes into a sector: 3 sectors
+    staged = 4 * 192    # 48 values a plane, written and read back
+    plane, taps, weights = 4 * 32, 9 * 32, 2 * 32
+    assert sass.l2_traffic("_psf_dk_kernel", args) == halo + 2 * staged + plane + taps + taps + 2 * weights
+    assert sass.l2_traffic("_blend_fwd_kernel", args) is None
     fn = SimpleNamespace(arg_names=["x_ptr", "taps_ptr", "part_ptr"])  # work areas: taps, and partials if used
     args = [torch.empty(10), torch.empty(4), torch.empty(3, dtype=torch.float64)]
     assert sass.scratch_bytes(fn, args, {"NEED_DBASIS": True}) == 4 * 4 + 3 * 8
     assert sass.scratch_bytes(fn, args, {"NEED_DBASIS": False}) == sass.scratch_bytes(fn, args, {}) == 4 * 4
+
+
+def test_static_table_has_before_and_after_columns(tmp_path):
+    """RESULTS.md's static table: per (psfops, triton) the four-roof estimate ("before") and, for
+    records that have it, the honest one ("after"), each with its binding roof; older records
+    (four roofs only) get a before column alone."""
+    from bench import sass
+    base = dict(op="psf_conv", dtype="float32", gpu="H100", hbm_floor_us=50.0, spill_bytes=0)
+    old = [dict(base, **{"pass": "fwd+bwd"}, psfops="0.1.0", triton="3.9.0", estimate_us=500.0, binding="issue")]
+    new = [dict(base, **{"pass": "fwd+bwd"}, psfops="0.2.0", triton="3.9.0", estimate_us=300.0, binding="l2",
+                estimate_4roof_us=100.0, binding_4roof="l1")]
+    (tmp_path / "sass-old.json").write_text(json.dumps(old))
+    (tmp_path / "sass-new.json").write_text(json.dumps(new))
+    lines = sass.static_table(sorted(tmp_path.glob("sass-*.json")))
+    header = next(line for line in lines if line.startswith("| op |"))
+    assert header.count("before") == 2 and header.count("after") == 1
+    row = next(line for line in lines if line.startswith("| psf_conv | fwd+bwd |"))
+    assert "500 us (10.0x, issue)" in row and "100 us (2.0x, l1)" in row and "300 us (6.0x, l2)" in row
+    assert row.index("100 us") < row.index("300 us")
+    assert "occupancy" in lines[0] and "L2" in lines[0]  # the preamble names the model
+
+
+def test_gpu_check_workers_report_every_planned_case(tmp_path):
+    """gpu-check's plumbing on the CPU (interpreter, the smoke shape): a worker process per dtype,
+    their JSON lines merged into one report that accounts for every planned case."""
+    from bench import gpu_check
+    out = tmp_path / "check.json"
+    report = gpu_check.check(out, ops=["apply_psf"], dtypes=["float32"], shapes=["smoke"], max_minutes=4,
+                             log=lambda line: None, device="cpu")
+    assert json.loads(out.read_text())["summary"] == report["summary"]
+    assert report["summary"] == {"ok": 8, "not_reached": 0, "planned": 8}, report
+    assert {r["variant"] for r in report["results"]} == {"usual", "circular"}
 
 
 @pytest.mark.slow
@@ -353,9 +494,11 @@ def test_bench_sass_end_to_end(tmp_path):
                          cwd=Path(__file__).parents[1])
     assert run.returncode == 0, run.stderr[-2000:]
     records = json.loads(out.read_text())
-    assert {(r["op"], r["pass"]) for r in records} == {(op, p) for op in ("psf_conv", "synthesize_psf", "apply_psf")
+    assert {(r["op"], r["pass"]) for r in records} == {(op, p) for op in ("psf_conv", "psf_conv_transpose",
+                                                                           "synthesize_psf", "apply_psf")
                                                       for p in ("fwd", "bwd", "fwd+bwd")}
     for r in records:
         assert r["estimate_us"] >= r["hbm_floor_us"] > 0 and r["scratch_bytes"] >= 0, r
+        assert r["estimate_us"] >= r["estimate_4roof_us"] and r["binding"] in ("issue", "l1", "l2", "math", "hbm")
     conv = {r["pass"]: r for r in records if r["op"] == "psf_conv"}
     assert conv["fwd+bwd"]["tensor_core_instructions"] > 0 and conv["bwd"]["scratch_bytes"] > 0

@@ -87,3 +87,35 @@ def test_psf_kernels_with_more_than_64_basis_kernels_compile_without_spills(tmp_
     assert {r["constexprs"]["NUM_JB"] for r in records} == {"2"}
     spills = [(r["kernel"], r["dtype"], r["stack"]) for r in records if r.get("stack", 0) > 0]
     assert not spills, spills
+
+
+MAX_INNER_BARRIERS = 4  # a handful: one before and one after the staged block, a few for the taps
+
+
+@needs_tools
+@pytest.mark.xfail(strict=True, reason=(
+    "today's psf kernels keep more than a handful of CTA barriers inside their inner loops. "
+    "triton 3.9: d(taps) 20 (float32) / 24 (bfloat16), 2 in the channel-block loop and 18 / 22 in "
+    "the epilogue loop; bfloat16 forward and d(x) 9 in the channel-block loop (float32: 2). "
+    "triton 3.6: the same, plus float32 forward and d(x) 9 (forward 11 with a padding mode), and "
+    "bfloat16 d(taps) 687 in its channel-block loop (689 with a padding mode; apply_psf's too). "
+    "Strict: once the kernels are fixed this XPASSes and fails, so the marker goes then "
+    "(bench/results/static/sm90-barriers-*.json hold the counts)."))
+def test_psf_inner_loops_hold_a_handful_of_barriers(records):
+    """Each ``BAR.SYNC`` inside a psf kernel's channel-block, tap, staging, J-block or epilogue
+    loop runs once per iteration per tile and stalls the whole program (one program per SM):
+    more than :data:`MAX_INNER_BARRIERS` of them in float32 or bfloat16 under the installed
+    triton is a regression (``python -m bench sm90`` prints the counts per loop)."""
+    heavy = [(r["kernel"], r["dtype"], r["barriers"]["inner"], r["barriers"]["by_loop"]) for r in records
+             if r["kernel"].startswith(("_psf", "_synthesize")) and r["barriers"]["inner"] > MAX_INNER_BARRIERS]
+    assert not heavy, heavy
+
+
+@needs_tools
+def test_every_kernel_reports_its_barriers(records):
+    """The barrier counts the test above reads are there for every kernel, consistent, and agree
+    with the PTX's (ptxas may add or merge a few, never lose them all)."""
+    for r in records:
+        bars = r["barriers"]
+        assert bars["total"] >= bars["in_loops"] >= bars["inner"] >= 0, r
+        assert (bars["total"] == 0) == (r["bar_sync"] == 0), r

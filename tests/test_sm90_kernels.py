@@ -8,6 +8,10 @@ def test_ptx_facts_reads_vector_widths_and_mma():
     @%p1 ld.global.b16 { %rs1 }, [ %rd2 + 0 ];
     st.global.v2.b32 [ %rd3 + 0 ], { %r5, %r6 };
     mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 { %f1 }, { %r1 }, { %r2 }, { %f2 };
+    bar.sync 0;
+    @%p3 bar.sync 0;
+    barrier.sync 0;
+    // bar.sync in a comment is no barrier
     """
-    assert ptx_facts(ptx) == {"load_bits": 128, "store_bits": 64, "mma": ["mma.bf16"]}
-    assert ptx_facts("ld.global.f32 %f1, [%rd1];") == {"load_bits": 32, "store_bits": 0, "mma": []}
+    assert ptx_facts(ptx) == {"load_bits": 128, "store_bits": 64, "mma": ["mma.bf16"], "bar_sync": 3}
+    assert ptx_facts("ld.global.f32 %f1, [%rd1];") == {"load_bits": 32, "store_bits": 0, "mma": [], "bar_sync": 0}
