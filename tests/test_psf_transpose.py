@@ -173,3 +173,130 @@ def test_per_sample_basis_equals_each_sample_alone(op, padding):
                 mine = together[i] if name == "basis" else together[i:i + 1]
                 assert mine.shape == by_itself.shape
                 assert_rel_close(mine, by_itself, 1e-12, f"{op} sample {i} d{name}")
+
+
+# ---- 5. the GPU's launch plans in the interpreter ---------------------------------------------
+
+@pytest.fixture
+def gpu_plans():
+    """The GPU's launch plans (4x32 tiles, 64-channel blocks, 128-pixel halo chunks, persistent
+    grid) on 2 programs, in the interpreter (as test_psf_ops.py's fixture)."""
+    from psfops.kernels import launch_target
+    from psfops.kernels import psf as kernels
+    with launch_target(sm_count=2, gpu_plans=True):
+        yield kernels
+
+
+# B2 C70 H5 W37 J80: 8 forward tiles (4x32, the last row and column partial) on 2 programs, C over
+# two 64-channel blocks, J over two 64-kernel blocks; d(taps) tiles (16x32) of both images on each
+# program, so each program adds into both samples' d(basis) partials.
+GPU_CASE = (2, 70, 5, 37, 80, 3)
+
+
+@pytest.mark.parametrize("op,padding,d", [("psf_conv_transpose", "reflect", 1), ("psf_conv", "circular", 2)])
+def test_gpu_launch_plans_padded_per_sample(op, padding, d, gpu_plans):
+    """psf_conv_transpose and padded psf_conv with a per-sample basis (and apply_psf padded) under
+    the GPU's plans, float64, forward and every gradient against the loop truth."""
+    B, C, H, W, J, k = GPU_CASE
+    p = gpu_plans.plan("fwd", B, C, H, W, J, torch.device("cpu"))
+    assert (p.TH, p.TW, p.BLOCK_C, p.NUM_JB, p.programs) == (4, 32, 64, 2, 2)
+    assert gpu_plans.plan("dk", B, C, H, W, J, torch.device("cpu")).programs == 2
+    torch.manual_seed(len(op) + d)
+    loop = loop_psf_conv_transpose if op == "psf_conv_transpose" else loop_psf_conv
+    _check_op(getattr(psfops, op), loop, (B, C, H, W, J, k, d), padding, True, torch.float64, "gpu plans ")
+    if op == "psf_conv":
+        x = rand(B, C, H, W, dtype=torch.float64, requires_grad=True)
+        psf = rand(B, k * k, H, W, dtype=torch.float64, requires_grad=True)
+        check_triton_against_truth(lambda x, q: psfops.apply_psf(x, q, d, "replicate"),
+                                   lambda x, q: loop_apply_psf(x, q, d, "replicate"), (x, psf),
+                                   "gpu plans apply_psf replicate")
+
+
+# ---- 6. large kernels on tiny images ------------------------------------------------------------
+
+LARGE = [  # (op, padding, dtype, (B, C, H, W, J, k, dilation))
+    ("psf_conv_transpose", "circular", torch.float64, (1, 2, 2, 9, 2, 15, 1)),
+    ("psf_conv", "reflect", torch.float64, (1, 2, 9, 11, 2, 15, 1)),
+    ("psf_conv_transpose", "reflect", torch.float32, (1, 2, 3, 5, 2, 15, 1)),
+    ("psf_conv_transpose", "replicate", torch.float64, (1, 2, 5, 6, 2, 9, 3)),   # halo 12 > H, W
+    ("psf_conv", "circular", torch.float64, (1, 1, 4, 7, 2, 9, 3)),
+]
+
+
+@pytest.mark.parametrize("op,padding,dtype,case", LARGE,
+                         ids=[f"{o}-{p}-{str(t)[6:]}-k{c[5]}d{c[6]}" for o, p, t, c in LARGE])
+def test_large_kernels(op, padding, dtype, case):
+    """k = 15 (float64 and float32) and k = 9 at dilation 3: the halo larger than the image (the
+    padded scatter folds back an extension several times the image)."""
+    torch.manual_seed(case[5] + len(op))
+    loop = loop_psf_conv_transpose if op == "psf_conv_transpose" else loop_psf_conv
+    _check_op(getattr(psfops, op), loop, case, padding, False, dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op,padding,k", [("psf_conv_transpose", "zeros", 31), ("psf_conv", "reflect", 31),
+                                          ("psf_conv_transpose", "reflect", 41), ("psf_conv", "zeros", 41)])
+def test_very_large_kernels(op, padding, k):
+    """k = 31 and 41, float64, forward and every gradient. Slow: in the interpreter one op's forward
+    and gradients take about 20 s at k = 31 and over a minute at k = 41 (measured on the shared
+    2-core machine), too much for the default run; k = 31's forward stays there
+    (test_k31_forward)."""
+    torch.manual_seed(k)
+    loop = loop_psf_conv_transpose if op == "psf_conv_transpose" else loop_psf_conv
+    _check_op(getattr(psfops, op), loop, (1, 1, 3, 4, 2, k, 1), padding, False, torch.float64)
+
+
+def test_k31_forward():
+    """k = 31 in the default run: psf_conv's gather forward with reflect (a pad of 15 on a 5x6
+    image, mirrored several times), float64. (The full k = 31 check: test_very_large_kernels.)"""
+    torch.manual_seed(31)
+    x, w, b = _inputs(1, 2, 5, 6, 2, 31, False, requires_grad=False)
+    with psfops.backend("triton"):
+        y = psfops.psf_conv(x, w, b, 1, "reflect")
+    assert_rel_close(y, loop_psf_conv(x, w, b, 1, "reflect"), 1e-12, "psf_conv k31 reflect")
+
+
+# ---- 7. determinism and NaN -------------------------------------------------------------------
+
+def test_transpose_gradients_bitwise_deterministic():
+    """Two runs of psf_conv_transpose's forward and gradients (float32, reflect, per-sample basis,
+    8 tiles on 4 programs: d(basis) summed across programs) are bitwise equal."""
+    torch.manual_seed(7)
+    inputs = _inputs(2, 3, 17, 33, 3, 3, True, torch.float32)
+    runs = []
+    for _ in range(2):
+        with psfops.backend("triton"):
+            outs, grads, _ = value_and_grads(lambda y, w, b: psfops.psf_conv_transpose(y, w, b, 1, "reflect"),
+                                             inputs, seed=3)
+        runs.append(outs + grads)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_transpose_nan_propagates(padding):
+    """A NaN in y reaches exactly the outputs it reaches in the reference (no crash); the rest
+    matches the reference."""
+    torch.manual_seed(8)
+    y, w, b = _inputs(1, 2, 7, 9, 3, 3, False, torch.float32, requires_grad=False)
+    y[0, 1, 3, 4] = float("nan")
+    y[0, 0, 0, 8] = float("nan")  # a corner: folded back by the padding
+    with psfops.backend("triton"):
+        out = psfops.psf_conv_transpose(y, w, b, 1, padding)
+    ref = reference.psf_conv_transpose(y, w, b, 1, padding)
+    assert torch.isnan(out[0, 1, 3, 4]) and torch.isnan(ref).any()
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    finite = ~torch.isnan(ref)
+    assert_rel_close(out[finite], ref[finite], 1e-5, "finite part")
+
+
+# ---- 8. gradcheck -------------------------------------------------------------------------------
+
+def test_transpose_gradcheck_float64():
+    """torch.autograd.gradcheck of psf_conv_transpose on the Triton path: circular padding, a
+    per-sample basis, dilation 2, tiny shape."""
+    torch.manual_seed(9)
+    y, w, b = _inputs(2, 1, 4, 3, 2, 3, True)
+    with psfops.backend("triton"):
+        assert torch.autograd.gradcheck(lambda y, w, b: psfops.psf_conv_transpose(y, w, b, 2, "circular"),
+                                        (y, w, b), fast_mode=True)
