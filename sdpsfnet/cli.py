@@ -140,11 +140,12 @@ def cmd_metrics(a) -> int:
 
 
 def cmd_derain(a) -> int:
-    from .inference import derain_outputs, derain_paths
+    from .derainer import Derainer
+    from .inference import derain_outputs
 
     derain_outputs(a.inputs, a.out)  # its checks, before the model is loaded
-    written = derain_paths(_load(a.ckpt, a.device), a.inputs, a.out, tile=a.tile or None,
-                           overlap=a.overlap, progress=not a.no_progress)
+    derainer = Derainer.from_checkpoint(a.ckpt, a.device, tile=a.tile or None, overlap=a.overlap)
+    written = derainer.derain_files(a.inputs, a.out, progress=not a.no_progress)
     print(f"wrote {len(written)} image(s) to {a.out}")
     return 0
 
@@ -193,9 +194,18 @@ def cmd_export(a) -> int:
     return 0
 
 
+def version() -> str:
+    """``sdpsfnet <version> (psfops <version>, torch <version>)``: one version, psfops/version.py."""
+    import torch
+    from psfops.version import __version__
+
+    return f"sdpsfnet {__version__} (psfops {__version__}, torch {torch.__version__})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sdpsfnet", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp, device=True):
