@@ -397,8 +397,7 @@ def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path) -> str
         if steps:
             lines += ["### SD-PSFNet training step", ""] + steps + [""]
         above = roof_lines(recs)
-        if above:
-            lines += ["### Above the copy roof (marked *)", ""] + above + [""]
+        lines += ["### Above the copy roof (marked *)", ""] + above + [""] if above else []
         skipped = skipped_lines(recs)
         if skipped:
             lines += ["### Not measured", ""] + skipped + [""]
