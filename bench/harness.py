@@ -169,7 +169,21 @@ def roofs(rec: dict, copy_gbps: float, peak: float | None) -> dict:
     compute = out["pct_flops"] is not None and out["pct_flops"] > out["pct_roofline"]
     out["bound"] = "compute" if compute else "memory"
     out["pct_bound"] = out["pct_flops"] if compute else out["pct_roofline"]
+    out["roof_note"] = roof_note({**rec, **out})
     return out
+
+
+def roof_note(rec: dict) -> str | None:
+    """Why a record is above 100% of the copy roof, or None when it is not. The roof is a copy far
+    larger than any cache (64 MiB on CPU, 1 GiB on CUDA); a case whose bytes fit in the caches
+    (the CPU smoke cases move a few MB) is served from them, faster than that copy."""
+    pct = rec.get("pct_roofline")
+    if pct is None or pct <= 100.0:
+        return None
+    return (f"{pct:.0f}% of the copy roof: the case moves {rec['bytes'] / 1e6:.1f} MB, which fits in the "
+            f"{'L2' if rec.get('device_type') == 'cuda' else 'CPU'} caches, while the roof "
+            f"({rec['roofline_gbps']:.1f} GB/s) is a copy from {'HBM' if rec.get('device_type') == 'cuda' else 'DRAM'}; "
+            "not a bound for this case")
 
 
 def graph_time_ms(fn: Callable[[], object], device: torch.device, **timing) -> tuple[float | None, str | None]:
@@ -442,4 +456,5 @@ def format_record(rec: dict) -> str:
     bw = "" if rec.get("gbps") is None else f"  {rec['gbps']:8.1f} GB/s ({rec['pct_roofline']:5.1f}%)"
     bound = "" if rec.get("bound") is None else f"  {rec['bound']}-bound {rec['pct_bound']:5.1f}%"
     mem = "" if rec["peak_mb"] is None else f"  {rec['peak_mb']:9.1f} MB"
-    return f"{head:<80} {rec['ms']:9.3f} ms{graph}{bw}{bound}{mem}"
+    note = roof_note(rec)
+    return f"{head:<80} {rec['ms']:9.3f} ms{graph}{bw}{bound}{mem}" + (f"\n    ({note})" if note else "")

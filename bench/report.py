@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import cases as C
-from .harness import record_key
+from .harness import record_key, roof_note
 from .sass import static_table
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -133,7 +133,8 @@ def op_table(recs: list[dict], op: str, pass_: str) -> list[str]:
                         [_fmt(rows[i].get("ms_graph")) if i in rows else "" for i in impls] + [
             _ratio(_ms(rows, "triton"), best_eager_ms(rows)),
             _ratio(_ms(rows, "triton"), _ms(rows, "compile")),
-            _fmt(ok_t and ok_t["gbps"], ".1f"), _fmt(ok_t and ok_t["pct_roofline"], ".1f"),
+            _fmt(ok_t and ok_t["gbps"], ".1f"),
+            _fmt(ok_t and ok_t["pct_roofline"], ".1f") + ("*" if ok_t and roof_note(ok_t) else ""),
             _fmt(ok_t and ok_t["tflops"], ".3g"), _fmt(ok_t and ok_t.get("pct_flops"), ".1f"), bound] +
             [_fmt(rows[i]["peak_mb"], ".1f") if i in rows else "" for i in impls])
     keep = [j for j in range(len(head)) if any(row[j] not in ("—", "") for row in rows_out)]
@@ -214,6 +215,12 @@ def target_lines(rows: dict, dtype: str) -> list[str]:
     ]
 
 
+def roof_lines(recs: list[dict]) -> list[str]:
+    """One line per record above 100% of the copy roof, with the reason (see harness.roof_note)."""
+    return [f"- `{r['impl']}` {r['op']} {r['pass']} {r['dtype']} {_shape_label(r)}: {roof_note(r)}"
+            for r in recs if r["status"] == "ok" and roof_note(r)]
+
+
 def skipped_lines(recs: list[dict]) -> list[str]:
     counts: dict[tuple, int] = defaultdict(int)
     for r in recs:
@@ -242,14 +249,42 @@ def size_series(recs: list[dict], op: str, pass_: str = "fwd+bwd"):
     return label, series
 
 
+def _number_axis(axis) -> None:
+    """Plain numbers on a log axis at 1-2-5 steps (major and minor ticks): a range of less than a
+    decade has no major tick, and matplotlib leaves minor ticks unlabelled, so the axis showed no
+    numbers at all."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    label = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0,)))
+    axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+    axis.set_major_formatter(label)
+    axis.set_minor_formatter(label)
+
+
 def plot_op(recs: list[dict], op: str, path: Path) -> bool:
     """PNG for ``op``: fwd+bwd time vs size per impl, and Triton speed-up vs size. False if no data."""
+    import matplotlib.pyplot as plt
+
+    fig = op_figure(recs, op)
+    if fig is None:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def op_figure(recs: list[dict], op: str):
+    """The figure of :func:`plot_op` (None without two sizes): time on a log axis labelled in ms
+    at 1-2-5 steps, speed-up on a linear axis, sizes on a log2 axis."""
     label, series = size_series(recs, op)
     if len({h for pts in series.values() for h, _ in pts}) < 2:
-        return False
+        return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 4))
     for (impl, dtype), pts in sorted(series.items()):
@@ -277,12 +312,10 @@ def plot_op(recs: list[dict], op: str, path: Path) -> bool:
     for ax in (ax_t, ax_s) if any_speedup else (ax_t,):
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(h) for h in sizes])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(NullLocator())  # the x axis only: the y axes keep their numbers
+    _number_axis(ax_t.yaxis)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return fig
 
 
 # ---- the report ---------------------------------------------------------------------------
@@ -363,6 +396,8 @@ def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path) -> str
         steps = step_table(recs)
         if steps:
             lines += ["### SD-PSFNet training step", ""] + steps + [""]
+        above = roof_lines(recs)
+        lines += ["### Above the copy roof (marked *)", ""] + above + [""] if above else []
         skipped = skipped_lines(recs)
         if skipped:
             lines += ["### Not measured", ""] + skipped + [""]

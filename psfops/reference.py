@@ -48,11 +48,17 @@ def _empty_like(x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
     return x * 0 + sum(t.sum() * 0 for t in inputs)
 
 
+def _sizes(shape) -> tuple:
+    """``shape`` with traced sizes as ints: under torch.jit.trace a size is a tensor (made an
+    int here), under torch.export a SymInt (kept: an int would specialize the exported shapes)."""
+    return tuple(int(n) if isinstance(n, torch.Tensor) else n for n in shape)
+
+
 def _unfold_taps(x: torch.Tensor, k: int, dilation: int, padding: str = "zeros") -> torch.Tensor:
     """(B,C,H,W) -> (B,C,k*k,H,W): tap u*k+v holds ``xpad[..., h+(u-k//2)d, w+(v-k//2)d]``, the
     input extended by ``padding`` (:mod:`psfops.padding`)."""
-    B, C, H, W = (int(n) for n in x.shape)
-    k, dilation = int(k), int(dilation)  # (plain ints: under torch.jit.trace the sizes are tensors)
+    B, C, H, W = _sizes(x.shape)
+    k, dilation = int(k), int(dilation)
     p = dilation * (k // 2)
     if padding == "zeros":
         cols = F.unfold(x, k, dilation=dilation, padding=p)
@@ -65,7 +71,7 @@ def _fold_taps(cols: torch.Tensor, k: int, dilation: int, padding: str = "zeros"
     """The adjoint of :func:`_unfold_taps`: (B,C,k*k,H,W) -> (B,C,H,W). Tap t of pixel p is added at
     the extended position ``p + s_t``, ``s_t = ((u-k//2)d, (v-k//2)d)``; the extended plane is then
     folded back onto the image by ``padding.pad_adjoint`` (zeros: the border is dropped)."""
-    B, C, kk, H, W = (int(n) for n in cols.shape)
+    B, C, kk, H, W = _sizes(cols.shape)
     k, dilation = int(k), int(dilation)
     p = dilation * (k // 2)
     flat = cols.reshape(B, C * kk, H * W)
@@ -167,7 +173,7 @@ def psf_conv_convstack(x: torch.Tensor, weights: torch.Tensor, basis: torch.Tens
     ``weights``. Used as a second baseline. A 4-d basis runs as a grouped conv, one group per (b,c)."""
     if x.numel() == 0 or weights.numel() == 0:
         return _empty_like(x, weights, basis)
-    B, C, H, W = (int(n) for n in x.shape)
+    B, C, H, W = _sizes(x.shape)
     J, k, d = int(basis.shape[-3]), int(basis.shape[-1]), int(dilation)
     p = d * (k // 2)
     xp = _pad.pad(_acc(x), p, p, padding)

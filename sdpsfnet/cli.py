@@ -165,11 +165,12 @@ def cmd_metrics(a) -> int:
 
 
 def cmd_derain(a) -> int:
-    from .inference import derain_outputs, derain_paths
+    from .derainer import Derainer
+    from .inference import derain_outputs
 
     derain_outputs(a.inputs, a.out)  # its checks, before the model is loaded
-    written = derain_paths(_load(a.ckpt, a.device), a.inputs, a.out, tile=a.tile or None,
-                           overlap=a.overlap, progress=not a.no_progress)
+    derainer = Derainer.from_checkpoint(a.ckpt, a.device, tile=a.tile or None, overlap=a.overlap)
+    written = derainer.derain_files(a.inputs, a.out, progress=not a.no_progress)
     print(f"wrote {len(written)} image(s) to {a.out}")
     return 0
 
@@ -214,14 +215,23 @@ def cmd_export(a) -> int:
 
     meta = export_checkpoint(a.ckpt, a.out)
     M = meta["pad_multiple"]
-    print(f"wrote {a.out}: model {meta['model']}, reference ops; input (B, 3, H, W) in [0, 1] with "
-          f"H, W multiples of {M} (>= {2 * M}): reflect-pad other sizes and crop back")
+    print(f"wrote {a.out}: model {meta['model']}, reference ops; input rainy (B, 3, H, W) in [0, 1], "
+          f"any H, W >= {2 * M}; output derained")
     return 0
+
+
+def version() -> str:
+    """``sdpsfnet <version> (psfops <version>, torch <version>)``: one version, psfops/version.py."""
+    import torch
+    from psfops.version import __version__
+
+    return f"sdpsfnet {__version__} (psfops {__version__}, torch {torch.__version__})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sdpsfnet", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp, device=True):
@@ -335,9 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "onnxscript packages). The graph uses the psfops reference ops, i.e. plain PyTorch "
                 "operators, so it runs without Triton and converts to ONNX; it is exported on the CPU (for "
                 "a GPU: torch.export.passes.move_to_device_pass). Input "
-                "(B, 3, H, W) RGB in [0, 1], any batch, H and W any multiples of the model's padding "
-                "multiple M (4 for SD-PSFNet, 8 for MSPFN), at least 2M; reflect-pad other sizes and "
-                "crop the output back. Output: the restored image, clamped to [0, 1].")
+                "rainy (B, 3, H, W) RGB in [0, 1], any batch, any H and W of at least 2M (M = 4 for "
+                "SD-PSFNet, 8 for MSPFN; the graph pads and crops as the eager model does). Output "
+                "derained: the restored image, clamped to [0, 1].")
     x.add_argument("--out", required=True, help="output file: .pt2 or .onnx")
     return p
 

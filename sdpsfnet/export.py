@@ -12,19 +12,14 @@ would put ``torch.ops.psfops.*`` custom ops in the graph, which need psfops impo
 a CUDA device, and have no ONNX equivalent; the price of the reference ops is their speed and
 memory on large images.
 
-Shapes: the batch size is dynamic (any B >= 1), and so are H and W, as any multiples of the
-model's padding multiple ``M`` (4 for SD-PSFNet, ``2 ** num_scales`` = 8 for MSPFN) of at least
-``2 * M``. The eager model reflect-pads other sizes to a multiple of ``M`` internally;
-``torch.export``'s symbolic shapes cannot follow that padding for arbitrary sizes, so the
-exported program leaves it to the caller, with the same result as the eager model::
-
-    H, W = x.shape[-2:]
-    y = program.module()(F.pad(x, (0, -W % M, 0, -H % M), mode="reflect"))[..., :H, :W]
-
-(for images of at least ``M`` pixels a side; smaller ones are replicate-padded by the eager
-model). ``M`` and the other facts a deployment needs are stored beside the graph: in the ``.pt2``
-as the extra file ``sdpsfnet.json`` (:func:`load_program` returns them), in the ONNX file as
-metadata properties.
+Shapes: the batch size is dynamic (any B >= 1), and so are H and W: any sizes of at least
+``2 * M``, where ``M`` is the model's padding multiple (4 for SD-PSFNet, ``2 ** num_scales`` = 8
+for MSPFN). The graph reflect-pads the bottom/right to a multiple of ``M`` and crops the output
+back, as the eager model does, so every size gives the eager model's result. The input is named
+``rainy``, the output ``derained``; the output never requires grad (the weights are buffers, the
+result is detached). ``M`` and the other facts a deployment needs are stored beside the graph: in
+the ``.pt2`` as the extra file ``sdpsfnet.json`` (:func:`load_program` returns them), in the ONNX
+file as metadata properties.
 """
 from __future__ import annotations
 
@@ -42,20 +37,57 @@ from .registry import build_model
 
 __all__ = ["export_checkpoint", "load_program", "pad_multiple", "FORMATS"]
 
+INPUT, OUTPUT = "rainy", "derained"
 FORMATS = {".pt2": "torch.export program", ".onnx": "ONNX"}
 META_FILE = "sdpsfnet.json"
 
 
+def _reflect_index(n, size: int, device) -> torch.Tensor:
+    """Source indices of an axis of length ``n`` reflect-extended on the far side to ``size``."""
+    i = torch.arange(size, device=device)
+    return torch.where(i < n, i, 2 * (n - 1) - i)
+
+
 class Restorer(nn.Module):
-    """x (B,3,H,W) in [0,1] -> the model's final output clamped to [0,1]."""
+    """rainy (B,3,H,W) in [0,1], any H, W >= 2M -> the model's final output clamped to [0,1],
+    detached. Pads to a multiple of M (reflect, bottom/right) and crops back as the eager model
+    does; with index gathers rather than ``F.pad`` and slices, whose size checks would specialize
+    the exported shapes."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, multiple: int):
         super().__init__()
-        self.model = model
+        self.model, self.multiple = model, multiple
 
-    def forward(self, x):
+    def forward(self, rainy):
+        M, (H, W) = self.multiple, rainy.shape[-2:]
+        Hp, Wp = (H + M - 1) // M * M, (W + M - 1) // M * M
+        x = rainy.index_select(2, _reflect_index(H, Hp, rainy.device))
+        x = x.index_select(3, _reflect_index(W, Wp, rainy.device))
         out = self.model(x)
-        return (out[-1] if isinstance(out, (list, tuple)) else out).clamp(0, 1)
+        out = out[-1] if isinstance(out, (list, tuple)) else out
+        out = out.index_select(2, torch.arange(H, device=rainy.device))
+        out = out.index_select(3, torch.arange(W, device=rainy.device))
+        return out.clamp(0, 1).detach()
+
+
+def _weights_as_buffers(module: nn.Module) -> nn.Module:
+    """``module`` with every parameter re-registered as a buffer: the exported program then has
+    no tensors that require grad, so calling it builds no autograd graph."""
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None:
+                del m._parameters[name]
+                m.register_buffer(name, p.detach())
+    return module
+
+
+def _name_output(program: ExportedProgram, name: str) -> None:
+    """Rename the program's (single) user output node to ``name``."""
+    (spec,) = [s for s in program.graph_signature.output_specs if s.kind.name == "USER_OUTPUT"]
+    node = next(n for n in program.graph.nodes if n.name == spec.arg.name)
+    node._rename(name)
+    spec.arg.name = node.name
+    program.graph_module.recompile()
 
 
 def pad_multiple(model: nn.Module) -> int:
@@ -97,13 +129,15 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out: str | os.PathLike) -> d
     model = _reference_model(ckpt)
     M = pad_multiple(model)
     meta = {"model": ckpt["build_spec"]["name"], "step": ckpt.get("step"), "backend": "reference",
-            "input": "float32 (B, 3, H, W) RGB in [0, 1]", "output": "float32 (B, 3, H, W) in [0, 1]",
-            "pad_multiple": M, "min_size": 2 * M}
-    h, w = Dim("h", min=2), Dim("w", min=2)
-    shapes = {"x": {0: Dim("batch", min=1), 2: M * h, 3: M * w}}
-    example = torch.rand(2, 3, 4 * M, 3 * M)  # batch 2: a batch of 1 would be specialized
+            "input": f"{INPUT}: float32 (B, 3, H, W) RGB in [0, 1], H, W >= {2 * M}",
+            "output": f"{OUTPUT}: float32 (B, 3, H, W) in [0, 1]", "pad_multiple": M, "min_size": 2 * M}
+    shapes = {INPUT: {0: Dim("batch", min=1), 2: Dim("h", min=2 * M), 3: Dim("w", min=2 * M)}}
+    example = torch.rand(2, 3, 4 * M + 1, 3 * M + 3)  # batch 2 (1 would be specialized), not multiples
     with torch.no_grad():
-        program = torch.export.export(Restorer(model), (example,), dynamic_shapes=shapes)
+        # the runtime asserts replace guards that sympy cannot prove for every size but that hold
+        program = torch.export.export(Restorer(_weights_as_buffers(model), M), (example,),
+                                      dynamic_shapes=shapes, prefer_deferred_runtime_asserts_over_guards=True)
+    _name_output(program, OUTPUT)
     if onnx:
         _save_onnx(program, example, out, meta)
     else:
@@ -122,7 +156,8 @@ def _require_onnx(out: Path) -> None:
 
 
 def _save_onnx(program: ExportedProgram, example: torch.Tensor, out: Path, meta: dict) -> None:
-    onnx_program = torch.onnx.export(program, (example,), dynamo=True, verbose=False)
+    onnx_program = torch.onnx.export(program, (example,), dynamo=True, verbose=False,
+                                     input_names=[INPUT], output_names=[OUTPUT])
     proto = onnx_program.model_proto
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=str(value))

@@ -252,13 +252,25 @@ def _kernel_colours(J: int):
     return ListedColormap(colormaps["tab20"].colors[:J] if J <= 20 else colormaps["turbo"].resampled(J)(range(J)))
 
 
+def robust_range(values: Tensor, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
+    """(``low``, ``high``) percentiles of ``values``: a colour scale that a few extreme pixels (a
+    bright border row of the mixing weights) cannot set, so the maps do not look uniform. Values
+    outside are drawn in the end colours (the colour bar's arrows)."""
+    import numpy as np
+
+    flat = values.detach().flatten().float().cpu().numpy()  # numpy: torch.quantile caps the size
+    lo, hi = (float(v) for v in np.percentile(flat, [low, high]))
+    return (lo, hi) if hi > lo else (float(flat.min()), float(flat.max()) + 1e-12)
+
+
 def psf_figure(model: nn.Module, image: Tensor | None = None, module: int = 0, top: int = 8):
     """Matplotlib figure of one DynamicPSF module (index ``module`` in :func:`psf_modules` order).
 
     Its J normalized basis kernels as a grid on one colour scale (colour bar "kernel weight");
     with ``image`` (3,H,W) also the input, the per-pixel index of the dominant kernel (one colour
     per kernel, legend of the kernels that dominate somewhere), and the ``top`` mixing-weight maps
-    with the largest spatial variance on one colour scale from 0 (colour bar "mixing weight").
+    with the largest spatial variance on one colour scale, their 1st to 99th percentiles
+    (:func:`robust_range`; colour bar "mixing weight").
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -298,12 +310,13 @@ def psf_figure(model: nn.Module, image: Tensor | None = None, module: int = 0, t
                                              loc="center left", fontsize=6, ncol=1 + len(present) // 6,
                                              title="dominant", title_fontsize=6)
         order = weights.flatten(1).var(1).argsort(descending=True)[:top].tolist()
-        wmax = float(weights[order].max())
+        wlo, whi = robust_range(weights[order])
         for i, j in enumerate(order):
             ax = axes[r + 1 + i // cols, i % cols]
-            shown = ax.imshow(weights[j].numpy(), cmap="viridis", vmin=0, vmax=wmax)
+            shown = ax.imshow(weights[j].numpy(), cmap="viridis", vmin=wlo, vmax=whi)
             ax.set_title(f"w{j}", fontsize=7)
-        fig.colorbar(shown, ax=axes[r + 1:].ravel().tolist(), label="mixing weight", shrink=0.9)
+        fig.colorbar(shown, ax=axes[r + 1:].ravel().tolist(), label="mixing weight (1st-99th pct)",
+                     shrink=0.9, extend="both")
     fig.suptitle(f"{info['name']}: {J} basis kernels {tuple(basis.shape[1:])}", fontsize=9)
     return fig
 

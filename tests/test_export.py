@@ -1,5 +1,6 @@
-"""sdpsfnet export: the exported program, loaded back, matches the eager model; it needs no psfops;
-shapes are dynamic as documented; ONNX through onnxruntime when those packages are installed."""
+"""sdpsfnet export: the exported program, loaded back, matches the eager model at any size (the
+graph pads to the model's multiple and crops back); it needs no psfops; input "rainy", output
+"derained", no grad; ONNX through onnxruntime when those packages are installed."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sdpsfnet.checkpoint import model_from_checkpoint, save_checkpoint
 from sdpsfnet.cli import main
@@ -54,31 +54,36 @@ try:
 except Exception as e:
     refused = str(e)
 assert not any(m.startswith(("psfops", "sdpsfnet")) for m in sys.modules), "psfops was imported"
-torch.save((outputs, refused), sys.argv[3])
+torch.save(([y.requires_grad for y in outputs], [y.detach() for y in outputs], refused), sys.argv[3])
 """
+
+
+def _sizes(M: int) -> list[tuple[int, ...]]:
+    """Multiples of M (the smallest, 2M) and sizes that are not, with batches other than the
+    export's example."""
+    return [(1, 3, 2 * M, 2 * M), (3, 3, 5 * M, 9 * M), (2, 3, 37, 45), (1, 3, 50, 33), (1, 3, 2 * M + 1, 3 * M - 1)]
 
 
 def test_pt2_round_trip_matches_eager_without_psfops(exported, tmp_path):
     name, ckpt, out = exported
     M = {"tiny": 4, "mspfn-tiny": 8}[name]  # SD-PSFNet pads to 4, MSPFN to 2**3
-    odd = torch.rand(2, 3, 5 * M + 3, 4 * M + 1)
-    H, W = odd.shape[-2:]
-    # batch, H and W differ from the export's example; the last one is not a multiple of M
-    inputs = [torch.rand(1, 3, 2 * M, 2 * M), torch.rand(3, 3, 5 * M, 9 * M),
-              F.pad(odd, (0, -W % M, 0, -H % M), mode="reflect"), odd]
+    inputs = [torch.rand(*shape) for shape in _sizes(M)] + [torch.rand(1, 3, 2 * M - 1, 2 * M)]
     torch.save(inputs, tmp_path / "x.pt")
     r = subprocess.run([sys.executable, "-c", LOADER, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    outputs, refused = torch.load(tmp_path / "y.pt")
-    for x, y in zip(inputs[:2], outputs):
+    requires_grad, outputs, refused = torch.load(tmp_path / "y.pt")
+    assert not any(requires_grad)  # no autograd graph without the caller's torch.no_grad()
+    for x, y in zip(inputs, outputs):  # the graph pads and crops as the eager model: any size
         torch.testing.assert_close(y, _eager(ckpt, x), rtol=0, atol=1e-6)
-    # reflect-pad to a multiple and crop back: the eager model's own result on the odd size
-    torch.testing.assert_close(outputs[2][..., :H, :W], _eager(ckpt, odd), rtol=0, atol=1e-6)
-    assert re.search("(?i)guard|divisible", refused)  # refused, not silently wrong
+    assert re.search("(?i)guard|range|>=", refused)  # below the minimum size: refused, not silently wrong
     program, meta = load_program(out)
     assert meta == {"model": name, "step": 7, "backend": "reference", "pad_multiple": M, "min_size": 2 * M,
-                    "input": "float32 (B, 3, H, W) RGB in [0, 1]", "output": "float32 (B, 3, H, W) in [0, 1]"}
+                    "input": f"rainy: float32 (B, 3, H, W) RGB in [0, 1], H, W >= {2 * M}",
+                    "output": "derained: float32 (B, 3, H, W) in [0, 1]"}
+    assert tuple(program.graph_signature.user_inputs) == ("rainy",)
+    assert tuple(program.graph_signature.user_outputs) == ("derained",)
+    assert not program.graph_signature.parameters  # the weights are buffers: nothing requires grad
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert any("conv2d" in t for t in targets) and not any("psfops" in t for t in targets)
 
@@ -102,16 +107,20 @@ def test_onnx_without_the_packages_says_how_to_get_them(tmp_path, capsys, monkey
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_onnx_round_trip_through_onnxruntime(tmp_path):
+@pytest.mark.parametrize("name", ["tiny", "mspfn-tiny"])
+def test_onnx_round_trip_through_onnxruntime(name, tmp_path):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
-    ckpt = _checkpoint(tmp_path / "ck.pt", "mspfn-tiny", seed=7)
+    ckpt = _checkpoint(tmp_path / "ck.pt", name, seed=7)
     out = tmp_path / "m.onnx"
     assert main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0
     session = ort.InferenceSession(str(out))
+    M = {"tiny": 4, "mspfn-tiny": 8}[name]
     meta = session.get_modelmeta().custom_metadata_map
-    assert meta["pad_multiple"] == "8" and json.loads(json.dumps(meta))["backend"] == "reference"
-    for shape in [(1, 3, 16, 24), (2, 3, 40, 32)]:
+    assert meta["pad_multiple"] == str(M) and json.loads(json.dumps(meta))["backend"] == "reference"
+    assert [i.name for i in session.get_inputs()] == ["rainy"]
+    assert [o.name for o in session.get_outputs()] == ["derained"]
+    for shape in _sizes(M):  # multiples of M and not: the graph pads and crops back itself
         x = torch.rand(*shape)
-        (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        (y,) = session.run(None, {"rainy": x.numpy()})
         torch.testing.assert_close(torch.from_numpy(y), _eager(ckpt, x), rtol=0, atol=1e-5)
