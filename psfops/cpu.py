@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,14 @@ COST = dict(
     fft=0.25,      # one element * log2(size) of an rfft2/irfft2
     call=8000.0,   # per Python-level op call
 )
+
+# The tap loops issue thousands of small ops (k*k per strip). Run with torch's OpenMP team, each op
+# waits at a barrier for every thread, and as soon as another process holds a core (a shared
+# machine) that costs up to a scheduler slice per op: measured 5-20x slower on a loaded 2-core
+# machine than one thread. So they run with ONE intra-op thread; TAP_WORKERS > 1 splits the rows
+# over that many Python worker threads (one intra-op thread each), which pays on an idle machine
+# but lost to one thread under load here (the GIL hand-offs); it is kept, tested, off by default.
+TAP_WORKERS = 1
 
 _forced: list[str] = []
 
@@ -96,16 +105,19 @@ def choose(task: str, B: int, C: int, H: int, W: int, J: int, k: int, dilation: 
     Estimated time of each, from the work counts below times :data:`COST` (no timing at run time);
     ``algorithm`` (or an enclosing :func:`forced`) overrides. With n = B*H*W and T = k*k:
 
-    - stack: conv J*C*T*n (+ J*C*n mix); wgrad as taps.
+    - stack: conv J*C*T*n (+ J*C*n mix); for wgrad it answers "taps" (that is what it runs).
     - taps: synthesis J*T*n (matrix product) + C*T*n tap passes + a call per tap per strip;
       wgrad: C*T*n tap passes + 2*J*T*n matrix products.
     - fft: transforms of size N = (H+2P')(W+2P') (P' = dilation*(k//2), 5-smooth):
-      forward (C + J*C) planes, adjoint (J*C + C), wgrad (C + 2*J*C) (+ J*T*n... none).
+      forward (C + J*C) planes, adjoint (J*C + C), wgrad (C + 2*J*C), plus the mixing passes.
+
+    The tap loops run single-threaded (see :data:`TAP_WORKERS`), the convolutions and transforms
+    with torch's threads: COST's tap and mm constants are single-thread figures.
     """
     if algorithm is None and _forced:
         algorithm = _forced[-1]
     if algorithm is not None:
-        return algorithm
+        return "taps" if task == "wgrad" and algorithm == "stack" else algorithm
     n, T = B * H * W, k * k
     P = dilation * (k // 2)
     Nh, Nw = _fft_len(H + 2 * P), _fft_len(W + 2 * P)
@@ -124,7 +136,7 @@ def choose(task: str, B: int, C: int, H: int, W: int, J: int, k: int, dilation: 
                  "taps": c["mm"] * J * T * n + c["tap"] * C * T * n + c["call"] * tap_calls,
                  "fft": c["fft"] * N * logn * (C + J * C) + c["mix"] * J * C * (n + 2 * N) + c["call"] * 4 * J}
     else:
-        costs = {"stack": wgrad_taps, "taps": wgrad_taps,
+        costs = {"taps": wgrad_taps,  # (stack has no wgrad of its own: it uses the tap gradients)
                  "fft": c["fft"] * N * logn * (C + 2 * J * C) + c["mix"] * J * C * (n + 4 * N) + c["call"] * 6 * J}
     return min(costs, key=costs.get)
 
@@ -148,14 +160,63 @@ def _acc(t: torch.Tensor) -> torch.Tensor:
 # ---- the pieces, all in the accumulation dtype, contiguous inputs ------------------------------
 # basis is (J,k,k) (shared) or (B,J,k,k) (per sample) throughout.
 
-def _strips(B, C, H, W, T, es):
-    s = _n_strips(B * C * H * W * es, H, T)
-    rows = -(-H // s)
+def _strips(B, C, H, W, T, es, r0=0, r1=None):
+    """Row strips of [r0, r1) sized for the cache (see :data:`STRIP_BYTES`)."""
+    r1 = H if r1 is None else r1
+    s = _n_strips(B * C * (r1 - r0) * W * es, r1 - r0, T)
+    rows = -(-(r1 - r0) // s)
+    return [(r, min(r1, r + rows)) for r in range(r0, r1, rows)]
+
+
+_POOL: list = []
+
+
+def _pool():
+    """Worker threads for TAP_WORKERS > 1, each running torch ops with one intra-op thread."""
+    if not _POOL:
+        import concurrent.futures as cf
+        _POOL.append(cf.ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="psfops-cpu",
+                                           initializer=lambda: torch.set_num_threads(1)))
+    return _POOL[0]
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """torch ops in this block use one intra-op thread (restored after)."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _row_groups(H: int):
+    """Contiguous row ranges, one per tap-loop worker (:data:`TAP_WORKERS`)."""
+    n = max(1, min(TAP_WORKERS, H))
+    rows = -(-H // n)
     return [(r, min(H, r + rows)) for r in range(0, H, rows)]
 
 
+def _run_groups(fn, H):
+    """``[fn(r0, r1) for each row group]``, in parallel when there are several."""
+    groups = _row_groups(H)
+    if len(groups) == 1:
+        with _one_thread():
+            return [fn(*g) for g in groups]
+    inference = torch.is_inference_mode_enabled()  # (grad modes are per thread: carry the caller's)
+
+    def run(g):
+        with torch.inference_mode(inference), torch.no_grad():
+            return fn(*g)
+    return list(_pool().map(run, groups))
+
+
 def _tap_chunk(B, rows, W, T, budget, es):
-    return max(1, min(T, budget // max(1, 2 * B * rows * W * es)))
+    return max(1, min(T, budget // max(1, 2 * B * rows * W * es * TAP_WORKERS)))
 
 
 def _synth(w_rows: torch.Tensor, bflat: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
@@ -167,57 +228,86 @@ def _taps_forward(xpad, kernels, B, C, H, W, k, d, T, budget):
     """y[b,c,p] = sum_t K_t[b,p] xpad[b,c,p+s_t]; ``kernels(r0, r1, t0, t1)`` -> (B, t1-t0, rows*W)."""
     es = xpad.element_size()
     y = xpad.new_zeros((B, C, H, W))
-    for r0, r1 in _strips(B, C, H, W, T, es):
-        rows = r1 - r0
-        tc = _tap_chunk(B, rows, W, T, budget, es)
-        ys = y[:, :, r0:r1]
-        for t0 in range(0, T, tc):
-            t1 = min(T, t0 + tc)
-            K = kernels(r0, r1, t0, t1).view(B, t1 - t0, 1, rows, W)
-            for t in range(t0, t1):
-                u, v = divmod(t, k)
-                ys.addcmul_(xpad[:, :, r0 + u * d:r1 + u * d, v * d:v * d + W], K[:, t - t0])
+
+    def group(g0, g1):
+        for r0, r1 in _strips(B, C, H, W, T, es, g0, g1):
+            rows = r1 - r0
+            tc = _tap_chunk(B, rows, W, T, budget, es)
+            ys = y[:, :, r0:r1]
+            for t0 in range(0, T, tc):
+                t1 = min(T, t0 + tc)
+                K = kernels(r0, r1, t0, t1).view(B, t1 - t0, 1, rows, W)
+                for t in range(t0, t1):
+                    u, v = divmod(t, k)
+                    ys.addcmul_(xpad[:, :, r0 + u * d:r1 + u * d, v * d:v * d + W], K[:, t - t0])
+
+    _run_groups(group, H)
     return y
 
 
 def _taps_scatter(y, kernels, B, C, H, W, k, d, T, budget, P):
-    """The adjoint of :func:`_taps_forward` onto the extended (B,C,H+2P,W+2P) grid."""
+    """The adjoint of :func:`_taps_forward` onto the extended (B,C,H+2P,W+2P) grid. Each row group
+    writes its own extended rows; what spills into the next group's rows goes to a private halo
+    (2P rows) added after the join."""
     es = y.element_size()
     ext = y.new_zeros((B, C, H + 2 * P, W + 2 * P))
-    for r0, r1 in _strips(B, C, H, W, T, es):
-        rows = r1 - r0
-        tc = _tap_chunk(B, rows, W, T, budget, es)
-        ys = y[:, :, r0:r1]
-        for t0 in range(0, T, tc):
-            t1 = min(T, t0 + tc)
-            K = kernels(r0, r1, t0, t1).view(B, t1 - t0, 1, rows, W)
-            for t in range(t0, t1):
-                u, v = divmod(t, k)
-                ext[:, :, r0 + u * d:r1 + u * d, v * d:v * d + W].addcmul_(ys, K[:, t - t0])
+    groups = _row_groups(H)
+    ends = [g[0] for g in groups[1:]] + [H + 2 * P]  # extended rows owned by group i: [start_i, ends[i])
+
+    def group(g0, g1):
+        R1 = ends[[g[0] for g in groups].index(g0)]
+        halo = y.new_zeros((B, C, 2 * P, W + 2 * P)) if R1 < H + 2 * P and P > 0 else None
+        for r0, r1 in _strips(B, C, H, W, T, es, g0, g1):
+            rows = r1 - r0
+            tc = _tap_chunk(B, rows, W, T, budget, es)
+            ys = y[:, :, r0:r1]
+            for t0 in range(0, T, tc):
+                t1 = min(T, t0 + tc)
+                K = kernels(r0, r1, t0, t1).view(B, t1 - t0, 1, rows, W)
+                for t in range(t0, t1):
+                    u, v = divmod(t, k)
+                    lo, hi = r0 + u * d, r1 + u * d
+                    cut = min(max(R1, lo), hi)
+                    Kt = K[:, t - t0]
+                    if cut > lo:
+                        ext[:, :, lo:cut, v * d:v * d + W].addcmul_(ys[:, :, :cut - lo], Kt[..., :cut - lo, :])
+                    if hi > cut:
+                        halo[:, :, cut - R1:hi - R1, v * d:v * d + W].addcmul_(ys[:, :, cut - lo:], Kt[..., cut - lo:, :])
+        return R1, halo
+
+    for R1, halo in _run_groups(group, H):
+        if halo is not None:
+            ext[:, :, R1:R1 + 2 * P] += halo
     return ext
 
 
 def _tap_grads(xpad, dy, B, C, H, W, k, d, T, budget, consume):
     """dK[b,t,p] = sum_c dy[b,c,p] xpad[b,c,p+s_t] for chunks of taps and strips of rows:
-    ``consume(r0, r1, t0, t1, dK)`` with dK (B, t1-t0, rows*W)."""
+    ``consume(g0, r0, r1, t0, t1, dK)`` with dK (B, t1-t0, rows*W), g0 the first row of the calling
+    row group (groups may run in parallel: write only rows r0..r1 of shared outputs, keep
+    per-group partial sums)."""
     es = dy.element_size()
-    for r0, r1 in _strips(B, C, H, W, T, es):
-        rows = r1 - r0
-        tc = _tap_chunk(B, rows, W, T, budget // 2, es)
-        dys = dy[:, :, r0:r1]
-        prod = dy.new_empty((B, C, rows, W)) if C > 1 else None
-        for t0 in range(0, T, tc):
-            t1 = min(T, t0 + tc)
-            dK = dy.new_empty((B, t1 - t0, rows, W))
-            for t in range(t0, t1):
-                u, v = divmod(t, k)
-                xs = xpad[:, :, r0 + u * d:r1 + u * d, v * d:v * d + W]
-                if C == 1:
-                    torch.mul(dys[:, 0], xs[:, 0], out=dK[:, t - t0])
-                else:
-                    torch.mul(dys, xs, out=prod)
-                    torch.sum(prod, dim=1, out=dK[:, t - t0])
-            consume(r0, r1, t0, t1, dK.view(B, t1 - t0, rows * W))
+
+    def group(g0, g1):
+        for r0, r1 in _strips(B, C, H, W, T, es, g0, g1):
+            rows = r1 - r0
+            tc = _tap_chunk(B, rows, W, T, budget // 2, es)
+            dys = dy[:, :, r0:r1]
+            prod = dy.new_empty((B, C, rows, W)) if C > 1 else None
+            for t0 in range(0, T, tc):
+                t1 = min(T, t0 + tc)
+                dK = dy.new_empty((B, t1 - t0, rows, W))
+                for t in range(t0, t1):
+                    u, v = divmod(t, k)
+                    xs = xpad[:, :, r0 + u * d:r1 + u * d, v * d:v * d + W]
+                    if C == 1:
+                        torch.mul(dys[:, 0], xs[:, 0], out=dK[:, t - t0])
+                    else:
+                        torch.mul(dys, xs, out=prod)
+                        torch.sum(prod, dim=1, out=dK[:, t - t0])
+                consume(g0, r0, r1, t0, t1, dK.view(B, t1 - t0, rows * W))
+
+    _run_groups(group, H)
 
 
 def _stack_forward(xpad, w, basis, B, C, H, W, J, k, d, budget):
@@ -333,18 +423,21 @@ def _taps_wgrad(xpad, dy, w, basis, B, C, H, W, J, k, d, budget, need_w, need_b)
     per = basis.dim() == 4
     bflat = basis.reshape(*basis.shape[:-2], T)
     dw = torch.zeros_like(w) if need_w else None
-    db = torch.zeros((B, J, T) if per else (J, T), dtype=w.dtype) if need_b else None
+    parts = {}  # row group -> its partial d(basis) (groups run in parallel)
     wf = w.view(B, J, H * W)
 
-    def consume(r0, r1, t0, t1, dK):
+    def consume(g0, r0, r1, t0, t1, dK):
         if need_w:
             dw[:, :, r0:r1] += torch.matmul(bflat[..., t0:t1], dK).view(B, J, r1 - r0, W)
         if need_b:
+            if g0 not in parts:
+                parts[g0] = torch.zeros((B, J, T) if per else (J, T), dtype=w.dtype)
             g = torch.matmul(wf[:, :, r0 * W:r1 * W], dK.transpose(1, 2))  # (B,J,tc)
-            db[..., t0:t1] += g if per else g.sum(0)
+            parts[g0][..., t0:t1] += g if per else g.sum(0)
 
     _tap_grads(xpad, dy, B, C, H, W, k, d, T, budget, consume)
-    return dw, (db.view(basis.shape) if need_b else None)
+    db = sum(parts.values()).view(basis.shape) if need_b else None
+    return dw, db
 
 
 # ---- the four computations behind the ops -------------------------------------------------------
@@ -508,7 +601,7 @@ class _ApplyPsf(torch.autograd.Function):
         if npsf:
             dp = torch.empty((B, T, H, W), dtype=ga.dtype)
 
-            def consume(r0, r1, t0, t1, dK):
+            def consume(g0, r0, r1, t0, t1, dK):
                 dp[:, t0:t1, r0:r1] = dK.view(B, t1 - t0, r1 - r0, W)
 
             _tap_grads(_pad(_acc(x), P, P, padding), ga, B, C, H, W, k, d, T, budget, consume)
