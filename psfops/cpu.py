@@ -68,6 +68,10 @@ COST = dict(
 # over that many Python worker threads (one intra-op thread each), which pays on an idle machine
 # but lost to one thread under load here (the GIL hand-offs); it is kept, tested, off by default.
 TAP_WORKERS = 1
+# The same stall hits the conv-stack and FFT ops (fewer, larger ops: measured 5-20x on this shared
+# 2-core machine under load 5 for 2 threads vs 1), so by default the whole CPU path runs with this
+# many intra-op threads; None: torch's setting (faster on an idle multi-core machine for stack/fft).
+INTRAOP_THREADS: int | None = 1
 
 _forced: list[str] = []
 
@@ -181,17 +185,32 @@ def _pool():
 
 
 @contextlib.contextmanager
-def _one_thread():
-    """torch ops in this block use one intra-op thread (restored after)."""
-    n = torch.get_num_threads()
-    if n == 1:
+def _threads(n: int | None):
+    """torch ops in this block use ``n`` intra-op threads (None: unchanged; restored after)."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(n)
+        torch.set_num_threads(old)
+
+
+def _one_thread():
+    return _threads(1)
+
+
+def _path_threads(fn):
+    """Run an autograd Function's forward/backward under :data:`INTRAOP_THREADS`."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        with _threads(INTRAOP_THREADS):
+            return fn(*args)
+    return wrapped
 
 
 def _row_groups(H: int):
@@ -500,6 +519,7 @@ def _out(t, dtype):
 
 class _PsfConv(torch.autograd.Function):
     @staticmethod
+    @_path_threads
     def forward(ctx, x, weights, basis, dilation, padding, algorithm):
         ctx.save_for_backward(x, weights, basis)
         ctx.opts = (dilation, padding, algorithm)
@@ -512,6 +532,7 @@ class _PsfConv(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_path_threads
     def backward(ctx, g):
         x, weights, basis = ctx.saved_tensors
         d, padding, algorithm = ctx.opts
@@ -532,6 +553,7 @@ class _PsfConv(torch.autograd.Function):
 
 class _PsfConvTranspose(torch.autograd.Function):
     @staticmethod
+    @_path_threads
     def forward(ctx, y, weights, basis, dilation, padding, algorithm):
         ctx.save_for_backward(y, weights, basis)
         ctx.opts = (dilation, padding, algorithm)
@@ -543,6 +565,7 @@ class _PsfConvTranspose(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_path_threads
     def backward(ctx, g):
         y, weights, basis = ctx.saved_tensors
         d, padding, algorithm = ctx.opts
@@ -563,6 +586,7 @@ class _PsfConvTranspose(torch.autograd.Function):
 
 class _ApplyPsf(torch.autograd.Function):
     @staticmethod
+    @_path_threads
     def forward(ctx, x, psf, dilation, padding):
         ctx.save_for_backward(x, psf)
         ctx.opts = (dilation, padding)
@@ -580,6 +604,7 @@ class _ApplyPsf(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_path_threads
     def backward(ctx, g):
         x, psf = ctx.saved_tensors
         d, padding = ctx.opts
@@ -611,6 +636,7 @@ class _ApplyPsf(torch.autograd.Function):
 
 class _SynthesizePsf(torch.autograd.Function):
     @staticmethod
+    @_path_threads
     def forward(ctx, weights, basis):
         ctx.save_for_backward(weights, basis)
         B, J, H, W = weights.shape
@@ -621,6 +647,7 @@ class _SynthesizePsf(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_path_threads
     def backward(ctx, g):
         weights, basis = ctx.saved_tensors
         nw, nb = ctx.needs_input_grad[:2]
