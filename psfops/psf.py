@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from . import _checks, reference
-from ._backend import use_triton
+from . import cpu as _cpu
+from ._backend import current_backend, use_triton
 from ._grads import differentiable_through_reference, for_autograd, gradient_buffers, needs_of
 
 try:  # the fused kernels; without triton, the reference serves every call
@@ -24,6 +25,10 @@ except ImportError:
 __all__ = ["psf_conv", "synthesize_psf", "apply_psf"]
 
 _CONTIGUOUS = torch.contiguous_format
+
+
+def _use_cpu(t) -> bool:  # TEMPORARY wiring for measurement: backend "auto" on CPU tensors -> psfops.cpu
+    return current_backend() == "auto" and isinstance(t, Tensor) and t.device.type == "cpu"
 
 
 # ---- psf_conv -------------------------------------------------------------------------------
@@ -89,6 +94,8 @@ def psf_conv(x: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1) -> Te
     _checks.check_psf_conv(x, weights, basis, dilation)
     if use_triton(x):
         return _psf_conv_op(x, weights, basis, dilation)
+    if _use_cpu(x):
+        return _cpu.psf_conv(x, weights, basis, dilation)
     return reference.psf_conv.unchecked(x, weights, basis, dilation)
 
 
@@ -152,6 +159,8 @@ def apply_psf(x: Tensor, psf: Tensor, dilation: int = 1) -> Tensor:
     _checks.check_apply_psf(x, psf, dilation)
     if use_triton(x):
         return _apply_psf_op(x, psf, dilation)
+    if _use_cpu(x):
+        return _cpu.apply_psf(x, psf, dilation)
     return reference.apply_psf.unchecked(x, psf, dilation)
 
 
@@ -210,4 +219,6 @@ def synthesize_psf(weights: Tensor, basis: Tensor) -> Tensor:
     _checks.check_synthesize_psf(weights, basis)
     if use_triton(weights):
         return _synthesize_psf_op(weights, basis)
+    if _use_cpu(weights):
+        return _cpu.synthesize_psf(weights, basis)
     return reference.synthesize_psf.unchecked(weights, basis)
