@@ -380,7 +380,7 @@ def _spectra(basis, k, d, Nh, Nw):
 
 
 def _fft_jchunk(B, C, Nh, Nw, J, budget, es):
-    return max(1, min(J, budget // max(1, 3 * B * C * Nh * Nw * es)))
+    return max(1, min(J, budget // max(1, 8 * B * C * Nh * Nw * es)))  # ~8 planes live per j
 
 
 def _fft_forward(xpad, w, basis, B, C, H, W, J, k, d, budget, transposed_out=None):
