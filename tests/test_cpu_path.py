@@ -23,6 +23,15 @@ ALGOS = cpu.ALGORITHMS
 MODES = PD.PADDINGS
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread for the truth too (the CPU path uses one): far steadier on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ---- the truth ----------------------------------------------------------------------------------
 
 def _cols(x, k, d, mode):
@@ -91,7 +100,7 @@ def _cases(n, seed):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("per", [False, True], ids=["shared", "per_sample"])
 def test_psf_conv_and_transpose_float64(algo, mode, per):
-    for i, (B, C, H, W, J, k, d) in enumerate(_cases(3, hash((algo, mode, per)) % 1000)):
+    for i, (B, C, H, W, J, k, d) in enumerate(_cases(2, sum(map(ord, algo + mode)) + per)):
         inputs = _inputs(B, C, H, W, J, k, per, seed=i)
         what = f"{algo} {mode} per={per} B{B} C{C} {H}x{W} J{J} k{k} d{d}"
         _compare(lambda x, w, b: cpu.psf_conv(x, w, b, d, mode, algo),
@@ -105,7 +114,7 @@ def test_psf_conv_and_transpose_float64(algo, mode, per):
 def test_large_kernels_small_images(algo, mode):
     """k up to 41 on images smaller than the kernel (pads F.pad refuses: the index maps)."""
     for k, d, per in ((41, 1, False), (15, 3, True)):
-        inputs = _inputs(1, 2, 9, 12, 3, k, per, seed=k)
+        inputs = _inputs(1, 1, 6, 8, 2, k, per, seed=k)
         what = f"{algo} {mode} k{k} d{d}"
         _compare(lambda x, w, b: cpu.psf_conv(x, w, b, d, mode, algo),
                  lambda x, w, b: truth_conv(x, w, b, d, mode), inputs, 1e-12, 1e-12, "psf_conv " + what)
