@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .env import accumulation_dtype
+from . import padding as _padding
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -70,29 +71,53 @@ def check_kernel_size(name: str, k: int) -> None:
 
 # ---- per-op argument checks (shared by psfops.<op> and psfops.reference.<op>) ----
 
-def check_psf_conv(x, weights, basis, dilation=1) -> None:
-    check_tensor("x", x)
+def check_padding(padding) -> None:
+    """``padding`` is one of ``psfops.padding.PADDINGS`` (zeros, reflect, replicate, circular)."""
+    _padding._check_mode(padding)  # (one message for the ops and psfops.padding)
+
+
+def check_basis(basis, J: int, batch: int | None = None, batch_of: str = "x") -> None:
+    """``basis`` is (J, k, k), shared by the batch, or (B, J, k, k), one dictionary per sample
+    (``batch``: the batch size B of ``batch_of`` it must then have; None: any); k odd."""
+    check_tensor("basis", basis, ndim=None)
+    if basis.dim() not in (3, 4):
+        raise ValueError(f"basis must have shape (J, k, k) (shared) or (B, J, k, k) (per sample), "
+                         f"got shape {tuple(basis.shape)}")
+    if basis.dim() == 4 and batch is not None:
+        check_dim("basis", basis, 0, batch, f"batch size B of {batch_of}: a 4-d basis is (B, J, k, k), one per sample")
+    check_dim("basis", basis, basis.dim() - 3, J, "number of basis kernels J = weights.shape[1]")
+    if basis.shape[-1] != basis.shape[-2]:
+        raise ValueError(f"basis must have shape (J, k, k) or (B, J, k, k) with square kernels, "
+                         f"got {tuple(basis.shape)}")
+    check_kernel_size("basis", basis.shape[-1])
+
+
+def _check_filter(image: str, x, weights, basis, dilation, padding) -> None:
+    check_tensor(image, x)
     check_tensor("weights", weights)
-    check_tensor("basis", basis, ndim=3)
-    check_same("x", x, weights=weights, basis=basis)
-    check_dim("weights", weights, 0, x.shape[0], "batch size B of x")
-    check_dim("weights", weights, 2, x.shape[2], "height H of x")
-    check_dim("weights", weights, 3, x.shape[3], "width W of x")
-    check_dim("basis", basis, 0, weights.shape[1], "number of basis kernels J = weights.shape[1]")
-    if basis.shape[1] != basis.shape[2]:
-        raise ValueError(f"basis must have shape (J, k, k) with square kernels, got {tuple(basis.shape)}")
-    check_kernel_size("basis", basis.shape[1])
+    check_tensor("basis", basis, ndim=None)
+    check_same(image, x, weights=weights, basis=basis)
+    check_dim("weights", weights, 0, x.shape[0], f"batch size B of {image}")
+    check_dim("weights", weights, 2, x.shape[2], f"height H of {image}")
+    check_dim("weights", weights, 3, x.shape[3], f"width W of {image}")
+    check_basis(basis, weights.shape[1], x.shape[0], image)
     check_dilation(dilation)
+    check_padding(padding)
+
+
+def check_psf_conv(x, weights, basis, dilation=1, padding="zeros") -> None:
+    _check_filter("x", x, weights, basis, dilation, padding)
+
+
+def check_psf_conv_transpose(y, weights, basis, dilation=1, padding="zeros") -> None:
+    _check_filter("y", y, weights, basis, dilation, padding)
 
 
 def check_synthesize_psf(weights, basis) -> None:
     check_tensor("weights", weights)
-    check_tensor("basis", basis, ndim=3)
+    check_tensor("basis", basis, ndim=None)
     check_same("weights", weights, basis=basis)
-    check_dim("basis", basis, 0, weights.shape[1], "number of basis kernels J = weights.shape[1]")
-    if basis.shape[1] != basis.shape[2]:
-        raise ValueError(f"basis must have shape (J, k, k) with square kernels, got {tuple(basis.shape)}")
-    check_kernel_size("basis", basis.shape[1])
+    check_basis(basis, weights.shape[1], weights.shape[0], "weights")
 
 
 def psf_kernel_size(psf: torch.Tensor) -> int:
@@ -105,7 +130,7 @@ def psf_kernel_size(psf: torch.Tensor) -> int:
     return k
 
 
-def check_apply_psf(x, psf, dilation=1) -> None:
+def check_apply_psf(x, psf, dilation=1, padding="zeros") -> None:
     check_tensor("x", x)
     check_tensor("psf", psf)
     check_same("x", x, psf=psf)
@@ -114,6 +139,7 @@ def check_apply_psf(x, psf, dilation=1) -> None:
     check_dim("psf", psf, 3, x.shape[3], "width W of x")
     psf_kernel_size(psf)
     check_dilation(dilation)
+    check_padding(padding)
 
 
 def check_spatial_normalize(x, mode="softmax", eps=1e-6) -> None:
@@ -167,14 +193,14 @@ def check_lstm_cell(gates, c_prev) -> None:
 
 # ---- backward ops: the forward's check, plus the incoming gradients (and saved stats) ----
 
-def check_psf_conv_backward(grad, x, weights, basis, dilation, needs) -> None:
-    check_psf_conv(x, weights, basis, dilation)
+def check_psf_conv_backward(grad, x, weights, basis, dilation, needs, padding="zeros") -> None:
+    check_psf_conv(x, weights, basis, dilation, padding)
     check_like("grad", grad, "x", x)
     check_needs(needs, 3)
 
 
-def check_apply_psf_backward(grad, x, psf, dilation, needs) -> None:
-    check_apply_psf(x, psf, dilation)
+def check_apply_psf_backward(grad, x, psf, dilation, needs, padding="zeros") -> None:
+    check_apply_psf(x, psf, dilation, padding)
     check_like("grad", grad, "x", x)
     check_needs(needs, 2)
 
