@@ -12,7 +12,8 @@ high-water mark (``/proc/self/clear_refs`` 5), reads VmRSS, runs the call once m
 VmHWM: **peak extra memory = VmHWM - VmRSS before the call**: everything the call made resident
 (outputs, gradients, saved tensors, oneDNN/FFT scratch). ``io`` is the bytes of the call's inputs
 and outputs (gradients included for fwd+bwd); the memory target is extra <= 2 x io. Time: the
-median of at least 3 (at most ``--reps``) further calls, wall clock, torch's default threads.
+median of at least 3 calls (the measured call and more, at most ``--reps``; one where a call takes
+over :data:`SLOW_MS`), wall clock, torch's threads or ``--threads``.
 deepinv is compared on the same math: ``SpaceVaryingBlur(mask_first=False, padding="constant")``
 with filters ``basis.flip(-1, -2)`` (deepinv convolves; psf_conv correlates), checked against the
 CPU path (``rel_err``) in the same subprocess after the measurements.
@@ -43,6 +44,7 @@ IMPLS = ("cpu", "reference", "convstack", "deepinv", "deepinv_fft")
 PASSES = ("fwd", "fwd+bwd")
 REF_LIMIT_GB = 6.0  # the machine is shared: the reference's unfold runs only below this estimate
 MB = 2.0 ** 20
+SLOW_MS = 8000.0  # a call slower than this is timed once (after its warm-up): the machine is shared
 
 
 # ---- worker (one subprocess per shape and implementation) --------------------------------------
@@ -106,8 +108,10 @@ def _make(impl, shape):
     return run
 
 
-def worker(shape, impl, reps: int) -> list[dict]:
+def worker(shape, impl, reps: int, threads: int | None) -> list[dict]:
     import torch
+    if threads:
+        torch.set_num_threads(threads)
     from psfops import cpu
     recs = []
     B, C, H, W, J, k = shape
@@ -148,12 +152,13 @@ def worker(shape, impl, reps: int) -> list[dict]:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         before = _status_kb("VmRSS")
+        t0 = time.perf_counter()
         out = step()
+        times = [(time.perf_counter() - t0) * 1e3]  # the measured call is the first sample
         peak = _status_kb("VmHWM") - before
         del out
-        times = []
         t_start = time.perf_counter()
-        while len(times) < 3 or (len(times) < reps and time.perf_counter() - t_start < 3.0):
+        while (len(times) < 3 and times[0] < SLOW_MS) or (len(times) < reps and time.perf_counter() - t_start < 3.0):
             t0 = time.perf_counter()
             step()
             times.append((time.perf_counter() - t0) * 1e3)
@@ -192,7 +197,7 @@ def _fmt(r) -> str:
         return "-"
     if r["status"] != "ok":
         return "skip"
-    return f"{r['ms']:.1f}"
+    return f"{r['ms']:.1f}" + ("*" if r.get("samples", 3) < 3 else "")
 
 
 def markdown(doc: dict) -> str:
@@ -203,7 +208,8 @@ def markdown(doc: dict) -> str:
              f"CPU: {doc['cpu']} ({doc['cores']} cores, torch threads {doc['threads']}); load average "
              f"{doc['load_before'][0]:.2f} before, {doc['load_after'][0]:.2f} after (1-min); torch {doc['torch']}, "
              f"deepinv {doc['deepinv']}. float32, median ms (lower is better); memory = peak extra RSS "
-             "(VmHWM - VmRSS before the call) / bytes of inputs+outputs(+grads).", ""]
+             "(VmHWM - VmRSS before the call) / bytes of inputs+outputs(+grads). * = one timed call "
+             f"(slower than {SLOW_MS / 1e3:.0f} s).", ""]
     for pass_ in PASSES:
         lines += [f"## {pass_}", "",
                   "| B C H W J k | " + " | ".join(f"{i} ms" for i in impls) + " | cpu vs best peer | cpu mem MB (x io) | peers' mem MB |",
@@ -238,11 +244,14 @@ def main(argv=None) -> int:
                    help="indices into SHAPES: " + "; ".join(f"{i}: {s}" for i, s in enumerate(SHAPES)))
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--reps", type=int, default=7, help="at most this many timed calls (at least 3)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads in every worker (default: torch's; the CPU path itself "
+                        "uses psfops.cpu.INTRAOP_THREADS)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         spec = json.loads(a.worker)
-        print("RESULT " + json.dumps(worker(tuple(spec["shape"]), spec["impl"], spec["reps"])))
+        print("RESULT " + json.dumps(worker(tuple(spec["shape"]), spec["impl"], spec["reps"], spec["threads"])))
         return 0
     import torch
     shapes = [SHAPES[int(i)] for i in a.shapes.split(",")]
@@ -253,14 +262,14 @@ def main(argv=None) -> int:
     except Exception:
         dv = None
     doc = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), cpu=_cpu_model(),
-               cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__, deepinv=dv,
+               cores=os.cpu_count(), threads=a.threads or torch.get_num_threads(), torch=torch.__version__, deepinv=dv,
                load_before=os.getloadavg(), shapes=[list(s) for s in shapes], records=[],
                method=__doc__.split("Method. ", 1)[1].strip())
     env = dict(os.environ)
     t0 = time.monotonic()
     for s in shapes:
         for impl in impls:
-            spec = json.dumps(dict(shape=list(s), impl=impl, reps=a.reps))
+            spec = json.dumps(dict(shape=list(s), impl=impl, reps=a.reps, threads=a.threads))
             proc = subprocess.run([sys.executable, "-m", "bench.cpu", "--worker", spec], capture_output=True,
                                   text=True, env=env)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

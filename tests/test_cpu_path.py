@@ -271,3 +271,23 @@ def test_cost_model_choices():
     with pytest.raises(ValueError):
         with cpu.forced("nope"):
             pass
+
+
+# ---- against the extended reference (padding, per-sample basis, transpose) ---------------------
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("mode", MODES)
+def test_against_reference(algo, mode):
+    """float64: the CPU path equals psfops.reference to 1e-12, forward and every gradient."""
+    for per, d, k in ((False, 2, 5), (True, 1, 7)):
+        inputs = _inputs(2, 2, 9, 8, 3, k, per, seed=13 + k)
+        what = f"{algo} {mode} per={per} d{d} k{k}"
+        _compare(lambda x, w, b: cpu.psf_conv(x, w, b, d, mode, algo),
+                 lambda x, w, b: reference.psf_conv(x, w, b, d, mode), inputs, 1e-12, 1e-12, "conv " + what)
+        _compare(lambda y, w, b: cpu.psf_conv_transpose(y, w, b, d, mode, algo),
+                 lambda y, w, b: reference.psf_conv_transpose(y, w, b, d, mode), inputs, 1e-12, 1e-12,
+                 "transpose " + what)
+    x, psf = inputs[0], torch.randn(2, 49, 9, 8, dtype=torch.float64, requires_grad=True)
+    _compare(lambda a, p: cpu.apply_psf(a, p, 2, mode), lambda a, p: reference.apply_psf(a, p, 2, mode),
+             (x, psf), 1e-12, 1e-12, f"apply_psf {mode}")
+    _compare(cpu.synthesize_psf, reference.synthesize_psf, inputs[1:], 1e-12, 1e-12, "synthesize per-sample")
