@@ -152,7 +152,7 @@ def test_adjoint_identity(algo, mode):
 
 def test_row_group_workers(monkeypatch):
     """TAP_WORKERS > 1 (rows split over worker threads, scatter halos) gives the same results."""
-    monkeypatch.setattr(cpu, "TAP_WORKERS", 3)
+    monkeypatch.setattr(cpu.config, "TAP_WORKERS", 3)
     for mode, per in (("zeros", False), ("reflect", True)):
         inputs = _inputs(2, 3, 13, 7, 3, 5, per, seed=11)
         _compare(lambda x, w, b: cpu.psf_conv(x, w, b, 2, mode, "taps"),
