@@ -279,18 +279,24 @@ def main(argv=None) -> int:
             else:
                 recs = json.loads(line[0][7:])
             doc["records"] += recs
+            _save(a.out, doc)  # after every case: an interrupted run keeps what it measured
             for r in recs:
                 print(f"{s} {impl:12s} {r['pass_']:8s} " + (f"{r['ms']:9.1f} ms  peak +{r['peak_extra_mb']:.0f} MB "
                       f"({r['peak_over_io']:.2f} x io)" if r["status"] == "ok" else f"{r['status']}: {r.get('reason')}"),
                       flush=True)
-    doc["load_after"] = os.getloadavg()
-    doc["seconds"] = time.monotonic() - t0
-    a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / f"cpu-psf-{doc['date'][:10]}"
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-    stem.with_suffix(".md").write_text(markdown(doc))
+            doc["seconds"] = time.monotonic() - t0
+    stem = _save(a.out, doc)
     print(f"results -> {stem.with_suffix('.json')}, {stem.with_suffix('.md')}")
     return 0
+
+
+def _save(out: Path, doc: dict) -> Path:
+    doc["load_after"] = os.getloadavg()
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"cpu-psf-{doc['date'][:10]}"
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    stem.with_suffix(".md").write_text(markdown(doc))
+    return stem
 
 
 if __name__ == "__main__":
