@@ -101,12 +101,14 @@ def _taps_wgrad(xpad, dy, w, basis, B, C, H, W, J, k, d, budget, need_w, need_b)
     per = basis.dim() == 4
     bflat = basis.reshape(*basis.shape[:-2], T)
     dw = torch.zeros_like(w) if need_w else None
+    dwf = dw.view(B, J, H * W) if need_w else None
     parts = {}  # row group -> its partial d(basis) (groups run in parallel)
     wf = w.view(B, J, H * W)
 
     def consume(g0, r0, r1, t0, t1, dK):
         if need_w:
-            dw[:, :, r0:r1] += torch.matmul(bflat[..., t0:t1], dK).view(B, J, r1 - r0, W)
+            bc = bflat[..., t0:t1]  # (J,tc) or (B,J,tc); accumulate in place (no dw-sized temporary)
+            dwf[:, :, r0 * W:r1 * W].baddbmm_(bc.expand(B, *bc.shape[-2:]), dK)
         if need_b:
             if g0 not in parts:
                 parts[g0] = torch.zeros((B, J, T) if per else (J, T), dtype=w.dtype)
