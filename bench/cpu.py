@@ -18,6 +18,13 @@ deepinv is compared on the same math: ``SpaceVaryingBlur(mask_first=False, paddi
 with filters ``basis.flip(-1, -2)`` (deepinv convolves; psf_conv correlates), checked against the
 CPU path (``rel_err``) in the same subprocess after the measurements.
 The reference is skipped (with the reason) where its estimated peak passes :data:`REF_LIMIT_GB`.
+
+deepinv next to a CPU torch (what worked with torch 2.13.0+cpu; no CUDA torch is pulled in):
+
+    pip install --no-deps deepinv==0.5.0 "torchvision==0.28.*" einops natsort tqdm h5py torchmetrics lightning-utilities
+
+(numpy, scipy, pillow, matplotlib, requests were already there). The PyPI torchvision wheel is a
+CUDA build: its C ops do not load, and :func:`_import_deepinv` defines the two ops its import needs.
 """
 from __future__ import annotations
 
