@@ -1,9 +1,12 @@
 """Backend choice: which implementation an op call runs.
 
-``auto`` (default): Triton kernels for CUDA tensors, the pure-PyTorch reference otherwise.
+``auto`` (default): Triton kernels for CUDA tensors, the CPU path (``psfops.cpu``: memory-lean
+pure-PyTorch algorithms chosen per shape, with their own backward) for the psf ops otherwise, the
+reference for the other ops.
 ``triton``: always the Triton kernels; on CPU tensors this needs ``TRITON_INTERPRET=1`` (how CI
 tests the kernels) and raises a clear ``RuntimeError`` without it.
-``reference``: always ``psfops.reference``.
+``cpu``: the CPU path (pure PyTorch: it runs on any device).
+``reference``: always ``psfops.reference`` (simple, exact, materializes intermediates).
 
 The choice comes from, in order: the innermost ``psfops.backend(...)`` context manager of the
 calling thread, the ``PSFOPS_BACKEND`` environment variable, ``auto``. Each thread has its own
@@ -20,7 +23,7 @@ import torch
 
 from .env import TRITON_AVAILABLE
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "cpu", "reference")
 
 _local = threading.local()  # .stack: the names pushed by this thread's `backend(...)` blocks
 
@@ -72,15 +75,19 @@ def check_triton_runs_on(device: torch.device) -> None:
 
 
 def choose(t) -> str:
-    """The implementation an op whose inputs live where ``t`` lives runs: ``"triton"`` or
-    ``"reference"`` (the reference for a non-tensor ``t``: its check reports the bad argument).
+    """The implementation an op whose inputs live where ``t`` lives runs: ``"triton"``, ``"cpu"``
+    or ``"reference"`` (the reference for a non-tensor ``t``: its check reports the bad argument).
+    ``auto`` is Triton on CUDA tensors and the CPU path elsewhere; an op without a CPU path of its
+    own (the pointwise and gating ops) runs the reference for ``"cpu"``.
 
     Raises ``RuntimeError`` when Triton is asked for but cannot run there.
     """
     name = current_backend()
     if name == "reference" or not isinstance(t, torch.Tensor):
         return "reference"
+    if name == "cpu":
+        return "cpu"
     if name == "auto":
-        return "triton" if t.device.type == "cuda" and TRITON_AVAILABLE else "reference"
+        return "triton" if t.device.type == "cuda" and TRITON_AVAILABLE else "cpu"
     check_triton_runs_on(t.device)
     return "triton"

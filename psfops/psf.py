@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _checks, reference
+from . import _checks, cpu, reference
 from .padding import pad_adjoint
 from ._registry import kernels, op
 from ._samples import Sample, mixing_weights, pixels, randn
@@ -90,7 +90,8 @@ def _filter_flops(s):
                                                                                     padding),
     backward_kernel=lambda grad, x, weights, basis, dilation, padding, needs: _filter_backward(
         grad, x, weights, basis, dilation, padding, needs),
-    samples=_filter_samples, axes=("B", "C", "H", "J", "k"), bench_shape=HEADLINE, flops=_filter_flops)
+    samples=_filter_samples, axes=("B", "C", "H", "J", "k"), bench_shape=HEADLINE, flops=_filter_flops,
+    cpu=lambda x, weights, basis, dilation, padding: cpu.psf_conv(x, weights, basis, dilation, padding))
 def psf_conv(x: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1, padding: str = "zeros") -> Tensor:
     """Spatially varying PSF filtering with a kernel dictionary, gather form, fused.
 
@@ -123,7 +124,8 @@ def _transpose_samples(s, dtype, device, requires_grad=False):
     kernel=lambda y, weights, basis, dilation, padding: _scatter(y, weights, basis, dilation, padding),
     backward_kernel=lambda grad, y, weights, basis, dilation, padding, needs: _transpose_backward(
         grad, y, weights, basis, dilation, padding, needs),
-    samples=_transpose_samples, axes=("B", "C", "H", "J", "k"), bench_shape=HEADLINE, flops=_filter_flops)
+    samples=_transpose_samples, axes=("B", "C", "H", "J", "k"), bench_shape=HEADLINE, flops=_filter_flops,
+    cpu=lambda y, weights, basis, dilation, padding: cpu.psf_conv_transpose(y, weights, basis, dilation, padding))
 def psf_conv_transpose(y: Tensor, weights: Tensor, basis: Tensor, dilation: int = 1,
                        padding: str = "zeros") -> Tensor:
     """The exact adjoint of :func:`psf_conv` with the same arguments, scatter form, fused.
@@ -162,7 +164,7 @@ def _apply_psf_samples(s, dtype, device, requires_grad=False):
     backward_kernel=lambda grad, x, psf, dilation, padding, needs: _filter_backward(
         grad, x, psf, None, dilation, padding, needs),
     samples=_apply_psf_samples, axes=("B", "C", "H", "k"), bench_shape=dict(B=8, C=64, H=128, k=7),
-    flops=lambda s: 2.0 * pixels(s) * s.C * s.k * s.k)
+    flops=lambda s: 2.0 * pixels(s) * s.C * s.k * s.k, cpu=cpu.apply_psf)
 def apply_psf(x: Tensor, psf: Tensor, dilation: int = 1, padding: str = "zeros") -> Tensor:
     """Apply explicit per-pixel kernels (the kernel-prediction-network form).
 
@@ -195,7 +197,7 @@ def _synthesized(weights, basis):
     backward_kernel=lambda grad, weights, basis, needs: kernels.psf.synthesize_backward(grad, weights, basis, needs),
     samples=_synthesize_samples, axes=("B", "H", "J", "k"),
     bench_shape=dict(B=8, C=1, H=128, J=40, k=7),  # C: no such axis, 1 in benchmark records
-    flops=lambda s: 2.0 * pixels(s) * s.J * s.k * s.k)
+    flops=lambda s: 2.0 * pixels(s) * s.J * s.k * s.k, cpu=cpu.synthesize_psf)
 def synthesize_psf(weights: Tensor, basis: Tensor) -> Tensor:
     """Per-pixel kernels from a dictionary: ``K[b,u*k+v,h,w] = sum_j weights[b,j,h,w] * basis[(b,)j,u,v]``.
 

@@ -39,9 +39,17 @@ def test_bad_backend_name():
             pass
 
 
-def test_auto_picks_reference_on_cpu(monkeypatch):
+def test_auto_picks_the_cpu_path_on_cpu(monkeypatch):
+    """auto: the CPU path for CPU tensors (the psf ops' own; the others fall back to the reference)."""
     monkeypatch.delenv("PSFOPS_BACKEND", raising=False)
-    assert _backend.choose(torch.zeros(1)) == "reference"
+    assert _backend.choose(torch.zeros(1)) == "cpu"
+    x, w, b = rand(1, 2, 5, 5), rand(1, 3, 5, 5), rand(3, 3, 3)
+    import psfops.cpu
+    calls = []
+    real = psfops.cpu.psf_conv
+    monkeypatch.setattr(psfops.cpu, "psf_conv", lambda *a: calls.append(1) or real(*a))
+    torch.testing.assert_close(psfops.psf_conv(x, w, b), psfops.reference.psf_conv(x, w, b))
+    assert calls == [1]
 
 
 def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):

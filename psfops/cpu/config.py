@@ -1,0 +1,30 @@
+"""Tunables of the CPU path, read at call time (set ``psfops.cpu.config.NAME`` to change one)."""
+from __future__ import annotations
+
+ALGORITHMS = ("stack", "taps", "fft")
+MIN_WORK_BYTES = 1 << 18  # a call may always use this much scratch (tiny calls need no loops)
+STRIP_BYTES = 1 << 20     # output rows per tap-loop strip: B*C*rows*W elements of about this size
+MAX_TAP_CALLS = 20000     # strips are merged so that taps * strips stays under this (call overhead)
+
+# Cost model constants: nanoseconds per unit of work on one core of a current x86 CPU (AVX-512,
+# measured once on the development machine; only their ratios matter).
+COST = dict(
+    conv=0.045,    # one multiply-add inside oneDNN's 1-input-channel direct convolution
+    mm=0.01,      # one multiply-add inside a matrix product (synthesis, dw, dbasis)
+    tap=0.35,      # one element of an elementwise tap pass (addcmul over a shifted view)
+    mix=0.5,       # one element of the weight mix (addcmul over a stack plane)
+    fft=0.25,      # one element * log2(size) of an rfft2/irfft2
+    call=8000.0,   # per Python-level op call
+)
+
+# The tap loops issue thousands of small ops (k*k per strip). Run with torch's OpenMP team, each op
+# waits at a barrier for every thread, and as soon as another process holds a core (a shared
+# machine) that costs up to a scheduler slice per op: measured 5-20x slower on a loaded 2-core
+# machine than one thread. So they run with ONE intra-op thread; TAP_WORKERS > 1 splits the rows
+# over that many Python worker threads (one intra-op thread each), which pays on an idle machine
+# but lost to one thread under load here (the GIL hand-offs); it is kept, tested, off by default.
+TAP_WORKERS = 1
+# The same stall hits the conv-stack and FFT ops (fewer, larger ops: measured 5-20x on this shared
+# 2-core machine under load 5 for 2 threads vs 1), so by default the whole CPU path runs with this
+# many intra-op threads; None: torch's setting (faster on an idle multi-core machine for stack/fft).
+INTRAOP_THREADS: int | None = 1
