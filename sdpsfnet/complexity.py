@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 
 import torch
+
+import psfops
 from torch.utils.flop_counter import FlopCounterMode
 
 from .registry import MODELS, build_model
@@ -19,13 +21,13 @@ from .registry import MODELS, build_model
 def count(name: str, size: int | None = 256, **overrides) -> tuple[int, float | None]:
     """(parameters, MACs of one forward pass on a 1x3x``size``x``size`` image; None for
     ``size=None``, which only counts parameters)."""
-    with torch.device("meta"):  # the default backend runs the reference ops on meta tensors
+    with torch.device("meta"):
         model = build_model(name, **overrides)
     params = sum(p.numel() for p in model.parameters())
     if size is None:
         return params, None
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
+    with counter, torch.no_grad(), psfops.backend("reference"):  # the reference ops, on meta tensors
         model(torch.rand(1, 3, size, size, device="meta"))
     return params, counter.get_total_flops() / 2
 

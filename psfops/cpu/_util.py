@@ -63,9 +63,13 @@ def _pool():
 
 @contextlib.contextmanager
 def _threads(n: int | None):
-    """torch ops in this block use ``n`` intra-op threads (None: unchanged; restored after)."""
+    """torch ops in this block use ``n`` intra-op threads (None: unchanged; restored after; unchanged
+    while torch.compile traces, where the compiled code has its own threads)."""
+    if n is None or torch.compiler.is_compiling():
+        yield
+        return
     old = torch.get_num_threads()
-    if n is None or n == old:
+    if n == old:
         yield
         return
     torch.set_num_threads(n)
