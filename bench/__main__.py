@@ -8,6 +8,7 @@
     python -m bench report [JSON ...] [--md OUT.md]
     python -m bench sm90 [--dtypes ...] [--ops ...] [--json OUT]   (compile every kernel for sm_90, no GPU)
     python -m bench sass [--dtypes ...] [--json OUT]   (psf kernels' SASS and a static time estimate)
+    python -m bench cpu [--out DIR] [--shapes 0,1] [--impls ...]   (psf_conv CPU path vs peers and deepinv)
     python -m bench gpu-suite --out DIR [--sweep small|full|none] [--dry-run]   (the GPU run book)
 
 Results go to ``<out>/<device>-<date>.json`` (merged into an existing file of that name, so the
@@ -190,6 +191,9 @@ def main(argv=None) -> int:
     if argv and argv[0] == "sass":
         from . import sass
         return sass.main(argv[1:])
+    if argv and argv[0] == "cpu":
+        from . import cpu
+        return cpu.main(argv[1:])
     if argv and argv[0] == "model":
         return main_model(argv[1:])
     if argv and argv[0] == "gpu-suite":

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks, reference
+from . import cpu as _cpu
 from .padding import pad_adjoint
 from ._registry import kernels, op
 from ._samples import Sample, mixing_weights, pixels, randn
@@ -85,7 +86,7 @@ def _filter_flops(s):
     return 2.0 * pixels(s) * s.k * s.k * (s.J + s.C)
 
 
-@op(check=_checks.check_psf_conv, reference=reference.psf_conv.unchecked, outputs=_like_first,
+@op(check=_checks.check_psf_conv, reference=reference.psf_conv.unchecked, cpu=_cpu.psf_conv, outputs=_like_first,
     kernel=lambda x, weights, basis, dilation, padding: kernels.psf.filter_forward(x, weights, basis, dilation,
                                                                                     padding),
     backward_kernel=lambda grad, x, weights, basis, dilation, padding, needs: _filter_backward(
@@ -119,7 +120,7 @@ def _transpose_samples(s, dtype, device, requires_grad=False):
                 (("zeros", ""), ("replicate", "per-sample basis, replicate")))]
 
 
-@op(check=_checks.check_psf_conv_transpose, reference=reference.psf_conv_transpose.unchecked, outputs=_like_first,
+@op(check=_checks.check_psf_conv_transpose, reference=reference.psf_conv_transpose.unchecked, cpu=_cpu.psf_conv_transpose, outputs=_like_first,
     kernel=lambda y, weights, basis, dilation, padding: _scatter(y, weights, basis, dilation, padding),
     backward_kernel=lambda grad, y, weights, basis, dilation, padding, needs: _transpose_backward(
         grad, y, weights, basis, dilation, padding, needs),
@@ -157,7 +158,7 @@ def _apply_psf_samples(s, dtype, device, requires_grad=False):
     return [sample("zeros", ""), sample("circular", "circular")]
 
 
-@op(check=_checks.check_apply_psf, reference=reference.apply_psf.unchecked, outputs=_like_first,
+@op(check=_checks.check_apply_psf, reference=reference.apply_psf.unchecked, cpu=_cpu.apply_psf, outputs=_like_first,
     kernel=lambda x, psf, dilation, padding: kernels.psf.filter_forward(x, psf, None, dilation, padding),
     backward_kernel=lambda grad, x, psf, dilation, padding, needs: _filter_backward(
         grad, x, psf, None, dilation, padding, needs),
@@ -190,7 +191,7 @@ def _synthesized(weights, basis):
     return (((B, basis.shape[-1] * basis.shape[-2], H, W), weights.dtype),)
 
 
-@op(check=_checks.check_synthesize_psf, reference=reference.synthesize_psf.unchecked, outputs=_synthesized,
+@op(check=_checks.check_synthesize_psf, reference=reference.synthesize_psf.unchecked, cpu=_cpu.synthesize_psf, outputs=_synthesized,
     kernel=lambda weights, basis: kernels.psf.synthesize_forward(weights, basis),
     backward_kernel=lambda grad, weights, basis, needs: kernels.psf.synthesize_backward(grad, weights, basis, needs),
     samples=_synthesize_samples, axes=("B", "H", "J", "k"),
