@@ -158,7 +158,7 @@ def test_render_is_deterministic_given_the_generator():
 def test_without_haze_rain_only_brightens_and_only_on_streaks():
     """Screen blend: rainy = clean + S * (1 - clean), S in [0, 1): partial, never past white."""
     clean = _clean(b=3, h=64, w=64, seed=1)
-    light = RainConfig(density=(0.004, 0.001))  # the default is heavy rain: streaks nearly everywhere
+    light = RainConfig(density=(0.004, 0.001), length=(12.0, 40.0))  # default: heavy rain, streaks everywhere
     rainy, streaks = render_rain(clean, _gen(11), config=light, haze=False, return_streaks=True)
     assert streaks.shape == (3, 1, 64, 64) and streaks.min() >= 0 and streaks.max() < 1
     on = (streaks > 0).expand_as(clean)
@@ -188,7 +188,7 @@ def test_haze_is_the_atmospheric_veil():
     """With haze, off-streak pixels follow I = t*J + (1-t)*A: a contrast reduction toward a grey
     airlight, so dark pixels get brighter and the image's spread shrinks."""
     clean = _clean(b=1, h=64, w=64, seed=2)
-    light = RainConfig(density=(0.004, 0.001))  # the default is heavy rain: streaks nearly everywhere
+    light = RainConfig(density=(0.004, 0.001), length=(12.0, 40.0))  # default: heavy rain, streaks everywhere
     hazy, streaks = render_rain(clean, _gen(3), config=light, haze=True, return_streaks=True)
     off = (streaks == 0).expand_as(clean)
     assert off.float().mean() > 0.05
