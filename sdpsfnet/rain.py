@@ -25,13 +25,14 @@ What the renderer models (``render_rain``), per image:
   clipped flat.
 - Haze / veiling light from the rain accumulation, with the atmospheric model of Yang et al.
   (CVPR 2017, the Rain100H generator): ``I = t * screen(J, S) + (1 - t) * A``, with ``J`` the
-  clean image, transmission ``t`` smooth in space (0.65..0.9, +-0.05) and a near-grey airlight
-  ``A`` (0.7..1.0, tinted by up to 4% per channel).
+  clean image, transmission ``t`` smooth in space (0.85..1.0, +-0.05; clipped to 1) and a
+  near-grey airlight ``A`` (0.7..1.0, tinted by up to 4% per channel).
 
 The default ranges (:class:`RainConfig`) were set by matching the statistics of the rain layer
 (rainy - clean, luma) of Rain100H: streak width (autocorrelation FWHM across the streaks),
-orientation spread (structure tensor), intensity quantiles and rainy-vs-clean PSNR-Y (run
-``python -m sdpsfnet.rain DIR`` on a paired folder to print them next to this renderer's).
+orientation spread (structure tensor), intensity quantiles (a low floor: most of the brightening
+is distinct streaks, little is veil) and rainy-vs-clean PSNR-Y (run ``python -m sdpsfnet.rain DIR``
+on a paired folder to print them next to this renderer's).
 
 What it does not model: depth-dependent haze (there is no depth map, so ``t`` is only a smooth
 random field), refraction through drops on the lens, splashes, fog glow around lights, sensor
@@ -102,14 +103,14 @@ class RainConfig:
     angle: tuple[float, float] = (-15.0, 15.0)
     angle_jitter: float = 3.0
     drift: tuple[float, float] = (1.0, 5.0)
-    length: tuple[float, float] = (12.0, 40.0)
+    length: tuple[float, float] = (20.0, 70.0)
     length_spread: float = 0.35
     width: tuple[float, float] = (0.6, 1.8)
     width_spread: float = 0.35
     taper: float = 0.3
-    brightness: tuple[float, float] = (0.45, 1.1)
-    density: tuple[float, float] = (0.02, 0.005)
-    transmission: tuple[float, float] = (0.7, 0.95)
+    brightness: tuple[float, float] = (0.6, 1.4)
+    density: tuple[float, float] = (0.007, 0.002)
+    transmission: tuple[float, float] = (0.85, 1.0)
     airlight: tuple[float, float] = (0.7, 1.0)
 
 

@@ -188,7 +188,8 @@ def test_haze_is_the_atmospheric_veil():
     """With haze, off-streak pixels follow I = t*J + (1-t)*A: a contrast reduction toward a grey
     airlight, so dark pixels get brighter and the image's spread shrinks."""
     clean = _clean(b=1, h=64, w=64, seed=2)
-    light = RainConfig(density=(0.004, 0.001), length=(12.0, 40.0))  # default: heavy rain, streaks everywhere
+    light = RainConfig(density=(0.004, 0.001), length=(12.0, 40.0),  # default: heavy rain, streaks everywhere
+                       transmission=(0.7, 0.8))  # t < 1 everywhere (the default reaches 1: no haze there)
     hazy, streaks = render_rain(clean, _gen(3), config=light, haze=True, return_streaks=True)
     off = (streaks == 0).expand_as(clean)
     assert off.float().mean() > 0.05
