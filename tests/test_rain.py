@@ -1,4 +1,5 @@
-"""sdpsfnet.rain: streak kernels, renderer determinism and physics sanity, SyntheticRain, synth_folder."""
+"""sdpsfnet.rain: streak kernels, the scatter form, renderer determinism and physics sanity, SyntheticRain,
+synth_folder."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,8 @@ import torch
 
 from sdpsfnet.data import PairedImages, load_image, save_image
 from sdpsfnet.metrics import image_metrics
-from sdpsfnet.rain import RainConfig, SyntheticRain, render_rain, streak_kernels, synth_folder
+from sdpsfnet.rain import (RainConfig, SyntheticRain, layer_inputs, rain_layer_stats, render_rain, streak_basis,
+                           streak_kernels, synth_folder)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -25,23 +27,119 @@ def _clean(b=2, h=48, w=40, seed=0) -> torch.Tensor:
 
 # ---- streak kernels ------------------------------------------------------------------------------
 
+def _fwhm(profile: torch.Tensor) -> float:
+    """Full width at half maximum of a 1-D profile with one peak, linear interpolation, pixels."""
+    p = profile.double() / profile.max()
+    above = (p >= 0.5).nonzero().flatten()
+    i0, i1 = int(above[0]), int(above[-1])
+    left = i0 - (p[i0] - 0.5) / (p[i0] - p[i0 - 1]) if i0 > 0 else float(i0)
+    right = i1 + (p[i1] - 0.5) / (p[i1] - p[i1 + 1]) if i1 + 1 < len(p) else float(i1)
+    return float(right - left)
+
+
 def test_vertical_streak_kernel_by_hand():
-    k = streak_kernels(torch.tensor([0.0]), torch.tensor([9.0]), width=1.0, k=15)[0]
-    expected = torch.zeros(15, 15)
-    expected[7 - 4:7 + 5, 7] = 1.0          # 9 full pixels on the centre column
-    expected[[7 - 5, 7 + 5], 7] = 0.0        # |along| = 5 > 4.5 + 0.5 - 1: the ramp ends at 0
-    torch.testing.assert_close(k, expected, rtol=0, atol=1e-6)
+    """Gaussian cross-section averaged over the pixel (peak 1 for a wide streak), flat middle and
+    half-cosine fading ends along it."""
+    w, L, k = 1.2, 20.0, 31
+    ker = streak_kernels(torch.tensor([0.0]), torch.tensor([L]), torch.tensor([w]), k=k, taper=0.3)[0].double()
+    sigma = w / (2 * math.sqrt(2 * math.log(2)))
+    across = torch.arange(k, dtype=torch.float64) - k // 2
+    phi = lambda t: 0.5 * (1 + torch.erf(t / (sigma * math.sqrt(2))))  # noqa: E731
+    expected = sigma * math.sqrt(2 * math.pi) * (phi(across + 0.5) - phi(across - 0.5))
+    expected = torch.where(expected < 1e-4, 0.0, expected)
+    torch.testing.assert_close(ker[k // 2], expected, rtol=0, atol=1e-6)      # the middle row, across
+    # along the centre column: flat middle, fading ends (fade over 0.3 * L/2 = 3 px), 0 past L/2 + 1/2
+    col = ker[:, k // 2] / ker[k // 2, k // 2]
+    along = (torch.arange(k) - k // 2).abs().double()
+    assert torch.all(col[along <= 7.5 - 1e-9] == 1)
+    u = ((10.5 - along) / 3).clamp(0, 1)
+    torch.testing.assert_close(col, 0.5 - 0.5 * torch.cos(math.pi * u), rtol=0, atol=1e-6)
+    assert torch.all(col[along >= 10.5] == 0)
+    # translucent when thin: the light across is sigma*sqrt(2 pi) = 1.064 w for any width
+    for width in (0.4, 0.8, 1.6):
+        kk = streak_kernels(torch.tensor([0.0]), torch.tensor([L]), torch.tensor([width]), k=k)[0]
+        assert float(kk[k // 2].sum()) == pytest.approx(1.0645 * width, rel=2e-3)
+        assert float(kk.max()) <= min(1.0, 1.07 * width) + 1e-6
 
 
 def test_streak_kernel_symmetries():
     ang = torch.tensor([17.0, -17.0, 90.0, 0.0])
-    ks = streak_kernels(ang, torch.tensor([21.0, 21.0, 13.0, 13.0]), width=1.7, k=25)
+    ks = streak_kernels(ang, torch.tensor([21.0, 21.0, 13.0, 13.0]), torch.tensor([1.7, 1.7, 0.8, 0.8]), k=25)
     torch.testing.assert_close(ks[1], ks[0].flip(-1), rtol=0, atol=1e-6)   # mirror angle = mirror image
     torch.testing.assert_close(ks[2], ks[3].T, rtol=0, atol=1e-5)          # 90 degrees = transpose
+    torch.testing.assert_close(ks, ks.flip(-1, -2), rtol=0, atol=1e-6)     # centrally symmetric
     # positive angle leans right at the bottom: mass below-right of centre
     r = torch.arange(25) - 12
     assert (ks[0] * r.view(-1, 1) * r.view(1, -1)).sum() > 0
-    assert ks.max() == pytest.approx(1.0) and ks.min() >= 0
+    assert ks.max() <= 1 and ks.min() >= 0
+
+
+def test_default_streaks_are_thin():
+    """Every kernel of every depth's basis has a cross-section FWHM under 3 px (real Rain100H
+    streaks: about 1.3 px); far layers are translucent (peak < 1)."""
+    for depth in (0.0, 0.5, 1.0):
+        basis, (_, width, _) = streak_basis(_gen(0), 10.0, depth)
+        k = basis.shape[-1]
+        for ker in basis:
+            th = math.radians(10.0)  # the middle row cuts the streak at 1/cos(10) of its width
+            assert _fwhm(ker[k // 2]) * math.cos(th) < 3.0
+        if depth == 0.0:
+            assert basis.max() < 1
+
+
+# ---- the scatter form ----------------------------------------------------------------------------
+
+def test_render_uses_the_scatter_op(monkeypatch):
+    import psfops
+
+    calls = []
+    real = psfops.psf_conv_transpose
+
+    def spy(*args, **kwargs):
+        calls.append(args[2].shape)
+        return real(*args, **kwargs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the renderer must scatter (psf_conv_transpose), not gather")
+
+    monkeypatch.setattr(psfops, "psf_conv_transpose", spy)
+    monkeypatch.setattr(psfops, "psf_conv", forbidden)
+    cfg = RainConfig(layers=(2, 2))
+    render_rain(_clean(b=1, h=24, w=20), _gen(1), config=cfg)
+    assert len(calls) == 2 and all(len(s) == 3 for s in calls)  # one scatter per layer
+
+
+def test_a_single_drop_spreads_into_the_psf_of_its_own_position():
+    """Scatter form: a lone drop at p lays down sum_j weights[j, p] * basis[j], centred on p (the
+    gather psf_conv would mix the kernels of the pixels it lands on)."""
+    import psfops
+
+    _, weights, basis, pad = layer_inputs(_gen(2), 20, 20, 8.0, 0.7)
+    H, W = weights.shape[-2:]
+    k = basis.shape[-1]
+    p = (H // 2, W // 2 + 1)
+    drops = torch.zeros(1, 1, H, W)
+    drops[0, 0, p[0], p[1]] = 0.8
+    out = psfops.psf_conv_transpose(drops, weights, basis)[0, 0]
+    psf = (weights[0, :, p[0], p[1]].view(-1, 1, 1) * basis).sum(0)
+    expected = torch.zeros(H, W)
+    expected[p[0] - k // 2:p[0] + k // 2 + 1, p[1] - k // 2:p[1] + k // 2 + 1] = 0.8 * psf
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    gather = psfops.psf_conv(drops, weights, basis)[0, 0]
+    assert not torch.allclose(gather, expected, atol=1e-3)  # the per-pixel weights vary: forms differ
+
+
+def test_scatter_is_the_adjoint_for_the_renderers_own_weights():
+    import psfops
+
+    _, weights, basis, _ = layer_inputs(_gen(3), 6, 5, -12.0, 0.2, RainConfig(length=(4.0, 6.0)))
+    weights, basis = weights.double(), basis.double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 1, *weights.shape[-2:], generator=g, dtype=torch.float64)
+    y = torch.randn(1, 1, *weights.shape[-2:], generator=g, dtype=torch.float64)
+    lhs = (psfops.psf_conv(x, weights, basis) * y).sum()
+    rhs = (x * psfops.psf_conv_transpose(y, weights, basis)).sum()
+    assert float(lhs) == pytest.approx(float(rhs), rel=1e-10)
 
 
 # ---- render_rain ---------------------------------------------------------------------------------
@@ -58,22 +156,43 @@ def test_render_is_deterministic_given_the_generator():
 
 
 def test_without_haze_rain_only_brightens_and_only_on_streaks():
+    """Screen blend: rainy = clean + S * (1 - clean), S in [0, 1): partial, never past white."""
     clean = _clean(b=3, h=64, w=64, seed=1)
-    rainy, streaks = render_rain(clean, _gen(11), haze=False, return_streaks=True)
-    assert streaks.shape == (3, 1, 64, 64) and streaks.min() >= 0
+    light = RainConfig(density=(0.004, 0.001), length=(12.0, 40.0))  # default: heavy rain, streaks everywhere
+    rainy, streaks = render_rain(clean, _gen(11), config=light, haze=False, return_streaks=True)
+    assert streaks.shape == (3, 1, 64, 64) and streaks.min() >= 0 and streaks.max() < 1
     on = (streaks > 0).expand_as(clean)
-    assert 0.05 < on.float().mean() < 0.9                        # sparse-ish, but present
+    assert 0.05 < on.float().mean() < 0.95                       # sparse-ish, but present
     assert torch.equal(rainy[~on], clean[~on])                   # untouched off the streaks
-    assert (rainy[on] > clean[on]).all()                         # brighter on them
-    torch.testing.assert_close(rainy, (clean + streaks).clamp(0, 1), rtol=0, atol=1e-6)
+    visible = (streaks > 1e-3).expand_as(clean)
+    assert (rainy[visible] > clean[visible]).all()               # brighter on them
+    torch.testing.assert_close(rainy, clean + streaks * (1 - clean), rtol=0, atol=1e-6)
+
+
+def test_streaks_are_thin_and_translucent():
+    """Rendered streaks: a cross-section FWHM under 3 px (rain-layer autocorrelation), and on a
+    bright image nothing is clipped flat: no pixel reaches white, most streak pixels are partial."""
+    clean = torch.full((1, 3, 96, 96), 0.85)
+    rainy, streaks = render_rain(clean, _gen(4), haze=False, return_streaks=True)
+    stats = rain_layer_stats(rainy[0], clean[0])
+    assert 0.5 < stats["width"] < 3.0, stats
+    assert rainy.max() < 1 and int((rainy > 0.99).sum()) == 0
+    s = streaks[streaks > 0.05]
+    assert (s < 0.5).float().mean() > 0.5  # translucent: most of a streak's pixels add < half
+    # on a white image the screen blend leaves it white instead of clipping streak bars
+    white = render_rain(torch.ones(1, 3, 32, 32), _gen(4), haze=False)
+    assert torch.equal(white, torch.ones(1, 3, 32, 32))
 
 
 def test_haze_is_the_atmospheric_veil():
     """With haze, off-streak pixels follow I = t*J + (1-t)*A: a contrast reduction toward a grey
     airlight, so dark pixels get brighter and the image's spread shrinks."""
     clean = _clean(b=1, h=64, w=64, seed=2)
-    hazy, streaks = render_rain(clean, _gen(3), haze=True, return_streaks=True)
+    light = RainConfig(density=(0.004, 0.001), length=(12.0, 40.0),  # default: heavy rain, streaks everywhere
+                       transmission=(0.7, 0.8))  # t < 1 everywhere (the default reaches 1: no haze there)
+    hazy, streaks = render_rain(clean, _gen(3), config=light, haze=True, return_streaks=True)
     off = (streaks == 0).expand_as(clean)
+    assert off.float().mean() > 0.05
     assert not torch.equal(hazy[off], clean[off])
     assert hazy[off].std() < clean[off].std()
     dark = off & (clean < 0.3)
