@@ -9,7 +9,7 @@ the cubin's resource usage is read with the ``cuobjdump`` shipped inside triton.
 and constexprs are the launchers' own, so this checks what a GPU would compile: a kernel that
 only fails on the GPU compiler (a ``tl.dot`` shape or dtype, a layout) fails here, on a CPU.
 
-    python -m bench sm90 [--dtypes float32,bfloat16,float64] [--ops OP,...] [--json OUT]
+    python -m bench sm90 [--dtypes float32,bfloat16,float64] [--ops OP,...] [--basis J] [--ksize k] [--json OUT]
 
 Each record also says, from the PTX, how wide the kernel's global loads and stores are, which
 tensor-core instructions it uses and how many ``bar.sync`` it has (:func:`ptx_facts`), and from
@@ -219,9 +219,11 @@ def main(argv=None) -> int:
     p.add_argument("--ops", default=None, help="comma-separated op names (default: every op)")
     p.add_argument("--basis", type=int, default=WORKLOAD["J"],
                    help=f"J, the number of basis kernels (default {WORKLOAD['J']}; above 64: several J blocks)")
+    p.add_argument("--ksize", type=int, default=WORKLOAD["k"],
+                   help=f"k, the psf kernel size (default {WORKLOAD['k']}; 15, 31: large-kernel launches)")
     a = p.parse_args(argv)
     dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
-    records = compile_report(dtypes, dict(WORKLOAD, J=a.basis), ops=a.ops.split(",") if a.ops else None)
+    records = compile_report(dtypes, dict(WORKLOAD, J=a.basis, k=a.ksize), ops=a.ops.split(",") if a.ops else None)
     print(f"{'kernel':28} {'dtype':9} {'warps':>5} {'regs':>5} {'stack':>6} {'local':>6} {'shared':>7} "
           f"{'ld/st bits':>10} {'mma':>10} {'BAR.SYNC all/inner':>18}  barriers by loop; constexprs")
     for r in records:
