@@ -130,6 +130,13 @@ def _channel_rows(b, C, c0, HW, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def _plane(b, C, c, HW):
+    """int64 offset of channel plane c of image b, clamped to the last channel (loads need no
+    channel mask; the caller masks what channels past C contribute)."""
+    return (b * C + tl.minimum(c, C - 1)) * HW
+
+
+@triton.jit
 def _basis_block(basis_ptr, jb, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr):
     """Block jb of the zero-padded (NUM_JB*BLOCK_J, KK_PAD) basis: a (BLOCK_J, KK_PAD) tile, no
     masks (the launcher pads it)."""
@@ -294,10 +301,17 @@ def _add_taps(accs, taps, values, OFFSET: tl.constexpr, SIGN: tl.constexpr, KSIZ
 
 
 @triton.jit
-def _channel_sums(dyq, values, E: tl.constexpr):
-    """Over the pixels: ``sum_c dyq[j][c, q] * values[E + j][c, q]`` for pixel 4q + j (one tap)."""
-    return _quad_join(tl.sum(dyq[0] * values[E], axis=0), tl.sum(dyq[1] * values[E + 1], axis=0),
-                      tl.sum(dyq[2] * values[E + 2], axis=0), tl.sum(dyq[3] * values[E + 3], axis=0))
+def _tap_row_grads(dks, dyq, values, WPAD: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr):
+    """One channel's share of one tap row of d(taps): ``dks[v][j] += dyq[j] * values[WPAD + j + (v -
+    k//2) * DIL]`` for the quads' pixels 4q + j (every operand a tensor over the quads: plain
+    multiply-adds in the thread, no reduction over a tensor axis)."""
+    out = ()
+    for v in tl.static_range(KSIZE):
+        out = out + ((dks[v][0] + dyq[0] * values[WPAD + (v - KSIZE // 2) * DIL],
+                      dks[v][1] + dyq[1] * values[WPAD + 1 + (v - KSIZE // 2) * DIL],
+                      dks[v][2] + dyq[2] * values[WPAD + 2 + (v - KSIZE // 2) * DIL],
+                      dks[v][3] + dyq[3] * values[WPAD + 3 + (v - KSIZE // 2) * DIL]),)
+    return out
 
 
 @triton.jit
@@ -469,7 +483,9 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
                    HALO_CHUNK: tl.constexpr, EPILOGUE: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
     """dK_t(p) = sum_c dy[c, p] x[c, p + s_t]: x staged as in the forward, each tap row read as a
     window per quad; a thread holds its quads' pixels for all BLOCK_C channels (the tile has as
-    many quads as threads), so the channel sum stays in the thread. Summed over channel blocks in
+    many quads as threads), each channel a separate tensor over the quads (a static loop), so the
+    channel sum is plain adds in the thread by construction, whatever layouts the compiler picks.
+    Summed over channel blocks in
     ``taps``; then, EPILOGUE pixels at a time, d(psf) = dK (apply_psf) or d(weights) and this
     program's d(basis) partial (psf_conv)."""
     KK: tl.constexpr = KSIZE * KSIZE
@@ -480,23 +496,36 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
     pid = tl.program_id(0)
     i = tl.arange(0, P)
     taps = taps_ptr + pid.to(tl.int64) * (KK * P)
-    stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
+    stage, here, _ = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
     part = part_ptr + pid.to(tl.int64) * part_stride
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
+        dy_pix = tl.max_contiguous(pix, 4)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
             _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
                         PADDING)
-            dyq = _quad_split(tl.load(dy_ptr + rows[:, None] + tl.max_contiguous(pix, 4)[None, :],
-                                      mask=cvalid[:, None] & valid[None, :], other=0.0).to(ACC))
+            # The channel block as a static loop over 1-D tensors over the quads: each thread sums its
+            # own quads over the block's channels with plain adds, so no layout can spread the channel
+            # sum over threads (a (BLOCK_C, P) tensor did under triton 3.6: shared memory, barriers).
+            dyq = ()
+            for c in tl.static_range(BLOCK_C):
+                ok = valid & ((pix * 0 + (c0 + c)) < C)  # channels past C: zero dy (their planes clamped)
+                dyq = dyq + (_quad_split(tl.load(dy_ptr + _plane(b, C, c0 + c, HW) + dy_pix, mask=ok,
+                                                 other=0.0).to(ACC)),)
             tl.debug_barrier()
             for u in tl.static_range(KSIZE):
-                values = _window(staged + (u - R) * DIL * HALO_W, NV, ACC)
+                zero = tl.zeros((P // 4,), ACC)
+                dks = ()
                 for v in tl.static_range(KSIZE):
-                    dk = _channel_sums(dyq, values, WPAD + (v - R) * DIL)
+                    dks = dks + ((zero, zero, zero, zero),)
+                for c in tl.static_range(BLOCK_C):
+                    dks = _tap_row_grads(dks, dyq[c], _window(stage + c * HALO + (u - R) * DIL * HALO_W + here, NV, ACC),
+                                         WPAD, KSIZE, DIL)
+                for v in tl.static_range(KSIZE):
                     at = taps + (u * KSIZE + v) * P + i
+                    dk = _quad_join(dks[v][0], dks[v][1], dks[v][2], dks[v][3])
                     tl.store(at, dk + tl.load(at, mask=_everywhere(c0, i), other=0.0))
             tl.debug_barrier()
         if SYNTH:
