@@ -342,6 +342,10 @@ def _basis_grads(dk, w_ptr, basis_ptr, dw_ptr, part, b, J, HW, pix, valid, not_f
                      mask=valid[:, None] & (jj < J)[None, :])
         if NEED_DBASIS:
             offs = jj[:, None] * KK_PAD + tl.arange(0, KK_PAD)[None, :]
+            # The partial was written by the previous epilogue chunk or tile in the store's layout
+            # and is read here in the load's (other threads, for half inputs): the writes must be
+            # complete and visible to the whole CTA before this read.
+            tl.debug_barrier()
             acc = tl.load(part + offs, mask=_everywhere(not_first, offs), other=0.0)
             tl.store(part + offs, acc + _matmul(tl.trans(_weights_block(w_ptr, jb, b, J, HW, pix, valid, BLOCK_J)), dk,
                                                 DOT))
