@@ -22,11 +22,14 @@ swapped. A padding mode other than zeros is applied where the gather kernels sta
 
 Work layout. Every kernel runs a persistent grid (about one program per SM, a fixed tile order:
 program ``pid`` takes tiles pid, pid + programs, ...). A tile is TH x TW pixels of one image (TW
-contiguous columns) and all its channels, BLOCK_C at a time.
+contiguous columns) and all its channels, BLOCK_C at a time (on the GPU a power of two chosen from C,
+:func:`channel_block`: C=3 takes 4-channel blocks, C=40 16-channel ones, not 64).
 
 - Quads: a thread holds aligned runs of 4 contiguous pixels (``_quad_split``), so one 16-byte
   vector load brings a quad's values and a tap row of width k is read as a few aligned windows
-  reused across its k horizontal taps (registers, not reloads).
+  reused across its k horizontal taps (registers, not reloads). Outputs are stored as whole quads
+  (the four accumulators joined back into the pixel axis): one 16-byte (float32) or 8-byte (half)
+  store per quad where the compiler can prove the rows 4-aligned (W a multiple of 16).
 - Staging: per channel block, the input planes the tap loop reads (x in the forward and d(taps),
   dy in d(x)) are copied with their halo into a per-program scratch area, zeros outside the image
   (``_stage_halo``: RD = (k//2)*dilation rows above and below, WPAD = RD rounded up to a
@@ -35,9 +38,11 @@ contiguous columns) and all its channels, BLOCK_C at a time.
 - Taps: the tile's per-pixel taps (synthesized, or the psf tensor's) are written once per tile to
   scratch and read back per channel block. d(x) synthesizes the taps of its tile and halo (in
   halo coordinates: the pixels its outputs read from), so it needs no taps from other programs.
-- d(taps) keeps a block of channels inside each thread (the channel sum needs no shuffles), sums
-  over channel blocks in scratch, then runs the d(weights)/d(basis) epilogue in EPILOGUE-pixel
-  matrix products, the same helper the synthesize backward uses.
+- d(taps) keeps a block of channels inside each thread, each channel a separate tensor over the
+  thread's quads (a static loop), so the channel sum is plain adds in the thread whatever layouts the
+  compiler picks (no shuffles, no shared memory, no barriers); it sums over channel blocks in
+  scratch, then runs the d(weights)/d(basis) epilogue in EPILOGUE-pixel matrix products, the same
+  helper the synthesize backward uses.
 - The basis is zero-padded to (NUM_JB*BLOCK_J, KK_PAD) so its blocks load without masks (one
   such matrix per sample for a per-sample (B,J,k,k) basis). d(basis) is summed per program, over
   its tiles in a fixed order, into a (programs, NB, NUM_JB*BLOCK_J, KK_PAD) buffer (NB = 1, or B
@@ -611,12 +616,28 @@ class Plan:
                     num_stages=1)
 
 
-# GPU tile shapes per kernel, (TH, TW, BLOCK_C, num_warps), read off the sm_90 SASS (``python -m
-# bench sass``): aligned vector loads, no layout conversions through shared memory, no spills.
+# GPU tile shapes per kernel, (TH, TW, largest BLOCK_C (see channel_block), num_warps), read off the
+# sm_90 SASS (``python -m bench sass``): aligned vector loads, no layout conversions through shared memory, no spills.
 GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 8, 4), "synth": (4, 16, 1, 4)}
 EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the tap-gradient kernel
 GPU_CHUNKS = (128, 128)  # halo pixels per staging step, per synthesis product
 FWD_SYNTH_CHUNK = 128  # the forward's tile pixels per synthesis product
+
+
+BLOCK_OVERHEAD = 8  # a channel block's fixed cost (the thread's tap loads, staging), in channels' work
+
+
+def channel_block(C: int, largest: int) -> int:
+    """Channels per block on the GPU for C channels, a power of two up to ``largest`` (the kernel's
+    GPU_SHAPES value): the one that minimizes ``blocks x (channels per block + BLOCK_OVERHEAD)``,
+    so few channels are padded (C=3: 4, not 64; C=40: 16 in 3 blocks, not 64 with 24 padded;
+    C=80: 16 in 5 blocks) without many more blocks (C=60 and C=64: 64). Below 8 channels a block
+    costs the forward and d(x) tap loops what 8 would (their threads then hold one channel each),
+    so only staging and d(taps) gain there. Ties: fewer padded channels, then larger blocks."""
+    def cost(bc):
+        blocks = triton.cdiv(C, bc)
+        return blocks * (max(bc, 8) + BLOCK_OVERHEAD), blocks * bc, -bc
+    return min((2 ** e for e in range(largest.bit_length()) if 2 ** e <= largest), key=cost)
 
 
 def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device) -> Plan:
@@ -633,6 +654,7 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
         bc, warps, chunks = min(16, triton.next_power_of_2(max(C, 1))), 4, (256, 256)
     else:
         th, tw, bc, warps = GPU_SHAPES[kind]
+        bc = channel_block(C, bc)
         chunks = GPU_CHUNKS
     n_tiles = B * triton.cdiv(H, th) * triton.cdiv(W, tw)
     return Plan(th, tw, bc, block_j, triton.cdiv(J, block_j), *chunks, warps,
