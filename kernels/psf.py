@@ -29,7 +29,8 @@ contiguous columns) and all its channels, BLOCK_C at a time (on the GPU a power 
   vector load brings a quad's values and a tap row of width k is read as a few aligned windows
   reused across its k horizontal taps (registers, not reloads). Outputs are stored as whole quads
   (the four accumulators joined back into the pixel axis): one 16-byte (float32) or 8-byte (half)
-  store per quad where the compiler can prove the rows 4-aligned (W a multiple of 16).
+  store per quad where W % 4 == 0 (``QUAD``: the kernels then tell the compiler the rows are
+  4-aligned); other widths store pixel by pixel (their rows are not aligned in memory).
 - Staging: per channel block, the input planes the tap loop reads (x in the forward and d(taps),
   dy in d(x)) are copied with their halo into a per-program scratch area, zeros outside the image
   (``_stage_halo``: RD = (k//2)*dilation rows above and below, WPAD = RD rounded up to a
@@ -425,12 +426,14 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
                     TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
                     KK_PAD: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
                     HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr,
-                    DOT: tl.constexpr, ACC: tl.constexpr):
+                    DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr):
     """y = apply(x, K). Per tile: the taps K (synthesized, SYNTH, or copied from the psf src) go
     to ``taps``; per channel block, x and its halo are staged, then each tap row reads a window of
     aligned 4-vectors once for the four pixels of every quad."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
+    if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
+        W = W // 4 * 4  # the compiler vectorizes a quad's global loads and stores at any such W
     HW = H * W
     pid = tl.program_id(0)
     i = tl.arange(0, P)
@@ -457,13 +460,15 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
                    TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
                    KK_PAD: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
                    HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr,
-                   DOT: tl.constexpr, ACC: tl.constexpr):
+                   DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr):
     """dx[c, q] = sum_t K_t(q - s_t) dy[c, q - s_t]. Per tile: the taps of the tile and its halo
     (the pixels its outputs read from) go to ``taps`` in halo coordinates, synthesized (SYNTH) or
     copied from the psf src; per channel block dy is staged with its halo and read as in the
     forward, with the shifts reversed."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
+    if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
+        W = W // 4 * 4  # the compiler vectorizes a quad's global loads and stores at any such W
     HW = H * W
     pid = tl.program_id(0)
     taps = taps_ptr + pid.to(tl.int64) * (KK * HALO)
@@ -490,7 +495,7 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
                    KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, RD: tl.constexpr,
                    WPAD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr, HALO_PAD: tl.constexpr,
-                   HALO_CHUNK: tl.constexpr, EPILOGUE: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
+                   HALO_CHUNK: tl.constexpr, EPILOGUE: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr):
     """dK_t(p) = sum_c dy[c, p] x[c, p + s_t]: x staged as in the forward, each tap row read as a
     window per quad; a thread holds its quads' pixels for all BLOCK_C channels (the tile has as
     many quads as threads), each channel a separate tensor over the quads (a static loop), so the
@@ -502,6 +507,8 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
     P: tl.constexpr = TH * TW
     R: tl.constexpr = KSIZE // 2
     NV: tl.constexpr = 1 + 2 * WPAD // 4
+    if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
+        W = W // 4 * 4  # the compiler vectorizes a quad's global loads and stores at any such W
     HW = H * W
     pid = tl.program_id(0)
     i = tl.arange(0, P)
@@ -755,7 +762,7 @@ def filter_forward(x, src, basis, dilation: int, padding: str = "zeros") -> torc
         _scratch(p, p.BLOCK_C * p.halo(k, dilation)["HALO"], x.dtype, x.device), C, H, W, J,
         *_grid_args(p, B, H, W), b.stride if b else 0, SYNTH=b is not None, PADDING=padding, KSIZE=k, DIL=dilation,
         BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad, SYNTH_CHUNK=_capped(FWD_SYNTH_CHUNK, p, kk_pad, dot), DOT=dot,
-        ACC=acc_dtype(x), **p.halo(k, dilation), **p.launch_args())
+        ACC=acc_dtype(x), QUAD=W % 4 == 0, **p.halo(k, dilation), **p.launch_args())
     return y
 
 
@@ -778,7 +785,8 @@ def filter_scatter(y, src, basis, dilation: int) -> torch.Tensor:
         y, src, b.padded if b else src, out, _scratch(p, k * k * halo["HALO"], torch_acc_dtype(y), y.device),
         _scratch(p, p.BLOCK_C * halo["HALO"], y.dtype, y.device), C, H, W, J, *_grid_args(p, B, H, W),
         b.stride if b else 0, SYNTH=b is not None, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad,
-        SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kk_pad, dot), DOT=dot, ACC=acc_dtype(y), **halo, **p.launch_args())
+        SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kk_pad, dot), DOT=dot, ACC=acc_dtype(y), QUAD=W % 4 == 0,
+        **halo, **p.launch_args())
     return out
 
 
@@ -808,7 +816,7 @@ def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, ne
         _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
         b.stride if b else 0, partials[0].numel(), SYNTH=b is not None, PADDING=padding, NEED_DW=need_src,
         NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad,
-        EPILOGUE=_capped(min(EPILOGUE, p.TH * p.TW), p, kk_pad, dot), DOT=dot, ACC=acc_dtype(x), **halo,
+        EPILOGUE=_capped(min(EPILOGUE, p.TH * p.TW), p, kk_pad, dot), DOT=dot, ACC=acc_dtype(x), QUAD=W % 4 == 0, **halo,
         **p.launch_args())
     if need_basis:
         dbasis.copy_(b.reduce(partials))
