@@ -23,7 +23,7 @@ swapped. A padding mode other than zeros is applied where the gather kernels sta
 Work layout. Every kernel runs a persistent grid (about one program per SM, a fixed tile order:
 program ``pid`` takes tiles pid, pid + programs, ...). A tile is TH x TW pixels of one image (TW
 contiguous columns) and all its channels, BLOCK_C at a time (on the GPU a power of two chosen from C,
-:func:`channel_block`: C=3 takes 4-channel blocks, C=40 16-channel ones, not 64).
+:func:`channel_block`: C=40 takes 16-channel blocks, not 64).
 
 - Quads: a thread holds aligned runs of 4 contiguous pixels (``_quad_split``), so one 16-byte
   vector load brings a quad's values and a tap row of width k is read as a few aligned windows
@@ -634,17 +634,21 @@ FWD_SYNTH_CHUNK = 128  # the forward's tile pixels per synthesis product
 BLOCK_OVERHEAD = 8  # a channel block's fixed cost (the thread's tap loads, staging), in channels' work
 
 
-def channel_block(C: int, largest: int) -> int:
-    """Channels per block on the GPU for C channels, a power of two up to ``largest`` (the kernel's
-    GPU_SHAPES value): the one that minimizes ``blocks x (channels per block + BLOCK_OVERHEAD)``,
-    so few channels are padded (C=3: 4, not 64; C=40: 16 in 3 blocks, not 64 with 24 padded;
-    C=80: 16 in 5 blocks) without many more blocks (C=60 and C=64: 64). Below 8 channels a block
-    costs the forward and d(x) tap loops what 8 would (their threads then hold one channel each),
-    so only staging and d(taps) gain there. Ties: fewer padded channels, then larger blocks."""
+def channel_block(C: int, largest: int, smallest: int = 1) -> int:
+    """Channels per block on the GPU for C channels, a power of two from ``smallest`` up to
+    ``largest`` (the kernel's GPU_SHAPES value): the one that minimizes ``blocks x (channels per
+    block + BLOCK_OVERHEAD)``, so few channels are padded (C=40: 16 in 3 blocks, not 64 with 24
+    padded; C=80: 16 in 5 blocks; C=3: 8 in the forward and d(x), 4 in d(taps)) without many more
+    blocks (C=60 and C=64: 64). Ties: fewer padded channels, then larger blocks. The forward and
+    d(x) hold a (BLOCK_C, quads) block over their threads: ``smallest`` (channels x quads = threads,
+    one value each) keeps it from being replicated over threads, which costs layout conversions
+    through shared memory in the tap loop (sm_90, C=3 with 4-channel blocks: 89 barriers in the
+    channel loop, and d(x) spilled)."""
     def cost(bc):
         blocks = triton.cdiv(C, bc)
-        return blocks * (max(bc, 8) + BLOCK_OVERHEAD), blocks * bc, -bc
-    return min((2 ** e for e in range(largest.bit_length()) if 2 ** e <= largest), key=cost)
+        return blocks * (bc + BLOCK_OVERHEAD), blocks * bc, -bc
+    return min((2 ** e for e in range(largest.bit_length()) if min(smallest, largest) <= 2 ** e <= largest),
+               key=cost)
 
 
 def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device) -> Plan:
@@ -661,7 +665,8 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
         bc, warps, chunks = min(16, triton.next_power_of_2(max(C, 1))), 4, (256, 256)
     else:
         th, tw, bc, warps = GPU_SHAPES[kind]
-        bc = channel_block(C, bc)
+        # d(taps) holds channels in a static loop (any count); the others a (BLOCK_C, TH*TW/4) tensor
+        bc = channel_block(C, bc, 1 if kind == "dk" else max(1, warps * 32 // (th * tw // 4)))
         chunks = GPU_CHUNKS
     n_tiles = B * triton.cdiv(H, th) * triton.cdiv(W, tw)
     return Plan(th, tw, bc, block_j, triton.cdiv(J, block_j), *chunks, warps,
