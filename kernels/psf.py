@@ -22,11 +22,15 @@ swapped. A padding mode other than zeros is applied where the gather kernels sta
 
 Work layout. Every kernel runs a persistent grid (about one program per SM, a fixed tile order:
 program ``pid`` takes tiles pid, pid + programs, ...). A tile is TH x TW pixels of one image (TW
-contiguous columns) and all its channels, BLOCK_C at a time.
+contiguous columns) and all its channels, BLOCK_C at a time (on the GPU a power of two chosen from C,
+:func:`channel_block`: C=40 takes 16-channel blocks, not 64).
 
 - Quads: a thread holds aligned runs of 4 contiguous pixels (``_quad_split``), so one 16-byte
   vector load brings a quad's values and a tap row of width k is read as a few aligned windows
-  reused across its k horizontal taps (registers, not reloads).
+  reused across its k horizontal taps (registers, not reloads). Outputs are stored as whole quads
+  (the four accumulators joined back into the pixel axis): one 16-byte (float32) or 8-byte (half)
+  store per quad where W % 4 == 0 (``QUAD``: the kernels then tell the compiler the rows are
+  4-aligned); other widths store pixel by pixel (their rows are not aligned in memory).
 - Staging: per channel block, the input planes the tap loop reads (x in the forward and d(taps),
   dy in d(x)) are copied with their halo into a per-program scratch area, zeros outside the image
   (``_stage_halo``: RD = (k//2)*dilation rows above and below, WPAD = RD rounded up to a
@@ -35,9 +39,11 @@ contiguous columns) and all its channels, BLOCK_C at a time.
 - Taps: the tile's per-pixel taps (synthesized, or the psf tensor's) are written once per tile to
   scratch and read back per channel block. d(x) synthesizes the taps of its tile and halo (in
   halo coordinates: the pixels its outputs read from), so it needs no taps from other programs.
-- d(taps) keeps a block of channels inside each thread (the channel sum needs no shuffles), sums
-  over channel blocks in scratch, then runs the d(weights)/d(basis) epilogue in EPILOGUE-pixel
-  matrix products, the same helper the synthesize backward uses.
+- d(taps) keeps a block of channels inside each thread, each channel a separate tensor over the
+  thread's quads (a static loop), so the channel sum is plain adds in the thread whatever layouts the
+  compiler picks (no shuffles, no shared memory, no barriers); it sums over channel blocks in
+  scratch, then runs the d(weights)/d(basis) epilogue in EPILOGUE-pixel matrix products, the same
+  helper the synthesize backward uses.
 - The basis is zero-padded to (NUM_JB*BLOCK_J, KK_PAD) so its blocks load without masks (one
   such matrix per sample for a per-sample (B,J,k,k) basis). d(basis) is summed per program, over
   its tiles in a fixed order, into a (programs, NB, NUM_JB*BLOCK_J, KK_PAD) buffer (NB = 1, or B
@@ -127,6 +133,13 @@ def _channel_rows(b, C, c0, HW, BLOCK_C: tl.constexpr):
     (so loads need no channel mask), and the mask of the real channels (for stores and sums)."""
     cc = c0 + tl.arange(0, BLOCK_C)
     return (b * C + tl.minimum(cc, C - 1)) * HW, cc < C
+
+
+@triton.jit
+def _plane(b, C, c, HW):
+    """int64 offset of channel plane c of image b, clamped to the last channel (loads need no
+    channel mask; the caller masks what channels past C contribute)."""
+    return (b * C + tl.minimum(c, C - 1)) * HW
 
 
 @triton.jit
@@ -294,21 +307,29 @@ def _add_taps(accs, taps, values, OFFSET: tl.constexpr, SIGN: tl.constexpr, KSIZ
 
 
 @triton.jit
-def _channel_sums(dyq, values, E: tl.constexpr):
-    """Over the pixels: ``sum_c dyq[j][c, q] * values[E + j][c, q]`` for pixel 4q + j (one tap)."""
-    return _quad_join(tl.sum(dyq[0] * values[E], axis=0), tl.sum(dyq[1] * values[E + 1], axis=0),
-                      tl.sum(dyq[2] * values[E + 2], axis=0), tl.sum(dyq[3] * values[E + 3], axis=0))
+def _tap_row_grads(dks, dyq, values, WPAD: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr):
+    """One channel's share of one tap row of d(taps): ``dks[v][j] += dyq[j] * values[WPAD + j + (v -
+    k//2) * DIL]`` for the quads' pixels 4q + j (every operand a tensor over the quads: plain
+    multiply-adds in the thread, no reduction over a tensor axis)."""
+    out = ()
+    for v in tl.static_range(KSIZE):
+        out = out + ((dks[v][0] + dyq[0] * values[WPAD + (v - KSIZE // 2) * DIL],
+                      dks[v][1] + dyq[1] * values[WPAD + 1 + (v - KSIZE // 2) * DIL],
+                      dks[v][2] + dyq[2] * values[WPAD + 2 + (v - KSIZE // 2) * DIL],
+                      dks[v][3] + dyq[3] * values[WPAD + 3 + (v - KSIZE // 2) * DIL]),)
+    return out
 
 
 @triton.jit
 def _store_quads(ptr, accs, rows, cvalid, pix, valid):
-    """Store the four accumulators of the quads: ``ptr[rows[c] + pix[4q + j]] = accs[j][c, q]``."""
-    p0, p1, p2, p3 = _quad_split(pix)
-    v0, v1, v2, v3 = _quad_split(valid)
-    for j in tl.static_range(4):
-        p = (p0, p1, p2, p3)[j]
-        ok = (v0, v1, v2, v3)[j]
-        tl.store(ptr + rows[:, None] + p[None, :], accs[j].to(ptr.dtype.element_ty), mask=cvalid[:, None] & ok[None, :])
+    """Store the four accumulators of the quads, ``ptr[rows[c] + pix[4q + j]] = accs[j][c, q]``,
+    joined back into the pixel axis in the quad layout (a thread's 4 contiguous pixels), so each
+    quad of each channel is one vector store (16 bytes in float32, 8 in half) wherever the image
+    rows let the compiler prove 4-pixel alignment (``pix`` declared contiguous in runs of 4 only, as
+    the loads: a wider run would take another layout, through shared memory)."""
+    tl.store(ptr + rows[:, None] + tl.max_contiguous(pix, 4)[None, :],
+             _quad_join(accs[0], accs[1], accs[2], accs[3]).to(ptr.dtype.element_ty),
+             mask=cvalid[:, None] & valid[None, :])
 
 
 @triton.jit
@@ -328,6 +349,10 @@ def _basis_grads(dk, w_ptr, basis_ptr, dw_ptr, part, b, J, HW, pix, valid, not_f
                      mask=valid[:, None] & (jj < J)[None, :])
         if NEED_DBASIS:
             offs = jj[:, None] * KK_PAD + tl.arange(0, KK_PAD)[None, :]
+            # The partial was written by the previous epilogue chunk or tile in the store's layout
+            # and is read here in the load's (other threads, for half inputs): the writes must be
+            # complete and visible to the whole CTA before this read.
+            tl.debug_barrier()
             acc = tl.load(part + offs, mask=_everywhere(not_first, offs), other=0.0)
             tl.store(part + offs, acc + _matmul(tl.trans(_weights_block(w_ptr, jb, b, J, HW, pix, valid, BLOCK_J)), dk,
                                                 DOT))
@@ -401,12 +426,14 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
                     TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
                     KK_PAD: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
                     HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr,
-                    DOT: tl.constexpr, ACC: tl.constexpr):
+                    DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr):
     """y = apply(x, K). Per tile: the taps K (synthesized, SYNTH, or copied from the psf src) go
     to ``taps``; per channel block, x and its halo are staged, then each tap row reads a window of
     aligned 4-vectors once for the four pixels of every quad."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
+    if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
+        W = W // 4 * 4  # the compiler vectorizes a quad's global loads and stores at any such W
     HW = H * W
     pid = tl.program_id(0)
     i = tl.arange(0, P)
@@ -433,13 +460,15 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
                    TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
                    KK_PAD: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
                    HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr,
-                   DOT: tl.constexpr, ACC: tl.constexpr):
+                   DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr):
     """dx[c, q] = sum_t K_t(q - s_t) dy[c, q - s_t]. Per tile: the taps of the tile and its halo
     (the pixels its outputs read from) go to ``taps`` in halo coordinates, synthesized (SYNTH) or
     copied from the psf src; per channel block dy is staged with its halo and read as in the
     forward, with the shifts reversed."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
+    if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
+        W = W // 4 * 4  # the compiler vectorizes a quad's global loads and stores at any such W
     HW = H * W
     pid = tl.program_id(0)
     taps = taps_ptr + pid.to(tl.int64) * (KK * HALO)
@@ -466,37 +495,54 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
                    KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, RD: tl.constexpr,
                    WPAD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr, HALO_PAD: tl.constexpr,
-                   HALO_CHUNK: tl.constexpr, EPILOGUE: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
+                   HALO_CHUNK: tl.constexpr, EPILOGUE: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr):
     """dK_t(p) = sum_c dy[c, p] x[c, p + s_t]: x staged as in the forward, each tap row read as a
     window per quad; a thread holds its quads' pixels for all BLOCK_C channels (the tile has as
-    many quads as threads), so the channel sum stays in the thread. Summed over channel blocks in
+    many quads as threads), each channel a separate tensor over the quads (a static loop), so the
+    channel sum is plain adds in the thread by construction, whatever layouts the compiler picks.
+    Summed over channel blocks in
     ``taps``; then, EPILOGUE pixels at a time, d(psf) = dK (apply_psf) or d(weights) and this
     program's d(basis) partial (psf_conv)."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
     R: tl.constexpr = KSIZE // 2
     NV: tl.constexpr = 1 + 2 * WPAD // 4
+    if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
+        W = W // 4 * 4  # the compiler vectorizes a quad's global loads and stores at any such W
     HW = H * W
     pid = tl.program_id(0)
     i = tl.arange(0, P)
     taps = taps_ptr + pid.to(tl.int64) * (KK * P)
-    stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
+    stage, here, _ = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
     part = part_ptr + pid.to(tl.int64) * part_stride
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
+        dy_pix = tl.max_contiguous(pix, 4)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
             _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
                         PADDING)
-            dyq = _quad_split(tl.load(dy_ptr + rows[:, None] + tl.max_contiguous(pix, 4)[None, :],
-                                      mask=cvalid[:, None] & valid[None, :], other=0.0).to(ACC))
+            # The channel block as a static loop over 1-D tensors over the quads: each thread sums its
+            # own quads over the block's channels with plain adds, so no layout can spread the channel
+            # sum over threads (a (BLOCK_C, P) tensor did under triton 3.6: shared memory, barriers).
+            dyq = ()
+            for c in tl.static_range(BLOCK_C):
+                ok = valid & ((pix * 0 + (c0 + c)) < C)  # channels past C: zero dy (their planes clamped)
+                dyq = dyq + (_quad_split(tl.load(dy_ptr + _plane(b, C, c0 + c, HW) + dy_pix, mask=ok,
+                                                 other=0.0).to(ACC)),)
             tl.debug_barrier()
             for u in tl.static_range(KSIZE):
-                values = _window(staged + (u - R) * DIL * HALO_W, NV, ACC)
+                zero = tl.zeros((P // 4,), ACC)
+                dks = ()
                 for v in tl.static_range(KSIZE):
-                    dk = _channel_sums(dyq, values, WPAD + (v - R) * DIL)
+                    dks = dks + ((zero, zero, zero, zero),)
+                for c in tl.static_range(BLOCK_C):
+                    dks = _tap_row_grads(dks, dyq[c], _window(stage + c * HALO + (u - R) * DIL * HALO_W + here, NV, ACC),
+                                         WPAD, KSIZE, DIL)
+                for v in tl.static_range(KSIZE):
                     at = taps + (u * KSIZE + v) * P + i
+                    dk = _quad_join(dks[v][0], dks[v][1], dks[v][2], dks[v][3])
                     tl.store(at, dk + tl.load(at, mask=_everywhere(c0, i), other=0.0))
             tl.debug_barrier()
         if SYNTH:
@@ -577,12 +623,32 @@ class Plan:
                     num_stages=1)
 
 
-# GPU tile shapes per kernel, (TH, TW, BLOCK_C, num_warps), read off the sm_90 SASS (``python -m
-# bench sass``): aligned vector loads, no layout conversions through shared memory, no spills.
+# GPU tile shapes per kernel, (TH, TW, largest BLOCK_C (see channel_block), num_warps), read off the
+# sm_90 SASS (``python -m bench sass``): aligned vector loads, no layout conversions through shared memory, no spills.
 GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 8, 4), "synth": (4, 16, 1, 4)}
 EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the tap-gradient kernel
 GPU_CHUNKS = (128, 128)  # halo pixels per staging step, per synthesis product
 FWD_SYNTH_CHUNK = 128  # the forward's tile pixels per synthesis product
+
+
+BLOCK_OVERHEAD = 8  # a channel block's fixed cost (the thread's tap loads, staging), in channels' work
+
+
+def channel_block(C: int, largest: int, smallest: int = 1) -> int:
+    """Channels per block on the GPU for C channels, a power of two from ``smallest`` up to
+    ``largest`` (the kernel's GPU_SHAPES value): the one that minimizes ``blocks x (channels per
+    block + BLOCK_OVERHEAD)``, so few channels are padded (C=40: 16 in 3 blocks, not 64 with 24
+    padded; C=80: 16 in 5 blocks; C=3: 8 in the forward and d(x), 4 in d(taps)) without many more
+    blocks (C=60 and C=64: 64). Ties: fewer padded channels, then larger blocks. The forward and
+    d(x) hold a (BLOCK_C, quads) block over their threads: ``smallest`` (channels x quads = threads,
+    one value each) keeps it from being replicated over threads, which costs layout conversions
+    through shared memory in the tap loop (sm_90, C=3 with 4-channel blocks: 89 barriers in the
+    channel loop, and d(x) spilled)."""
+    def cost(bc):
+        blocks = triton.cdiv(C, bc)
+        return blocks * (bc + BLOCK_OVERHEAD), blocks * bc, -bc
+    return min((2 ** e for e in range(largest.bit_length()) if min(smallest, largest) <= 2 ** e <= largest),
+               key=cost)
 
 
 def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device) -> Plan:
@@ -599,6 +665,8 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
         bc, warps, chunks = min(16, triton.next_power_of_2(max(C, 1))), 4, (256, 256)
     else:
         th, tw, bc, warps = GPU_SHAPES[kind]
+        # d(taps) holds channels in a static loop (any count); the others a (BLOCK_C, TH*TW/4) tensor
+        bc = channel_block(C, bc, 1 if kind == "dk" else max(1, warps * 32 // (th * tw // 4)))
         chunks = GPU_CHUNKS
     n_tiles = B * triton.cdiv(H, th) * triton.cdiv(W, tw)
     return Plan(th, tw, bc, block_j, triton.cdiv(J, block_j), *chunks, warps,
@@ -699,7 +767,7 @@ def filter_forward(x, src, basis, dilation: int, padding: str = "zeros") -> torc
         _scratch(p, p.BLOCK_C * p.halo(k, dilation)["HALO"], x.dtype, x.device), C, H, W, J,
         *_grid_args(p, B, H, W), b.stride if b else 0, SYNTH=b is not None, PADDING=padding, KSIZE=k, DIL=dilation,
         BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad, SYNTH_CHUNK=_capped(FWD_SYNTH_CHUNK, p, kk_pad, dot), DOT=dot,
-        ACC=acc_dtype(x), **p.halo(k, dilation), **p.launch_args())
+        ACC=acc_dtype(x), QUAD=W % 4 == 0, **p.halo(k, dilation), **p.launch_args())
     return y
 
 
@@ -722,7 +790,8 @@ def filter_scatter(y, src, basis, dilation: int) -> torch.Tensor:
         y, src, b.padded if b else src, out, _scratch(p, k * k * halo["HALO"], torch_acc_dtype(y), y.device),
         _scratch(p, p.BLOCK_C * halo["HALO"], y.dtype, y.device), C, H, W, J, *_grid_args(p, B, H, W),
         b.stride if b else 0, SYNTH=b is not None, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad,
-        SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kk_pad, dot), DOT=dot, ACC=acc_dtype(y), **halo, **p.launch_args())
+        SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kk_pad, dot), DOT=dot, ACC=acc_dtype(y), QUAD=W % 4 == 0,
+        **halo, **p.launch_args())
     return out
 
 
@@ -752,7 +821,7 @@ def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, ne
         _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
         b.stride if b else 0, partials[0].numel(), SYNTH=b is not None, PADDING=padding, NEED_DW=need_src,
         NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad,
-        EPILOGUE=_capped(min(EPILOGUE, p.TH * p.TW), p, kk_pad, dot), DOT=dot, ACC=acc_dtype(x), **halo,
+        EPILOGUE=_capped(min(EPILOGUE, p.TH * p.TW), p, kk_pad, dot), DOT=dot, ACC=acc_dtype(x), QUAD=W % 4 == 0, **halo,
         **p.launch_args())
     if need_basis:
         dbasis.copy_(b.reduce(partials))
