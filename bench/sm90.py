@@ -75,7 +75,7 @@ EXTRA_WORKLOADS = {
 RECORDED_SMS = 132  # the SM count launchers see while recording: an H100's
 
 
-def _drive_launchers(dtype: torch.dtype, shape, ops=None) -> None:
+def _drive_launchers(dtype: torch.dtype, shape, ops=None, variants: str = "all") -> None:
     """Call every custom op of the op table (or those named in ``ops``), forward and backward, on
     every sample variant (so every kernel path launches) with CPU tensors of ``shape`` and of the
     op's :data:`EXTRA_WORKLOADS`; nothing executes while recording."""
@@ -85,7 +85,8 @@ def _drive_launchers(dtype: torch.dtype, shape, ops=None) -> None:
         if ops is not None and info.name not in ops:
             continue
         for s in [shape] + [Shape(**w) for w in EXTRA_WORKLOADS.get(info.name, ())]:
-            for sample in info.samples(s, dtype, "cpu"):
+            samples = info.samples(s, dtype, "cpu")
+            for sample in samples if variants == "all" else samples[:1]:
                 info.backward(*backward_args(info, sample))
 
 
@@ -180,9 +181,10 @@ def _barriers(cubin: bytes) -> dict:
 
 
 def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), workload=WORKLOAD,
-                   ops=None) -> list[dict]:
+                   ops=None, variants: str = "all") -> list[dict]:
     """One record per distinct launch: kernel, dtype, constexprs, num_warps, the resources and
-    :func:`ptx_facts` (``ops``: only these ops' launches)."""
+    :func:`ptx_facts` (``ops``: only these ops' launches; ``variants`` "first": only each op's
+    usual sample, not its padding and per-sample-basis variants)."""
     from psfops.testing import Shape
 
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -190,7 +192,7 @@ def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), worklo
     records, seen = [], set()
     for dtype in dtypes:
         with recording_launches() as launches:
-            _drive_launchers(dtype, Shape(**workload), ops)
+            _drive_launchers(dtype, Shape(**workload), ops, variants)
         for fn, args, kwargs in launches:
             signature, constexprs, options = _signature(fn, args, dict(kwargs))
             attrs = _divisibility(fn, args, kwargs)
@@ -219,11 +221,14 @@ def main(argv=None) -> int:
     p.add_argument("--ops", default=None, help="comma-separated op names (default: every op)")
     p.add_argument("--basis", type=int, default=WORKLOAD["J"],
                    help=f"J, the number of basis kernels (default {WORKLOAD['J']}; above 64: several J blocks)")
+    p.add_argument("--variants", choices=("all", "first"), default="all",
+                   help="every sample variant of each op (padding modes, per-sample bases), or only the first")
     p.add_argument("--ksize", type=int, default=WORKLOAD["k"],
                    help=f"k, the psf kernel size (default {WORKLOAD['k']}; 15, 31: large-kernel launches)")
     a = p.parse_args(argv)
     dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
-    records = compile_report(dtypes, dict(WORKLOAD, J=a.basis, k=a.ksize), ops=a.ops.split(",") if a.ops else None)
+    records = compile_report(dtypes, dict(WORKLOAD, J=a.basis, k=a.ksize), ops=a.ops.split(",") if a.ops else None,
+                             variants=a.variants)
     print(f"{'kernel':28} {'dtype':9} {'warps':>5} {'regs':>5} {'stack':>6} {'local':>6} {'shared':>7} "
           f"{'ld/st bits':>10} {'mma':>10} {'BAR.SYNC all/inner':>18}  barriers by loop; constexprs")
     for r in records:

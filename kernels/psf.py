@@ -490,12 +490,39 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
 
 
 @triton.jit
+def _channel_quads(dy_ptr, b, C, c0, HW, pix, valid, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """dy of channels c0 .. c0+BLOCK_C-1 at the tile's pixels, one tuple of quad tensors per channel
+    (a static loop: each a separate tensor, so sums over them are adds in the thread); zero for
+    channels past C."""
+    dyq = ()
+    for c in tl.static_range(BLOCK_C):
+        ok = valid & ((pix * 0 + (c0 + c)) < C)
+        dyq = dyq + (_quad_split(tl.load(dy_ptr + _plane(b, C, c0 + c, HW) + pix, mask=ok, other=0.0).to(ACC)),)
+    return dyq
+
+
+@triton.jit
+def _store_psf_grads(taps, dpsf_ptr, h0, w0, H, W, TH: tl.constexpr, TW: tl.constexpr, EPILOGUE: tl.constexpr,
+                     KK: tl.constexpr, KK_PAD: tl.constexpr):
+    """apply_psf's d(psf): the tile's summed tap gradients (tap-major scratch) into the (k*k, H, W)
+    plane of the image, EPILOGUE pixels at a time."""
+    for epi0 in range(0, TH * TW, EPILOGUE):
+        idx = epi0 + tl.arange(0, EPILOGUE)
+        hc = h0 + idx // TW
+        wc = w0 + idx % TW
+        _store_taps(dpsf_ptr, _load_taps(taps, idx, TH * TW, idx < TH * TW, KK, KK_PAD), hc * W + wc, H * W,
+                    (hc < H) & (wc < W), KK, KK_PAD)
+
+
+@triton.jit
 def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles,
-                   tiles_w, tiles_per_img, basis_stride, part_stride, SYNTH: tl.constexpr, PADDING: tl.constexpr, NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr,
+                   tiles_w, tiles_per_img, basis_stride, part_stride, SYNTH: tl.constexpr, PADDING: tl.constexpr,
+                   NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr,
                    KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, RD: tl.constexpr,
                    WPAD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr, HALO_PAD: tl.constexpr,
-                   HALO_CHUNK: tl.constexpr, EPILOGUE: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr):
+                   HALO_CHUNK: tl.constexpr, EPILOGUE: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr,
+                   QUAD: tl.constexpr):
     """dK_t(p) = sum_c dy[c, p] x[c, p + s_t]: x staged as in the forward, each tap row read as a
     window per quad; a thread holds its quads' pixels for all BLOCK_C channels (the tile has as
     many quads as threads), each channel a separate tensor over the quads (a static loop), so the
@@ -526,11 +553,7 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
             # The channel block as a static loop over 1-D tensors over the quads: each thread sums its
             # own quads over the block's channels with plain adds, so no layout can spread the channel
             # sum over threads (a (BLOCK_C, P) tensor did under triton 3.6: shared memory, barriers).
-            dyq = ()
-            for c in tl.static_range(BLOCK_C):
-                ok = valid & ((pix * 0 + (c0 + c)) < C)  # channels past C: zero dy (their planes clamped)
-                dyq = dyq + (_quad_split(tl.load(dy_ptr + _plane(b, C, c0 + c, HW) + dy_pix, mask=ok,
-                                                 other=0.0).to(ACC)),)
+            dyq = _channel_quads(dy_ptr, b, C, c0, HW, dy_pix, valid, BLOCK_C, ACC)
             tl.debug_barrier()
             for u in tl.static_range(KSIZE):
                 zero = tl.zeros((P // 4,), ACC)
@@ -550,12 +573,7 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
                               h0, w0, H, W, J, tile - pid + basis_stride, TH, TW, EPILOGUE, NEED_DW, NEED_DBASIS, KK,
                               KK_PAD, BLOCK_J, NUM_JB, DOT)
         else:
-            for epi0 in range(0, P, EPILOGUE):
-                idx = epi0 + tl.arange(0, EPILOGUE)
-                hc = h0 + idx // TW
-                wc = w0 + idx % TW
-                _store_taps(dsrc_ptr + b * KK * HW, _load_taps(taps, idx, P, idx < P, KK, KK_PAD), hc * W + wc, HW,
-                            (hc < H) & (wc < W), KK, KK_PAD)
+            _store_psf_grads(taps, dsrc_ptr + b * KK * HW, h0, w0, H, W, TH, TW, EPILOGUE, KK, KK_PAD)
         tl.debug_barrier()
 
 

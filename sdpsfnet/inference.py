@@ -270,7 +270,7 @@ def psf_figure(model: nn.Module, image: Tensor | None = None, module: int = 0, t
     with ``image`` (3,H,W) also the input, the per-pixel index of the dominant kernel (one colour
     per kernel, legend of the kernels that dominate somewhere), and the ``top`` mixing-weight maps
     with the largest spatial variance on one colour scale, their 1st to 99th percentiles
-    (:func:`robust_range`; colour bar "mixing weight").
+    (:func:`robust_range`; colour bar "mixing weight (1st-99th pct)").
     """
     import matplotlib
     matplotlib.use("Agg")

@@ -349,7 +349,7 @@ def test_show_psf_figure_has_colour_bars_and_a_legend(run, pairs):
     model, image = model_from_checkpoint(run / "last.pt"), load_image(pairs / "input" / "1.png")
     fig = psf_figure(model, image)
     colourbars = [ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>"]
-    assert sorted(colourbars) == ["kernel weight", "mixing weight"]
+    assert sorted(colourbars) == ["kernel weight", "mixing weight (1st-99th pct)"]
     (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
     dominant = psf_maps(model, image)[0]["weights"].argmax(0).unique().tolist()
     assert [t.get_text() for t in legend.get_texts()] == [f"k{j}" for j in dominant]

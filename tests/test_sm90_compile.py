@@ -43,7 +43,20 @@ def _compile(tmp_path, dtypes: str, *options: str, expected=EXPECTED_KERNELS) ->
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    return _compile(tmp_path_factory.mktemp("sm90"), "float32,bfloat16")
+    """Each op's usual launch (the padding and per-sample-basis variants: the slow test below)."""
+    return _compile(tmp_path_factory.mktemp("sm90"), "float32,bfloat16", "--variants", "first")
+
+
+@pytest.mark.slow
+@needs_tools
+def test_every_psf_variant_compiles_for_sm90_without_spills(tmp_path):
+    """Every sample variant of the psf ops (padding modes, per-sample bases, the transpose's
+    zero-extended scatter) in float32 and bfloat16."""
+    records = _compile(tmp_path, "float32,bfloat16", "--ops", "psf_conv,psf_conv_transpose,apply_psf,synthesize_psf",
+                       expected={"_psf_fwd_kernel", "_psf_dx_kernel", "_psf_dk_kernel", "_synthesize_fwd_kernel",
+                                 "_synthesize_bwd_kernel"})
+    spills = [(r["kernel"], r["dtype"], r["stack"]) for r in records if r.get("stack", 0) > 0]
+    assert not spills, spills
 
 
 @needs_tools
