@@ -669,13 +669,16 @@ def channel_block(C: int, largest: int, smallest: int = 1) -> int:
                key=cost)
 
 
-def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device) -> Plan:
+def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device, synth: bool = True) -> Plan:
     """The launch plan of kernel ``kind`` ("fwd", "dx", "dk", "synth"). The GPU's plans (also in
     the interpreter inside ``launch_target(gpu_plans=True)``): the tile shapes of
     :data:`GPU_SHAPES` and one program per SM (fewer if there are fewer tiles). The interpreter's,
     which runs programs one after the other in Python: tiles as large as the image (up to 16 x 32
     pixels, so fewer, larger programs) and as many programs as :func:`launch.sm_count` gives a CPU
-    (a few), so the persistent loop always runs."""
+    (a few), so the persistent loop always runs. ``synth`` False (apply_psf: taps loaded, not
+    synthesized) quarters the forward's and d(taps)'s largest channel block: at C=64 sm_90 spilled
+    24 bytes in the bfloat16 forward and 32 in the float32 d(taps) with the full blocks, and 16 to
+    24 with half blocks; a quarter spills nothing (``python -m bench sm90 --ops apply_psf``)."""
     block_j = max(16, min(64, triton.next_power_of_2(max(J, 1))))
     if not gpu_plans():
         tw = max(16, min(32, triton.next_power_of_2(max(W, 1))))
@@ -683,6 +686,7 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
         bc, warps, chunks = min(16, triton.next_power_of_2(max(C, 1))), 4, (256, 256)
     else:
         th, tw, bc, warps = GPU_SHAPES[kind]
+        bc = bc if synth or kind == "dx" else bc // 4
         # d(taps) holds channels in a static loop (any count); the others a (BLOCK_C, TH*TW/4) tensor
         bc = channel_block(C, bc, 1 if kind == "dk" else max(1, warps * 32 // (th * tw // 4)))
         chunks = GPU_CHUNKS
@@ -776,7 +780,7 @@ def filter_forward(x, src, basis, dilation: int, padding: str = "zeros") -> torc
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0 or src.numel() == 0:
         return y.zero_()
-    p = plan("fwd", B, C, H, W, J, x.device)
+    p = plan("fwd", B, C, H, W, J, x.device, synth=basis is not None)
     b = _Basis(basis.contiguous(), p) if basis is not None else None
     kk_pad = _kk_pad(k)
     dot = _dot_modes(x.dtype)[0]
@@ -827,7 +831,7 @@ def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, ne
         return dsrc.zero_(), dbasis.zero_()
     if not (need_src or need_basis):
         return dsrc, dbasis
-    p = plan("dk", B, C, H, W, J, x.device)
+    p = plan("dk", B, C, H, W, J, x.device, synth=basis is not None)
     b = _Basis(basis.contiguous(), p) if basis is not None else None
     halo = p.halo(k, dilation)
     kk_pad = _kk_pad(k)
