@@ -203,7 +203,8 @@ def test_gpu_launch_plans_padded_per_sample(op, padding, case, gpu_plans):
     with SYNTH off; its GPU plans are covered with zeros in test_psf_ops.py.)"""
     B, C, H, W, J, k, d = case
     p = gpu_plans.plan("fwd", B, C, H, W, J, torch.device("cpu"))
-    assert (p.TH, p.TW, p.BLOCK_C, p.NUM_JB, p.programs, p.BLOCK_C < C) == (4, 32, 64, 1 + (J > 64), 2, C > 64)
+    assert (p.TH, p.TW, p.NUM_JB, p.programs) == (4, 32, 1 + (J > 64), 2)
+    assert C <= 64 or -(-C // p.BLOCK_C) > 1  # C=70: several channel blocks, the last one partial
     assert gpu_plans.plan("dk", B, C, H, W, J, torch.device("cpu")).programs == 2
     torch.manual_seed(len(op) + d)
     loop = loop_psf_conv_transpose if op == "psf_conv_transpose" else loop_psf_conv
