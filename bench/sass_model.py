@@ -28,7 +28,7 @@ REG_ALLOC_WARP = 256      # registers are allocated per warp in units of 256 (8 
 MAX_WARPS_PER_SM = 64
 SMEM_PER_SM = 228 * 1024  # bytes of shared memory per SM (227 KB usable by one block)
 HIDING_WARPS = 4          # resident warps per scheduler needed to hide ALU, shared-memory and L1
-#                           latency: with fewer, the issue-rate roof is divided by warps / HIDING_WARPS
+#                           latency: with fewer, the instruction-issue roof is divided by warps / HIDING_WARPS
 BAR_SYNC_CYCLES = 24      # a CTA barrier (BAR.SYNC) when every warp arrives together: ~20-30
 #                           cycles in public Volta..Hopper microbenchmarks; all of a program's warps
 #                           wait at once, so one program's SM loses this once per barrier
