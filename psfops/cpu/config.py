@@ -24,7 +24,10 @@ COST = dict(
 # over that many Python worker threads (one intra-op thread each), which pays on an idle machine
 # but lost to one thread under load here (the GIL hand-offs); it is kept, tested, off by default.
 TAP_WORKERS = 1
-# The same stall hits the conv-stack and FFT ops (fewer, larger ops: measured 5-20x on this shared
-# 2-core machine under load 5 for 2 threads vs 1), so by default the whole CPU path runs with this
-# many intra-op threads; None: torch's setting (faster on an idle multi-core machine for stack/fft).
-INTRAOP_THREADS: int | None = 1
+# The same stall hits the conv-stack and FFT ops under load (measured 5-20x on a shared 2-core
+# machine at load 5 for 2 threads vs 1). On an idle machine torch's own threads win (2 cores, load
+# 0.3, psf_conv fwd+bwd: B4 C3 128x128 J40 k7 95 vs 118 ms, B1 C3 256x256 J8 k15 34 vs 49 ms,
+# B8 C40 64x64 J40 k7 199 vs 214 ms), so by default the CPU path leaves the thread count to torch
+# (None); an int makes the whole path run with that many intra-op threads. On a busy machine,
+# OMP_NUM_THREADS=1 (or 1 here) avoids the stall.
+INTRAOP_THREADS: int | None = None
