@@ -14,16 +14,9 @@ import torch
 
 import psfops
 from psfops import interop, reference
+from helpers import one_thread  # noqa: F401  (autouse: one intra-op thread in this module)
 from helpers import assert_rel_close
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: intra-op threads only add spin-wait contention on a shared machine
-    (measured 1.3 s single-threaded vs 17 s with two threads under load for the adjoint sweep)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 PADDINGS = ("valid", "zeros", "constant", "circular", "reflect", "replicate")

@@ -13,16 +13,9 @@ import torch.nn.functional as F
 
 from psfops import padding as P
 from psfops import reference as R
+from helpers import one_thread  # noqa: F401  (autouse: one intra-op thread in this module)
 from helpers import FWD_RTOL, assert_rel_close, float64_leaves, rand, value_and_grads
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: intra-op threads only add spin-wait contention on a shared machine
-    (measured 1.3 s single-threaded vs 17 s with two threads under load for the adjoint sweep)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 MODES = ("zeros", "reflect", "replicate", "circular")
