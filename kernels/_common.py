@@ -1,12 +1,12 @@
 """Helpers shared by the kernel modules: accumulation dtype, block sizes and the jit helpers of
-the memory-bound kernels (pixel tiles, plane offsets, tile products, tanh)."""
+the memory-bound kernels (pixel tiles, plane offsets, tanh), and the one vocabulary of tile products."""
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-from .launch import gpu_plans
+from .launch import gpu_plans, interpreting
 
 
 def torch_acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -61,15 +61,49 @@ def tanh(x):
     return tl.where(tl.abs(x) < 0.05, small, big)
 
 
+# How a tile product runs (the DOT constexpr of :func:`matmul` and the kernels), one vocabulary for every kernel:
+#   "half"   float16/bfloat16 operands as they are, on the tensor cores (exact products, float32 sums);
+#   "tf32x3" float32 operands as three tf32 tensor-core passes (accurate to float32 rounding);
+#   "ieee"   float32 operands in IEEE float32 (no tensor-core rounding; every product in the interpreter);
+#   "fma"    a broadcast multiply and sum (float64, which tl.dot does not take on every GPU).
+DOT_MODES = ("half", "tf32x3", "ieee", "fma")
+
+
+def dot_mode(dtype: torch.dtype, float32: str = "ieee") -> str:
+    """The DOT for operands of ``dtype``; ``float32``: the mode float32 operands get on a GPU.
+    Under the interpreter every non-float64 product is "ieee": its tl.dot mishandles bfloat16
+    (numpy has none), and float32 products of half operands are exact, as on the tensor cores."""
+    if float32 not in DOT_MODES:
+        raise ValueError(f"float32 must be one of {DOT_MODES}, got {float32!r}")
+    if dtype == torch.float64:
+        return "fma"
+    if interpreting():
+        return "ieee"
+    return float32 if dtype == torch.float32 else "half"
+
+
 @triton.jit
-def matmul_tile(a, b, USE_DOT: tl.constexpr):
-    """(M, K) @ (K, N) in the operands' dtype. ``USE_DOT``: ``tl.dot`` in IEEE precision (no
-    TF32; needs M, N, K >= 16 and float32 or half operands); else a broadcast multiply and
-    ``tl.sum`` over K (the float64 path: tl.dot does not take float64 on every GPU)."""
-    if USE_DOT:
-        return tl.dot(a, b, input_precision="ieee")
-    else:
+def matmul(a, b, DOT: tl.constexpr):
+    """(M, K) @ (K, N), accumulated in float32 (float64 for "fma"); see :data:`DOT_MODES`. tl.dot
+    needs M, N, K >= 16."""
+    if DOT == "fma":
         return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    elif DOT == "half":
+        return tl.dot(a, b)
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=DOT)
+
+
+@triton.jit
+def matmul_add(acc, a, b, DOT: tl.constexpr):
+    """``acc + a @ b`` (see :func:`matmul`), accumulated inside the tensor-core product where there
+    is one (no separate product tile in registers)."""
+    if DOT == "fma":
+        return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    elif DOT == "half":
+        return tl.dot(a, b, acc)
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=DOT)
 
 
 @triton.jit

@@ -20,7 +20,7 @@ Backward, up to three kernels (B and C run only when a gradient they make is ask
       fixed order afterwards (deterministic; no atomics).
 tl.dot takes its operands in the inputs' own dtype and accumulates in float32: float16/bfloat16 on
 the tensor cores, float32 in IEEE precision (no TF32, so it matches the float32 reference to
-~1e-6); float64 inputs use a multiply-and-sum path instead (``DOT=SUM_PRODUCTS``). The backward's
+~1e-6); float64 inputs use a multiply-and-sum path instead (``DOT="fma"``; see ``_common.DOT_MODES``). The backward's
 s and dg buffers are in the inputs' dtype (half the bytes of float32 for half inputs, and the
 precision the reference's own half-precision autograd carries: its dg is rounded too).
 Channel tiles are padded to >= 16 (tl.dot's minimum) and masked.
@@ -31,9 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, gradient_buffers, matmul_tile, pixel_block, pixel_tile, plane_and_tile,
+from ._common import (acc_dtype, dot_mode, gradient_buffers, matmul, pixel_block, pixel_tile, plane_and_tile,
                       plane_offsets, torch_acc_dtype, vector_block)
-from .launch import gpu_plans, interpreting, launcher
+from .launch import gpu_plans, launcher
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,30 +154,6 @@ def blend_backward(dy, cur, prev, gate, needs):
 # gated_fusion
 # --------------------------------------------------------------------------------------------
 
-# DOT: how a channel-tile product runs
-DOT_NATIVE: tl.constexpr = tl.constexpr(0)    # tl.dot on the operands as they are (fp16/bf16: tensor cores)
-DOT_FP32: tl.constexpr = tl.constexpr(1)      # operands cast to float32 first (bf16 under the interpreter)
-SUM_PRODUCTS: tl.constexpr = tl.constexpr(2)  # multiply and tl.sum (float64)
-
-
-def dot_mode(dtype: torch.dtype) -> int:
-    """The DOT mode for inputs of ``dtype``. The interpreter's tl.dot mishandles bfloat16 operands
-    (numpy has no bfloat16), so there they are cast to float32 first: the same products (exact
-    in float32) and float32 sums as the tensor cores'; float16 operands run tl.dot as on the GPU."""
-    if dtype == torch.float64:
-        return SUM_PRODUCTS.value
-    return DOT_FP32.value if dtype == torch.bfloat16 and interpreting() else DOT_NATIVE.value
-
-
-@triton.jit
-def _matmul(a, b, DOT: tl.constexpr):
-    """(M, K) @ (K, N) in float32 (float64 for SUM_PRODUCTS), per the DOT mode."""
-    if DOT == DOT_FP32:
-        return matmul_tile(a.to(tl.float32), b.to(tl.float32), True)
-    else:
-        return matmul_tile(a, b, DOT == DOT_NATIVE)
-
-
 @triton.jit
 def _load_tile(ptr, b, C, cc, HW, pix, pmask):
     """(BLOCK_C, BLOCK_P) tile of planes cc of image b at pixels pix (zeros outside), in the
@@ -209,8 +185,8 @@ def _gate_tile(cur_ptr, prev_ptr, w_ptr, bias_ptr, b, co, C, HW, pix, pmask, HAS
         ci_valid = tl.where(ci < C, ci, 2 * C)  # padded input channels: masked weight columns
         wc = _load_weight(w_ptr, co, ci_valid, C, False)
         wp = _load_weight(w_ptr, co, ci_valid + C, C, False)
-        g += _matmul(wc, _load_tile(cur_ptr, b, C, ci, HW, pix, pmask), DOT)
-        g += _matmul(wp, _load_tile(prev_ptr, b, C, ci, HW, pix, pmask), DOT)
+        g += matmul(wc, _load_tile(cur_ptr, b, C, ci, HW, pix, pmask), DOT)
+        g += matmul(wp, _load_tile(prev_ptr, b, C, ci, HW, pix, pmask), DOT)
     if HAS_BIAS:
         g += tl.load(bias_ptr + co, mask=co < C, other=0.0).to(ACC)[:, None]
     return g
@@ -279,8 +255,8 @@ def _fusion_dweight_kernel(dg_ptr, cur_ptr, prev_ptr, part_ptr, C, HW, n_tiles, 
         pix, pmask = pixel_tile(item % n_tiles, HW, BLOCK_P)
         dg = _load_tile(dg_ptr, b, C, co, HW, pix, pmask)
         if NEED_W:
-            acc_c += _matmul(dg, tl.trans(_load_tile(cur_ptr, b, C, ci, HW, pix, pmask)), DOT)
-            acc_p += _matmul(dg, tl.trans(_load_tile(prev_ptr, b, C, ci, HW, pix, pmask)), DOT)
+            acc_c += matmul(dg, tl.trans(_load_tile(cur_ptr, b, C, ci, HW, pix, pmask)), DOT)
+            acc_p += matmul(dg, tl.trans(_load_tile(prev_ptr, b, C, ci, HW, pix, pmask)), DOT)
         if NEED_BIAS:
             dbias += tl.sum(dg.to(ACC), axis=1)
     prow = (chunk.to(tl.int64) * C + co) * (2 * C + 1)
@@ -308,9 +284,9 @@ def _fusion_bwd_input_kernel(dy_ptr, w_ptr, s_ptr, dg_ptr, dcur_ptr, dprev_ptr, 
         co = c0 + tl.arange(0, BLOCK_C)
         dg = _load_tile(dg_ptr, b, C, co, HW, pix, pmask)
         if NEED_CUR:
-            acc_c += _matmul(_load_weight(w_ptr, co, ci_valid, C, True), dg, DOT)
+            acc_c += matmul(_load_weight(w_ptr, co, ci_valid, C, True), dg, DOT)
         if NEED_PREV:
-            acc_p += _matmul(_load_weight(w_ptr, co, ci_valid + C, C, True), dg, DOT)
+            acc_p += matmul(_load_weight(w_ptr, co, ci_valid + C, C, True), dg, DOT)
     s = _load_tile(s_ptr, b, C, ci, HW, pix, pmask).to(ACC)
     dy = _load_tile(dy_ptr, b, C, ci, HW, pix, pmask).to(ACC)
     mask = (ci < C)[:, None] & pmask[None, :]

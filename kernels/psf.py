@@ -71,38 +71,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, gradient_buffers, torch_acc_dtype
-from .launch import gpu_plans, interpreting, launcher, sm_count
+from ._common import acc_dtype, dot_mode, gradient_buffers, matmul, matmul_add, torch_acc_dtype
+from .launch import gpu_plans, launcher, sm_count
 
 
 # --------------------------------------------------------------------------------------------
 # jit helpers
 # --------------------------------------------------------------------------------------------
-
-@triton.jit
-def _matmul(a, b, DOT: tl.constexpr):
-    """(M, K) @ (K, N), accumulated in float32 (float64 for ``"fma"``). DOT: ``"half"`` (a and b
-    float16/bfloat16: tensor cores), ``"tf32x3"`` or ``"ieee"`` (operands as float32), ``"fma"``
-    (broadcast multiply and sum: float64, where tl.dot is not available everywhere)."""
-    if DOT == "fma":
-        return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-    elif DOT == "half":
-        return tl.dot(a, b)
-    else:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=DOT)
-
-
-@triton.jit
-def _matmul_add(acc, a, b, DOT: tl.constexpr):
-    """``acc + a @ b`` (see :func:`_matmul`), accumulated inside the tensor-core product where
-    there is one (no separate product tile in registers)."""
-    if DOT == "fma":
-        return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-    elif DOT == "half":
-        return tl.dot(a, b, acc)
-    else:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=DOT)
-
 
 @triton.jit
 def _everywhere(flag, idx):
@@ -166,7 +141,7 @@ def _mix_basis(w_ptr, basis_ptr, b, J, HW, pix, ok, KK_PAD: tl.constexpr, BLOCK_
     blocks are a loop, not unrolled, accumulated inside the products: registers do not grow with J."""
     k = tl.zeros((pix.shape[0], KK_PAD), tl.float64 if DOT == "fma" else tl.float32)
     for jb in range(NUM_JB):
-        k = _matmul_add(k, _weights_block(w_ptr, jb, b, J, HW, pix, ok, BLOCK_J),
+        k = matmul_add(k, _weights_block(w_ptr, jb, b, J, HW, pix, ok, BLOCK_J),
                         _basis_block(basis_ptr, jb, KK_PAD, BLOCK_J), DOT)
     return k
 
@@ -345,7 +320,7 @@ def _basis_grads(dk, w_ptr, basis_ptr, dw_ptr, part, b, J, HW, pix, valid, not_f
         jj = jb * BLOCK_J + tl.arange(0, BLOCK_J)
         if NEED_DW:
             tl.store(dw_ptr + ((b * J + jj) * HW)[None, :] + pix[:, None],
-                     _matmul(dk, tl.trans(_basis_block(basis_ptr, jb, KK_PAD, BLOCK_J)), DOT).to(dw_ptr.dtype.element_ty),
+                     matmul(dk, tl.trans(_basis_block(basis_ptr, jb, KK_PAD, BLOCK_J)), DOT).to(dw_ptr.dtype.element_ty),
                      mask=valid[:, None] & (jj < J)[None, :])
         if NEED_DBASIS:
             offs = jj[:, None] * KK_PAD + tl.arange(0, KK_PAD)[None, :]
@@ -354,7 +329,7 @@ def _basis_grads(dk, w_ptr, basis_ptr, dw_ptr, part, b, J, HW, pix, valid, not_f
             # complete and visible to the whole CTA before this read.
             tl.debug_barrier()
             acc = tl.load(part + offs, mask=_everywhere(not_first, offs), other=0.0)
-            tl.store(part + offs, acc + _matmul(tl.trans(_weights_block(w_ptr, jb, b, J, HW, pix, valid, BLOCK_J)), dk,
+            tl.store(part + offs, acc + matmul(tl.trans(_weights_block(w_ptr, jb, b, J, HW, pix, valid, BLOCK_J)), dk,
                                                 DOT))
 
 
@@ -701,11 +676,8 @@ def _kk_pad(k: int) -> int:
 
 def _dot_modes(dtype: torch.dtype) -> tuple[str, str]:
     """(products of inputs, products with a float32 accumulated operand): see the module docstring."""
-    if dtype == torch.float64:
-        return "fma", "fma"
-    if interpreting():
-        return "ieee", "ieee"
-    return ("tf32x3" if dtype == torch.float32 else "half"), "tf32x3"
+    accumulated = torch.float64 if dtype == torch.float64 else torch.float32
+    return dot_mode(dtype, float32="tf32x3"), dot_mode(accumulated, float32="tf32x3")
 
 
 def _grid_args(p: Plan, B: int, H: int, W: int) -> tuple[int, int, int]:

@@ -91,12 +91,12 @@ def test_blend_channel_and_pixel_tiles(device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_fusion_gpu_launch_shapes(dtype, device, monkeypatch):
     """The GPU's tiles under the interpreter: 64-pixel tiles (3 per image here, the last one
-    short), two channel tiles of 32 (C=40), the dW partials of 6 programs; float16 runs tl.dot on float16
-    operands as the tensor cores do (bfloat16 cannot: the interpreter's tl.dot mishandles it)."""
+    short), two channel tiles of 32 (C=40), the dW partials of 6 programs; the products are exact
+    float32 products with float32 sums, as on the tensor cores (the interpreter runs every
+    non-float64 product as "ieee"; on a GPU float16 operands go to the tensor cores as they are)."""
     from psfops.kernels import gating, launch_target
     with launch_target(gpu_plans=True):
         assert gating.fusion_blocks(40, 9 * 20) == (32, 64) and gating.dweight_chunks() == 256
-        assert gating.dot_mode(dtype) == gating.DOT_NATIVE.value
         check_against_truth(fusion, truth_fusion, fusion_inputs(2, 40, 9, 20, dtype=dtype, device=device),
                             dtype, "gated_fusion")
 
@@ -238,3 +238,17 @@ def test_gpu_realistic_sizes(dtype):
                         dtype, "gated_fusion")
     check_against_truth(psfops.gated_blend, truth_blend, blend_inputs(4, 80, 128, 128, 1, dtype, "cuda"),
                         dtype, "gated_blend")
+
+
+def test_one_dot_vocabulary(monkeypatch):
+    """Every kernel names its tile products from one vocabulary: float64 multiplies and sums, the
+    interpreter runs exact float32 products, a GPU keeps half operands on the tensor cores and
+    gives float32 the mode the caller asks for; an unknown mode is refused by name."""
+    from psfops.kernels import _common
+    assert _common.dot_mode(torch.float64, float32="tf32x3") == "fma"
+    assert _common.dot_mode(torch.bfloat16) == "ieee"  # this suite runs in the interpreter
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert _common.dot_mode(torch.float16) == "half" and _common.dot_mode(torch.bfloat16) == "half"
+    assert _common.dot_mode(torch.float32) == "ieee" and _common.dot_mode(torch.float32, "tf32x3") == "tf32x3"
+    with pytest.raises(ValueError, match="float32"):
+        _common.dot_mode(torch.float32, float32="tf32")
