@@ -136,7 +136,7 @@ def main_run(argv) -> int:
 
 def main_headline(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m bench headline",
-                                description="psf_conv fwd+bwd B8 C64 128x128 J40 k7: targets vs measured.")
+                                description="psf_conv and psf_conv_transpose fwd+bwd B8 C64 128x128 J40 k7: targets vs measured.")
     p.add_argument("--dtypes", type=_csv(C.DTYPES), default=list(headline.DTYPES))
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, default=None, help="also merge the records into today's results file here")

@@ -114,6 +114,8 @@ def _shape(case: Case) -> Shape:
 
 
 HEADLINE = dict(op="psf_conv", **HEADLINE_SHAPE)
+# The ops the headline check times at that shape: the forward and, beside it, its transpose.
+HEADLINE_OPS = ("psf_conv", "psf_conv_transpose")
 OPS: dict[str, OpSpec] = {
     name: OpSpec(name, {"eager-convstack": reference.psf_conv_convstack} if name == "psf_conv" else {})
     for name in OPS_TABLE}

@@ -12,8 +12,8 @@ over is recorded and the next one starts), all within a budget of ``--budget`` m
               launches) and on a ragged shape, float32/bfloat16/float16, forward and every
               gradient set (frozen inputs too), run twice and compared bitwise, outputs poisoned
               with NaN, against the float64 reference                            -> check.json
-    headline  ``python -m bench headline``: psf_conv fwd+bwd vs eager and torch.compile, with
-              peak memory                                                         -> <device>-<date>.json
+    headline  ``python -m bench headline``: psf_conv and its transpose fwd+bwd vs eager and
+              torch.compile, with peak memory                                                         -> <device>-<date>.json
     model     ``python -m bench model``: the SD-PSFNet training step, Triton vs reference ops
     sweep     ``python -m bench --sweep small``, with whatever time is left (stops cleanly)
 
@@ -57,9 +57,10 @@ STEPS = (
     Step("env", 0.25, "environment record"),
     Step("check", 3.25, "psf kernels vs the float64 reference: full size and ragged, 3 dtypes, "
                         "every gradient set, bitwise repeat, NaN-poisoned outputs"),
-    Step("headline", 2.5, "psf_conv fwd+bwd headline vs eager and torch.compile, peak memory"),
+    Step("headline", 3.0, "psf_conv and psf_conv_transpose fwd+bwd headline vs eager and torch.compile, "
+                           "peak memory"),
     Step("model", 1.25, "SD-PSFNet training step, Triton vs reference ops"),
-    Step("sweep", 1.5, "benchmark sweep (small), with the time left"),
+    Step("sweep", 1.0, "benchmark sweep (small), with the time left"),
     Step("tests", 4.0, "pytest -m gpu (only when named in --steps)"),
 )
 STEP_NAMES = tuple(s.name for s in STEPS)

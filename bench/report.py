@@ -161,13 +161,13 @@ def step_table(recs: list[dict]) -> list[str]:
     return lines
 
 
-def headline_lines(recs: list[dict]) -> list[str]:
-    """The targets for psf_conv fwd+bwd at the headline shape, per dtype, when present."""
+def headline_lines(recs: list[dict], op: str = "psf_conv") -> list[str]:
+    """The targets for ``op`` fwd+bwd at the headline shape, per dtype, when present."""
     out = []
     for dtype in C.DTYPES:
         rows = _by_impl(r for r in recs if r["pass"] == "fwd+bwd" and r["dtype"] == dtype
                         and r.get("compile") != "dynamic"  # the targets compare with a static compile
-                        and all(r.get(k) == v for k, v in C.HEADLINE.items()))
+                        and all(r.get(k) == v for k, v in {**C.HEADLINE, "op": op}.items()))
         if not rows:
             continue
         out.extend(f"- {line}" for line in target_lines(rows, dtype))
@@ -377,9 +377,10 @@ def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path) -> str
         if any(r.get("triton_interpret") and r["impl"] == "triton" and r["status"] == "ok" for r in recs):
             lines += ["Triton timings in this run come from the CPU interpreter (`TRITON_INTERPRET=1`): "
                       "they test the harness, not the kernels' speed.", ""]
-        head = headline_lines(recs)
-        if head:
-            lines += ["### Headline: psf_conv fwd+bwd, B8 C64 128x128 J40 k7", ""] + head + [""]
+        for op in C.HEADLINE_OPS:
+            head = headline_lines(recs, op)
+            if head:
+                lines += [f"### Headline: {op} fwd+bwd, B8 C64 128x128 J40 k7", ""] + head + [""]
         stem = Path(path).stem
         for op in C.OPS:
             body = []

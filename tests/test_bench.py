@@ -158,8 +158,11 @@ def test_headline_check_prints_target_lines(monkeypatch):
     lines = []
     recs = headline.run(CPU, ["float32"], impls=("eager", "eager-convstack"), log=lines.append,
                         timing=FAST)
-    assert {r["impl"] for r in recs} == {"eager", "eager-convstack"}
+    # the transpose beside the forward; the conv-stack form exists for psf_conv only
+    assert sorted((r["op"], r["impl"]) for r in recs) == [
+        ("psf_conv", "eager"), ("psf_conv", "eager-convstack"), ("psf_conv_transpose", "eager")]
     assert all(r["status"] == "ok" and r["B"] == 1 and r["pass"] == "fwd+bwd" for r in recs)
+    assert any(line.startswith("psf_conv_transpose fwd+bwd") for line in lines)
     assert any("Triton not measured" in line and "targets cannot be checked" in line for line in lines)
 
 
