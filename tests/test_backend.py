@@ -145,3 +145,12 @@ def test_ops_from_several_threads_at_once(device):
     for got, want in zip(parallel, serial):
         for g, w in zip(got, want):
             assert torch.equal(g, w)
+
+
+def test_check_triton_runs_on_is_public_and_names_the_way_out(monkeypatch):
+    """The one public question 'can the Triton kernels run on this device here?': in the
+    interpreter (this suite) a CPU tensor can; without it, the error says what to do."""
+    psfops.check_triton_runs_on(torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="move them to CUDA"):
+        psfops.check_triton_runs_on(torch.device("cpu"))
