@@ -78,7 +78,7 @@ def _model_and_preset(a) -> tuple[str, str]:
 def _check_resume_options(a, run_config: dict) -> None:
     """ValueError naming the first run-defining option given with --resume that differs from the
     run in the checkpoint."""
-    from .train import make_config
+    from .training.config import make_config
 
     given = {k: getattr(a, k) for k in RUN_OPTIONS if getattr(a, k) is not None}
     if a.model or a.preset:  # the model a new run would get (the tiny preset swaps it)
@@ -96,8 +96,10 @@ def _check_resume_options(a, run_config: dict) -> None:
 
 
 def cmd_train(a) -> int:
-    from .checkpoint import load_checkpoint
-    from .train import TrainConfig, TrainingDiverged, make_config, resume_advice, train
+    from .training.checkpoint import load_checkpoint
+    from .training.config import TrainConfig, make_config
+    from .training.loop import TrainingDiverged, train
+    from .training.run_folder import resume_advice
 
     if a.resume:
         _check_resume_options(a, load_checkpoint(a.resume, resumable=True)["config"])
@@ -129,7 +131,7 @@ def cmd_train(a) -> int:
 
 
 def _load(ckpt: str, device: str):
-    from .checkpoint import model_from_checkpoint
+    from .training.checkpoint import model_from_checkpoint
     from .device import pick_device
 
     dev = pick_device(device)  # before loading: a bad --device fails fast
@@ -138,7 +140,7 @@ def _load(ckpt: str, device: str):
 
 def cmd_eval(a) -> int:
     from .data import find_pairs
-    from .inference import evaluate
+    from .evaluation.inference import evaluate
 
     if a.json:
         refuse_overwrite([a.json], [a.ckpt, *(p for pair in find_pairs(a.data) for p in pair)])
@@ -153,7 +155,7 @@ def cmd_eval(a) -> int:
 
 def cmd_metrics(a) -> int:
     from .data import images_by_key
-    from .metrics import score_folders
+    from .evaluation.metrics import score_folders
 
     if a.json:
         refuse_overwrite([a.json], [*images_by_key(a.pred_dir, "pred_dir").values(),
@@ -166,7 +168,7 @@ def cmd_metrics(a) -> int:
 
 def cmd_derain(a) -> int:
     from .derainer import Derainer
-    from .inference import derain_outputs
+    from .evaluation.inference import derain_outputs
 
     derain_outputs(a.inputs, a.out)  # its checks, before the model is loaded
     derainer = Derainer.from_checkpoint(a.ckpt, a.device, tile=a.tile or None, overlap=a.overlap)
@@ -176,7 +178,7 @@ def cmd_derain(a) -> int:
 
 
 def cmd_synth(a) -> int:
-    from .rain import synth_folder
+    from .data.rain import synth_folder
 
     synth_folder(a.clean, a.out, seed=a.seed, progress=not a.no_progress)
     print(f"wrote rainy/clean pairs to {a.out}")
@@ -185,7 +187,7 @@ def cmd_synth(a) -> int:
 
 def cmd_show_psf(a) -> int:
     from .data import load_image
-    from .inference import figure_format, show_psf
+    from .evaluation.psf_figures import figure_format, show_psf
 
     figure_format(a.out)
     refuse_overwrite([a.out], [a.ckpt] + ([a.image] if a.image else []))
@@ -197,8 +199,8 @@ def cmd_show_psf(a) -> int:
 
 
 def cmd_models(a) -> int:
-    from .complexity import count
-    from .registry import MODELS
+    from .models import MODELS
+    from .models.complexity import count
 
     rows = [(name, *count(name, a.size if a.macs else None), MODELS.describe(name))
             for name in MODELS if not name.startswith("_")]

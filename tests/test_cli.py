@@ -21,7 +21,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from sdpsfnet.cli import main
 from sdpsfnet.data import load_image, save_image
-from sdpsfnet.inference import derain_image
+from sdpsfnet.evaluation.inference import derain_image
 
 from realdata import VENDORED
 
@@ -203,7 +203,7 @@ def test_psf_maps_for_a_self_predicting_dynamic_psf():
     """psf_maps finds psfops.nn.DynamicPSF modules in any model and reports the weights they used."""
     from psfops.nn import DynamicPSF
 
-    from sdpsfnet.inference import psf_maps
+    from sdpsfnet.evaluation.psf_figures import psf_maps
 
     class Wrap(nn.Module):
         def __init__(self):
@@ -306,7 +306,7 @@ class Counting(nn.Module):
 
 @pytest.mark.parametrize("bad", ["size", "small"])
 def test_eval_checks_pairs_before_running_the_model(tmp_path, bad):
-    from sdpsfnet.inference import evaluate
+    from sdpsfnet.evaluation.inference import evaluate
 
     save_image(torch.rand(3, 16, 16), tmp_path / "input" / "1.png")
     save_image(torch.rand(3, 16, 16), tmp_path / "target" / "1.png")
@@ -343,8 +343,8 @@ def test_outputs_replace_files_atomically_with_the_umask(run, pairs, tmp_path):
 
 
 def test_show_psf_figure_has_colour_bars_and_a_legend(run, pairs):
-    from sdpsfnet.checkpoint import model_from_checkpoint
-    from sdpsfnet.inference import psf_figure, psf_maps
+    from sdpsfnet.training.checkpoint import model_from_checkpoint
+    from sdpsfnet.evaluation.psf_figures import psf_figure, psf_maps
 
     model, image = model_from_checkpoint(run / "last.pt"), load_image(pairs / "input" / "1.png")
     fig = psf_figure(model, image)

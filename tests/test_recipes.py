@@ -12,9 +12,10 @@ import torch.nn as nn
 
 from psfops.nn import DynamicPSF
 from sdpsfnet import build_model
-from sdpsfnet.checkpoint import load_checkpoint
-from sdpsfnet.recipes import param_groups
-from sdpsfnet.train import amp_settings, make_config, make_scheduler, train
+from sdpsfnet.training.checkpoint import load_checkpoint
+from sdpsfnet.training.optim import param_groups
+from sdpsfnet.training import make_config, train
+from sdpsfnet.training.optim import amp_settings, make_scheduler
 from trainer_scaffold import Pairs, val_pairs
 
 MSPFN_CODE = dict(optimizer="adam", lr=5e-4, weight_decay=0.0, schedule="exponential", lr_decay=0.8,
@@ -58,7 +59,7 @@ def test_tiny_preset_keeps_each_models_recipe():
 
 
 def test_bad_recipe_fields_name_the_field():
-    from sdpsfnet.train import TrainConfig
+    from sdpsfnet.training import TrainConfig
     for field in ("optimizer", "schedule", "loss"):
         with pytest.raises(ValueError, match=field):
             TrainConfig(**{field: "sgd?"})
@@ -114,7 +115,7 @@ def test_param_groups_spare_the_psf_basis_and_1d_parameters():
 def test_mspfn_recipe_runs_through_the_trainer(tmp_path, monkeypatch):
     """The trainer takes the optimizer, schedule, clipping and loss from the config: Adam at
     5e-4 + 1e-6 from the first step, MSPFN's loss, no clipping; the checkpoint's config says so."""
-    from sdpsfnet.losses import MSPFNLoss
+    from sdpsfnet.training.losses import MSPFNLoss
 
     calls = []
     real = MSPFNLoss.term
@@ -140,7 +141,7 @@ def test_cli_dumps_the_resolved_config(monkeypatch, capsys):
     (the training itself is stubbed out here; the real run is minutes of CPU)."""
     import json
 
-    import sdpsfnet.train
+    import sdpsfnet.training.loop
     from sdpsfnet.cli import main
 
     class Stop(Exception):
@@ -152,7 +153,7 @@ def test_cli_dumps_the_resolved_config(monkeypatch, capsys):
         seen.append(cfg)
         raise Stop
 
-    monkeypatch.setattr(sdpsfnet.train, "train", stub)
+    monkeypatch.setattr(sdpsfnet.training.loop, "train", stub)
     with pytest.raises(Stop):
         main(["train", "--model", "mspfn", "--preset", "paper", "--steps", "3", "--no-progress"])
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("config: "))

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from sdpsfnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from sdpsfnet.train import TrainingDiverged, make_config, train
+from sdpsfnet.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from sdpsfnet.training import TrainingDiverged, make_config, train
 from trainer_scaffold import Pairs, Standin, config as _cfg, rows as _rows, run as _run, val_pairs
 
 
@@ -58,7 +58,7 @@ def test_checkpoint_contents_and_rebuild(tmp_path):
 def test_validation_is_the_evaluation_loop(tmp_path):
     """The logged validation scores are what ``evaluate`` (``sdpsfnet eval``'s loop) gives for the
     saved model on the validation set."""
-    from sdpsfnet.inference import evaluate
+    from sdpsfnet.evaluation.inference import evaluate
 
     _run(_cfg(tmp_path, steps=4))
     result = evaluate(model_from_checkpoint(tmp_path / "last.pt"), val_pairs(), tile=None, progress=False)
@@ -115,7 +115,7 @@ class _FaultyLoss:
     """The training loss, corrupted by ``corrupt(value, outputs)`` from call ``n`` (1-based)."""
 
     def __init__(self, n: int):
-        from sdpsfnet.losses import DerainLoss
+        from sdpsfnet.training.losses import DerainLoss
         self.loss, self.n, self.calls = DerainLoss(), n, 0
 
     def __call__(self, outputs, target):
@@ -171,7 +171,7 @@ def test_best_checkpoint_needs_validation_on_checkpoint_steps(tmp_path):
 
 
 def test_lr_schedule_warmup_then_cosine():
-    from sdpsfnet.train import make_scheduler
+    from sdpsfnet.training.optim import make_scheduler
 
     peak, floor, warm, total = 1e-4, 1e-6, 6, 60
     opt = torch.optim.AdamW([nn.Parameter(torch.randn(2))], lr=peak)

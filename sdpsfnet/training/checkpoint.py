@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .files import atomic_write
-from .registry import build_model
+from ..files import atomic_write
+from ..models.registry import build_model
 
 FORMAT = 1
 # What a resumable checkpoint holds beyond the model (one written by the trainer).
@@ -129,7 +129,7 @@ def _check_field(path: str, name: str, value, ok: bool, expected: str) -> None:
 
 def _check_training_fields(state: dict, path: str) -> None:
     """The types of what a resume reads (ranges and shapes that need the run are checked by
-    :func:`sdpsfnet.train.restore`)."""
+    :func:`sdpsfnet.training.loop.restore`)."""
     step, opt, sched, rng = state["step"], state["optimizer"], state["scheduler"], state["rng"]
     _check_field(path, "step", step, _is_int(step) and step >= 0, "a non-negative integer")
     _check_field(path, "epoch", state.get("epoch", 0), _is_int(state.get("epoch", 0)), "an integer")

@@ -1,5 +1,8 @@
-"""Training recipes: the hyper-parameters each model family trains with, each from its source, the
-two presets (``paper`` and the ``tiny`` CPU demo), and the optimizer parameter groups.
+"""The one home of a run's defaults: the recipes (the hyper-parameters each model family trains with,
+each from its source), the two presets (``paper`` and the ``tiny`` CPU demo), the choices each
+option takes (``SCHEDULES``, ``AMP_MODES``; ``OPTIMIZERS`` in :mod:`.optim`, ``LOSSES`` in
+:mod:`.losses`, ``MODELS`` in :mod:`sdpsfnet.models`) and :class:`TrainConfig`, whose field defaults
+are SD-PSFNet's recipe under the ``paper`` preset.
 
 ``sdpsfnet`` -- SD-PSFNet (AAAI 2026). The authors' code is not public, so the paper's text:
 AdamW lr 1e-4, 3-epoch linear warmup then cosine to 1e-6, FP16 mixed precision with a GradScaler
@@ -7,7 +10,7 @@ AdamW lr 1e-4, 3-epoch linear warmup then cosine to 1e-6, FP16 mixed precision w
 clipping at 2.0, 128x128 crops, 2000 epochs, loss Charbonnier + 0.05 edge + 0.01
 frequency summed over every stage's output (``losses.DerainLoss``). Where the paper is silent:
 batch 8 per process; weight decay 1e-2 (torch's AdamW default) on weights only (see
-:func:`param_groups`); random flips and rot90 (the datasets' augmentation).
+:func:`sdpsfnet.training.optim.param_groups`); random flips and rot90 (the datasets' augmentation).
 
 ``mspfn`` -- MSPFN (CVPR 2020), the authors' TensorFlow code (``model/train_MSPFN.py``,
 ``model/MSPFN.py``), which decides where it and the paper text differ: Adam (TensorFlow's
@@ -18,7 +21,7 @@ for the whole batch, the datasets here one per sample), no weight decay, no grad
 float32, loss Charbonnier + 0.05 x Charbonnier of 3x3 Laplacian edges on [-1, 1] images
 (``losses.MSPFNLoss``). 50 epochs: the training loop never stops by itself, and the authors' test
 script restores their checkpoint of epoch 50. The [-1, 1] input range and Xavier initialisation
-belong to the model (``sdpsfnet.mspfn``'s defaults), so they hold under either recipe.
+belong to the model (``sdpsfnet.models.mspfn``'s defaults), so they hold under either recipe.
 
 Which recipe a model gets: its family's (``MODEL_RECIPES``; any other registered model gets
 ``sdpsfnet``'s), or the one named by ``recipe``: ``sdpsfnet train --model mspfn --recipe sdpsfnet``
@@ -31,15 +34,17 @@ same recipe (64x64 crops, batch 8, 200 steps, peak lr 1e-3, validation on 4 cent
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-import torch.nn as nn
+from .checkpoint import CheckpointError
+from .losses import LOSSES
+from .optim import OPTIMIZERS
 
-from psfops.nn import DynamicPSF
-
-__all__ = ["RECIPES", "MODEL_RECIPES", "PRESETS", "TINY_VARIANT", "OPTIMIZERS", "resolve", "param_groups"]
+__all__ = ["RECIPES", "MODEL_RECIPES", "PRESETS", "TINY_VARIANT", "SCHEDULES", "AMP_MODES", "TrainConfig",
+           "resolve", "make_config", "resumed_config"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     "sdpsfnet": dict(
@@ -71,7 +76,63 @@ PRESETS: dict[str, dict[str, Any]] = {
                  val_every=50, ckpt_every=50, val_crop=128, val_size=4),
 }
 
-OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+SCHEDULES = ("cosine", "exponential")
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # see optim.amp_settings
+_PAPER = {**RECIPES["sdpsfnet"], **PRESETS["paper"]}  # TrainConfig's defaults
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (stored in the checkpoint as a dict). The defaults are
+    SD-PSFNet's recipe under the ``paper`` preset; :func:`make_config` fills in a model's own."""
+    model: str = "sdpsfnet"
+    overrides: dict = field(default_factory=dict)  # build_model(model, **overrides)
+    recipe: str = "sdpsfnet"  # the recipe the fields below came from (a record)
+    data: str | None = None   # paired folder; None -> synthetic rain
+    val: str | None = None    # validation paired folder (default: see sdpsfnet.training.datasets)
+    out: str = "runs/sdpsfnet"
+    crop: int = _PAPER["crop"]
+    batch_size: int = _PAPER["batch_size"]
+    epochs: int | None = _PAPER["epochs"]
+    steps: int | None = _PAPER["steps"]  # total optimizer steps; overrides epochs
+    stop_at: int | None = None  # stop (with a checkpoint) after this step, as if preempted
+    optimizer: str = _PAPER["optimizer"]  # a key of optim.OPTIMIZERS
+    lr: float = _PAPER["lr"]
+    min_lr: float = _PAPER["min_lr"]  # cosine: the final lr; exponential: the additive floor
+    weight_decay: float = _PAPER["weight_decay"]
+    schedule: str = _PAPER["schedule"]  # one of SCHEDULES
+    lr_decay: float = 0.8  # exponential: factor per lr_decay_steps
+    lr_decay_steps: int = 20000
+    warmup_epochs: float = _PAPER["warmup_epochs"]
+    clip: float | None = _PAPER["clip"]  # None: no clipping
+    amp: str = _PAPER["amp"]  # one of AMP_MODES
+    loss: str = _PAPER["loss"]  # a key of losses.LOSSES
+    seed: int = 0
+    num_workers: int = 0
+    val_every: int = _PAPER["val_every"]
+    ckpt_every: int = _PAPER["ckpt_every"]
+    val_crop: int | None = _PAPER["val_crop"]  # centre-crop validation images to this size (None: whole)
+    val_size: int = _PAPER["val_size"]
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        for name, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("amp", AMP_MODES), ("loss", LOSSES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {sorted(valid)}, got {getattr(self, name)!r}")
+        for name in ("steps", "epochs", "stop_at", "batch_size", "val_size"):
+            value = getattr(self, name)
+            if value is not None and not value >= 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if self.val_every < 1 or self.ckpt_every < 1 or self.val_every % self.ckpt_every:
+            raise ValueError(f"val_every ({self.val_every}) must be a positive multiple of ckpt_every "
+                             f"({self.ckpt_every}), so best.pt is written at the step that scored best")
+        for name in ("data", "val"):  # stored resolved: a resume from another folder finds them
+            if getattr(self, name) is not None:
+                setattr(self, name, os.path.realpath(getattr(self, name)))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def resolve(model: str = "sdpsfnet", preset: str = "paper", recipe: str | None = None,
@@ -104,13 +165,18 @@ def resolve(model: str = "sdpsfnet", preset: str = "paper", recipe: str | None =
     return dict(model=model, recipe=recipe, **values)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two optimizer groups: conv/linear weights with ``weight_decay``; without decay, every
-    parameter with fewer than 2 dims (biases, gate biases included, norm scales, PReLU slopes) and
-    every ``DynamicPSF`` basis (decay pulls its logits toward 0, every kernel toward a box blur)."""
-    bases = {id(m.basis) for m in model.modules() if isinstance(m, DynamicPSF)}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or id(p) in bases else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_config(model: str = "sdpsfnet", preset: str = "paper", recipe: str | None = None,
+                **options) -> TrainConfig:
+    """Config of ``model`` under ``preset`` with its recipe (or ``recipe``), then ``options``
+    (``None`` values are ignored): see :func:`resolve`."""
+    return TrainConfig(**resolve(model, preset, recipe, **options))
+
+
+def resumed_config(cfg: TrainConfig, ckpt: dict, path: str) -> TrainConfig:
+    """The checkpoint's config, with ``out``, ``stop_at``, ``num_workers``, ``device`` and
+    ``progress`` taken from ``cfg``."""
+    kept = {k: getattr(cfg, k) for k in ("out", "stop_at", "num_workers", "device", "progress")}
+    try:
+        return TrainConfig(**{**ckpt["config"], **kept})
+    except TypeError as e:
+        raise CheckpointError(f"{path} holds a config this version does not know ({e})") from e
