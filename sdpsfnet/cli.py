@@ -230,32 +230,42 @@ def version() -> str:
     return f"sdpsfnet {__version__} (psfops {__version__}, torch {torch.__version__})"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sdpsfnet", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=version())
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _common(sp, device=True) -> None:
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if device:
+        sp.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
 
-    def common(sp, device=True):
-        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
-        if device:
-            sp.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
 
-    def tiling(sp):
-        sp.add_argument("--tile", type=_int_in(MIN_TILE, zero=True), default=512,
-                        help=f"tile size in px for large images, at least {MIN_TILE} (0: never tile)")
-        sp.add_argument("--overlap", type=_int_in(0), default=64, help="tile overlap in px (less than --tile)")
-        sp.set_defaults(tiled=sp)
+def _tiling(sp) -> None:
+    sp.add_argument("--tile", type=_int_in(MIN_TILE, zero=True), default=512,
+                    help=f"tile size in px for large images, at least {MIN_TILE} (0: never tile)")
+    sp.add_argument("--overlap", type=_int_in(0), default=64, help="tile overlap in px (less than --tile)")
+    sp.set_defaults(tiled=sp)
+
+
+def _command(sub, name, func, help, description, writes=True, ckpt=True):
+    sp = sub.add_parser(name, help=help, description=f"{description} {NO_OVERWRITE}" if writes else description)
+    sp.set_defaults(func=func)
+    if ckpt:
+        sp.add_argument("--ckpt", required=True, help="checkpoint (last.pt or best.pt of a run)")
+    return sp
+
+
+def _add_train(sub) -> None:
+    from .models import MODELS
+    from .training.config import AMP_MODES, PRESETS, RECIPES
 
     t = sub.add_parser("train", help="train a model (its paper's recipe by default)",
                        description="Train; prints the resolved config (one JSON line), writes last.pt/best.pt, "
                                    "metrics.csv, curves.png and before_after.png into --out. Runs under "
                                    "torchrun for DDP.")
-    t.add_argument("--model", help="registered model name (sdpsfnet, mspfn, tiny, ...; default sdpsfnet)")
-    t.add_argument("--preset", choices=["paper", "tiny"],
+    t.add_argument("--model", choices=list(MODELS), metavar="NAME",
+                   help=f"registered model ({', '.join(n for n in MODELS if not n.startswith('_'))}; "
+                        f"default sdpsfnet; `sdpsfnet models` describes them)")
+    t.add_argument("--preset", choices=list(PRESETS),
                    help="paper (default): full model and recipe; tiny: the small variant and a short "
                         "CPU-sized schedule")
-    t.add_argument("--recipe", choices=["sdpsfnet", "mspfn"],
+    t.add_argument("--recipe", choices=list(RECIPES),
                    help="train with this model family's recipe and loss (default: the model's own; "
                         "--model mspfn --recipe sdpsfnet compares MSPFN with SD-PSFNet on equal terms)")
     t.add_argument("--data", help="paired folder (input/+target/ or rain/+norain/); default: synthetic rain")
@@ -276,81 +286,90 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--seed", type=SEED, help="0 .. 2**63-1")
     t.add_argument("--workers", type=int, help="DataLoader workers (default 0)")
-    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
+    t.add_argument("--amp", choices=list(AMP_MODES),
                    help="mixed precision (default: the recipe's; auto: fp16 on CUDA, off on CPU)")
     t.add_argument("--val-every", type=int, help="validate every N steps (a multiple of --ckpt-every)")
     t.add_argument("--ckpt-every", type=int, help="write last.pt every N steps")
-    common(t)
+    _common(t)
     t.set_defaults(func=cmd_train)
 
-    def command(name, func, help, description, writes=True, ckpt=True):
-        sp = sub.add_parser(name, help=help, description=f"{description} {NO_OVERWRITE}" if writes else description)
-        sp.set_defaults(func=func)
-        if ckpt:
-            sp.add_argument("--ckpt", required=True, help="checkpoint (last.pt or best.pt of a run)")
-        return sp
 
-    images = ("Images are read at their true scale (16-bit files as 16 bits, EXIF orientation "
-              "applied); metrics quantize to 8 bits first, as published deraining tables do.")
-    strict = "JSON is strict: a PSNR of identical images (infinite) is written as null."
+IMAGES = ("Images are read at their true scale (16-bit files as 16 bits, EXIF orientation "
+          "applied); metrics quantize to 8 bits first, as published deraining tables do.")
+STRICT = "JSON is strict: a PSNR of identical images (infinite) is written as null."
 
-    e = command("eval", cmd_eval, "PSNR/SSIM of a checkpoint on a paired folder",
-                f"PSNR and SSIM (Y and RGB) of the checkpoint's output and of the rainy input on every pair "
-                f"of a paired folder. Pair sizes are checked before the model runs. {images} {strict}")
+
+def _add_scoring(sub) -> None:
+    e = _command(sub, "eval", cmd_eval, "PSNR/SSIM of a checkpoint on a paired folder",
+                 f"PSNR and SSIM (Y and RGB) of the checkpoint's output and of the rainy input on every pair "
+                 f"of a paired folder. Pair sizes are checked before the model runs. {IMAGES} {STRICT}")
     e.add_argument("--data", required=True, help="paired folder (input/ + target/ or rain/ + norain/)")
     e.add_argument("--json", help="write the results (means, input means and per_image) here")
-    tiling(e), common(e)
+    _tiling(e), _common(e)
 
-    m = command("metrics", cmd_metrics, "PSNR/SSIM between two folders matched by file name",
-                f"PSNR and SSIM (Y and RGB) of every image in PRED_DIR against its namesake in TARGET_DIR "
-                f"(extension free). {images} {strict}", ckpt=False)
+    m = _command(sub, "metrics", cmd_metrics, "PSNR/SSIM between two folders matched by file name",
+                 f"PSNR and SSIM (Y and RGB) of every image in PRED_DIR against its namesake in TARGET_DIR "
+                 f"(extension free). {IMAGES} {STRICT}", ckpt=False)
     m.add_argument("pred_dir", metavar="PRED_DIR")
     m.add_argument("target_dir", metavar="TARGET_DIR")
     m.add_argument("--json", help="write psnr_y, ssim_y, psnr_rgb, ssim_rgb and per_image here")
-    common(m, device=False)
+    _common(m, device=False)
 
-    d = command("derain", cmd_derain, "derain images (files or folders) into PNGs of the same size",
-                "Derain image files and folders (not recursive) into OUT/<name>.png: same size, same bit "
-                "depth (a 16-bit input gives a 16-bit PNG), grayscale inputs give grayscale PNGs. Images "
-                "larger than --tile are processed in overlapping tiles.")
+
+def _add_imaging(sub) -> None:
+    d = _command(sub, "derain", cmd_derain, "derain images (files or folders) into PNGs of the same size",
+                 "Derain image files and folders (not recursive) into OUT/<name>.png: same size, same bit "
+                 "depth (a 16-bit input gives a 16-bit PNG), grayscale inputs give grayscale PNGs. Images "
+                 "larger than --tile are processed in overlapping tiles.")
     d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     d.add_argument("--out", required=True, help="output folder")
-    tiling(d), common(d)
+    _tiling(d), _common(d)
 
-    s = command("synth", cmd_synth, "render rainy/clean pairs from clean images",
-                "Render synthetic rain on every image of --clean into OUT/input/<name>.png (rainy) and "
-                "OUT/target/<name>.png (the clean image), in the clean image's bit depth; reproducible "
-                "for a given --seed.", ckpt=False)
+    s = _command(sub, "synth", cmd_synth, "render rainy/clean pairs from clean images",
+                 "Render synthetic rain on every image of --clean into OUT/input/<name>.png (rainy) and "
+                 "OUT/target/<name>.png (the clean image), in the clean image's bit depth; reproducible "
+                 "for a given --seed.", ckpt=False)
     s.add_argument("--clean", required=True, help="folder of clean images")
     s.add_argument("--out", required=True, help="output folder (gets input/ and target/)")
     s.add_argument("--seed", type=SEED, default=0, help="image i is rendered with seed + i (0 .. 2**63-1)")
-    common(s, device=False)
+    _common(s, device=False)
 
-    v = command("show-psf", cmd_show_psf, "plot the learned PSF basis and per-pixel mixing weights",
-                "Plot one dynamic-PSF module of a checkpoint as a PNG: its basis kernels (colour bar), "
-                "and with --image the dominant kernel per pixel (legend) and the most varying "
-                "mixing-weight maps (colour bar).")
+    v = _command(sub, "show-psf", cmd_show_psf, "plot the learned PSF basis and per-pixel mixing weights",
+                 "Plot one dynamic-PSF module of a checkpoint as a PNG: its basis kernels (colour bar), "
+                 "and with --image the dominant kernel per pixel (legend) and the most varying "
+                 "mixing-weight maps (colour bar).")
     v.add_argument("--image", help="image whose mixing-weight maps are shown")
     v.add_argument("--module", type=int, default=0, help="which dynamic-PSF module (0 = first)")
     v.add_argument("--out", required=True, help="figure path; its suffix picks the format (.png, .jpg, .pdf, .svg)")
-    common(v)
+    _common(v)
 
-    z = command("models", cmd_models, "list the model zoo (name, parameters, what)",
-                "List the registered models: name (for train --model), parameter count and what it is.",
-                writes=False, ckpt=False)
+
+def _add_tools(sub) -> None:
+    z = _command(sub, "models", cmd_models, "list the model zoo (name, parameters, what)",
+                 "List the registered models: name (for train --model), parameter count and what it is.",
+                 writes=False, ckpt=False)
     z.add_argument("--macs", action="store_true", help="also count multiply-accumulates (slower)")
     z.add_argument("--size", type=_int_in(8), default=256, help="image side for --macs (at least 8)")
 
-    x = command("export", cmd_export, "export a checkpoint for deployment (torch.export or ONNX)",
-                "Export a checkpoint's model as a torch.export program (--out *.pt2; load it with "
-                "torch.export.load, no psfops needed) or as ONNX (--out *.onnx; needs the onnx and "
-                "onnxscript packages). The graph uses the psfops reference ops, i.e. plain PyTorch "
-                "operators, so it runs without Triton and converts to ONNX; it is exported on the CPU (for "
-                "a GPU: torch.export.passes.move_to_device_pass). Input "
-                "rainy (B, 3, H, W) RGB in [0, 1], any batch, any H and W of at least 2M (M = 4 for "
-                "SD-PSFNet, 8 for MSPFN; the graph pads and crops as the eager model does). Output "
-                "derained: the restored image, clamped to [0, 1].")
+    x = _command(sub, "export", cmd_export, "export a checkpoint for deployment (torch.export or ONNX)",
+                 "Export a checkpoint's model as a torch.export program (--out *.pt2; load it with "
+                 "torch.export.load, no psfops needed) or as ONNX (--out *.onnx; needs the onnx and "
+                 "onnxscript packages). The graph uses the psfops reference ops, i.e. plain PyTorch "
+                 "operators, so it runs without Triton and converts to ONNX; it is exported on the CPU (for "
+                 "a GPU: torch.export.passes.move_to_device_pass). Input "
+                 "rainy (B, 3, H, W) RGB in [0, 1], any batch, any H and W of at least 2M (M = 4 for "
+                 "SD-PSFNet, 8 for MSPFN; the graph pads and crops as the eager model does). Output "
+                 "derained: the restored image, clamped to [0, 1].")
     x.add_argument("--out", required=True, help="output file: .pt2 or .onnx")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdpsfnet", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_scoring, _add_imaging, _add_tools):
+        add(sub)
     return p
 
 

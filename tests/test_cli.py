@@ -374,6 +374,23 @@ def test_help_texts_are_complete_and_plain(capsys):
             assert "Never writes over an input file" in " ".join(text.split()), name
 
 
+def test_train_choices_come_from_the_tables_that_define_them(monkeypatch):
+    """--model, --preset, --recipe and --amp offer exactly the keys of MODELS, PRESETS, RECIPES and
+    AMP_MODES, also after an entry is added to one of them (no copied lists)."""
+    from sdpsfnet.cli import build_parser
+    from sdpsfnet.models import MODELS
+    from sdpsfnet.training import config
+
+    monkeypatch.setitem(config.PRESETS, "extra-preset", {})
+    monkeypatch.setitem(config.RECIPES, "extra-recipe", {})
+    monkeypatch.setattr(config, "AMP_MODES", (*config.AMP_MODES, "extra-amp"))
+    subs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    choices = {a.dest: a.choices for a in subs["train"]._actions if a.choices is not None}
+    assert choices == {"model": list(MODELS), "preset": list(config.PRESETS), "recipe": list(config.RECIPES),
+                       "amp": list(config.AMP_MODES)}
+    assert {"extra-preset", "extra-recipe", "extra-amp"} <= {c for v in choices.values() for c in v}
+
+
 def test_models_command_and_zoo_repr(capsys):
     import sdpsfnet
 
