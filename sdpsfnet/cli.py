@@ -67,8 +67,8 @@ def _print_means(title: str, result: dict) -> None:
 
 # Options of `train` that define a run: with --resume they may repeat the checkpoint's value but
 # not change it (a run's schedule is built for its length and recipe).
-RUN_OPTIONS = ("recipe", "data", "val", "steps", "epochs", "batch_size", "crop", "lr", "seed", "amp",
-               "val_every", "ckpt_every")
+RUN_OPTIONS = ("recipe", "data", "val", "allow_val_in_data", "init", "steps", "epochs", "batch_size", "crop",
+               "lr", "seed", "amp", "val_every", "ckpt_every")
 
 
 def _model_and_preset(a) -> tuple[str, str]:
@@ -85,7 +85,7 @@ def _check_resume_options(a, run_config: dict) -> None:
         given["model"] = make_config(*_model_and_preset(a)).model
     for name, value in given.items():
         old = run_config.get(name)
-        same = (os.path.realpath(value) == os.path.realpath(old) if name in ("data", "val") and old
+        same = (os.path.realpath(value) == os.path.realpath(old) if name in ("data", "val", "init") and old
                 else value == old)
         if not same:
             flag = "--" + name.replace("_", "-")
@@ -106,7 +106,8 @@ def cmd_train(a) -> int:
         cfg = TrainConfig(out=a.out or os.path.dirname(os.path.abspath(a.resume)), stop_at=a.stop_at,
                           num_workers=a.workers or 0, device=a.device, progress=not a.no_progress)
     else:
-        cfg = make_config(*_model_and_preset(a), a.recipe, data=a.data, val=a.val,
+        cfg = make_config(*_model_and_preset(a), a.recipe, data=a.data, val=a.val, init=a.init,
+                          allow_val_in_data=a.allow_val_in_data,
                           out=a.out, steps=a.steps, epochs=a.epochs, stop_at=a.stop_at,
                           batch_size=a.batch_size, crop=a.crop, lr=a.lr, seed=a.seed,
                           num_workers=a.workers, amp=a.amp, val_every=a.val_every,
@@ -269,7 +270,14 @@ def _add_train(sub) -> None:
                    help="train with this model family's recipe and loss (default: the model's own; "
                         "--model mspfn --recipe sdpsfnet compares MSPFN with SD-PSFNet on equal terms)")
     t.add_argument("--data", help="paired folder (input/+target/ or rain/+norain/); default: synthetic rain")
-    t.add_argument("--val", help="validation paired folder (default: first pairs of --data)")
+    t.add_argument("--val", metavar="DIR",
+                   help="validation paired folder (default: a fixed 10%% of the pairs of --data, at least one, "
+                        "held out from training; without --data, synthetic pairs of photos training never sees)")
+    t.add_argument("--allow-val-in-data", action="store_true", default=None,
+                   help="allow --val to be the --data folder itself (validation then scores training pairs)")
+    t.add_argument("--init", metavar="CKPT",
+                   help="start a new run from CKPT's model weights only (optimizer, schedule and step start "
+                        "fresh); any checkpoint whose tensors fit the model")
     n = t.add_mutually_exclusive_group()
     n.add_argument("--steps", type=int, help="total optimizer steps")
     n.add_argument("--epochs", type=int, help="total epochs (epoch = one pass of the loader)")

@@ -5,11 +5,13 @@ against scikit-image as the independent truth."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +49,48 @@ def pairs(tmp_path_factory) -> Path:
 def run(pairs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
     rc = main(["train", "--preset", "tiny", "--data", str(pairs), "--steps", "2", "--crop", "16",
-               "--batch-size", "2", "--out", str(out), "--no-progress"])
+               "--batch-size", "1", "--out", str(out), "--no-progress"])  # one pair trains, one validates
     assert rc == 0
     return out
+
+
+class _Stamped(io.StringIO):
+    """A console stream that records when each piece of text arrives (tqdm's ``\\r`` redraws too)."""
+
+    def __init__(self, stamps: list):
+        super().__init__()
+        self.stamps = stamps
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            self.stamps.append((time.monotonic(), text.strip()))
+        return super().write(text)
+
+
+def test_train_reports_progress_at_least_every_2_seconds(tmp_path, monkeypatch):
+    """A tiny run through the CLI, stdout and stderr time-stamped as they are written: every phase
+    (model build, data indexing, the start line, each validation image, checkpoint writes, steps)
+    says so, and no two consecutive outputs are more than 2 s apart."""
+    g = torch.Generator().manual_seed(0)
+    for i in range(12):
+        clean = torch.rand(3, 24, 24, generator=g)
+        save_image(clean, tmp_path / "d" / "target" / f"{i}.png")
+        save_image((clean + 0.3 * torch.rand(3, 24, 24, generator=g)).clamp(0, 1), tmp_path / "d" / "input" / f"{i}.png")
+    stamps: list = []
+    monkeypatch.setattr(sys, "stdout", _Stamped(stamps))
+    monkeypatch.setattr(sys, "stderr", _Stamped(stamps))
+    rc = main(["train", "--preset", "tiny", "--data", str(tmp_path / "d"), "--steps", "4", "--crop", "16",
+               "--batch-size", "2", "--val-every", "2", "--ckpt-every", "2", "--out", str(tmp_path / "r")])
+    monkeypatch.undo()
+    assert rc == 0, stamps[-3:]
+    texts = "\n".join(text for _, text in stamps)
+    for phase in ("building model tiny", "indexing data", "training tiny (", "parameters) on cpu: 11 training items",
+                  "1 validation image", "validation: 1 of the 12 pairs", "validate step 0", "1/1",
+                  "writing last.pt", "train: 100%", "step 4/4"):
+        assert phase in texts, phase
+    gaps = [(b - a, before) for (a, before), (b, _) in zip(stamps, stamps[1:])]
+    longest, before = max(gaps)
+    assert longest <= 2.0, f"{longest:.2f} s without output after {before!r}"
 
 
 def test_train_writes_checkpoints_logs_and_figures(run):
@@ -178,11 +219,14 @@ def test_torchrun_two_cpu_processes(pairs, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    import shutil
+
+    data = shutil.copytree(pairs, tmp_path / "data")  # trains on both pairs; --val scores the originals
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={port}",
-           "-m", "sdpsfnet", "train", "--preset", "tiny", "--data", str(pairs), "--steps", "2",
-           "--crop", "16", "--batch-size", "1", "--out", str(tmp_path), "--no-progress"]
+           "-m", "sdpsfnet", "train", "--preset", "tiny", "--data", str(data), "--val", str(pairs), "--steps", "2",
+           "--crop", "16", "--batch-size", "1", "--out", str(tmp_path / "run"), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)  # own process group: a hang kills workers too
     try:
@@ -192,7 +236,7 @@ def test_torchrun_two_cpu_processes(pairs, tmp_path):
         proc.communicate()
         raise
     assert proc.returncode == 0, stderr[-3000:]
-    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ck["step"] == 2 and len(ck["rng"]) == 2
     # 2 pairs over 2 ranks with batch 1: one step per epoch, so 2 steps = 2 epochs.
     assert ck["epoch"] == 2

@@ -360,11 +360,13 @@ def test_a_resume_after_the_data_changed_size_is_refused(tmp_path):
 
 
 def test_validation_images_under_11_px_are_refused_when_indexed(tmp_path):
-    for sub in ("input", "target"):
-        save_image(torch.rand(3, 16, 16), tmp_path / "d" / sub / "a.png")
-        save_image(torch.rand(3, 8, 16), tmp_path / "d" / sub / "b.png")
+    for folder in ("d", "v"):
+        for sub in ("input", "target"):
+            save_image(torch.rand(3, 16, 16), tmp_path / folder / sub / "a.png")
+            save_image(torch.rand(3, 8, 16), tmp_path / folder / sub / "b.png")
     with pytest.raises(ValueError, match=r"b\.png .* at least 11x11"):
-        sdpsfnet.training.datasets.default_datasets(config(tmp_path / "o", data=str(tmp_path / "d")))
+        sdpsfnet.training.datasets.default_datasets(config(tmp_path / "o", data=str(tmp_path / "d"),
+                                                           val=str(tmp_path / "v")))
 
 
 def test_ctrl_c_during_train_prints_where_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):

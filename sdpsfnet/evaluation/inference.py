@@ -166,8 +166,9 @@ def _scored_pairs(data) -> tuple[int, Iterator[tuple[str, Tensor, Tensor]]]:
 
 def evaluate(model: nn.Module, data: str | os.PathLike | Dataset, tile: int | None = 512,
              overlap: int = 64, progress: bool = True, amp_dtype: torch.dtype | None = None,
-             on_image: Callable[[int, Tensor, Tensor, Tensor], None] | None = None) -> dict:
-    """PSNR/SSIM (Y and RGB) of the model's output on every pair of a paired folder or dataset.
+             on_image: Callable[[int, Tensor, Tensor, Tensor], None] | None = None, desc: str = "eval") -> dict:
+    """PSNR/SSIM (Y and RGB) of the model's output on every pair of a paired folder or dataset
+    (with ``progress``, a bar named ``desc`` counts the images done).
 
     ``data``: a paired folder (see :func:`sdpsfnet.data.find_pairs`) or a dataset of
     ``(rainy, clean, name)`` items. Each image is restored by :func:`derain_image` (whole, or in
@@ -184,7 +185,7 @@ def evaluate(model: nn.Module, data: str | os.PathLike | Dataset, tile: int | No
     keys = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
     count, pairs = _scored_pairs(data)
     per_image = []
-    for i, (name, rainy, clean) in enumerate(tqdm(pairs, total=count, desc="eval", unit="img",
+    for i, (name, rainy, clean) in enumerate(tqdm(pairs, total=count, desc=desc, unit="img",
                                                   disable=not progress)):
         pred = derain_image(model, rainy, tile, overlap, amp_dtype=amp_dtype)
         if on_image is not None:

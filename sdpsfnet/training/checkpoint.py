@@ -184,6 +184,26 @@ def load_weights(model: nn.Module, weights: dict, path: str | os.PathLike) -> No
     model.load_state_dict(weights)
 
 
+def init_weights(model: nn.Module, path: str | os.PathLike, listed: int = 8) -> None:
+    """Load only the model weights of the checkpoint at ``path`` into ``model`` (``train --init``:
+    any checkpoint whose tensors fit, whatever model name or run wrote it). :class:`CheckpointError`
+    naming the file and, for up to ``listed`` of them, every tensor that does not fit: its name
+    and its shape here and there, or that one side lacks it."""
+    path = os.fspath(path)
+    theirs = load_checkpoint(path)["model"]
+    mine = model.state_dict()
+    misfits = [f"{k} {tuple(mine[k].shape)} here, {tuple(theirs[k].shape)} there" for k in mine
+               if k in theirs and tuple(mine[k].shape) != tuple(theirs[k].shape)]
+    misfits += [f"{k} missing there" for k in mine if k not in theirs]
+    misfits += [f"{k} {tuple(theirs[k].shape)} there, not in this model" for k in theirs if k not in mine]
+    if misfits:
+        more = f"; and {len(misfits) - listed} more" if len(misfits) > listed else ""
+        raise CheckpointError(f"--init {path}: its weights do not fit this run's {type(model).__name__} "
+                              f"({len(misfits)} tensors): {'; '.join(misfits[:listed])}{more}. Give a "
+                              f"checkpoint of the same model and size (its --model and overrides)")
+    load_weights(model, theirs, path)
+
+
 def _runnable_backend(name: str, device: torch.device) -> str:
     """``name``, or ``"reference"`` where it (or for ``"auto"``, ``PSFOPS_BACKEND``) asks for
     Triton on a device Triton cannot run on."""

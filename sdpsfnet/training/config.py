@@ -89,7 +89,9 @@ class TrainConfig:
     overrides: dict = field(default_factory=dict)  # build_model(model, **overrides)
     recipe: str = "sdpsfnet"  # the recipe the fields below came from (a record)
     data: str | None = None   # paired folder; None -> synthetic rain
-    val: str | None = None    # validation paired folder (default: see sdpsfnet.training.datasets)
+    val: str | None = None    # validation paired folder (default: pairs held out of data, see datasets.py)
+    allow_val_in_data: bool = False  # let val be the data folder itself (its pairs are then trained on)
+    init: str | None = None   # start from this checkpoint's model weights (a new run: step 0, fresh optimizer)
     out: str = "runs/sdpsfnet"
     crop: int = _PAPER["crop"]
     batch_size: int = _PAPER["batch_size"]
@@ -127,9 +129,14 @@ class TrainConfig:
         if self.val_every < 1 or self.ckpt_every < 1 or self.val_every % self.ckpt_every:
             raise ValueError(f"val_every ({self.val_every}) must be a positive multiple of ckpt_every "
                              f"({self.ckpt_every}), so best.pt is written at the step that scored best")
-        for name in ("data", "val"):  # stored resolved: a resume from another folder finds them
+        for name in ("data", "val", "init"):  # stored resolved: a resume from another folder finds them
             if getattr(self, name) is not None:
                 setattr(self, name, os.path.realpath(getattr(self, name)))
+        if self.val is not None and self.val == self.data and not self.allow_val_in_data:
+            raise ValueError(f"--val {self.val} is the --data folder: its pairs would be trained on, so the "
+                             f"validation scores would not measure unseen images. Leave --val out (a fixed "
+                             f"10% of --data is then held out), give another folder, or pass "
+                             f"--allow-val-in-data to validate on training pairs knowingly")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,4 +1,5 @@
-"""``metrics.csv``: one row per optimizer step (``step``, ``epoch``, ``lr``, ``loss``,
+"""What a run logs: progress lines (:func:`say`), the validation pairs (``validation.txt``,
+:func:`write_validation_list`) and ``metrics.csv``: one row per optimizer step (``step``, ``epoch``, ``lr``, ``loss``,
 ``grad_norm``, ``seconds``), the validation columns filled on validation steps (and on the row of
 step 0, before training). Rows are appended as the run goes; a resume rewrites the file atomically
 with the rows up to its checkpoint."""
@@ -7,6 +8,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
+
+from tqdm import tqdm
 
 from ..files import atomic_write
 
@@ -47,3 +51,20 @@ def append_row(path: str, row: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def say(text: str, enabled: bool = True, stdout: bool = False) -> None:
+    """Print one line, unless ``enabled`` is false: a progress line on stderr (through
+    ``tqdm.write``, so an open bar is redrawn below it rather than broken), or with ``stdout`` a
+    line of the run's log on stdout (what runs, on which data), which ``--no-progress`` keeps."""
+    if enabled:
+        stream = sys.stdout if stdout else sys.stderr
+        tqdm.write(text, file=stream)
+        stream.flush()
+
+
+def write_validation_list(path: str, about: str, names: list[str]) -> None:
+    """``validation.txt``: a comment line saying where the validation pairs come from, then the
+    name of each validation image (for a paired folder, its rainy file's stem), one per line."""
+    with atomic_write(path) as f:
+        f.write(("".join(f"# {line}\n" for line in about.split("\n")) + "".join(f"{n}\n" for n in names)).encode())

@@ -6,13 +6,20 @@ and :func:`fit` loops over :func:`train_step`, :func:`validate` (the one evaluat
 config field (:mod:`.config`); ``clip`` is the global L2 norm (None: no clipping), ``loss`` a key of
 ``losses.LOSSES``, summed over every emitted image.
 
+- **Output**: stdout gets the config, a line saying what trains (model, parameters, device, data
+  counts), one saying which pairs validate, and the final summary; with progress on, stderr gets
+  a line before each phase that can take seconds (model build, data indexing, checkpoint and
+  figure writes) and bars for the steps and for each validation's images.
+- **--init CKPT**: a new run (step 0, fresh optimizer and schedule) from CKPT's model weights;
+  :func:`.checkpoint.init_weights` names every tensor that does not fit.
 - **Batch size** is per process; under ``torchrun`` the effective batch is ``batch_size * world``.
 - **Validation**: before the first step, every ``val_every`` steps and at the end, mean
   PSNR/SSIM (Y) of the final output over the fixed validation set (:mod:`.datasets`), next to
   the same metric for the rainy input.
 - **Files** in ``out`` (:data:`.run_folder.RUN_FILES`): ``last.pt`` (every ``ckpt_every`` steps
   and at the end), ``best.pt`` (best validation PSNR-Y), ``metrics.csv`` (:mod:`.logs`),
-  ``curves.png`` and ``before_after.png`` (:mod:`.figures`). Only rank 0 writes, every file
+  ``curves.png`` and ``before_after.png`` (:mod:`.figures`), ``validation.txt`` (which pairs
+  validate, :mod:`.logs`). Only rank 0 writes, every file
   atomically (:func:`sdpsfnet.files.atomic_write`; ``metrics.csv`` grows by appended rows and is
   rewritten atomically on resume).
 - **A run's length is fixed at its start**: checkpoints store ``total_steps`` and
@@ -48,12 +55,12 @@ from ..device import pick_device
 from ..evaluation.inference import evaluate
 from ..files import check_writable
 from ..models import build_model
-from .checkpoint import (FORMAT, CheckpointError, bad_field, get_rng_state, load_checkpoint, load_weights,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (FORMAT, CheckpointError, bad_field, get_rng_state, init_weights, load_checkpoint,
+                         load_weights, save_checkpoint, set_rng_state)
 from .config import TrainConfig, resumed_config
 from .datasets import ResumableSampler, default_datasets
-from .figures import write_before_after, write_curves
-from .logs import VAL_FIELDS, append_row
+from .figures import SAMPLE_ROWS, run_title, write_before_after, write_curves
+from .logs import VAL_FIELDS, append_row, say, write_validation_list
 from .losses import LOSSES
 from .optim import amp_settings, build_optimizer, make_scheduler, schedule_steps
 from .run_folder import check_out_folder, prepare_out_folder, refuse_out_in_data, run_folder_lock
@@ -111,6 +118,8 @@ class Run:
     best_step: int | None = None
     best_pending: bool = False  # a new best awaits its best.pt
     last_val: dict = field(default_factory=dict)
+    data_about: str = ""  # where the training items come from (the log says it)
+    val_about: str = ""  # where the validation pairs come from (the log and validation.txt say it)
 
     @property
     def is_main(self) -> bool:
@@ -141,16 +150,22 @@ def init_distributed(device: torch.device, world: int) -> bool:
 def setup(cfg: TrainConfig, rank: int, world: int, device: torch.device, model: nn.Module | None,
           train_set: Dataset | None, val_set: Dataset | None, criterion: Callable | None) -> Run:
     """Seed, build what is not given (model, datasets, loss), the optimizer, schedule and scaler."""
+    talk = cfg.progress and rank == 0
     _seed(cfg.seed)  # the model init is identical on every rank (DDP also broadcasts it)
-    model = build_model(cfg.model, **cfg.overrides) if model is None else model
+    if model is None:
+        say(f"building model {cfg.model} ...", talk)
+        model = build_model(cfg.model, **cfg.overrides)
     model.to(device)
     criterion = LOSSES[cfg.loss]() if criterion is None else criterion
     if isinstance(criterion, nn.Module):
         criterion.to(device)
+    about = f"{len(val_set)} items given by the caller" if val_set is not None else ""
+    source = "given by the caller" if train_set is not None else cfg.data or "built-in synthetic rain"
     if train_set is None or val_set is None:
-        d_train, d_val = default_datasets(cfg)
+        say(f"indexing data ({cfg.data or 'built-in synthetic rain'}) ...", talk)
+        d_train, d_val, d_about = default_datasets(cfg)
         train_set = d_train if train_set is None else train_set
-        val_set = d_val if val_set is None else val_set
+        val_set, about = (d_val, d_about) if val_set is None else (val_set, about)
     if len(val_set) == 0:
         raise ValueError("the validation set is empty")
     _seed(cfg.seed + rank)  # per-rank stream for augmentation
@@ -168,7 +183,8 @@ def setup(cfg: TrainConfig, rank: int, world: int, device: torch.device, model: 
                optimizer, make_scheduler(optimizer, total, warmup, cfg.min_lr, cfg.schedule, cfg.lr_decay,
                                          cfg.lr_decay_steps),
                torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), amp_dtype,
-               steps_per_epoch, total, warmup, stop=total if cfg.stop_at is None else min(total, cfg.stop_at))
+               steps_per_epoch, total, warmup, stop=total if cfg.stop_at is None else min(total, cfg.stop_at),
+               data_about=source, val_about=about)
 
 
 def restore(run: Run, ckpt: dict, path: str) -> None:
@@ -276,20 +292,23 @@ def train_step(run: Run, batch) -> tuple[float, float, float]:
 
 def validate(run: Run) -> dict:
     """Rank 0: mean PSNR/SSIM-Y of the restored and of the rainy validation images
-    (:data:`.logs.VAL_FIELDS`) by :func:`sdpsfnet.evaluation.inference.evaluate`; writes ``before_after.png`` of
-    the first 4 images and records a new best. No global RNG moves."""
+    (:data:`.logs.VAL_FIELDS`) by :func:`sdpsfnet.evaluation.inference.evaluate`; writes
+    ``before_after.png`` of the first :data:`.figures.SAMPLE_ROWS` images, ``validation.txt`` on
+    the first validation of a run, and records a new best. No global RNG moves."""
     samples = []
 
     def keep(i, rainy, restored, clean):
-        if i < 4:
+        if i < SAMPLE_ROWS:
             samples.append((rainy, restored, clean))
 
     with preserved_rng():
         run.model.eval()
-        result = evaluate(run.model, run.val_set, tile=None, progress=False, amp_dtype=run.amp_dtype,
-                          on_image=keep)
+        result = evaluate(run.model, run.val_set, tile=None, progress=run.cfg.progress, amp_dtype=run.amp_dtype,
+                          on_image=keep, desc=f"validate step {run.step}")
         run.model.train()
     write_before_after(samples, run.path("before_after.png"))
+    if run.step == 0 or not os.path.isfile(run.path("validation.txt")):
+        write_validation_list(run.path("validation.txt"), run.val_about, [r["name"] for r in result["per_image"]])
     run.last_val = {"val_psnr_y": result["psnr_y"], "val_ssim_y": result["ssim_y"],
                     "input_psnr_y": result["input"]["psnr_y"], "input_ssim_y": result["input"]["ssim_y"]}
     if run.step > 0 and run.last_val["val_psnr_y"] > run.best:
@@ -320,11 +339,27 @@ def save(run: Run) -> None:
     state = checkpoint_state(run)
     if not run.is_main:
         return
+    say(f"step {run.step}: writing last.pt{' and best.pt' if run.best_pending else ''} ...", run.cfg.progress)
     save_checkpoint(state, run.path("last.pt"))
     if run.best_pending:
         save_checkpoint(state, run.path("best.pt"))
         run.best_pending = False
-    write_curves(run.path("metrics.csv"), run.path("curves.png"))
+    say(f"step {run.step}: plotting curves.png ...", run.cfg.progress)
+    write_curves(run.path("metrics.csv"), run.path("curves.png"), run_title(run.cfg))
+
+
+def announce(run: Run) -> None:
+    """Rank 0, before the first step, on stdout: one line saying what trains (model, parameters)
+    where, on which data, from which step, and one saying which pairs validate."""
+    cfg = run.cfg
+    params = sum(p.numel() for p in run.model.parameters())
+    where = f"{run.device}" + (f" x {run.world} processes" if run.world > 1 else "")
+    start = f"from step {run.step} " if run.step else ""
+    init = f", weights from {cfg.init}" if cfg.init and not run.step else ""
+    say(f"training {cfg.model} ({params:,} parameters{init}) on {where}: {len(run.train_set)} training "
+        f"items ({run.data_about}), {len(run.val_set)} validation image(s); "
+        f"{start}to step {run.stop} of {run.total}", stdout=True)
+    say(f"validation: {run.val_about}", stdout=True)
 
 
 def fit(run: Run) -> dict:
@@ -398,7 +433,11 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
             run = setup(cfg, rank, world, device, model, train_set, val_set, criterion)
             if ckpt is not None:
                 restore(run, ckpt, resume)
+            elif cfg.init is not None:
+                say(f"loading the model weights of {cfg.init} ...", cfg.progress and rank == 0)
+                init_weights(run.model, cfg.init)
             if run.is_main:
+                announce(run)
                 prepare_out_folder(cfg.out, resume, ckpt, overwrite)
             return fit(run)
         finally:

@@ -24,7 +24,7 @@ from .config import TrainConfig
 from .logs import logged_rows, write_csv
 
 # Everything the trainer writes into ``out``: a folder holding any of them holds a run.
-RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "curves.png", "before_after.png")
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "curves.png", "before_after.png", "validation.txt")
 
 
 def _holds_run(folder: str) -> list[str]:
