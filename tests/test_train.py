@@ -188,6 +188,20 @@ def test_figures_have_a_title_labelled_axes_and_three_large_rows(tmp_path):
         assert np.array_equal(rainy[r], pair.repeat(k, 0).repeat(k, 1))
 
 
+def test_before_after_rows_are_distinct_clean_images(tmp_path):
+    """A validation set that renders two rains on one clean image (as the built-in rain cycles over
+    its photos) shows each clean image once: rows from items 0, 2 and 3, not 0, 1 and 2."""
+    clean = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    items = [(torch.rand(3, 16, 16), clean[c], f"v{i}") for i, c in enumerate((0, 0, 1, 2))]
+    train(_cfg(tmp_path, steps=2, val_every=2, ckpt_every=2), train_set=Pairs(), val_set=items)
+    img = np.asarray(Image.open(tmp_path / "before_after.png").convert("RGB"))
+    column, header = img.shape[1] // 3, img.shape[0] - 3 * 128
+    shown = [img[header + 128 * r: header + 128 * (r + 1), :column][::8, ::8] for r in range(3)]
+    for row, i in zip(shown, (0, 2, 3)):
+        expected = torch.round(items[i][0] * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        assert np.array_equal(row, expected), i
+
+
 def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "ck.pt"
     good = {"model": {"w": torch.randn(3)}, "build_spec": {"name": "_standin", "overrides": {}}}

@@ -293,12 +293,13 @@ def train_step(run: Run, batch) -> tuple[float, float, float]:
 def validate(run: Run) -> dict:
     """Rank 0: mean PSNR/SSIM-Y of the restored and of the rainy validation images
     (:data:`.logs.VAL_FIELDS`) by :func:`sdpsfnet.evaluation.inference.evaluate`; writes
-    ``before_after.png`` of the first :data:`.figures.SAMPLE_ROWS` images, ``validation.txt`` on
+    ``before_after.png`` of the first :data:`.figures.SAMPLE_ROWS` distinct images (another
+    rain on a clean image already shown is skipped), ``validation.txt`` on
     the first validation of a run, and records a new best. No global RNG moves."""
     samples = []
 
-    def keep(i, rainy, restored, clean):
-        if i < SAMPLE_ROWS:
+    def keep(i, rainy, restored, clean):  # the first images whose clean image is not shown yet
+        if len(samples) < SAMPLE_ROWS and not any(torch.equal(clean, s[2]) for s in samples):
             samples.append((rainy, restored, clean))
 
     with preserved_rng():
