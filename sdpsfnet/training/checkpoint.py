@@ -190,16 +190,17 @@ def init_weights(model: nn.Module, path: str | os.PathLike, listed: int = 8) -> 
     naming the file and, for up to ``listed`` of them, every tensor that does not fit: its name
     and its shape here and there, or that one side lacks it."""
     path = os.fspath(path)
-    theirs = load_checkpoint(path)["model"]
-    mine = model.state_dict()
+    state = load_checkpoint(path)
+    theirs, mine = state["model"], model.state_dict()
     misfits = [f"{k} {tuple(mine[k].shape)} here, {tuple(theirs[k].shape)} there" for k in mine
                if k in theirs and tuple(mine[k].shape) != tuple(theirs[k].shape)]
     misfits += [f"{k} missing there" for k in mine if k not in theirs]
     misfits += [f"{k} {tuple(theirs[k].shape)} there, not in this model" for k in theirs if k not in mine]
     if misfits:
         more = f"; and {len(misfits) - listed} more" if len(misfits) > listed else ""
-        raise CheckpointError(f"--init {path}: its weights do not fit this run's {type(model).__name__} "
-                              f"({len(misfits)} tensors): {'; '.join(misfits[:listed])}{more}. Give a "
+        raise CheckpointError(f"--init {path}: its weights (model {state['build_spec']['name']!r}) do not fit "
+                              f"this run's {type(model).__name__} ({len(misfits)} tensors): "
+                              f"{'; '.join(misfits[:listed])}{more}. Give a "
                               f"checkpoint of the same model and size (its --model and overrides)")
     load_weights(model, theirs, path)
 
