@@ -18,7 +18,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["psfops", "psfops.kernels", "sdpsfnet"],
+    packages=["psfops", "psfops.kernels", "sdpsfnet", "sdpsfnet.models", "sdpsfnet.data", "sdpsfnet.training",
+              "sdpsfnet.evaluation"],
     package_dir={"psfops.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",  # a CUDA build of torch brings its own matching triton; CPU users need none

@@ -1,7 +1,7 @@
 """The whole SD-PSFNet training step, psfops' Triton ops vs the reference ops: time and peak memory.
 
 One step = ``zero_grad``, forward (a list of images), loss over all outputs
-(``sdpsfnet.losses.DerainLoss`` when it exists, else L1 on the last output), backward, AdamW
+(``sdpsfnet.training.losses.DerainLoss`` when it exists, else L1 on the last output), backward, AdamW
 step. On CUDA the forward and loss run under bf16 autocast; on CPU in float32 (CPU autocast is not
 what anyone trains with). Records use the op table's keys: ``op="sdpsfnet_step:<model>"``,
 ``pass="fwd+bwd"``, ``impl`` = the backend (``triton`` or ``reference``), ``C=3``, ``J=k=None``,
@@ -22,7 +22,7 @@ QUICK = dict(model="tiny", B=1, H=32)       # CPU smoke size
 
 def _loss_fn() -> tuple[str, Callable]:
     """(name, loss(outputs, target)): the training loss (Charbonnier + 0.05 edge + 0.01 frequency)."""
-    from sdpsfnet.losses import DerainLoss
+    from sdpsfnet.training.losses import DerainLoss
     return "DerainLoss", DerainLoss()
 
 

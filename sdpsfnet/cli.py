@@ -67,8 +67,8 @@ def _print_means(title: str, result: dict) -> None:
 
 # Options of `train` that define a run: with --resume they may repeat the checkpoint's value but
 # not change it (a run's schedule is built for its length and recipe).
-RUN_OPTIONS = ("recipe", "data", "val", "steps", "epochs", "batch_size", "crop", "lr", "seed", "amp",
-               "val_every", "ckpt_every")
+RUN_OPTIONS = ("recipe", "data", "val", "allow_val_in_data", "init", "steps", "epochs", "batch_size", "crop",
+               "lr", "seed", "amp", "val_every", "ckpt_every")
 
 
 def _model_and_preset(a) -> tuple[str, str]:
@@ -78,14 +78,14 @@ def _model_and_preset(a) -> tuple[str, str]:
 def _check_resume_options(a, run_config: dict) -> None:
     """ValueError naming the first run-defining option given with --resume that differs from the
     run in the checkpoint."""
-    from .train import make_config
+    from .training.config import make_config
 
     given = {k: getattr(a, k) for k in RUN_OPTIONS if getattr(a, k) is not None}
     if a.model or a.preset:  # the model a new run would get (the tiny preset swaps it)
         given["model"] = make_config(*_model_and_preset(a)).model
     for name, value in given.items():
         old = run_config.get(name)
-        same = (os.path.realpath(value) == os.path.realpath(old) if name in ("data", "val") and old
+        same = (os.path.realpath(value) == os.path.realpath(old) if name in ("data", "val", "init") and old
                 else value == old)
         if not same:
             flag = "--" + name.replace("_", "-")
@@ -96,15 +96,18 @@ def _check_resume_options(a, run_config: dict) -> None:
 
 
 def cmd_train(a) -> int:
-    from .checkpoint import load_checkpoint
-    from .train import TrainConfig, TrainingDiverged, make_config, resume_advice, train
+    from .training.checkpoint import load_checkpoint
+    from .training.config import TrainConfig, make_config
+    from .training.loop import TrainingDiverged, train
+    from .training.run_folder import resume_advice
 
     if a.resume:
         _check_resume_options(a, load_checkpoint(a.resume, resumable=True)["config"])
         cfg = TrainConfig(out=a.out or os.path.dirname(os.path.abspath(a.resume)), stop_at=a.stop_at,
                           num_workers=a.workers or 0, device=a.device, progress=not a.no_progress)
     else:
-        cfg = make_config(*_model_and_preset(a), a.recipe, data=a.data, val=a.val,
+        cfg = make_config(*_model_and_preset(a), a.recipe, data=a.data, val=a.val, init=a.init,
+                          allow_val_in_data=a.allow_val_in_data,
                           out=a.out, steps=a.steps, epochs=a.epochs, stop_at=a.stop_at,
                           batch_size=a.batch_size, crop=a.crop, lr=a.lr, seed=a.seed,
                           num_workers=a.workers, amp=a.amp, val_every=a.val_every,
@@ -129,7 +132,7 @@ def cmd_train(a) -> int:
 
 
 def _load(ckpt: str, device: str):
-    from .checkpoint import model_from_checkpoint
+    from .training.checkpoint import model_from_checkpoint
     from .device import pick_device
 
     dev = pick_device(device)  # before loading: a bad --device fails fast
@@ -138,7 +141,7 @@ def _load(ckpt: str, device: str):
 
 def cmd_eval(a) -> int:
     from .data import find_pairs
-    from .inference import evaluate
+    from .evaluation.inference import evaluate
 
     if a.json:
         refuse_overwrite([a.json], [a.ckpt, *(p for pair in find_pairs(a.data) for p in pair)])
@@ -153,7 +156,7 @@ def cmd_eval(a) -> int:
 
 def cmd_metrics(a) -> int:
     from .data import images_by_key
-    from .metrics import score_folders
+    from .evaluation.metrics import score_folders
 
     if a.json:
         refuse_overwrite([a.json], [*images_by_key(a.pred_dir, "pred_dir").values(),
@@ -166,7 +169,7 @@ def cmd_metrics(a) -> int:
 
 def cmd_derain(a) -> int:
     from .derainer import Derainer
-    from .inference import derain_outputs
+    from .evaluation.inference import derain_outputs
 
     derain_outputs(a.inputs, a.out)  # its checks, before the model is loaded
     derainer = Derainer.from_checkpoint(a.ckpt, a.device, tile=a.tile or None, overlap=a.overlap)
@@ -176,7 +179,7 @@ def cmd_derain(a) -> int:
 
 
 def cmd_synth(a) -> int:
-    from .rain import synth_folder
+    from .data.rain import synth_folder
 
     synth_folder(a.clean, a.out, seed=a.seed, progress=not a.no_progress)
     print(f"wrote rainy/clean pairs to {a.out}")
@@ -185,7 +188,7 @@ def cmd_synth(a) -> int:
 
 def cmd_show_psf(a) -> int:
     from .data import load_image
-    from .inference import figure_format, show_psf
+    from .evaluation.psf_figures import figure_format, show_psf
 
     figure_format(a.out)
     refuse_overwrite([a.out], [a.ckpt] + ([a.image] if a.image else []))
@@ -197,8 +200,8 @@ def cmd_show_psf(a) -> int:
 
 
 def cmd_models(a) -> int:
-    from .complexity import count
-    from .registry import MODELS
+    from .models import MODELS
+    from .models.complexity import count
 
     rows = [(name, *count(name, a.size if a.macs else None), MODELS.describe(name))
             for name in MODELS if not name.startswith("_")]
@@ -228,36 +231,53 @@ def version() -> str:
     return f"sdpsfnet {__version__} (psfops {__version__}, torch {torch.__version__})"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sdpsfnet", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=version())
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _common(sp, device=True) -> None:
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if device:
+        sp.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
 
-    def common(sp, device=True):
-        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
-        if device:
-            sp.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
 
-    def tiling(sp):
-        sp.add_argument("--tile", type=_int_in(MIN_TILE, zero=True), default=512,
-                        help=f"tile size in px for large images, at least {MIN_TILE} (0: never tile)")
-        sp.add_argument("--overlap", type=_int_in(0), default=64, help="tile overlap in px (less than --tile)")
-        sp.set_defaults(tiled=sp)
+def _tiling(sp) -> None:
+    sp.add_argument("--tile", type=_int_in(MIN_TILE, zero=True), default=512,
+                    help=f"tile size in px for large images, at least {MIN_TILE} (0: never tile)")
+    sp.add_argument("--overlap", type=_int_in(0), default=64, help="tile overlap in px (less than --tile)")
+    sp.set_defaults(tiled=sp)
+
+
+def _command(sub, name, func, help, description, writes=True, ckpt=True):
+    sp = sub.add_parser(name, help=help, description=f"{description} {NO_OVERWRITE}" if writes else description)
+    sp.set_defaults(func=func)
+    if ckpt:
+        sp.add_argument("--ckpt", required=True, help="checkpoint (last.pt or best.pt of a run)")
+    return sp
+
+
+def _add_train(sub) -> None:
+    from .models import MODELS
+    from .training.config import AMP_MODES, PRESETS, RECIPES
 
     t = sub.add_parser("train", help="train a model (its paper's recipe by default)",
                        description="Train; prints the resolved config (one JSON line), writes last.pt/best.pt, "
                                    "metrics.csv, curves.png and before_after.png into --out. Runs under "
                                    "torchrun for DDP.")
-    t.add_argument("--model", help="registered model name (sdpsfnet, mspfn, tiny, ...; default sdpsfnet)")
-    t.add_argument("--preset", choices=["paper", "tiny"],
+    t.add_argument("--model", choices=list(MODELS), metavar="NAME",
+                   help=f"registered model ({', '.join(n for n in MODELS if not n.startswith('_'))}; "
+                        f"default sdpsfnet; `sdpsfnet models` describes them)")
+    t.add_argument("--preset", choices=list(PRESETS),
                    help="paper (default): full model and recipe; tiny: the small variant and a short "
                         "CPU-sized schedule")
-    t.add_argument("--recipe", choices=["sdpsfnet", "mspfn"],
+    t.add_argument("--recipe", choices=list(RECIPES),
                    help="train with this model family's recipe and loss (default: the model's own; "
                         "--model mspfn --recipe sdpsfnet compares MSPFN with SD-PSFNet on equal terms)")
     t.add_argument("--data", help="paired folder (input/+target/ or rain/+norain/); default: synthetic rain")
-    t.add_argument("--val", help="validation paired folder (default: first pairs of --data)")
+    t.add_argument("--val", metavar="DIR",
+                   help="validation paired folder (default: a fixed 10%% of the pairs of --data, at least one, "
+                        "held out from training; without --data, synthetic pairs of photos training never sees)")
+    t.add_argument("--allow-val-in-data", action="store_true", default=None,
+                   help="allow --val to be the --data folder itself (validation then scores training pairs)")
+    t.add_argument("--init", metavar="CKPT",
+                   help="start a new run from CKPT's model weights only (optimizer, schedule and step start "
+                        "fresh); any checkpoint whose tensors fit the model")
     n = t.add_mutually_exclusive_group()
     n.add_argument("--steps", type=int, help="total optimizer steps")
     n.add_argument("--epochs", type=int, help="total epochs (epoch = one pass of the loader)")
@@ -274,81 +294,90 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--seed", type=SEED, help="0 .. 2**63-1")
     t.add_argument("--workers", type=int, help="DataLoader workers (default 0)")
-    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
+    t.add_argument("--amp", choices=list(AMP_MODES),
                    help="mixed precision (default: the recipe's; auto: fp16 on CUDA, off on CPU)")
     t.add_argument("--val-every", type=int, help="validate every N steps (a multiple of --ckpt-every)")
     t.add_argument("--ckpt-every", type=int, help="write last.pt every N steps")
-    common(t)
+    _common(t)
     t.set_defaults(func=cmd_train)
 
-    def command(name, func, help, description, writes=True, ckpt=True):
-        sp = sub.add_parser(name, help=help, description=f"{description} {NO_OVERWRITE}" if writes else description)
-        sp.set_defaults(func=func)
-        if ckpt:
-            sp.add_argument("--ckpt", required=True, help="checkpoint (last.pt or best.pt of a run)")
-        return sp
 
-    images = ("Images are read at their true scale (16-bit files as 16 bits, EXIF orientation "
-              "applied); metrics quantize to 8 bits first, as published deraining tables do.")
-    strict = "JSON is strict: a PSNR of identical images (infinite) is written as null."
+IMAGES = ("Images are read at their true scale (16-bit files as 16 bits, EXIF orientation "
+          "applied); metrics quantize to 8 bits first, as published deraining tables do.")
+STRICT = "JSON is strict: a PSNR of identical images (infinite) is written as null."
 
-    e = command("eval", cmd_eval, "PSNR/SSIM of a checkpoint on a paired folder",
-                f"PSNR and SSIM (Y and RGB) of the checkpoint's output and of the rainy input on every pair "
-                f"of a paired folder. Pair sizes are checked before the model runs. {images} {strict}")
+
+def _add_scoring(sub) -> None:
+    e = _command(sub, "eval", cmd_eval, "PSNR/SSIM of a checkpoint on a paired folder",
+                 f"PSNR and SSIM (Y and RGB) of the checkpoint's output and of the rainy input on every pair "
+                 f"of a paired folder. Pair sizes are checked before the model runs. {IMAGES} {STRICT}")
     e.add_argument("--data", required=True, help="paired folder (input/ + target/ or rain/ + norain/)")
     e.add_argument("--json", help="write the results (means, input means and per_image) here")
-    tiling(e), common(e)
+    _tiling(e), _common(e)
 
-    m = command("metrics", cmd_metrics, "PSNR/SSIM between two folders matched by file name",
-                f"PSNR and SSIM (Y and RGB) of every image in PRED_DIR against its namesake in TARGET_DIR "
-                f"(extension free). {images} {strict}", ckpt=False)
+    m = _command(sub, "metrics", cmd_metrics, "PSNR/SSIM between two folders matched by file name",
+                 f"PSNR and SSIM (Y and RGB) of every image in PRED_DIR against its namesake in TARGET_DIR "
+                 f"(extension free). {IMAGES} {STRICT}", ckpt=False)
     m.add_argument("pred_dir", metavar="PRED_DIR")
     m.add_argument("target_dir", metavar="TARGET_DIR")
     m.add_argument("--json", help="write psnr_y, ssim_y, psnr_rgb, ssim_rgb and per_image here")
-    common(m, device=False)
+    _common(m, device=False)
 
-    d = command("derain", cmd_derain, "derain images (files or folders) into PNGs of the same size",
-                "Derain image files and folders (not recursive) into OUT/<name>.png: same size, same bit "
-                "depth (a 16-bit input gives a 16-bit PNG), grayscale inputs give grayscale PNGs. Images "
-                "larger than --tile are processed in overlapping tiles.")
+
+def _add_imaging(sub) -> None:
+    d = _command(sub, "derain", cmd_derain, "derain images (files or folders) into PNGs of the same size",
+                 "Derain image files and folders (not recursive) into OUT/<name>.png: same size, same bit "
+                 "depth (a 16-bit input gives a 16-bit PNG), grayscale inputs give grayscale PNGs. Images "
+                 "larger than --tile are processed in overlapping tiles.")
     d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     d.add_argument("--out", required=True, help="output folder")
-    tiling(d), common(d)
+    _tiling(d), _common(d)
 
-    s = command("synth", cmd_synth, "render rainy/clean pairs from clean images",
-                "Render synthetic rain on every image of --clean into OUT/input/<name>.png (rainy) and "
-                "OUT/target/<name>.png (the clean image), in the clean image's bit depth; reproducible "
-                "for a given --seed.", ckpt=False)
+    s = _command(sub, "synth", cmd_synth, "render rainy/clean pairs from clean images",
+                 "Render synthetic rain on every image of --clean into OUT/input/<name>.png (rainy) and "
+                 "OUT/target/<name>.png (the clean image), in the clean image's bit depth; reproducible "
+                 "for a given --seed.", ckpt=False)
     s.add_argument("--clean", required=True, help="folder of clean images")
     s.add_argument("--out", required=True, help="output folder (gets input/ and target/)")
     s.add_argument("--seed", type=SEED, default=0, help="image i is rendered with seed + i (0 .. 2**63-1)")
-    common(s, device=False)
+    _common(s, device=False)
 
-    v = command("show-psf", cmd_show_psf, "plot the learned PSF basis and per-pixel mixing weights",
-                "Plot one dynamic-PSF module of a checkpoint as a PNG: its basis kernels (colour bar), "
-                "and with --image the dominant kernel per pixel (legend) and the most varying "
-                "mixing-weight maps (colour bar).")
+    v = _command(sub, "show-psf", cmd_show_psf, "plot the learned PSF basis and per-pixel mixing weights",
+                 "Plot one dynamic-PSF module of a checkpoint as a PNG: its basis kernels (colour bar), "
+                 "and with --image the dominant kernel per pixel (legend) and the most varying "
+                 "mixing-weight maps (colour bar).")
     v.add_argument("--image", help="image whose mixing-weight maps are shown")
     v.add_argument("--module", type=int, default=0, help="which dynamic-PSF module (0 = first)")
     v.add_argument("--out", required=True, help="figure path; its suffix picks the format (.png, .jpg, .pdf, .svg)")
-    common(v)
+    _common(v)
 
-    z = command("models", cmd_models, "list the model zoo (name, parameters, what)",
-                "List the registered models: name (for train --model), parameter count and what it is.",
-                writes=False, ckpt=False)
+
+def _add_tools(sub) -> None:
+    z = _command(sub, "models", cmd_models, "list the model zoo (name, parameters, what)",
+                 "List the registered models: name (for train --model), parameter count and what it is.",
+                 writes=False, ckpt=False)
     z.add_argument("--macs", action="store_true", help="also count multiply-accumulates (slower)")
     z.add_argument("--size", type=_int_in(8), default=256, help="image side for --macs (at least 8)")
 
-    x = command("export", cmd_export, "export a checkpoint for deployment (torch.export or ONNX)",
-                "Export a checkpoint's model as a torch.export program (--out *.pt2; load it with "
-                "torch.export.load, no psfops needed) or as ONNX (--out *.onnx; needs the onnx and "
-                "onnxscript packages). The graph uses the psfops reference ops, i.e. plain PyTorch "
-                "operators, so it runs without Triton and converts to ONNX; it is exported on the CPU (for "
-                "a GPU: torch.export.passes.move_to_device_pass). Input "
-                "rainy (B, 3, H, W) RGB in [0, 1], any batch, any H and W of at least 2M (M = 4 for "
-                "SD-PSFNet, 8 for MSPFN; the graph pads and crops as the eager model does). Output "
-                "derained: the restored image, clamped to [0, 1].")
+    x = _command(sub, "export", cmd_export, "export a checkpoint for deployment (torch.export or ONNX)",
+                 "Export a checkpoint's model as a torch.export program (--out *.pt2; load it with "
+                 "torch.export.load, no psfops needed) or as ONNX (--out *.onnx; needs the onnx and "
+                 "onnxscript packages). The graph uses the psfops reference ops, i.e. plain PyTorch "
+                 "operators, so it runs without Triton and converts to ONNX; it is exported on the CPU (for "
+                 "a GPU: torch.export.passes.move_to_device_pass). Input "
+                 "rainy (B, 3, H, W) RGB in [0, 1], any batch, any H and W of at least 2M (M = 4 for "
+                 "SD-PSFNet, 8 for MSPFN; the graph pads and crops as the eager model does). Output "
+                 "derained: the restored image, clamped to [0, 1].")
     x.add_argument("--out", required=True, help="output file: .pt2 or .onnx")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdpsfnet", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_scoring, _add_imaging, _add_tools):
+        add(sub)
     return p
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from . import inference
+from .evaluation import inference
 
 __all__ = ["Derainer"]
 
@@ -49,7 +49,7 @@ class Derainer:
         """Rebuild the model of a training checkpoint (``last.pt``/``best.pt``) with its weights.
         ``device``: ``"auto"`` (cuda if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         (checked before the checkpoint is read)."""
-        from .checkpoint import model_from_checkpoint
+        from .training.checkpoint import model_from_checkpoint
         from .device import pick_device
 
         dev = pick_device(str(device))
@@ -115,7 +115,7 @@ def _from_pil(im) -> tuple[Tensor, int, bool]:
     """(3,H,W) float32 in [0,1], bits, gray of a PIL image (EXIF orientation applied)."""
     from PIL import ImageOps
 
-    from .data import _GRAY_8BIT
+    from .data.images import _GRAY_8BIT
 
     im = ImageOps.exif_transpose(im)
     if im.mode.startswith("I"):

@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 from torch.export import Dim, ExportedProgram
 
-from .checkpoint import load_checkpoint
+from .training.checkpoint import load_checkpoint
 from .files import atomic_write, refuse_overwrite
-from .registry import build_model
+from .models import build_model
 
 __all__ = ["export_checkpoint", "load_program", "pad_multiple", "FORMATS"]
 
@@ -92,8 +92,8 @@ def _name_output(program: ExportedProgram, name: str) -> None:
 
 def pad_multiple(model: nn.Module) -> int:
     """The multiple of H and W a model pads its input to (SD-PSFNet: 4; MSPFN: 2**num_scales)."""
-    from .model import PAD_MULTIPLE, SDPSFNet
-    from .mspfn import MSPFN
+    from .models.sdpsfnet import PAD_MULTIPLE, SDPSFNet
+    from .models.mspfn import MSPFN
 
     if isinstance(model, SDPSFNet):
         return PAD_MULTIPLE

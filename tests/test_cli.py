@@ -5,11 +5,13 @@ against scikit-image as the independent truth."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from sdpsfnet.cli import main
 from sdpsfnet.data import load_image, save_image
-from sdpsfnet.inference import derain_image
+from sdpsfnet.evaluation.inference import derain_image
 
 from realdata import VENDORED
 
@@ -47,9 +49,48 @@ def pairs(tmp_path_factory) -> Path:
 def run(pairs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
     rc = main(["train", "--preset", "tiny", "--data", str(pairs), "--steps", "2", "--crop", "16",
-               "--batch-size", "2", "--out", str(out), "--no-progress"])
+               "--batch-size", "1", "--out", str(out), "--no-progress"])  # one pair trains, one validates
     assert rc == 0
     return out
+
+
+class _Stamped(io.StringIO):
+    """A console stream that records when each piece of text arrives (tqdm's ``\\r`` redraws too)."""
+
+    def __init__(self, stamps: list):
+        super().__init__()
+        self.stamps = stamps
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            self.stamps.append((time.monotonic(), text.strip()))
+        return super().write(text)
+
+
+def test_train_reports_progress_at_least_every_2_seconds(tmp_path, monkeypatch):
+    """A tiny run through the CLI, stdout and stderr time-stamped as they are written: every phase
+    (model build, data indexing, the start line, each validation image, checkpoint writes, steps)
+    says so, and no two consecutive outputs are more than 2 s apart."""
+    g = torch.Generator().manual_seed(0)
+    for i in range(12):
+        clean = torch.rand(3, 24, 24, generator=g)
+        save_image(clean, tmp_path / "d" / "target" / f"{i}.png")
+        save_image((clean + 0.3 * torch.rand(3, 24, 24, generator=g)).clamp(0, 1), tmp_path / "d" / "input" / f"{i}.png")
+    stamps: list = []
+    monkeypatch.setattr(sys, "stdout", _Stamped(stamps))
+    monkeypatch.setattr(sys, "stderr", _Stamped(stamps))
+    rc = main(["train", "--preset", "tiny", "--data", str(tmp_path / "d"), "--steps", "4", "--crop", "16",
+               "--batch-size", "2", "--val-every", "2", "--ckpt-every", "2", "--out", str(tmp_path / "r")])
+    monkeypatch.undo()
+    assert rc == 0, stamps[-3:]
+    texts = "\n".join(text for _, text in stamps)
+    for phase in ("building model tiny", "indexing data", "training tiny (", "parameters) on cpu: 11 training items",
+                  "1 validation image", "validation: 1 of the 12 pairs", "validate step 0", "1/1",
+                  "writing last.pt", "train: 100%", "step 4/4"):
+        assert phase in texts, phase
+    gaps = [(b - a, before) for (a, before), (b, _) in zip(stamps, stamps[1:])]
+    longest, before = max(gaps)
+    assert longest <= 2.0, f"{longest:.2f} s without output after {before!r}"
 
 
 def test_train_writes_checkpoints_logs_and_figures(run):
@@ -178,11 +219,14 @@ def test_torchrun_two_cpu_processes(pairs, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    import shutil
+
+    data = shutil.copytree(pairs, tmp_path / "data")  # trains on both pairs; --val scores the originals
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={port}",
-           "-m", "sdpsfnet", "train", "--preset", "tiny", "--data", str(pairs), "--steps", "2",
-           "--crop", "16", "--batch-size", "1", "--out", str(tmp_path), "--no-progress"]
+           "-m", "sdpsfnet", "train", "--preset", "tiny", "--data", str(data), "--val", str(pairs), "--steps", "2",
+           "--crop", "16", "--batch-size", "1", "--out", str(tmp_path / "run"), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)  # own process group: a hang kills workers too
     try:
@@ -192,7 +236,7 @@ def test_torchrun_two_cpu_processes(pairs, tmp_path):
         proc.communicate()
         raise
     assert proc.returncode == 0, stderr[-3000:]
-    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ck["step"] == 2 and len(ck["rng"]) == 2
     # 2 pairs over 2 ranks with batch 1: one step per epoch, so 2 steps = 2 epochs.
     assert ck["epoch"] == 2
@@ -203,7 +247,7 @@ def test_psf_maps_for_a_self_predicting_dynamic_psf():
     """psf_maps finds psfops.nn.DynamicPSF modules in any model and reports the weights they used."""
     from psfops.nn import DynamicPSF
 
-    from sdpsfnet.inference import psf_maps
+    from sdpsfnet.evaluation.psf_figures import psf_maps
 
     class Wrap(nn.Module):
         def __init__(self):
@@ -306,7 +350,7 @@ class Counting(nn.Module):
 
 @pytest.mark.parametrize("bad", ["size", "small"])
 def test_eval_checks_pairs_before_running_the_model(tmp_path, bad):
-    from sdpsfnet.inference import evaluate
+    from sdpsfnet.evaluation.inference import evaluate
 
     save_image(torch.rand(3, 16, 16), tmp_path / "input" / "1.png")
     save_image(torch.rand(3, 16, 16), tmp_path / "target" / "1.png")
@@ -343,8 +387,8 @@ def test_outputs_replace_files_atomically_with_the_umask(run, pairs, tmp_path):
 
 
 def test_show_psf_figure_has_colour_bars_and_a_legend(run, pairs):
-    from sdpsfnet.checkpoint import model_from_checkpoint
-    from sdpsfnet.inference import psf_figure, psf_maps
+    from sdpsfnet.training.checkpoint import model_from_checkpoint
+    from sdpsfnet.evaluation.psf_figures import psf_figure, psf_maps
 
     model, image = model_from_checkpoint(run / "last.pt"), load_image(pairs / "input" / "1.png")
     fig = psf_figure(model, image)
@@ -372,6 +416,23 @@ def test_help_texts_are_complete_and_plain(capsys):
         assert "``" not in text, name
         if name not in ("train", "models"):
             assert "Never writes over an input file" in " ".join(text.split()), name
+
+
+def test_train_choices_come_from_the_tables_that_define_them(monkeypatch):
+    """--model, --preset, --recipe and --amp offer exactly the keys of MODELS, PRESETS, RECIPES and
+    AMP_MODES, also after an entry is added to one of them (no copied lists)."""
+    from sdpsfnet.cli import build_parser
+    from sdpsfnet.models import MODELS
+    from sdpsfnet.training import config
+
+    monkeypatch.setitem(config.PRESETS, "extra-preset", {})
+    monkeypatch.setitem(config.RECIPES, "extra-recipe", {})
+    monkeypatch.setattr(config, "AMP_MODES", (*config.AMP_MODES, "extra-amp"))
+    subs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    choices = {a.dest: a.choices for a in subs["train"]._actions if a.choices is not None}
+    assert choices == {"model": list(MODELS), "preset": list(config.PRESETS), "recipe": list(config.RECIPES),
+                       "amp": list(config.AMP_MODES)}
+    assert {"extra-preset", "extra-recipe", "extra-amp"} <= {c for v in choices.values() for c in v}
 
 
 def test_models_command_and_zoo_repr(capsys):

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import sdpsfnet.files
-from sdpsfnet.checkpoint import save_checkpoint
+from sdpsfnet.training.checkpoint import save_checkpoint
 from sdpsfnet.cli import main
 from sdpsfnet.data import save_image
-from sdpsfnet.registry import build_model
+from sdpsfnet.models.registry import build_model
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_long_legal_output_names_are_written(tmp_path):
 
 
 def test_show_psf_writes_the_format_its_suffix_names(ckpt, tmp_path, capsys):
-    from sdpsfnet.inference import show_psf
+    from sdpsfnet.evaluation.psf_figures import show_psf
 
     model = build_model("tiny")
     for suffix, head in {"jpg": b"\xff\xd8", "svg": b"<?xml"}.items():  # (png: test_cli.py)

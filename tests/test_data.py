@@ -390,7 +390,7 @@ def test_images_over_the_pixel_limit_are_refused_from_the_header(tmp_path, monke
 
 def test_every_command_lists_folders_by_one_rule(tmp_path):
     from sdpsfnet.data import image_files, images_by_key
-    from sdpsfnet.inference import list_images
+    from sdpsfnet.evaluation.inference import list_images
 
     save_image(torch.rand(3, 4, 4), tmp_path / "a.png")
     (tmp_path / "._a.png").write_bytes(b"\0\5\x16\7 AppleDouble")  # macOS metadata, not an image
@@ -404,7 +404,7 @@ def test_every_command_lists_folders_by_one_rule(tmp_path):
 @pytest.mark.parametrize("kind", ["dangling", "loop", "fifo"])
 def test_entries_that_are_not_regular_files_are_refused_before_any_work(tmp_path, kind):
     from sdpsfnet.data import images_by_key
-    from sdpsfnet.inference import derain_outputs
+    from sdpsfnet.evaluation.inference import derain_outputs
 
     save_image(torch.rand(3, 4, 4), tmp_path / "in" / "a.png")
     bad = tmp_path / "in" / "b.png"

@@ -13,10 +13,10 @@ from PIL import Image
 import psfops
 import sdpsfnet
 from sdpsfnet import Derainer
-from sdpsfnet.checkpoint import save_checkpoint
+from sdpsfnet.training.checkpoint import save_checkpoint
 from sdpsfnet.cli import main
 from sdpsfnet.data import load_image
-from sdpsfnet.registry import build_model
+from sdpsfnet.models.registry import build_model
 
 from realdata import VENDORED
 

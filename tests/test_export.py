@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from sdpsfnet.checkpoint import model_from_checkpoint, save_checkpoint
+from sdpsfnet.training.checkpoint import model_from_checkpoint, save_checkpoint
 from sdpsfnet.cli import main
 from sdpsfnet.export import load_program
-from sdpsfnet.registry import build_model
+from sdpsfnet.models.registry import build_model
 
 
 def _checkpoint(path, name: str, seed: int):

@@ -8,7 +8,7 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sdpsfnet import inference  # noqa: E402
+from sdpsfnet.evaluation import psf_figures  # noqa: E402
 
 
 def test_one_bright_row_does_not_flatten_the_weight_maps(monkeypatch):
@@ -17,8 +17,8 @@ def test_one_bright_row_does_not_flatten_the_weight_maps(monkeypatch):
     weights = torch.stack([ramp * (j + 1) / J for j in range(J)]).clone()
     weights[:, 0, :] = 50.0  # one bright border row, 250x the signal
     maps = [{"name": "stage", "basis": torch.rand(J, 3, 3), "weights": weights}]
-    monkeypatch.setattr(inference, "psf_maps", lambda model, image=None: maps)
-    fig = inference.psf_figure(None, torch.rand(3, H, W), top=J)
+    monkeypatch.setattr(psf_figures, "psf_maps", lambda model, image=None: maps)
+    fig = psf_figures.psf_figure(None, torch.rand(3, H, W), top=J)
     try:
         shown = [im for ax in fig.axes if ax.get_title().startswith("w") for im in ax.get_images()]
         assert len(shown) == J
@@ -30,7 +30,7 @@ def test_one_bright_row_does_not_flatten_the_weight_maps(monkeypatch):
         assert max(spreads) > 0.8 and min(spreads) > 0.2, spreads  # one shared scale, not flat
     finally:
         plt.close(fig)
-    lo, hi = inference.robust_range(weights)
+    lo, hi = psf_figures.robust_range(weights)
     assert hi < 1.0 and lo >= 0.0
 
 

@@ -6,7 +6,7 @@ import stat
 import pytest
 import torch
 
-from sdpsfnet.checkpoint import save_checkpoint
+from sdpsfnet.training.checkpoint import save_checkpoint
 from sdpsfnet.data import save_image
 from sdpsfnet.files import TEMP_PATTERN, atomic_write, remove_stale_temps
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdpsfnet.losses import LOSSES, DerainLoss, MSPFNLoss, laplacian_edge_loss
+from sdpsfnet.training.losses import LOSSES, DerainLoss, MSPFNLoss, laplacian_edge_loss
 
 
 def _laplacian_by_shifts(x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""sdpsfnet.metrics against scikit-image on real Rain100H pairs (tests/data, and the full test
+"""sdpsfnet.evaluation.metrics against scikit-image on real Rain100H pairs (tests/data, and the full test
 set when $SDPSFNET_RAIN100H names it) and against hand computations;
-sdpsfnet.losses against NumPy re-implementations on tiny tensors (the losses share this file:
+sdpsfnet.training.losses against NumPy re-implementations on tiny tensors (the losses share this file:
 the test files of this area are test_metrics / test_data / test_rain)."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from sdpsfnet.data import find_pairs, load_image, save_image
-from sdpsfnet.losses import DerainLoss, charbonnier, edge_loss, frequency_loss
-from sdpsfnet.metrics import image_metrics, psnr, rgb_to_y, score_folders, ssim
+from sdpsfnet.training.losses import DerainLoss, charbonnier, edge_loss, frequency_loss
+from sdpsfnet.evaluation.metrics import image_metrics, psnr, rgb_to_y, score_folders, ssim
 
 from realdata import VENDORED, full_rain100h
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import psfops
 from sdpsfnet import build_model
 from psfops.nn import DynamicPSF, GatedFusion
-from sdpsfnet.model import ABLATIONS, TINY_WIDTHS, PSFAttention, SDPSFNetConfig
+from sdpsfnet.models.sdpsfnet import ABLATIONS, TINY_WIDTHS, PSFAttention, SDPSFNetConfig
 
 from helpers import FWD_RTOL, GRAD_RTOL, assert_rel_close, l1_training_losses
 
@@ -280,7 +280,7 @@ def test_torch_compile_tiny():
 
 
 def test_complexity_counts_match_the_readme():
-    """The model-zoo figures in the README come from sdpsfnet.complexity."""
-    from sdpsfnet.complexity import count
+    """The model-zoo figures in the README come from sdpsfnet.models.complexity."""
+    from sdpsfnet.models.complexity import count
     params, macs = count("sdpsfnet-tau0", 256)
     assert params == 3_675_360 and round(macs / 1e9, 2) == 140.89

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import psfops
 from sdpsfnet import build_model
-from sdpsfnet.mspfn import ConvLSTM, MSPFNConfig
+from sdpsfnet.models.mspfn import ConvLSTM, MSPFNConfig
 
 from helpers import assert_rel_close, l1_training_losses, rand
 
@@ -96,7 +96,7 @@ def test_layers_are_the_authors():
     """No bias on plain/transposed convs (conv_layer/deconv_layer); biases in the channel-attention
     blocks (tf.layers.conv2d) and the ConvLSTM; every PReLU per channel starting at 0, the
     attention squeeze's included."""
-    from sdpsfnet.blocks import CAB
+    from sdpsfnet.models.blocks import CAB
     model = _tiny()
     cab_convs = {id(m) for c in model.modules() if isinstance(c, CAB) for m in c.modules()
                  if isinstance(m, torch.nn.Conv2d)}

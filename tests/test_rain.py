@@ -1,4 +1,4 @@
-"""sdpsfnet.rain: streak kernels, the scatter form, renderer determinism and physics sanity, SyntheticRain,
+"""sdpsfnet.data.rain: streak kernels, the scatter form, renderer determinism and physics sanity, SyntheticRain,
 synth_folder."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sdpsfnet.data import PairedImages, load_image, save_image
-from sdpsfnet.metrics import image_metrics
-from sdpsfnet.rain import (RainConfig, SyntheticRain, layer_inputs, rain_layer_stats, render_rain, streak_basis,
+from sdpsfnet.evaluation.metrics import image_metrics
+from sdpsfnet.data.rain import (RainConfig, SyntheticRain, layer_inputs, rain_layer_stats, render_rain, streak_basis,
                            streak_kernels, synth_folder)
 
 

@@ -1,10 +1,12 @@
-"""Recipes (sdpsfnet/recipes.py): which hyper-parameters each model trains with, the switch to
-SD-PSFNet's recipe, the exponential schedule, mixed precision, parameter groups, and a short run
-of MSPFN's recipe through the trainer."""
+"""Recipes (sdpsfnet/training/config.py): which hyper-parameters each model trains with, the switch
+to SD-PSFNet's recipe, the exponential schedule, mixed precision, parameter groups, the recipes
+table of docs/training.md against the code, and a short run of MSPFN's recipe through the trainer."""
 from __future__ import annotations
 
 import csv
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +14,10 @@ import torch.nn as nn
 
 from psfops.nn import DynamicPSF
 from sdpsfnet import build_model
-from sdpsfnet.checkpoint import load_checkpoint
-from sdpsfnet.recipes import param_groups
-from sdpsfnet.train import amp_settings, make_config, make_scheduler, train
+from sdpsfnet.training import make_config, train
+from sdpsfnet.training.checkpoint import load_checkpoint
+from sdpsfnet.training.config import PRESETS, RECIPES
+from sdpsfnet.training.optim import OPTIMIZERS, amp_settings, make_scheduler, param_groups
 from trainer_scaffold import Pairs, val_pairs
 
 MSPFN_CODE = dict(optimizer="adam", lr=5e-4, weight_decay=0.0, schedule="exponential", lr_decay=0.8,
@@ -22,6 +25,48 @@ MSPFN_CODE = dict(optimizer="adam", lr=5e-4, weight_decay=0.0, schedule="exponen
                   crop=96, batch_size=12, epochs=50, loss="mspfn")
 SDPSFNET_PAPER = dict(optimizer="adamw", lr=1e-4, schedule="cosine", warmup_epochs=3.0, min_lr=1e-6,
                       clip=2.0, amp="auto", crop=128, epochs=2000, loss="sdpsfnet")
+
+
+def _sci(x: float) -> str:
+    """1e-4 as the docs write it (not 0.0001 or 1e-04)."""
+    return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{x:.0e}").replace("e+", "e")
+
+
+def _doc_phrases(r: dict) -> dict[str, list[str]]:
+    """What the recipes table of docs/training.md must say in each row for the recipe ``r`` (each
+    phrase as whole words: "Adam" does not match "AdamW")."""
+    decay = f"weight decay {_sci(r['weight_decay'])}" if r["weight_decay"] else "no weight decay"
+    if r["schedule"] == "cosine":
+        schedule = [f"{r['warmup_epochs']:g}-epoch linear warmup, cosine to {_sci(r['min_lr'])}"]
+    else:
+        schedule = [f"{_sci(r['lr'])} · {r['lr_decay']:g}^(step/{r['lr_decay_steps']}) + {_sci(r['min_lr'])}"]
+        schedule += ["no warmup"] if not r["warmup_epochs"] else []
+    return {"optimizer": [OPTIMIZERS[r["optimizer"]].__name__, f"lr {_sci(r['lr'])}", decay],
+            "schedule": schedule,
+            "precision": {"auto": ["fp16", "(`--amp auto`)", "float32 on the CPU"], "off": ["float32"]}[r["amp"]],
+            "clipping": [f"global norm {r['clip']}" if r["clip"] else "none"],
+            "data": [f"{r['crop']}x{r['crop']} crops, batch {r['batch_size']}"],
+            "length": [f"{r['epochs']} epochs"]}
+
+
+def test_recipes_table_in_the_docs_matches_the_code():
+    """docs/training.md's recipes table states every recipe's values as RECIPES holds them (one
+    column per recipe, named by its model family), and the tiny preset's as PRESETS does."""
+    text = (Path(__file__).parents[1] / "docs" / "training.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("| |")]
+    assert len(lines) == 1, "one recipes table, its header row starting with '| |'"
+    table = text[text.index(lines[0]):].split("\n\n")[0].splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")][1:]
+    columns = [re.search(r"`(\w+)\*`", h).group(1) for h in header]
+    assert sorted(columns) == sorted(RECIPES)
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in table[2:])}
+    for i, recipe in enumerate(columns):
+        for row, phrases in _doc_phrases(RECIPES[recipe]).items():
+            for phrase in phrases:
+                assert re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", rows[row][i]), (recipe, row, phrase)
+    tiny = PRESETS["tiny"]
+    assert (f"{tiny['crop']}x{tiny['crop']} crops, batch {tiny['batch_size']}, {tiny['steps']} steps, a peak lr "
+            f"of {_sci(tiny['lr'])}") in " ".join(text.split())
 
 
 def _fields(cfg, names):
@@ -58,7 +103,7 @@ def test_tiny_preset_keeps_each_models_recipe():
 
 
 def test_bad_recipe_fields_name_the_field():
-    from sdpsfnet.train import TrainConfig
+    from sdpsfnet.training import TrainConfig
     for field in ("optimizer", "schedule", "loss"):
         with pytest.raises(ValueError, match=field):
             TrainConfig(**{field: "sgd?"})
@@ -114,7 +159,7 @@ def test_param_groups_spare_the_psf_basis_and_1d_parameters():
 def test_mspfn_recipe_runs_through_the_trainer(tmp_path, monkeypatch):
     """The trainer takes the optimizer, schedule, clipping and loss from the config: Adam at
     5e-4 + 1e-6 from the first step, MSPFN's loss, no clipping; the checkpoint's config says so."""
-    from sdpsfnet.losses import MSPFNLoss
+    from sdpsfnet.training.losses import MSPFNLoss
 
     calls = []
     real = MSPFNLoss.term
@@ -140,7 +185,7 @@ def test_cli_dumps_the_resolved_config(monkeypatch, capsys):
     (the training itself is stubbed out here; the real run is minutes of CPU)."""
     import json
 
-    import sdpsfnet.train
+    import sdpsfnet.training.loop
     from sdpsfnet.cli import main
 
     class Stop(Exception):
@@ -152,7 +197,7 @@ def test_cli_dumps_the_resolved_config(monkeypatch, capsys):
         seen.append(cfg)
         raise Stop
 
-    monkeypatch.setattr(sdpsfnet.train, "train", stub)
+    monkeypatch.setattr(sdpsfnet.training.loop, "train", stub)
     with pytest.raises(Stop):
         main(["train", "--model", "mspfn", "--preset", "paper", "--steps", "3", "--no-progress"])
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("config: "))

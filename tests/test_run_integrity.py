@@ -16,11 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import sdpsfnet.train
-from sdpsfnet.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+import sdpsfnet.training.datasets
+import sdpsfnet.training.loop
+import sdpsfnet.training.run_folder
+from sdpsfnet.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from sdpsfnet.cli import main
 from sdpsfnet.data import save_image
-from sdpsfnet.train import RUN_FILES, TrainingDiverged, train
+from sdpsfnet.training import TrainingDiverged, train
+from sdpsfnet.training.run_folder import RUN_FILES
 from trainer_scaffold import Pairs, Standin, config, rows, run, val_pairs
 
 
@@ -117,14 +120,14 @@ def test_best_pt_is_repaired_after_a_crash_between_the_two_writes(tmp_path, monk
     class Crash(Exception):
         pass
 
-    real_save = sdpsfnet.train.save_checkpoint
+    real_save = sdpsfnet.training.loop.save_checkpoint
 
     def crash_before_best(state, path):
         if os.path.basename(path) == "best.pt":
             raise Crash("killed after last.pt")
         real_save(state, path)
 
-    monkeypatch.setattr(sdpsfnet.train, "save_checkpoint", crash_before_best)
+    monkeypatch.setattr(sdpsfnet.training.loop, "save_checkpoint", crash_before_best)
     with pytest.raises(Crash):  # the last step scored best; last.pt is written, best.pt is not
         run(config(tmp_path, steps=4))
     monkeypatch.undo()
@@ -296,7 +299,7 @@ def test_killed_at_random_moments_and_resumed_equals_an_uninterrupted_run(tmp_pa
 # --------------------------------------------------------- concurrent runs, run folders, data
 def test_a_run_folder_in_use_by_a_live_run_is_refused_and_a_stale_lock_is_not(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from sdpsfnet.train import run_folder_lock\n"
+        [sys.executable, "-c", "import sys; from sdpsfnet.training.run_folder import run_folder_lock\n"
          f"with run_folder_lock({str(tmp_path)!r}):\n    print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -307,7 +310,7 @@ def test_a_run_folder_in_use_by_a_live_run_is_refused_and_a_stale_lock_is_not(tm
     finally:
         holder.kill()  # as a kill -9 would: the lock file stays, its lock goes
         holder.wait()
-    assert (tmp_path / sdpsfnet.train.LOCK_NAME).exists()
+    assert (tmp_path / sdpsfnet.training.run_folder.LOCK_NAME).exists()
     run(config(tmp_path, steps=2, val_every=2, ckpt_every=2))
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
 
@@ -357,23 +360,25 @@ def test_a_resume_after_the_data_changed_size_is_refused(tmp_path):
 
 
 def test_validation_images_under_11_px_are_refused_when_indexed(tmp_path):
-    for sub in ("input", "target"):
-        save_image(torch.rand(3, 16, 16), tmp_path / "d" / sub / "a.png")
-        save_image(torch.rand(3, 8, 16), tmp_path / "d" / sub / "b.png")
+    for folder in ("d", "v"):
+        for sub in ("input", "target"):
+            save_image(torch.rand(3, 16, 16), tmp_path / folder / sub / "a.png")
+            save_image(torch.rand(3, 8, 16), tmp_path / folder / sub / "b.png")
     with pytest.raises(ValueError, match=r"b\.png .* at least 11x11"):
-        sdpsfnet.train.default_datasets(config(tmp_path / "o", data=str(tmp_path / "d")))
+        sdpsfnet.training.datasets.default_datasets(config(tmp_path / "o", data=str(tmp_path / "d"),
+                                                           val=str(tmp_path / "v")))
 
 
 def test_ctrl_c_during_train_prints_where_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
     data = _pairs(tmp_path / "pairs")
-    real_step = sdpsfnet.train.train_step
+    real_step = sdpsfnet.training.loop.train_step
 
     def interrupted_at_step_3(run_, batch):
         if run_.step == 2:
             raise KeyboardInterrupt
         return real_step(run_, batch)
 
-    monkeypatch.setattr(sdpsfnet.train, "train_step", interrupted_at_step_3)
+    monkeypatch.setattr(sdpsfnet.training.loop, "train_step", interrupted_at_step_3)
     out = tmp_path / "r"
     assert main(["train", "--model", "_standin", "--data", str(data), "--steps", "4", "--crop", "16",
                  "--batch-size", "2", "--ckpt-every", "2", "--val-every", "2", "--out", str(out),
@@ -430,7 +435,7 @@ def test_cli_names_the_file_for_an_edited_format(bad, tmp_path, capsys):
 
 @pytest.mark.parametrize("kind,cause", [("nan", "holds NaN or Inf"), ("int", "is torch.int64")])
 def test_nan_or_integer_weights_are_refused_naming_the_tensor(tmp_path, capsys, kind, cause):
-    from sdpsfnet.registry import build_model
+    from sdpsfnet.models.registry import build_model
 
     model = build_model("tiny")
     weights = model.state_dict()
@@ -447,7 +452,7 @@ def test_nan_or_integer_weights_are_refused_naming_the_tensor(tmp_path, capsys, 
 
 
 def test_an_edited_build_spec_is_checked_before_the_model_is_built(tmp_path):
-    from sdpsfnet.registry import build_model
+    from sdpsfnet.models.registry import build_model
 
     model = build_model("tiny")
     path = tmp_path / "ck.pt"
@@ -458,7 +463,7 @@ def test_an_edited_build_spec_is_checked_before_the_model_is_built(tmp_path):
 
 
 def test_a_triton_checkpoint_runs_on_the_cpu_with_the_reference_ops(tmp_path, monkeypatch):
-    from sdpsfnet.registry import build_model
+    from sdpsfnet.models.registry import build_model
 
     model = build_model("tiny", backend="triton")
     save_checkpoint({"model": model.state_dict(), "build_spec": model.build_spec}, tmp_path / "ck.pt")

@@ -1,6 +1,6 @@
 """Trainer and checkpoints: bitwise resume, checkpoint contents, atomic writes, NaN guard, the
-learning-rate schedule, presets and 2-process DDP (gloo). Small stand-in model and data: these
-test the training machinery, not a model."""
+learning-rate schedule, presets, the held-out validation split, --init, the run's figures and
+2-process DDP (gloo). Small stand-in model and data: these test the training machinery, not a model."""
 from __future__ import annotations
 
 import math
@@ -12,8 +12,12 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from sdpsfnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from sdpsfnet.train import TrainingDiverged, make_config, train
+import sdpsfnet.training.loop
+from sdpsfnet.data import load_image, save_image
+from sdpsfnet.training import TrainConfig, TrainingDiverged, make_config, train
+from sdpsfnet.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from sdpsfnet.training.datasets import default_datasets, held_out
+from sdpsfnet.training.figures import curves_figure
 from trainer_scaffold import Pairs, Standin, config as _cfg, rows as _rows, run as _run, val_pairs
 
 
@@ -58,7 +62,7 @@ def test_checkpoint_contents_and_rebuild(tmp_path):
 def test_validation_is_the_evaluation_loop(tmp_path):
     """The logged validation scores are what ``evaluate`` (``sdpsfnet eval``'s loop) gives for the
     saved model on the validation set."""
-    from sdpsfnet.inference import evaluate
+    from sdpsfnet.evaluation.inference import evaluate
 
     _run(_cfg(tmp_path, steps=4))
     result = evaluate(model_from_checkpoint(tmp_path / "last.pt"), val_pairs(), tile=None, progress=False)
@@ -73,9 +77,9 @@ def test_before_after_columns_are_labelled(tmp_path):
     img = np.asarray(Image.open(tmp_path / "before_after.png").convert("RGB"))
     height, width, _ = img.shape
     column = width // 3
-    k = column // 16  # the two 16 px validation images, enlarged k times so the labels fit
+    k = column // 16  # the two 16 px validation images, enlarged k times to 128 px rows
     header = height - 2 * 16 * k
-    assert width == 3 * column and column == 16 * k and header > 0
+    assert width == 3 * column and column == 16 * k and 16 * k >= 128 and header > 0
     # Below the header, the rainy column is the validation inputs (8-bit), enlarged k times.
     rainy = torch.cat([val_pairs()[i][0] for i in range(2)], dim=1)
     rainy = torch.round(rainy * 255).to(torch.uint8).permute(1, 2, 0).numpy()
@@ -84,6 +88,118 @@ def test_before_after_columns_are_labelled(tmp_path):
     labels = [img[:header, c * column:(c + 1) * column] for c in range(3)]
     assert all(lab.max() > 200 and lab.min() < 50 for lab in labels)
     assert not np.array_equal(labels[0], labels[1]) and not np.array_equal(labels[1], labels[2])
+
+
+def _folder(root, n: int, size: int = 24):
+    """A paired folder of ``n`` random pairs named 0..n-1 (natural order = index)."""
+    g = torch.Generator().manual_seed(n)
+    for i in range(n):
+        clean = torch.rand(3, size, size, generator=g)
+        save_image(clean, root / "target" / f"{i}.png")
+        save_image((clean + 0.3 * torch.rand(3, size, size, generator=g)).clamp(0, 1), root / "input" / f"{i}.png")
+    return root
+
+
+def _validation_names(out) -> list[str]:
+    return [line for line in (out / "validation.txt").read_text().splitlines() if not line.startswith("#")]
+
+
+def test_default_validation_pairs_never_appear_in_a_training_batch(tmp_path, monkeypatch):
+    """--data alone: a fixed tenth of the pairs validates (validation.txt names them) and no
+    training batch of three epochs draws from them, while every other pair is drawn."""
+    data = _folder(tmp_path / "d", 20)
+    drawn = []
+    real_step = sdpsfnet.training.loop.train_step
+
+    def recording(run_, batch):
+        drawn.extend(batch[2])  # the names of the pairs this batch was cut from
+        return real_step(run_, batch)
+
+    monkeypatch.setattr(sdpsfnet.training.loop, "train_step", recording)
+    train(_cfg(tmp_path / "r", data=str(data), crop=16, steps=None, epochs=3))
+    held = _validation_names(tmp_path / "r")
+    assert held == [str(i) for i in held_out(20)] and len(held) == 2
+    assert not set(drawn) & set(held)
+    assert set(drawn) == {str(i) for i in range(20)} - set(held)  # the recording sees every training pair
+    assert "held out" in (tmp_path / "r" / "validation.txt").read_text().splitlines()[0]
+
+
+def test_held_out_split_is_a_fixed_tenth_and_at_least_one():
+    assert [len(held_out(n)) for n in (2, 9, 20, 100)] == [1, 1, 2, 10]
+    assert held_out(100) == held_out(100) and held_out(100) != list(range(10))  # seeded, not the first ten
+    with pytest.raises(ValueError, match="1 pair"):
+        held_out(1)
+
+
+def test_val_equal_to_data_is_refused_unless_allowed(tmp_path):
+    data = _folder(tmp_path / "d", 4)
+    (tmp_path / "link").symlink_to(data)
+    for same in (data, tmp_path / "link", data / "input" / ".."):
+        with pytest.raises(ValueError, match=r"--val .* is the --data folder.*--allow-val-in-data"):
+            TrainConfig(model="_standin", data=str(data), val=str(same))
+    cfg = TrainConfig(model="_standin", data=str(data), val=str(tmp_path / "link"), allow_val_in_data=True,
+                      val_size=2)
+    train_set, val_set, about = default_datasets(cfg)
+    assert len(train_set) == 4 and len(val_set) == 2 and "also trained on" in about
+
+
+def test_init_fine_tunes_from_a_checkpoints_weights_only(tmp_path):
+    _run(_cfg(tmp_path / "a", steps=4))
+    source = tmp_path / "a" / "last.pt"
+    summary = _run(_cfg(tmp_path / "b", steps=3, init=str(source), val_every=1, ckpt_every=1))
+    assert summary["start_step"] == 0 and summary["step"] == 3
+    # Step 0 of the new run validates the source's final weights: the same scores.
+    assert _rows(tmp_path / "b")[0]["val_psnr_y"] == _rows(tmp_path / "a")[-1]["val_psnr_y"]
+    ck, old = load_checkpoint(tmp_path / "b" / "last.pt"), load_checkpoint(source)
+    assert ck["step"] == 3 and ck["scheduler"]["last_epoch"] == 3 and ck["config"]["init"] == str(source.resolve())
+    assert all(float(state["step"]) == 3 for state in ck["optimizer"]["state"].values())  # fresh moments
+    assert all(not torch.equal(ck["model"][k], old["model"][k]) for k in ("a.weight", "b.weight"))
+
+
+def test_init_from_a_misfitting_checkpoint_names_each_tensor(tmp_path):
+    _run(_cfg(tmp_path / "a", steps=4))
+    with pytest.raises(CheckpointError) as info:
+        _run(_cfg(tmp_path / "b", init=str(tmp_path / "a" / "last.pt"), overrides={"width": 6}))
+    message = str(info.value)
+    assert "last.pt" in message and "(3 tensors)" in message  # b.bias (3,) fits
+    for name, here, there in (("a.weight", (6, 3, 3, 3), (4, 3, 3, 3)), ("a.bias", (6,), (4,)),
+                              ("b.weight", (3, 6, 3, 3), (3, 4, 3, 3))):
+        assert f"{name} {here} here, {there} there" in message
+    assert not (tmp_path / "b").exists()  # refused before anything was written
+
+
+def test_figures_have_a_title_labelled_axes_and_three_large_rows(tmp_path):
+    data = _folder(tmp_path / "d", 30, size=20)
+    cfg = _cfg(tmp_path / "r", data=str(data), crop=16, steps=4)
+    train(cfg)
+    fig = curves_figure(str(tmp_path / "r" / "metrics.csv"), "title of the run")
+    assert fig._suptitle.get_text() == "title of the run"
+    assert all(ax.get_xlabel() and ax.get_ylabel() and ax.get_title() for ax in fig.axes)
+    img = np.asarray(Image.open(tmp_path / "r" / "before_after.png").convert("RGB"))
+    column = img.shape[1] // 3
+    k = column // 20
+    header = img.shape[0] - 3 * 20 * k
+    assert 20 * k >= 128 and header > 0  # three rows, each at least 128 px tall
+    rainy = [img[header + r * 20 * k: header + (r + 1) * 20 * k, :column] for r in range(3)]
+    names = _validation_names(tmp_path / "r")
+    assert len(names) == 3 and len(set(names)) == 3
+    for r, name in enumerate(names):  # row r is the validation image named on line r
+        pair = torch.round(load_image(data / "input" / f"{name}.png") * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        assert np.array_equal(rainy[r], pair.repeat(k, 0).repeat(k, 1))
+
+
+def test_before_after_rows_are_distinct_clean_images(tmp_path):
+    """A validation set that renders two rains on one clean image (as the built-in rain cycles over
+    its photos) shows each clean image once: rows from items 0, 2 and 3, not 0, 1 and 2."""
+    clean = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    items = [(torch.rand(3, 16, 16), clean[c], f"v{i}") for i, c in enumerate((0, 0, 1, 2))]
+    train(_cfg(tmp_path, steps=2, val_every=2, ckpt_every=2), train_set=Pairs(), val_set=items)
+    img = np.asarray(Image.open(tmp_path / "before_after.png").convert("RGB"))
+    column, header = img.shape[1] // 3, img.shape[0] - 3 * 128
+    shown = [img[header + 128 * r: header + 128 * (r + 1), :column][::8, ::8] for r in range(3)]
+    for row, i in zip(shown, (0, 2, 3)):
+        expected = torch.round(items[i][0] * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        assert np.array_equal(row, expected), i
 
 
 def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
@@ -115,7 +231,7 @@ class _FaultyLoss:
     """The training loss, corrupted by ``corrupt(value, outputs)`` from call ``n`` (1-based)."""
 
     def __init__(self, n: int):
-        from sdpsfnet.losses import DerainLoss
+        from sdpsfnet.training.losses import DerainLoss
         self.loss, self.n, self.calls = DerainLoss(), n, 0
 
     def __call__(self, outputs, target):
@@ -171,7 +287,7 @@ def test_best_checkpoint_needs_validation_on_checkpoint_steps(tmp_path):
 
 
 def test_lr_schedule_warmup_then_cosine():
-    from sdpsfnet.train import make_scheduler
+    from sdpsfnet.training.optim import make_scheduler
 
     peak, floor, warm, total = 1e-4, 1e-6, 6, 60
     opt = torch.optim.AdamW([nn.Parameter(torch.randn(2))], lr=peak)

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from sdpsfnet.registry import MODELS, register_model
-from sdpsfnet.train import TrainConfig, train
+from sdpsfnet.models.registry import MODELS, register_model
+from sdpsfnet.training import TrainConfig, train
 
 
 class Standin(nn.Module):

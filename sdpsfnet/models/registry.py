@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-# What each built-in model is (their factories are registered in model.py and mspfn.py).
+# What each built-in model is (their factories are registered in sdpsfnet.py and mspfn.py).
 BUILTIN_DESCRIPTIONS = {
     "sdpsfnet": "SD-PSFNet, tau=3 (the paper's model)",
     "sdpsfnet-tau0": "SD-PSFNet, tau=0 (Stage In -> ORStage)",

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .files import atomic_write
-from .registry import build_model
+from ..files import atomic_write
+from ..models.registry import build_model
 
 FORMAT = 1
 # What a resumable checkpoint holds beyond the model (one written by the trainer).
@@ -129,7 +129,7 @@ def _check_field(path: str, name: str, value, ok: bool, expected: str) -> None:
 
 def _check_training_fields(state: dict, path: str) -> None:
     """The types of what a resume reads (ranges and shapes that need the run are checked by
-    :func:`sdpsfnet.train.restore`)."""
+    :func:`sdpsfnet.training.loop.restore`)."""
     step, opt, sched, rng = state["step"], state["optimizer"], state["scheduler"], state["rng"]
     _check_field(path, "step", step, _is_int(step) and step >= 0, "a non-negative integer")
     _check_field(path, "epoch", state.get("epoch", 0), _is_int(state.get("epoch", 0)), "an integer")
@@ -182,6 +182,27 @@ def load_weights(model: nn.Module, weights: dict, path: str | os.PathLike) -> No
     """``model.load_state_dict(weights)`` after :func:`check_weights`."""
     check_weights(model.state_dict(), weights, path, type(model).__name__)
     model.load_state_dict(weights)
+
+
+def init_weights(model: nn.Module, path: str | os.PathLike, listed: int = 8) -> None:
+    """Load only the model weights of the checkpoint at ``path`` into ``model`` (``train --init``:
+    any checkpoint whose tensors fit, whatever model name or run wrote it). :class:`CheckpointError`
+    naming the file and, for up to ``listed`` of them, every tensor that does not fit: its name
+    and its shape here and there, or that one side lacks it."""
+    path = os.fspath(path)
+    state = load_checkpoint(path)
+    theirs, mine = state["model"], model.state_dict()
+    misfits = [f"{k} {tuple(mine[k].shape)} here, {tuple(theirs[k].shape)} there" for k in mine
+               if k in theirs and tuple(mine[k].shape) != tuple(theirs[k].shape)]
+    misfits += [f"{k} missing there" for k in mine if k not in theirs]
+    misfits += [f"{k} {tuple(theirs[k].shape)} there, not in this model" for k in theirs if k not in mine]
+    if misfits:
+        more = f"; and {len(misfits) - listed} more" if len(misfits) > listed else ""
+        raise CheckpointError(f"--init {path}: its weights (model {state['build_spec']['name']!r}) do not fit "
+                              f"this run's {type(model).__name__} ({len(misfits)} tensors): "
+                              f"{'; '.join(misfits[:listed])}{more}. Give a "
+                              f"checkpoint of the same model and size (its --model and overrides)")
+    load_weights(model, theirs, path)
 
 
 def _runnable_backend(name: str, device: torch.device) -> str:

@@ -144,7 +144,7 @@ def score_folders(pred_dir: str | os.PathLike, target_dir: str | os.PathLike,
     """
     from tqdm.auto import tqdm
 
-    from .data import check_pairs, images_by_key, load_image, match_by_key
+    from ..data import check_pairs, images_by_key, load_image, match_by_key
 
     pairs = match_by_key(images_by_key(pred_dir, "pred_dir"), images_by_key(target_dir, "target_dir"),
                          "partner", "partner", f"target_dir {str(target_dir)!r}", f"pred_dir {str(pred_dir)!r}")

@@ -4,7 +4,7 @@ MACs = FLOPs / 2 from ``torch.utils.flop_counter.FlopCounterMode`` on the meta d
 no compute), where the ops run their reference form: convolutions and matmuls are counted (psf_conv through
 the reference's einsums); elementwise ops, interpolation and pooling are not.
 
-    python -m sdpsfnet.complexity [--size 256] [--ablations]
+    python -m sdpsfnet.models.complexity [--size 256] [--ablations]
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def count(name: str, size: int | None = 256, **overrides) -> tuple[int, float | 
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m sdpsfnet.complexity", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sdpsfnet.models.complexity", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--ablations", action="store_true", help="also the SD-PSFNet ablation rows")
     a = p.parse_args(argv)
@@ -42,7 +42,7 @@ def main(argv=None) -> None:
         params, macs = count(name, a.size)
         print(f"| `{name}` | {params:,} | {macs / 1e9:.2f}G |")
     if a.ablations:
-        from .model import ABLATIONS
+        from .sdpsfnet import ABLATIONS
         print(f"\n| ablation row | params | MACs @{a.size}x{a.size} |\n|---|---|---|")
         for row, overrides in ABLATIONS.items():
             params, macs = count("sdpsfnet", a.size, **overrides)

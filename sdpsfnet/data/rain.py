@@ -63,7 +63,7 @@ from torch.utils.data import Dataset
 
 import psfops
 
-from .data import images_by_key, natural_key, random_crop, random_flip_rot, read_image, save_as
+from . import images_by_key, natural_key, random_crop, random_flip_rot, read_image, save_as
 
 __all__ = [
     "RainConfig", "streak_kernels", "streak_basis", "layer_inputs", "render_rain", "rain_layer_stats",
@@ -422,7 +422,7 @@ def synth_folder(clean_dir: str | os.PathLike, out_dir: str | os.PathLike, seed:
     """
     from tqdm.auto import tqdm
 
-    from .files import refuse_overwrite
+    from ..files import refuse_overwrite
 
     found = images_by_key(clean_dir, "clean_dir")  # one image per name, else outputs would collide
     files = [found[k] for k in sorted(found, key=natural_key)]
@@ -443,7 +443,7 @@ def _main(argv=None) -> None:
     or rain/ + norain/) next to those of this renderer's rain on the same clean targets."""
     import argparse
 
-    from .data import PairedImages
+    from . import PairedImages
 
     p = argparse.ArgumentParser(prog="python -m sdpsfnet.rain", description=_main.__doc__)
     p.add_argument("dir")
