@@ -174,6 +174,16 @@ def headline_lines(recs: list[dict], op: str = "psf_conv") -> list[str]:
     return out
 
 
+def headline_section(recs: list[dict]) -> list[str]:
+    """A "Headline" section per op of :data:`bench.cases.HEADLINE_OPS` with records here."""
+    lines = []
+    for op in C.HEADLINE_OPS:
+        head = headline_lines(recs, op)
+        if head:
+            lines += [f"### Headline: {op} fwd+bwd, B8 C64 128x128 J40 k7", ""] + head + [""]
+    return lines
+
+
 # The headline targets: speed-ups in every dtype; bandwidth in float32 (bfloat16 psf_conv is
 # bound by arithmetic, see each record's `bound`); peak memory.
 TARGETS = {"x_eager": 5.0, "x_compile": 2.0, "pct_copy_float32": 60.0, "memory_ratio": 1.1}
@@ -377,10 +387,7 @@ def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path) -> str
         if any(r.get("triton_interpret") and r["impl"] == "triton" and r["status"] == "ok" for r in recs):
             lines += ["Triton timings in this run come from the CPU interpreter (`TRITON_INTERPRET=1`): "
                       "they test the harness, not the kernels' speed.", ""]
-        for op in C.HEADLINE_OPS:
-            head = headline_lines(recs, op)
-            if head:
-                lines += [f"### Headline: {op} fwd+bwd, B8 C64 128x128 J40 k7", ""] + head + [""]
+        lines += headline_section(recs)
         stem = Path(path).stem
         for op in C.OPS:
             body = []

@@ -64,3 +64,34 @@ def test_documentation_links_resolve():
         for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
             if "://" not in target:
                 assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to a missing {target}"
+
+
+def _imported_modules(tree: ast.AST, package: str) -> list[tuple[int, str, list[str]]]:
+    """(line, absolute module, imported names) of every import in a module of ``package``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:  # relative: inside the module's own package
+                module = f"{package}.{module}" if module else package
+            found.append((node.lineno, module, [alias.name for alias in node.names]))
+    return found
+
+
+def test_packages_meet_only_at_public_names():
+    """No product package imports another one's private modules or names (``_x``): each meets the
+    others at their public seams (kernels/ is installed as psfops.kernels, its own package)."""
+    offenders = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for line, module, names in _imported_modules(ast.parse(path.read_text()), package):
+                parts = module.split(".")
+                owner = "kernels" if parts[:2] == ["psfops", "kernels"] else parts[0]
+                if owner not in PACKAGES or owner == package:
+                    continue
+                private = [p for p in parts[1:] + names if p.startswith("_") and not p.startswith("__")]
+                if private:
+                    offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module} {names}")
+    assert not offenders, "\n".join(offenders)

@@ -208,8 +208,7 @@ def init_weights(model: nn.Module, path: str | os.PathLike, listed: int = 8) -> 
 def _runnable_backend(name: str, device: torch.device) -> str:
     """``name``, or ``"reference"`` where it (or for ``"auto"``, ``PSFOPS_BACKEND``) asks for
     Triton on a device Triton cannot run on."""
-    from psfops import current_backend
-    from psfops._backend import check_triton_runs_on
+    from psfops import check_triton_runs_on, current_backend
 
     if (name if name != "auto" else current_backend()) != "triton":
         return name
