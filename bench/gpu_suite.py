@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdpsfnet.files import atomic_write
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -145,13 +147,10 @@ def write_archive(out: Path, archive: Path) -> None:
     it (unless the archive lies in ``out``)."""
     import shutil
     import tarfile
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    tmp = archive.with_name(archive.name + ".tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
-        for p in sorted(out.rglob("*")):
-            if p.is_file() and p.resolve() not in (archive.resolve(), tmp.resolve()):
+    with atomic_write(archive) as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
+        for p in sorted(out.rglob("*")):  # not the archive itself, nor a temporary file being written
+            if p.is_file() and p.resolve() != archive.resolve() and not p.name.endswith(".tmp"):
                 tar.add(p, arcname=str(Path(out.name) / p.relative_to(out)))
-    os.replace(tmp, archive)
     if (out / "suite.json").exists() and archive.parent.resolve() != out.resolve():
         shutil.copyfile(out / "suite.json", archive.parent / "suite.json")
 
@@ -247,9 +246,8 @@ def main(argv=None) -> int:
     main_log = open(out / "gpu-suite.log", "a", encoding="utf-8")
 
     def save():
-        tmp = out / "suite.json.tmp"
-        tmp.write_text(json.dumps(suite, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, out / "suite.json")
+        with atomic_write(out / "suite.json") as f:
+            f.write((json.dumps(suite, indent=1) + "\n").encode())
         try:
             write_archive(out, archive)
         except OSError as err:  # the records stay in the folder

@@ -13,6 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from sdpsfnet.files import atomic_write
+
 from . import cases as C
 from .harness import record_key, roof_note
 from .sass import static_table
@@ -47,12 +49,8 @@ def save(records: Sequence[dict], path: str | os.PathLike) -> list[dict]:
     for rec in records:
         merged[record_key(rec)] = rec
     out = list(merged.values())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write((json.dumps(out, indent=1) + "\n").encode())
     return out
 
 
