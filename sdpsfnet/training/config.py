@@ -41,7 +41,7 @@ from typing import Any
 
 from .checkpoint import CheckpointError
 from .losses import LOSSES
-from .optim import OPTIMIZERS
+from .optim import AMP_MODES, OPTIMIZERS
 
 __all__ = ["RECIPES", "MODEL_RECIPES", "PRESETS", "TINY_VARIANT", "SCHEDULES", "AMP_MODES", "TrainConfig",
            "resolve", "make_config", "resumed_config"]
@@ -77,7 +77,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 SCHEDULES = ("cosine", "exponential")
-AMP_MODES = ("auto", "bf16", "fp16", "off")  # see optim.amp_settings
 _PAPER = {**RECIPES["sdpsfnet"], **PRESETS["paper"]}  # TrainConfig's defaults
 
 
@@ -103,8 +102,8 @@ class TrainConfig:
     min_lr: float = _PAPER["min_lr"]  # cosine: the final lr; exponential: the additive floor
     weight_decay: float = _PAPER["weight_decay"]
     schedule: str = _PAPER["schedule"]  # one of SCHEDULES
-    lr_decay: float = 0.8  # exponential: factor per lr_decay_steps
-    lr_decay_steps: int = 20000
+    lr_decay: float = RECIPES["mspfn"]["lr_decay"]  # exponential (MSPFN's schedule): factor per lr_decay_steps
+    lr_decay_steps: int = RECIPES["mspfn"]["lr_decay_steps"]
     warmup_epochs: float = _PAPER["warmup_epochs"]
     clip: float | None = _PAPER["clip"]  # None: no clipping
     amp: str = _PAPER["amp"]  # one of AMP_MODES

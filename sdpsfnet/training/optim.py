@@ -53,12 +53,15 @@ def schedule_steps(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                   min_lr: float, schedule: str = "cosine", lr_decay: float = 0.8,
-                   lr_decay_steps: int = 20000) -> torch.optim.lr_scheduler.LRScheduler:
+                   min_lr: float, schedule: str = "cosine", lr_decay: float | None = None,
+                   lr_decay_steps: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
     """Linear warmup (from 1e-3 x lr) for ``warmup_steps``, then ``schedule``: ``"cosine"`` to
     ``min_lr`` at ``total_steps``, or ``"exponential"``, ``lr * lr_decay**(s / lr_decay_steps) +
-    min_lr`` at ``s`` steps after the warmup (MSPFN's). One ``.step()`` per optimizer step."""
+    min_lr`` at ``s`` steps after the warmup (MSPFN's; its values are the run config's, so they are
+    required here). One ``.step()`` per optimizer step."""
     sched = torch.optim.lr_scheduler
+    if schedule != "cosine" and (lr_decay is None or lr_decay_steps is None):
+        raise ValueError("the exponential schedule needs lr_decay and lr_decay_steps")
     if schedule == "cosine":
         main = sched.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps), eta_min=min_lr)
     else:
@@ -70,14 +73,17 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_st
     return sched.SequentialLR(optimizer, [warm, main], milestones=[warmup_steps])
 
 
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # see amp_settings
+
+
 def amp_settings(device: torch.device, amp: str = "auto") -> torch.dtype | None:
     """Autocast dtype for ``amp`` on ``device``: None (off), torch.bfloat16 or torch.float16.
 
     ``auto``: off on CPU; fp16 (with a GradScaler) on CUDA, as SD-PSFNet's paper trains. bf16 only
     when asked for.
     """
-    if amp not in ("auto", "bf16", "fp16", "off"):  # config.AMP_MODES
-        raise ValueError(f"amp must be auto, bf16, fp16 or off, got {amp!r}")
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     return torch.bfloat16 if amp == "bf16" else torch.float16
