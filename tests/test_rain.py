@@ -156,9 +156,10 @@ def test_render_is_deterministic_given_the_generator():
 
 
 def test_without_haze_rain_only_brightens_and_only_on_streaks():
-    """Screen blend: rainy = clean + S * (1 - clean), S in [0, 1): partial, never past white."""
+    """Additive light: rainy = min(clean + S, 1), S in [0, 1): changed only on streaks, by the same
+    amount on any background until white clips it."""
     clean = _clean(b=3, h=64, w=64, seed=1)
-    light = RainConfig(density=(0.004, 0.001), length=(12.0, 40.0))  # default: heavy rain, streaks everywhere
+    light = RainConfig(density=(0.003, 0.001), length=(12.0, 40.0))  # default: heavy rain, streaks everywhere
     rainy, streaks = render_rain(clean, _gen(11), config=light, haze=False, return_streaks=True)
     assert streaks.shape == (3, 1, 64, 64) and streaks.min() >= 0 and streaks.max() < 1
     on = (streaks > 0).expand_as(clean)
@@ -166,20 +167,23 @@ def test_without_haze_rain_only_brightens_and_only_on_streaks():
     assert torch.equal(rainy[~on], clean[~on])                   # untouched off the streaks
     visible = (streaks > 1e-3).expand_as(clean)
     assert (rainy[visible] > clean[visible]).all()               # brighter on them
-    torch.testing.assert_close(rainy, clean + streaks * (1 - clean), rtol=0, atol=1e-6)
+    torch.testing.assert_close(rainy, (clean + streaks).clamp(max=1), rtol=0, atol=1e-6)
 
 
-def test_streaks_are_thin_and_translucent():
-    """Rendered streaks: a cross-section FWHM under 3 px (rain-layer autocorrelation), and on a
-    bright image nothing is clipped flat: no pixel reaches white, most streak pixels are partial."""
-    clean = torch.full((1, 3, 96, 96), 0.85)
-    rainy, streaks = render_rain(clean, _gen(4), haze=False, return_streaks=True)
-    stats = rain_layer_stats(rainy[0], clean[0])
+def test_streaks_are_thin_translucent_and_clip_at_white():
+    """Rendered streaks: a cross-section FWHM under 3 px (rain-layer autocorrelation); on a dark
+    image most streak pixels add less than half the range (translucent, not flat white bars); on a
+    bright one the light is cut at white, and a white image stays white."""
+    dark = torch.full((1, 3, 96, 96), 0.1)
+    rainy, streaks = render_rain(dark, _gen(4), haze=False, return_streaks=True)
+    stats = rain_layer_stats(rainy[0], dark[0])
     assert 0.5 < stats["width"] < 3.0, stats
-    assert rainy.max() < 1 and int((rainy > 0.99).sum()) == 0
     s = streaks[streaks > 0.05]
-    assert (s < 0.5).float().mean() > 0.5  # translucent: most of a streak's pixels add < half
-    # on a white image the screen blend leaves it white instead of clipping streak bars
+    assert (s < 0.5).float().mean() > 0.5
+    bright = torch.full((1, 3, 96, 96), 0.85)
+    rainy, streaks = render_rain(bright, _gen(4), haze=False, return_streaks=True)
+    assert int((rainy == 1).sum()) > 0 and rainy.max() == 1
+    torch.testing.assert_close(rainy - bright, streaks.clamp(max=0.15).expand_as(rainy), rtol=0, atol=1e-6)
     white = render_rain(torch.ones(1, 3, 32, 32), _gen(4), haze=False)
     assert torch.equal(white, torch.ones(1, 3, 32, 32))
 
@@ -217,6 +221,33 @@ def test_streaks_follow_the_wind_angle():
     assert along > 0.5 and across < 0.2, (along, across)
 
 
+def test_mid_dark_tells_additive_light_from_a_screen_blend():
+    """rain_layer_stats' mid_dark: 1 when streaks add the same light on dark and mid-grey
+    backgrounds, (1 - 0.5) / (1 - 0.1) = 0.56 for a screen blend on the same two backgrounds."""
+    clean = torch.full((1, 3, 64, 64), 0.1)
+    clean[..., 32:] = 0.5
+    _, s = render_rain(clean, _gen(7), haze=False, return_streaks=True)
+    add = rain_layer_stats((clean + s)[0], clean[0])
+    screen = rain_layer_stats((clean + s * (1 - clean))[0], clean[0])
+    s_dark, s_mid = float(s[..., :32].mean()), float(s[..., 32:].mean())
+    assert add["mid_dark"] == pytest.approx(s_mid / s_dark, rel=2e-2)
+    assert screen["mid_dark"] == pytest.approx(s_mid / s_dark * 0.5 / 0.9, rel=2e-2)
+    assert math.isnan(rain_layer_stats((clean + s)[0, :, :32, :32], clean[0, :, :32, :32])["mid_dark"])
+
+
+def test_default_rain_layer_is_rain100h_like():
+    """The defaults' rain layer on a real photo, averaged over 4 renders, lands near the means of
+    Rain100H's 30 dev pairs (rainy PSNR-Y 13.8 dB, width 1.28 px, spread 8.8 degrees, mid_dark
+    0.98 with single pairs 0.55..1.53, median 0.16, 99% quantile 0.48, 5% quantile 0.006, nothing
+    darkened); a screen blend or the former grey haze fails mid_dark, q05 or neg."""
+    clean = SyntheticRain("val")[0][1][:, :320, :480]  # coffee, cut to Rain100H's 480x320
+    rows = [rain_layer_stats(torch.round(render_rain(clean[None], _gen(i))[0] * 255) / 255, clean) for i in range(4)]
+    m = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    assert 12 < m["psnr_y"] < 16 and 1.0 < m["width"] < 1.6 and 4 < m["spread"] < 14, m
+    assert 0.8 < m["mid_dark"] < 1.15 and 0.1 < m["q50"] < 0.22 and 0.35 < m["q99"] < 0.6, m
+    assert m["q05"] < 0.02 and m["neg"] < 0.002, m
+
+
 def test_render_rejects_bad_arguments():
     with pytest.raises(ValueError, match="clean"):
         render_rain(torch.rand(3, 16, 16), _gen(0))
@@ -240,7 +271,7 @@ def test_val_split_is_fixed_and_heavy_rain():
         psnrs.append(image_metrics(ra, ca)["psnr_y"])
     assert {n.split("_")[0] for n in (a[0][2], a[1][2])} == {"coffee", "chelsea"}
     # heavy rain, like Rain100H (whose rainy inputs score 8..22 dB, mean 13.8)
-    assert all(9 < p < 20 for p in psnrs), psnrs
+    assert all(8 < p < 22 for p in psnrs), psnrs
 
 
 def test_train_items_are_fresh_crops_and_follow_torch_seed():

@@ -17,22 +17,26 @@ What the renderer models (``render_rain``), per image:
   the angle drift across the image), the length and width weights are random per pixel, so every
   drop gets its own length and width; its brightness is random too.
 - Several depth layers (2 to 4): a near layer has long, wider, brighter, sparse streaks, a far
-  layer short, thin, dim, dense ones; all share the wind angle (vertical +- 25 degrees), each with
-  a small jitter. Layers are rendered on a padded canvas so streaks enter from outside the frame.
-- Blending: the layers' light accumulates as ``S = 1 - exp(-sum of layers)`` (a screen of the
-  layers: overlapping streaks saturate smoothly instead of clipping), and the streaks brighten the
-  image partially by a screen blend, ``J + S * (1 - J)``, never past white, so no streak is
-  clipped flat.
-- Haze / veiling light from the rain accumulation, with the atmospheric model of Yang et al.
-  (CVPR 2017, the Rain100H generator): ``I = t * screen(J, S) + (1 - t) * A``, with ``J`` the
-  clean image, transmission ``t`` smooth in space (0.85..1.0, +-0.05; clipped to 1) and a
-  near-grey airlight ``A`` (0.7..1.0, tinted by up to 4% per channel).
+  layer short, thin, dim, dense ones; a wind angle per image (vertical +- 8 degrees) and per
+  layer an offset (+- 14 degrees), so layers can cross as Rain100H's streak directions do.
+  Layers are rendered on a padded canvas so streaks enter from outside the frame.
+- Blending: the layers' light accumulates as ``S = 1 - exp(-sum of layers)`` (overlapping streaks
+  saturate smoothly), and the streaks add their light to the image, cut at white:
+  ``min(J + S, 1)``. Additive light is what the rain layer of Rain100H shows: ``R = rainy - clean``
+  is the same on dark and mid-grey backgrounds (``mid_dark`` of :func:`rain_layer_stats`: 0.98)
+  up to the clip at ``1 - J``; a screen blend ``J + S(1 - J)`` would dim the rain on bright
+  backgrounds (0.6).
+- A faint veil from the rain accumulation, with the atmospheric model of Yang et al. (CVPR 2017,
+  the Rain100H generator): ``I = t * min(J + S, 1) + (1 - t) * A`` (clipped to [0, 1]), with
+  ``J`` the clean image, transmission ``t`` smooth in space (0.98..1.0, +-0.05; clipped to 1) and
+  a near-white airlight ``A`` (0.9..1.0, tinted by up to 4% per channel). Rain100H's rain layer
+  hardly darkens anything and its 5% quantile is about 0.005, so the veil is weak.
 
 The default ranges (:class:`RainConfig`) were set by matching the statistics of the rain layer
 (rainy - clean, luma) of Rain100H: streak width (autocorrelation FWHM across the streaks),
-orientation spread (structure tensor), intensity quantiles (a low floor: most of the brightening
-is distinct streaks, little is veil) and rainy-vs-clean PSNR-Y (run ``python -m sdpsfnet.rain DIR``
-on a paired folder to print them next to this renderer's).
+orientation spread (structure tensor), additivity (``mid_dark``), intensity quantiles (a low
+floor: most of the brightening is distinct streaks, little is veil) and rainy-vs-clean PSNR-Y
+(run ``python -m sdpsfnet.data.rain DIR`` on a paired folder to print them next to this renderer's).
 
 What it does not model: depth-dependent haze (there is no depth map, so ``t`` is only a smooth
 random field), refraction through drops on the lens, splashes, fog glow around lights, sensor
@@ -100,18 +104,18 @@ class RainConfig:
     """
 
     layers: tuple[int, int] = (2, 4)
-    angle: tuple[float, float] = (-15.0, 15.0)
-    angle_jitter: float = 3.0
-    drift: tuple[float, float] = (1.0, 5.0)
-    length: tuple[float, float] = (20.0, 70.0)
+    angle: tuple[float, float] = (-8.0, 8.0)
+    angle_jitter: float = 14.0
+    drift: tuple[float, float] = (2.0, 8.0)
+    length: tuple[float, float] = (25.0, 90.0)
     length_spread: float = 0.35
     width: tuple[float, float] = (0.6, 1.8)
     width_spread: float = 0.35
-    taper: float = 0.3
-    brightness: tuple[float, float] = (0.6, 1.4)
-    density: tuple[float, float] = (0.007, 0.002)
-    transmission: tuple[float, float] = (0.85, 1.0)
-    airlight: tuple[float, float] = (0.7, 1.0)
+    taper: float = 0.1
+    brightness: tuple[float, float] = (0.39, 0.87)
+    density: tuple[float, float] = (0.0054, 0.0016)
+    transmission: tuple[float, float] = (0.98, 1.0)
+    airlight: tuple[float, float] = (0.9, 1.0)
 
 
 DEFAULT = RainConfig()
@@ -222,8 +226,8 @@ def render_rain(clean: Tensor, generator: torch.Generator, *, config: RainConfig
         generator: a CPU ``torch.Generator``; the only source of randomness (each image in the
             batch gets its own draws, in batch order).
         config: sampling ranges (:class:`RainConfig`).
-        haze: apply the atmospheric veil; without it ``rainy = clean + S * (1 - clean)`` (screen
-            blend), changed only where streaks are.
+        haze: apply the atmospheric veil; without it ``rainy = min(clean + S, 1)`` (additive
+            light), changed only where streaks are.
         return_streaks: also return the (B, 1, H, W) streak opacity ``S`` in [0, 1).
     Returns:
         rainy (B, 3, H, W) in [0, 1], dtype and device of ``clean`` (and ``S`` if asked).
@@ -243,8 +247,7 @@ def render_rain(clean: Tensor, generator: torch.Generator, *, config: RainConfig
         depths = sorted(float(d) for d in torch.rand(n_layers, generator=generator, dtype=torch.float64))
         light = sum(_streak_layer(generator, h, w, wind, d, config, device) for d in depths)
         streaks = (-light.view(1, 1, h, w)).exp().neg().add(1)  # 1 - exp(-light): soft saturation
-        img = clean[b:b + 1].float()
-        rainy = img + streaks * (1 - img)  # screen blend: partial brightening, never past white
+        rainy = clean[b:b + 1].float() + streaks  # additive light, clipped at white below
         if haze:
             t = _uniform(generator, *config.transmission)
             t_map = (t + 0.05 * (2 * _smooth_field(generator, h, w) - 1)).clamp(0, 1).to(device)
@@ -288,6 +291,9 @@ def rain_layer_stats(rainy: Tensor, clean: Tensor) -> dict[str, float]:
       deviation of the local orientations around it, degrees.
     - ``mean``, ``q05``, ``q50``, ``q90``, ``q99``: mean and quantiles of ``R``; ``neg``: the
       fraction of pixels darkened by more than 0.02; ``streak_std``: std of the streak layer.
+    - ``mid_dark``: mean ``R`` where ``Y(clean)`` is in [0.4, 0.6) over mean ``R`` where it is
+      under 0.2: about 1 when the rain adds the same light on any background (additive light),
+      about 0.6 for a screen blend ``J + S(1 - J)``; NaN if either range is empty.
     """
     yr, yc = _luma(rainy.double()), _luma(clean.double())
     R = yr - yc
@@ -312,9 +318,11 @@ def rain_layer_stats(rainy: Tensor, clean: Tensor) -> dict[str, float]:
     prof = F.grid_sample(ac[None, None], grid.view(1, 1, -1, 2), mode="bilinear", align_corners=True)[0, 0, 0]
     below = (prof < 0.5).nonzero()
     width = 2 * float(ts[below[0, 0]]) / math.sqrt(2) if len(below) else float("nan")
+    yc_dark, yc_mid = yc < 0.2, (yc >= 0.4) & (yc < 0.6)
+    mid_dark = float(R[yc_mid].mean() / R[yc_dark].mean()) if yc_dark.any() and yc_mid.any() else float("nan")
     q = torch.quantile(R.flatten().float(), torch.tensor([0.05, 0.5, 0.9, 0.99])).tolist()
     return dict(psnr_y=10 * math.log10(255 ** 2 / max(mse, 1e-10)), width=width,
-                angle=math.degrees(math.atan2(dx, dy)), spread=spread, mean=float(R.mean()),
+                angle=math.degrees(math.atan2(dx, dy)), spread=spread, mid_dark=mid_dark, mean=float(R.mean()),
                 q05=q[0], q50=q[1], q90=q[2], q99=q[3], neg=float((R < -0.02).double().mean()),
                 streak_std=float(hp.std()))
 
@@ -437,15 +445,21 @@ def synth_folder(clean_dir: str | os.PathLike, out_dir: str | os.PathLike, seed:
     return pairs
 
 
+def _nanmean(values: list[float]) -> float:
+    """Mean of the values that are not NaN (NaN if none is)."""
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
 def _main(argv=None) -> None:
-    """``python -m sdpsfnet.rain DIR [--n N] [--seed S]``: the rain-layer statistics
-    (:func:`rain_layer_stats`, means over the pairs) of a real paired folder DIR (input/ + target/
+    """``python -m sdpsfnet.data.rain DIR [--n N] [--seed S]``: the rain-layer statistics
+    (:func:`rain_layer_stats`, means over the pairs where they are defined) of a real paired folder DIR (input/ + target/
     or rain/ + norain/) next to those of this renderer's rain on the same clean targets."""
     import argparse
 
     from . import PairedImages
 
-    p = argparse.ArgumentParser(prog="python -m sdpsfnet.rain", description=_main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m sdpsfnet.data.rain", description=_main.__doc__)
     p.add_argument("dir")
     p.add_argument("--n", type=int, default=None, help="use the first N pairs only")
     p.add_argument("--seed", type=int, default=1000)
@@ -457,12 +471,12 @@ def _main(argv=None) -> None:
         rows["real"].append(rain_layer_stats(rainy, clean))
         ours = render_rain(clean[None], torch.Generator().manual_seed(a.seed + i))[0]
         rows["rendered"].append(rain_layer_stats(torch.round(ours * 255) / 255, clean))  # 8 bits, as saved
-    keys = ["psnr_y", "width", "|angle|", "spread", "mean", "q05", "q50", "q90", "q99", "neg", "streak_std"]
+    keys = ["psnr_y", "width", "|angle|", "spread", "mid_dark", "mean", "q05", "q50", "q90", "q99", "neg", "streak_std"]
     print(f"{'':10s}" + "".join(f"{k:>11s}" for k in keys))
     for name, rs in rows.items():
         for r in rs:
             r["|angle|"] = abs(r["angle"])
-        print(f"{name:10s}" + "".join(f"{sum(r[k] for r in rs) / len(rs):11.3f}" for k in keys))
+        print(f"{name:10s}" + "".join(f"{_nanmean([r[k] for r in rs]):11.3f}" for k in keys))
 
 
 if __name__ == "__main__":
