@@ -694,7 +694,7 @@ PROGRAMS_PER_SM = {"fwd": 1, "dx": 1, "dk": 2, "synth": 1}
 # (tap gradients, basis, weights) straight into shared memory, a chunk ahead: sm_90, float32, triton
 # 3.9, 6 CTA barriers in the two epilogue loops instead of 12 (``python -m bench sm90``). 1 elsewhere.
 NUM_STAGES = {"fwd": 1, "dx": 1, "dk": 2, "synth": 1}
-EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the tap-gradient kernel
+EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the tap-gradient kernel (half that above k = 7)
 TAP_BLOCK = 64  # taps per synthesis and epilogue product (KK_PAD above it: several blocks)
 UNROLLED_K = 7  # the tap loops unroll all k x k taps up to this k; above it, only a row's k taps (compile time)
 GPU_CHUNKS = (128, 128)  # halo pixels per staging step, per synthesis product
@@ -813,6 +813,13 @@ def _capped(n: int, p: Plan, kb: int, dot: str) -> int:
     return min(n, max(1, 2 ** 20 // (p.BLOCK_J * kb))) if dot == "fma" else n
 
 
+def _epilogue(p: Plan, kk_pad: int, dot: str) -> int:
+    """Pixels per epilogue product: :data:`EPILOGUE`, half that where the taps take several blocks
+    (k > 7: the products accumulate over the blocks, sm_90 spilled with 64), at most the tile."""
+    kb = _tap_block(kk_pad)
+    return _capped(min(EPILOGUE if kk_pad <= kb else EPILOGUE // 2, p.TH * p.TW), p, kb, dot)
+
+
 def _check_plane(H: int, W: int) -> None:
     if H * W >= 2 ** 31:
         raise ValueError(f"the psf kernels index a plane with int32: H*W must be < 2**31, got {H}x{W}")
@@ -902,7 +909,7 @@ def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, ne
         _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
         b.stride if b else 0, partials[0].numel(), SYNTH=b is not None, PADDING=padding, NEED_DW=need_src,
         NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad, KB=kb,
-        EPILOGUE=_capped(min(EPILOGUE, p.TH * p.TW), p, kb, dot), DOT=dot, ACC=acc_dtype(x), QUAD=W % 4 == 0,
+        EPILOGUE=_epilogue(p, kk_pad, dot), DOT=dot, ACC=acc_dtype(x), QUAD=W % 4 == 0,
         ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args())
     if need_basis:
         dbasis.copy_(b.reduce(partials))
@@ -944,7 +951,7 @@ def synthesize_backward(dpsf, weights, basis, needs):
     _synthesize_bwd_kernel[(p.programs,)](
         dpsf, weights, b.padded, dw, partials, H, W, J, *_grid_args(p, B, H, W), b.stride, partials[0].numel(),
         NEED_DW=needs[0], NEED_DBASIS=needs[1], KSIZE=k, KK_PAD=b.kk_pad, KB=_tap_block(b.kk_pad),
-        EPILOGUE=_capped(min(EPILOGUE, p.TH * p.TW), p, _tap_block(b.kk_pad), dot), DOT=dot,
+        EPILOGUE=_epilogue(p, b.kk_pad, dot), DOT=dot,
         **p.launch_args())
     if needs[1]:
         dbasis.copy_(b.reduce(partials))
