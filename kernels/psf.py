@@ -654,8 +654,7 @@ def _synthesize_bwd_kernel(dpsf_ptr, w_ptr, basis_ptr, dw_ptr, part_ptr, H, W, J
 class Plan:
     """Launch shape of one psf kernel: TH x TW pixel tiles (TW a multiple of 4: quads), channels
     per block, basis kernels per block (and blocks), halo pixels per staging step and per
-    synthesis product, warps per program, programs in the persistent grid, software-pipelining
-    stages (triton's ``num_stages``)."""
+    synthesis product, warps per program, programs in the persistent grid."""
     TH: int
     TW: int
     BLOCK_C: int
@@ -665,7 +664,6 @@ class Plan:
     SYNTH_CHUNK: int
     num_warps: int
     programs: int
-    num_stages: int = 1
 
     def halo(self, k: int, dilation: int) -> dict:
         """The staged halo of a tile for taps of size k at ``dilation``: RD rows above and below,
@@ -680,7 +678,7 @@ class Plan:
 
     def launch_args(self) -> dict:
         return dict(TH=self.TH, TW=self.TW, BLOCK_J=self.BLOCK_J, NUM_JB=self.NUM_JB, num_warps=self.num_warps,
-                    num_stages=self.num_stages)
+                    num_stages=1)
 
 
 # GPU tile shapes per kernel, (TH, TW, largest BLOCK_C (see channel_block), num_warps), read off the
@@ -690,10 +688,6 @@ GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 8, 4),
 # a thread: two fit an SM's registers) hide each other's latency and barriers; the forward and d(x)
 # (8 warps, 170-250 registers) fit one.
 PROGRAMS_PER_SM = {"fwd": 1, "dx": 1, "dk": 2, "synth": 1}
-# Software-pipelining stages: 2 for d(taps), whose epilogue loops then load their product operands
-# (tap gradients, basis, weights) straight into shared memory, a chunk ahead: sm_90, float32, triton
-# 3.9, 6 CTA barriers in the two epilogue loops instead of 12 (``python -m bench sm90``). 1 elsewhere.
-NUM_STAGES = {"fwd": 1, "dx": 1, "dk": 2, "synth": 1}
 EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the tap-gradient kernel (half that above k = 7)
 TAP_BLOCK = 64  # taps per synthesis and epilogue product (KK_PAD above it: several blocks)
 UNROLLED_K = 7  # the tap loops unroll all k x k taps up to this k; above it, only a row's k taps (compile time)
@@ -736,16 +730,16 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
         tw = max(16, min(32, triton.next_power_of_2(max(W, 1))))
         th = min(16, triton.next_power_of_2(max(H, 1)))
         bc, warps, chunks = min(16, triton.next_power_of_2(max(C, 1))), 4, (256, 256)
-        per_sm = stages = 1
+        per_sm = 1
     else:
         th, tw, bc, warps = GPU_SHAPES[kind]
         bc = bc if synth or kind == "dx" else bc // 4
         # d(taps) holds channels in a static loop (any count); the others a (BLOCK_C, TH*TW/4) tensor
         bc = channel_block(C, bc, 1 if kind == "dk" else max(1, warps * 32 // (th * tw // 4)))
-        chunks, per_sm, stages = GPU_CHUNKS, PROGRAMS_PER_SM[kind], NUM_STAGES[kind]
+        chunks, per_sm = GPU_CHUNKS, PROGRAMS_PER_SM[kind]
     n_tiles = B * triton.cdiv(H, th) * triton.cdiv(W, tw)
     return Plan(th, tw, bc, block_j, triton.cdiv(J, block_j), *chunks, warps,
-                max(1, min(n_tiles, per_sm * sm_count(device))), stages)
+                max(1, min(n_tiles, per_sm * sm_count(device))))
 
 
 def _kk_pad(k: int) -> int:
