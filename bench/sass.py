@@ -13,7 +13,8 @@ Dynamic instruction counts: a backward branch closes a loop; its source loop is 
 statement on the line of the branch (or of the nearest instruction before it on such a line),
 and its trip count follows from the launch arguments: ``tile`` (the persistent tile loop) runs
 n_tiles times over all programs, ``c0`` C/BLOCK_C, ``jb`` the J blocks,
-``chunk0`` the staging chunks, ``epi0`` the epilogue chunks;
+``chunk0`` the staging chunks, ``pix0`` the synthesis chunks, ``epi0`` the epilogue chunks, ``u``
+the tap rows and ``t0`` the tap blocks of a product (loops for large k);
 ``tl.static_range`` loops are unrolled and count once per copy. Every instruction counts once per
 warp per execution of the loops around it.
 
@@ -78,6 +79,10 @@ TRIPS = {
     "jb": lambda a: a["NUM_JB"],
     "chunk0": lambda a: a["HALO_PAD"] // a["HALO_CHUNK"],
     "epi0": lambda a: a["TH"] * a["TW"] // a["EPILOGUE"],
+    "t0": lambda a: a["KK_PAD"] // a["KB"],  # the tap blocks of a product, one (no loop) up to k = 7
+    "u": lambda a: a["KSIZE"],  # the tap rows, a loop above kernels.psf.UNROLLED_K
+    # the synthesis products of a tile's taps (the forward: its pixels) or of its halo's (d(x))
+    "pix0": lambda a: -(-(a["HALO"] if "dx_ptr" in a else a["TH"] * a["TW"]) // a["SYNTH_CHUNK"]),
 }
 
 

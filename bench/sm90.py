@@ -29,6 +29,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -182,7 +183,8 @@ def _barriers(cubin: bytes) -> dict:
 
 def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), workload=WORKLOAD,
                    ops=None, variants: str = "all") -> list[dict]:
-    """One record per distinct launch: kernel, dtype, constexprs, num_warps, the resources and
+    """One record per distinct launch: kernel, dtype, constexprs, num_warps, the compile time
+    (``compile_s``: seconds, near 0 when triton's cache had it), the resources and
     :func:`ptx_facts` (``ops``: only these ops' launches; ``variants`` "first": only each op's
     usual sample, not its padding and per-sample-basis variants)."""
     from psfops.testing import Shape
@@ -205,7 +207,9 @@ def compile_report(dtypes=(torch.float32, torch.bfloat16, torch.float64), worklo
                    "constexprs": {k: str(v) for k, v in constexprs.items()},
                    "num_warps": options.get("num_warps", 4)}
             try:
+                start = time.perf_counter()
                 compiled = compile_launch(fn, args, kwargs)
+                rec["compile_s"] = round(time.perf_counter() - start, 1)  # (0 from triton's cache)
                 rec.update(_resource_usage(compiled.asm["cubin"]), **ptx_facts(compiled.asm["ptx"]))
                 rec.update(barriers=_barriers(compiled.asm["cubin"]), ok=True)
             except Exception as e:  # report every failing kernel, not just the first
@@ -229,13 +233,13 @@ def main(argv=None) -> int:
     dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
     records = compile_report(dtypes, dict(WORKLOAD, J=a.basis, k=a.ksize), ops=a.ops.split(",") if a.ops else None,
                              variants=a.variants)
-    print(f"{'kernel':28} {'dtype':9} {'warps':>5} {'regs':>5} {'stack':>6} {'local':>6} {'shared':>7} "
+    print(f"{'kernel':28} {'dtype':9} {'warps':>5} {'regs':>5} {'stack':>6} {'local':>6} {'shared':>7} {'compile s':>9} "
           f"{'ld/st bits':>10} {'mma':>10} {'BAR.SYNC all/inner':>18}  barriers by loop; constexprs")
     for r in records:
         if r["ok"]:
             bars = r["barriers"]
             print(f"{r['kernel']:28} {r['dtype']:9} {r['num_warps']:>5} {r.get('reg', '?'):>5} {r.get('stack', 0):>6} "
-                  f"{r.get('local', 0):>6} {r.get('shared', 0):>7} {r['load_bits']:>4}/{r['store_bits']:<5} "
+                  f"{r.get('local', 0):>6} {r.get('shared', 0):>7} {r['compile_s']:>9} {r['load_bits']:>4}/{r['store_bits']:<5} "
                   f"{','.join(r['mma']) or '-':>10} {bars['total']:>8}/{bars['inner']:<9}  {bars['by_loop']}; "
                   f"{r['constexprs']}")
         else:

@@ -20,7 +20,7 @@ gradients are the gather (for its input) and the tap gradients with the roles of
 swapped. A padding mode other than zeros is applied where the gather kernels stage their input
 (the indices remapped, ``_source``); the scatter is zeros-only here (the op layer extends and folds).
 
-Work layout. Every kernel runs a persistent grid (about one program per SM, a fixed tile order:
+Work layout. Every kernel runs a persistent grid (one program per SM, two for d(taps): a fixed tile order:
 program ``pid`` takes tiles pid, pid + programs, ...). A tile is TH x TW pixels of one image (TW
 contiguous columns) and all its channels, BLOCK_C at a time (on the GPU a power of two chosen from C,
 :func:`channel_block`: C=40 takes 16-channel blocks, not 64).
@@ -42,16 +42,18 @@ contiguous columns) and all its channels, BLOCK_C at a time (on the GPU a power 
 - d(taps) keeps a block of channels inside each thread, each channel a separate tensor over the
   thread's quads (a static loop), so the channel sum is plain adds in the thread whatever layouts the
   compiler picks (no shuffles, no shared memory, no barriers); it sums over channel blocks in
-  scratch, then runs the d(weights)/d(basis) epilogue in EPILOGUE-pixel matrix products, the same
-  helper the synthesize backward uses.
+  scratch, then runs the d(weights)/d(basis) epilogue in EPILOGUE-pixel matrix products (the same
+  helper the synthesize backward uses), a tile's d(basis) block summed in registers over its chunks.
 - The basis is zero-padded to (NUM_JB*BLOCK_J, KK_PAD) so its blocks load without masks (one
   such matrix per sample for a per-sample (B,J,k,k) basis). d(basis) is summed per program, over
   its tiles in a fixed order, into a (programs, NB, NUM_JB*BLOCK_J, KK_PAD) buffer (NB = 1, or B
   per sample) that a fixed-order ``torch.sum`` reduces: deterministic for a given number of
-  programs (the SM count: bitwise-equal runs on one GPU model), no atomics, about 2 MB per basis
+  programs (the SM count: bitwise-equal runs on one GPU model), no atomics, about 4 MB per basis
   sample on an H100 at any image size.
-- Large kernels: the synthesis and epilogue products take fewer pixels at a time as k grows
-  (:func:`_capped`); the tap loops are unrolled over the k*k taps, so compile time grows with k.
+- Large kernels: the synthesis and epilogue products take the taps in blocks of TAP_BLOCK (KB; one
+  block up to k = 7), so their tiles do not grow with k; the tap loops unroll all k x k taps up to
+  k = UNROLLED_K and above it only a row's k taps, in a loop over the rows (``ROW_LOOP``), so
+  registers and compile time grow with k, not k*k (sm_90, k = 31: see docs/kernels.md).
 
 Scratch is per program, so its size depends on the tile shape and C but not on the image size:
 on an H100 at C=64, k=7, about 17 MB for the forward and 24 MB (float32) for d(x).
@@ -118,11 +120,11 @@ def _plane(b, C, c, HW):
 
 
 @triton.jit
-def _basis_block(basis_ptr, jb, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr):
-    """Block jb of the zero-padded (NUM_JB*BLOCK_J, KK_PAD) basis: a (BLOCK_J, KK_PAD) tile, no
-    masks (the launcher pads it)."""
+def _basis_block(basis_ptr, jb, t0, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr, KB: tl.constexpr):
+    """Block (jb, t0) of the zero-padded (NUM_JB*BLOCK_J, KK_PAD) basis: a (BLOCK_J, KB) tile of
+    taps t0 .. t0+KB-1, no masks (the launcher pads it)."""
     return tl.load(basis_ptr + jb * BLOCK_J * KK_PAD + tl.arange(0, BLOCK_J)[:, None] * KK_PAD
-                   + tl.arange(0, KK_PAD)[None, :])
+                   + t0 + tl.arange(0, KB)[None, :])
 
 
 @triton.jit
@@ -134,51 +136,54 @@ def _weights_block(w_ptr, jb, b, J, HW, pix, ok, BLOCK_J: tl.constexpr):
 
 
 @triton.jit
-def _mix_basis(w_ptr, basis_ptr, b, J, HW, pix, ok, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr,
-               NUM_JB: tl.constexpr, DOT: tl.constexpr):
-    """Synthesized taps ``K[p, t] = sum_j weights[b, j, pix[p]] basis[j, t]`` as a (len(pix),
-    KK_PAD) tile (zero where ``ok`` is False and, the basis being zero-padded, for t >= k*k). The J
-    blocks are a loop, not unrolled, accumulated inside the products: registers do not grow with J."""
-    k = tl.zeros((pix.shape[0], KK_PAD), tl.float64 if DOT == "fma" else tl.float32)
+def _mix_basis(w_ptr, basis_ptr, b, J, HW, pix, ok, t0, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr,
+               NUM_JB: tl.constexpr, KB: tl.constexpr, DOT: tl.constexpr):
+    """Synthesized taps t0 .. t0+KB-1, ``K[p, t] = sum_j weights[b, j, pix[p]] basis[j, t]``, as a
+    (len(pix), KB) tile (zero where ``ok`` is False and, the basis being zero-padded, for t >= k*k).
+    The J blocks are a loop, not unrolled, accumulated inside the products: registers do not grow
+    with J."""
+    k = tl.zeros((pix.shape[0], KB), tl.float64 if DOT == "fma" else tl.float32)
     for jb in range(NUM_JB):
         k = matmul_add(k, _weights_block(w_ptr, jb, b, J, HW, pix, ok, BLOCK_J),
-                        _basis_block(basis_ptr, jb, KK_PAD, BLOCK_J), DOT)
+                       _basis_block(basis_ptr, jb, t0, KK_PAD, BLOCK_J, KB), DOT)
     return k
 
 
 @triton.jit
 def _window_taps(taps, STRIDE: tl.constexpr, src_ptr, basis_ptr, b, J, H, W, HW, r0, c0, ROW_W: tl.constexpr,
                  NPIX: tl.constexpr, CHUNK: tl.constexpr, SYNTH: tl.constexpr, KK: tl.constexpr,
-                 KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, DOT: tl.constexpr):
+                 KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KB: tl.constexpr,
+                 DOT: tl.constexpr):
     """The taps of the NPIX pixels of a ROW_W-wide window of the image (top-left at (r0, c0),
     row-major) into ``taps[t * STRIDE + index]``, zero outside the image: synthesized (SYNTH) or
-    copied from the psf ``src_ptr``, CHUNK pixels per product."""
-    for chunk in tl.static_range((NPIX + CHUNK - 1) // CHUNK):
-        idx = chunk * CHUNK + tl.arange(0, CHUNK)
+    copied from the psf ``src_ptr``, CHUNK pixels and KB taps per product."""
+    for pix0 in range(0, NPIX, CHUNK):  # a loop, not unrolled: a large k's halo takes many chunks
+        idx = pix0 + tl.arange(0, CHUNK)
         hh = r0 + idx // ROW_W
         ww = c0 + idx % ROW_W
         ok = (idx < NPIX) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-        if SYNTH:
-            k = _mix_basis(src_ptr, basis_ptr, b, J, HW, hh * W + ww, ok, KK_PAD, BLOCK_J, NUM_JB, DOT)
-        else:
-            k = _load_taps(src_ptr + b * KK * HW, hh * W + ww, HW, ok, KK, KK_PAD)
-        _store_taps(taps, k, idx, STRIDE, idx < STRIDE, KK, KK_PAD)
+        for t0 in range(0, KK_PAD, KB):  # one block up to k = 7 (KB = KK_PAD: no loop)
+            if SYNTH:
+                k = _mix_basis(src_ptr, basis_ptr, b, J, HW, hh * W + ww, ok, t0, KK_PAD, BLOCK_J, NUM_JB, KB, DOT)
+            else:
+                k = _load_taps(src_ptr + b * KK * HW, hh * W + ww, HW, ok, t0, KK, KB)
+            _store_taps(taps, k, idx, STRIDE, idx < STRIDE, t0, KK)
 
 
 @triton.jit
-def _store_taps(ptr, k, idx, STRIDE, valid, KK: tl.constexpr, KK_PAD: tl.constexpr):
-    """Tap-major store of a (len(idx), KK_PAD) tap tile: ``ptr[t * STRIDE + idx[p]] = k[p, t]``
-    for t < KK where ``valid``."""
-    tt = tl.arange(0, KK_PAD)
+def _store_taps(ptr, k, idx, STRIDE, valid, t0, KK: tl.constexpr):
+    """Tap-major store of a (len(idx), KB) tile of taps t0 .. t0+KB-1: ``ptr[t * STRIDE + idx[p]] =
+    k[p, t - t0]`` for t < KK where ``valid``."""
+    tt = t0 + tl.arange(0, k.shape[1])
     tl.store(ptr + tt[None, :].to(tl.int64) * STRIDE + idx[:, None], k.to(ptr.dtype.element_ty),
              mask=valid[:, None] & (tt < KK)[None, :])
 
 
 @triton.jit
-def _load_taps(ptr, idx, STRIDE, valid, KK: tl.constexpr, KK_PAD: tl.constexpr):
-    """The (len(idx), KK_PAD) tap tile ``ptr[t * STRIDE + idx[p]]`` (zeros for t >= KK and where
-    ``valid`` is False)."""
-    tt = tl.arange(0, KK_PAD)
+def _load_taps(ptr, idx, STRIDE, valid, t0, KK: tl.constexpr, KB: tl.constexpr):
+    """The (len(idx), KB) tile of taps t0 .. t0+KB-1, ``ptr[t * STRIDE + idx[p]]`` (zeros for t >= KK
+    and where ``valid`` is False)."""
+    tt = t0 + tl.arange(0, KB)
     return tl.load(ptr + tt[None, :].to(tl.int64) * STRIDE + idx[:, None], mask=valid[:, None] & (tt < KK)[None, :],
                    other=0.0)
 
@@ -308,52 +313,58 @@ def _store_quads(ptr, accs, rows, cvalid, pix, valid):
 
 
 @triton.jit
-def _basis_grads(dk, w_ptr, basis_ptr, dw_ptr, part, b, J, HW, pix, valid, not_first,
-                 NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr,
-                 NUM_JB: tl.constexpr, DOT: tl.constexpr):
-    """From a tile's tap gradients dk (P, KK_PAD): ``d(weights)[b, :, pix] = basis @ dk^T`` (stored)
-    and this program's padded d(basis) partial ``part[j, t] += sum_p weights[b, j, pix[p]] dk[p, t]``
-    (read back unless ``not_first`` is 0: this program's first tile; per-sample partials start
-    zeroed and pass a nonzero ``not_first`` always). The J blocks are a loop,
-    not unrolled, so only one block's products are live."""
-    for jb in range(NUM_JB):
-        jj = jb * BLOCK_J + tl.arange(0, BLOCK_J)
-        if NEED_DW:
-            tl.store(dw_ptr + ((b * J + jj) * HW)[None, :] + pix[:, None],
-                     matmul(dk, tl.trans(_basis_block(basis_ptr, jb, KK_PAD, BLOCK_J)), DOT).to(dw_ptr.dtype.element_ty),
-                     mask=valid[:, None] & (jj < J)[None, :])
-        if NEED_DBASIS:
-            offs = jj[:, None] * KK_PAD + tl.arange(0, KK_PAD)[None, :]
-            # The partial was written by the previous epilogue chunk or tile in the store's layout
-            # and is read here in the load's (other threads, for half inputs): the writes must be
-            # complete and visible to the whole CTA before this read.
-            tl.debug_barrier()
-            acc = tl.load(part + offs, mask=_everywhere(not_first, offs), other=0.0)
-            tl.store(part + offs, acc + matmul(tl.trans(_weights_block(w_ptr, jb, b, J, HW, pix, valid, BLOCK_J)), dk,
-                                                DOT))
+def _epilogue_pixels(epi0, h0, w0, H, W, TH: tl.constexpr, TW: tl.constexpr, EPILOGUE: tl.constexpr,
+                     LOCAL: tl.constexpr):
+    """Epilogue chunk ``epi0`` of a TH x TW tile (EPILOGUE pixels): the index of its pixels' tap
+    gradients (tile-local for a LOCAL scratch area, else in-plane) and where they are real; their
+    in-plane index and in-image mask."""
+    idx = epi0 + tl.arange(0, EPILOGUE)
+    hc = h0 + idx // TW
+    wc = w0 + idx % TW
+    valid = (hc < H) & (wc < W)
+    if LOCAL:
+        return idx, idx < TH * TW, hc * W + wc, valid
+    else:
+        return hc * W + wc, valid, hc * W + wc, valid
 
 
 @triton.jit
-def _tile_basis_grads(dk_ptr, LOCAL: tl.constexpr, w_ptr, basis_ptr, dw_ptr, part, b, h0, w0, H, W, J, tiles_done,
-                      TH: tl.constexpr, TW: tl.constexpr, EPILOGUE: tl.constexpr, NEED_DW: tl.constexpr,
+def _tile_basis_grads(dk_ptr, LOCAL: tl.constexpr, DK_STRIDE, w_ptr, basis_ptr, dw_ptr, part, b, h0, w0, H, W, J,
+                      not_first, TH: tl.constexpr, TW: tl.constexpr, EPILOGUE: tl.constexpr, NEED_DW: tl.constexpr,
                       NEED_DBASIS: tl.constexpr, KK: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr,
-                      NUM_JB: tl.constexpr, DOT: tl.constexpr):
-    """:func:`_basis_grads` of a TH x TW tile, EPILOGUE pixels at a time (a loop, not unrolled, so
-    the basis blocks are not held in registers across it). The tap gradients are read tap-major
-    from ``dk_ptr``: at the tile-local pixel index (LOCAL, a per-program scratch area) or at the
-    in-plane index (a d(psf) plane)."""
-    HW = H * W
-    for epi0 in range(0, TH * TW, EPILOGUE):
-        idx = epi0 + tl.arange(0, EPILOGUE)
-        hc = h0 + idx // TW
-        wc = w0 + idx % TW
-        valid = (hc < H) & (wc < W)
-        if LOCAL:
-            dk = _load_taps(dk_ptr, idx, TH * TW, idx < TH * TW, KK, KK_PAD)
-        else:
-            dk = _load_taps(dk_ptr, hc * W + wc, HW, valid, KK, KK_PAD)
-        _basis_grads(dk, w_ptr, basis_ptr, dw_ptr, part, b, J, HW, hc * W + wc, valid, tiles_done + epi0, NEED_DW,
-                     NEED_DBASIS, KK_PAD, BLOCK_J, NUM_JB, DOT)
+                      NUM_JB: tl.constexpr, KB: tl.constexpr, DOT: tl.constexpr):
+    """From a TH x TW tile's tap gradients ``dk[p, t] = dk_ptr[t * DK_STRIDE + index of p]`` (at the
+    tile-local pixel index in a LOCAL scratch area, else at the in-plane index of a d(psf) plane):
+    ``d(weights)[b, :, p] = basis @ dk[p, :]`` (stored) and this program's padded d(basis) partial
+    ``part[j, t] += sum_p weights[b, j, p] dk[p, t]`` (read back unless ``not_first`` is 0: this
+    program's first tile; per-sample partials start zeroed and pass a nonzero ``not_first``). Loops,
+    none unrolled: J blocks, KB-tap blocks (one up to k = 7) and EPILOGUE-pixel chunks, so
+    registers grow with none of J, k and the tile. The d(basis) block is summed over the tile's
+    chunks in registers and read-modify-written once per tile."""
+    for jb in range(NUM_JB):
+        jj = jb * BLOCK_J + tl.arange(0, BLOCK_J)
+        if NEED_DW:
+            for epi0 in range(0, TH * TW, EPILOGUE):
+                src, ok, pix, valid = _epilogue_pixels(epi0, h0, w0, H, W, TH, TW, EPILOGUE, LOCAL)
+                dw = tl.zeros((BLOCK_J, EPILOGUE), tl.float64 if DOT == "fma" else tl.float32)
+                for t0 in range(0, KK_PAD, KB):
+                    dw = matmul_add(dw, _basis_block(basis_ptr, jb, t0, KK_PAD, BLOCK_J, KB),
+                                    tl.trans(_load_taps(dk_ptr, src, DK_STRIDE, ok, t0, KK, KB)), DOT)
+                tl.store(dw_ptr + ((b * J + jj) * H * W)[:, None] + pix[None, :], dw.to(dw_ptr.dtype.element_ty),
+                         mask=(jj < J)[:, None] & valid[None, :])
+        if NEED_DBASIS:
+            for t0 in range(0, KK_PAD, KB):
+                acc = tl.zeros((BLOCK_J, KB), tl.float64 if DOT == "fma" else tl.float32)
+                for epi0 in range(0, TH * TW, EPILOGUE):
+                    src, ok, pix, valid = _epilogue_pixels(epi0, h0, w0, H, W, TH, TW, EPILOGUE, LOCAL)
+                    acc = matmul_add(acc, tl.trans(_weights_block(w_ptr, jb, b, J, H * W, pix, valid, BLOCK_J)),
+                                     _load_taps(dk_ptr, src, DK_STRIDE, ok, t0, KK, KB), DOT)
+                offs = jj[:, None] * KK_PAD + t0 + tl.arange(0, KB)[None, :]
+                # The partial was written by the previous tile in the store's layout and is read here
+                # in the load's (other threads): the writes must be complete and visible to the whole
+                # CTA before this read.
+                tl.debug_barrier()
+                tl.store(part + offs, acc + tl.load(part + offs, mask=_everywhere(not_first, offs), other=0.0))
 
 
 @triton.jit
@@ -367,27 +378,39 @@ def _staging_area(stage_ptr, pid, i, TW: tl.constexpr, RD: tl.constexpr, HALO_W:
 
 
 @triton.jit
+def _filter_row(accs, u, staged, taps, here, i, FORWARD: tl.constexpr, P: tl.constexpr, HALO: tl.constexpr,
+                KSIZE: tl.constexpr, DIL: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr, ACC: tl.constexpr):
+    """Tap row u (a constexpr when the rows are unrolled, else a loop index) of :func:`_filter_block`
+    added to its four accumulators: the row's window of the staged block and its k taps."""
+    R: tl.constexpr = KSIZE // 2
+    SIGN: tl.constexpr = 1 if FORWARD else -1
+    values = _window(staged + SIGN * (u - R) * DIL * HALO_W, 1 + 2 * WPAD // 4, ACC)
+    row = ()
+    for v in tl.static_range(KSIZE):
+        if FORWARD:
+            row = row + (_quad_split(tl.load(taps + (u * KSIZE + v) * P + i).to(ACC)),)
+        else:  # K_t at q - s_t for the quad's pixels: halo columns pw + WPAD - dv + 0..3
+            row = row + (_shifted_quad(taps + (u * KSIZE + v) * HALO - (u - R) * DIL * HALO_W + here,
+                                       WPAD - (v - R) * DIL, ACC),)
+    return _add_taps(accs, row, values, WPAD, SIGN, KSIZE, DIL)
+
+
+@triton.jit
 def _filter_block(staged, taps, here, i, FORWARD: tl.constexpr, P: tl.constexpr, HALO: tl.constexpr,
                   KSIZE: tl.constexpr, DIL: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
-                  BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+                  BLOCK_C: tl.constexpr, ACC: tl.constexpr, ROW_LOOP: tl.constexpr):
     """One staged channel block through the taps, as four accumulators over the quads. FORWARD:
     ``sum_t K_t(p) x[p + s_t]`` with the tile's taps (P per plane); else the gather form of d(x),
-    ``sum_t K_t(q - s_t) dy[q - s_t]`` with the halo's taps (HALO per plane, halo coordinates)."""
-    R: tl.constexpr = KSIZE // 2
-    NV: tl.constexpr = 1 + 2 * WPAD // 4
-    SIGN: tl.constexpr = 1 if FORWARD else -1
+    ``sum_t K_t(q - s_t) dy[q - s_t]`` with the halo's taps (HALO per plane, halo coordinates).
+    The k taps of a row are unrolled; the k rows too, or (ROW_LOOP, large k) a loop over them."""
     zero = tl.zeros((BLOCK_C, P // 4), ACC)
     accs = (zero, zero, zero, zero)
-    for u in tl.static_range(KSIZE):
-        values = _window(staged + SIGN * (u - R) * DIL * HALO_W, NV, ACC)
-        row = ()
-        for v in tl.static_range(KSIZE):
-            if FORWARD:
-                row = row + (_quad_split(tl.load(taps + (u * KSIZE + v) * P + i).to(ACC)),)
-            else:  # K_t at q - s_t for the quad's pixels: halo columns pw + WPAD - dv + 0..3
-                row = row + (_shifted_quad(taps + (u * KSIZE + v) * HALO - (u - R) * DIL * HALO_W + here,
-                                           WPAD - (v - R) * DIL, ACC),)
-        accs = _add_taps(accs, row, values, WPAD, SIGN, KSIZE, DIL)
+    if ROW_LOOP:
+        for u in range(KSIZE):
+            accs = _filter_row(accs, u, staged, taps, here, i, FORWARD, P, HALO, KSIZE, DIL, WPAD, HALO_W, ACC)
+    else:
+        for u in tl.static_range(KSIZE):
+            accs = _filter_row(accs, u, staged, taps, here, i, FORWARD, P, HALO, KSIZE, DIL, WPAD, HALO_W, ACC)
     return accs
 
 
@@ -399,9 +422,9 @@ def _filter_block(staged, taps, here, i, FORWARD: tl.constexpr, P: tl.constexpr,
 def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles, tiles_w,
                     tiles_per_img, basis_stride, SYNTH: tl.constexpr, PADDING: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
                     TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
-                    KK_PAD: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
+                    KK_PAD: tl.constexpr, KB: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
                     HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr,
-                    DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr):
+                    DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr, ROW_LOOP: tl.constexpr):
     """y = apply(x, K). Per tile: the taps K (synthesized, SYNTH, or copied from the psf src) go
     to ``taps``; per channel block, x and its halo are staged, then each tap row reads a window of
     aligned 4-vectors once for the four pixels of every quad."""
@@ -418,13 +441,14 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         _window_taps(taps, P, src_ptr, basis_ptr + b * basis_stride, b, J, H, W, HW, h0, w0, TW, P, SYNTH_CHUNK,
-                     SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+                     SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
             _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
                         PADDING)
             tl.debug_barrier()  # the staged block (and this tile's taps) are written
-            accs = _filter_block(staged, taps, here, i, True, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC)
+            accs = _filter_block(staged, taps, here, i, True, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC,
+                                 ROW_LOOP)
             _store_quads(y_ptr, accs, rows, cvalid, pix, valid)
             tl.debug_barrier()  # every read of the staged block (and the taps) is done
 
@@ -433,9 +457,9 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
 def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles, tiles_w,
                    tiles_per_img, basis_stride, SYNTH: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
                    TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
-                   KK_PAD: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
+                   KK_PAD: tl.constexpr, KB: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
                    HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr,
-                   DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr):
+                   DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr, ROW_LOOP: tl.constexpr):
     """dx[c, q] = sum_t K_t(q - s_t) dy[c, q - s_t]. Per tile: the taps of the tile and its halo
     (the pixels its outputs read from) go to ``taps`` in halo coordinates, synthesized (SYNTH) or
     copied from the psf src; per channel block dy is staged with its halo and read as in the
@@ -452,14 +476,15 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         _window_taps(taps, HALO, src_ptr, basis_ptr + b * basis_stride, b, J, H, W, HW, h0 - RD, w0 - WPAD, HALO_W,
-                     HALO, SYNTH_CHUNK, SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+                     HALO, SYNTH_CHUNK, SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
             _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
                         "zeros")
             tl.debug_barrier()
-            accs = _filter_block(staged, taps, here, i, False, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC)
+            accs = _filter_block(staged, taps, here, i, False, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC,
+                                 ROW_LOOP)
             _store_quads(dx_ptr, accs, rows, cvalid, pix, valid)
             tl.debug_barrier()
 
@@ -478,15 +503,36 @@ def _channel_quads(dy_ptr, b, C, c0, HW, pix, valid, BLOCK_C: tl.constexpr, ACC:
 
 @triton.jit
 def _store_psf_grads(taps, dpsf_ptr, h0, w0, H, W, TH: tl.constexpr, TW: tl.constexpr, EPILOGUE: tl.constexpr,
-                     KK: tl.constexpr, KK_PAD: tl.constexpr):
+                     KK: tl.constexpr, KK_PAD: tl.constexpr, KB: tl.constexpr):
     """apply_psf's d(psf): the tile's summed tap gradients (tap-major scratch) into the (k*k, H, W)
     plane of the image, EPILOGUE pixels at a time."""
     for epi0 in range(0, TH * TW, EPILOGUE):
         idx = epi0 + tl.arange(0, EPILOGUE)
         hc = h0 + idx // TW
         wc = w0 + idx % TW
-        _store_taps(dpsf_ptr, _load_taps(taps, idx, TH * TW, idx < TH * TW, KK, KK_PAD), hc * W + wc, H * W,
-                    (hc < H) & (wc < W), KK, KK_PAD)
+        for t0 in range(0, KK_PAD, KB):
+            _store_taps(dpsf_ptr, _load_taps(taps, idx, TH * TW, idx < TH * TW, t0, KK, KB), hc * W + wc, H * W,
+                        (hc < H) & (wc < W), t0, KK)
+
+
+@triton.jit
+def _tap_row_block(taps, stage, here, i, dyq, u, c0, P: tl.constexpr, HALO: tl.constexpr, KSIZE: tl.constexpr,
+                   DIL: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr, BLOCK_C: tl.constexpr,
+                   ACC: tl.constexpr):
+    """Tap row u of d(taps) for one staged channel block (``dyq``: its dy quads per channel), summed
+    over the block's channels in the thread and added to the tile's sums in ``taps`` (written over
+    by the first block, c0 = 0)."""
+    zero = tl.zeros((P // 4,), ACC)
+    dks = ()
+    for v in tl.static_range(KSIZE):
+        dks = dks + ((zero, zero, zero, zero),)
+    for c in tl.static_range(BLOCK_C):
+        dks = _tap_row_grads(dks, dyq[c], _window(stage + c * HALO + (u - KSIZE // 2) * DIL * HALO_W + here,
+                                                  1 + 2 * WPAD // 4, ACC), WPAD, KSIZE, DIL)
+    for v in tl.static_range(KSIZE):
+        at = taps + (u * KSIZE + v) * P + i
+        dk = _quad_join(dks[v][0], dks[v][1], dks[v][2], dks[v][3])
+        tl.store(at, dk + tl.load(at, mask=_everywhere(c0, i), other=0.0))
 
 
 @triton.jit
@@ -494,10 +540,10 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
                    tiles_w, tiles_per_img, basis_stride, part_stride, SYNTH: tl.constexpr, PADDING: tl.constexpr,
                    NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr,
                    KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr,
-                   BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, RD: tl.constexpr,
+                   BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, KB: tl.constexpr, RD: tl.constexpr,
                    WPAD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr, HALO_PAD: tl.constexpr,
                    HALO_CHUNK: tl.constexpr, EPILOGUE: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr,
-                   QUAD: tl.constexpr):
+                   QUAD: tl.constexpr, ROW_LOOP: tl.constexpr):
     """dK_t(p) = sum_c dy[c, p] x[c, p + s_t]: x staged as in the forward, each tap row read as a
     window per quad; a thread holds its quads' pixels for all BLOCK_C channels (the tile has as
     many quads as threads), each channel a separate tensor over the quads (a static loop), so the
@@ -507,8 +553,6 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
     program's d(basis) partial (psf_conv)."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
-    R: tl.constexpr = KSIZE // 2
-    NV: tl.constexpr = 1 + 2 * WPAD // 4
     if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
         W = W // 4 * 4  # the compiler vectorizes a quad's global loads and stores at any such W
     HW = H * W
@@ -530,55 +574,51 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
             # sum over threads (a (BLOCK_C, P) tensor did under triton 3.6: shared memory, barriers).
             dyq = _channel_quads(dy_ptr, b, C, c0, HW, dy_pix, valid, BLOCK_C, ACC)
             tl.debug_barrier()
-            for u in tl.static_range(KSIZE):
-                zero = tl.zeros((P // 4,), ACC)
-                dks = ()
-                for v in tl.static_range(KSIZE):
-                    dks = dks + ((zero, zero, zero, zero),)
-                for c in tl.static_range(BLOCK_C):
-                    dks = _tap_row_grads(dks, dyq[c], _window(stage + c * HALO + (u - R) * DIL * HALO_W + here, NV, ACC),
-                                         WPAD, KSIZE, DIL)
-                for v in tl.static_range(KSIZE):
-                    at = taps + (u * KSIZE + v) * P + i
-                    dk = _quad_join(dks[v][0], dks[v][1], dks[v][2], dks[v][3])
-                    tl.store(at, dk + tl.load(at, mask=_everywhere(c0, i), other=0.0))
+            if ROW_LOOP:
+                for u in range(KSIZE):
+                    _tap_row_block(taps, stage, here, i, dyq, u, c0, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC)
+            else:
+                for u in tl.static_range(KSIZE):
+                    _tap_row_block(taps, stage, here, i, dyq, u, c0, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC)
             tl.debug_barrier()
         if SYNTH:
-            _tile_basis_grads(taps, True, w_ptr, basis_ptr + b * basis_stride, dsrc_ptr, part + b * basis_stride, b,
-                              h0, w0, H, W, J, tile - pid + basis_stride, TH, TW, EPILOGUE, NEED_DW, NEED_DBASIS, KK,
-                              KK_PAD, BLOCK_J, NUM_JB, DOT)
+            _tile_basis_grads(taps, True, P, w_ptr, basis_ptr + b * basis_stride, dsrc_ptr, part + b * basis_stride,
+                              b, h0, w0, H, W, J, tile - pid + basis_stride, TH, TW, EPILOGUE, NEED_DW, NEED_DBASIS, KK,
+                              KK_PAD, BLOCK_J, NUM_JB, KB, DOT)
         else:
-            _store_psf_grads(taps, dsrc_ptr + b * KK * HW, h0, w0, H, W, TH, TW, EPILOGUE, KK, KK_PAD)
+            _store_psf_grads(taps, dsrc_ptr + b * KK * HW, h0, w0, H, W, TH, TW, EPILOGUE, KK, KK_PAD, KB)
         tl.debug_barrier()
 
 
 @triton.jit
 def _synthesize_fwd_kernel(w_ptr, basis_ptr, psf_ptr, H, W, J, n_tiles, tiles_w, tiles_per_img, basis_stride,
                            KSIZE: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_J: tl.constexpr,
-                           NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, DOT: tl.constexpr):
+                           NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, KB: tl.constexpr, DOT: tl.constexpr):
     KK: tl.constexpr = KSIZE * KSIZE
     HW = H * W
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
-        k = _mix_basis(w_ptr, basis_ptr + b * basis_stride, b, J, HW, pix, valid, KK_PAD, BLOCK_J, NUM_JB, DOT)
-        _store_taps(psf_ptr + b * KK * HW, k, pix, HW, valid, KK, KK_PAD)
+        for t0 in range(0, KK_PAD, KB):
+            k = _mix_basis(w_ptr, basis_ptr + b * basis_stride, b, J, HW, pix, valid, t0, KK_PAD, BLOCK_J, NUM_JB,
+                           KB, DOT)
+            _store_taps(psf_ptr + b * KK * HW, k, pix, HW, valid, t0, KK)
 
 
 @triton.jit
 def _synthesize_bwd_kernel(dpsf_ptr, w_ptr, basis_ptr, dw_ptr, part_ptr, H, W, J, n_tiles, tiles_w, tiles_per_img,
                            basis_stride, part_stride, NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr, KSIZE: tl.constexpr, TH: tl.constexpr,
                            TW: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr,
-                           EPILOGUE: tl.constexpr, DOT: tl.constexpr):
+                           EPILOGUE: tl.constexpr, KB: tl.constexpr, DOT: tl.constexpr):
     KK: tl.constexpr = KSIZE * KSIZE
     HW = H * W
     pid = tl.program_id(0)
     part = part_ptr + pid.to(tl.int64) * part_stride
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
-        _tile_basis_grads(dpsf_ptr + b * KK * HW, False, w_ptr, basis_ptr + b * basis_stride, dw_ptr,
+        _tile_basis_grads(dpsf_ptr + b * KK * HW, False, HW, w_ptr, basis_ptr + b * basis_stride, dw_ptr,
                           part + b * basis_stride, b, h0, w0, H, W, J, tile - pid + basis_stride, TH, TW, EPILOGUE,
-                          NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, DOT)
+                          NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,7 +659,13 @@ class Plan:
 # GPU tile shapes per kernel, (TH, TW, largest BLOCK_C (see channel_block), num_warps), read off the
 # sm_90 SASS (``python -m bench sass``): aligned vector loads, no layout conversions through shared memory, no spills.
 GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 8, 4), "synth": (4, 16, 1, 4)}
-EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the tap-gradient kernel
+# Programs per SM in the GPU's persistent grids: two d(taps) programs (4 warps, at most 255 registers
+# a thread: two fit an SM's registers) hide each other's latency and barriers; the forward and d(x)
+# (8 warps, 170-250 registers) fit one.
+PROGRAMS_PER_SM = {"fwd": 1, "dx": 1, "dk": 2, "synth": 1}
+EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the tap-gradient kernel (half that above k = 7)
+TAP_BLOCK = 64  # taps per synthesis and epilogue product (KK_PAD above it: several blocks)
+UNROLLED_K = 7  # the tap loops unroll all k x k taps up to this k; above it, only a row's k taps (compile time)
 GPU_CHUNKS = (128, 128)  # halo pixels per staging step, per synthesis product
 FWD_SYNTH_CHUNK = 128  # the forward's tile pixels per synthesis product
 
@@ -647,8 +693,8 @@ def channel_block(C: int, largest: int, smallest: int = 1) -> int:
 def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device, synth: bool = True) -> Plan:
     """The launch plan of kernel ``kind`` ("fwd", "dx", "dk", "synth"). The GPU's plans (also in
     the interpreter inside ``launch_target(gpu_plans=True)``): the tile shapes of
-    :data:`GPU_SHAPES` and one program per SM (fewer if there are fewer tiles). The interpreter's,
-    which runs programs one after the other in Python: tiles as large as the image (up to 16 x 32
+    :data:`GPU_SHAPES` and :data:`PROGRAMS_PER_SM` programs per SM (fewer if there are fewer
+    tiles). The interpreter's, which runs programs one after the other in Python: tiles as large as the image (up to 16 x 32
     pixels, so fewer, larger programs) and as many programs as :func:`launch.sm_count` gives a CPU
     (a few), so the persistent loop always runs. ``synth`` False (apply_psf: taps loaded, not
     synthesized) quarters the forward's and d(taps)'s largest channel block: at C=64 sm_90 spilled
@@ -659,19 +705,26 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
         tw = max(16, min(32, triton.next_power_of_2(max(W, 1))))
         th = min(16, triton.next_power_of_2(max(H, 1)))
         bc, warps, chunks = min(16, triton.next_power_of_2(max(C, 1))), 4, (256, 256)
+        per_sm = 1
     else:
         th, tw, bc, warps = GPU_SHAPES[kind]
         bc = bc if synth or kind == "dx" else bc // 4
         # d(taps) holds channels in a static loop (any count); the others a (BLOCK_C, TH*TW/4) tensor
         bc = channel_block(C, bc, 1 if kind == "dk" else max(1, warps * 32 // (th * tw // 4)))
-        chunks = GPU_CHUNKS
+        chunks, per_sm = GPU_CHUNKS, PROGRAMS_PER_SM[kind]
     n_tiles = B * triton.cdiv(H, th) * triton.cdiv(W, tw)
     return Plan(th, tw, bc, block_j, triton.cdiv(J, block_j), *chunks, warps,
-                max(1, min(n_tiles, sm_count(device))))
+                max(1, min(n_tiles, per_sm * sm_count(device))))
 
 
 def _kk_pad(k: int) -> int:
     return max(16, triton.next_power_of_2(k * k))
+
+
+def _tap_block(kk_pad: int) -> int:
+    """KB, the taps per synthesis and epilogue product: all of them up to k = 7, else blocks of
+    :data:`TAP_BLOCK` (a product tile of pixels x KB values does not grow with k)."""
+    return min(kk_pad, TAP_BLOCK)
 
 
 def _dot_modes(dtype: torch.dtype) -> tuple[str, str]:
@@ -720,13 +773,17 @@ class _Basis:
         return partials.sum(dim=0)[:, :J, :self.k * self.k].reshape(self.basis.shape)
 
 
-def _capped(n: int, p: Plan, kk_pad: int, dot: str) -> int:
-    """``n`` pixels per synthesis or epilogue product, fewer for large kernels: a float64 product
-    (pixels x BLOCK_J x KK_PAD) stays within triton's 2**20 elements per tensor, a tap tile
-    (pixels x KK_PAD) within 2**14 values per program (16 pixels at least: tl.dot's minimum)."""
-    if dot == "fma":
-        return min(n, max(1, 2 ** 20 // (p.BLOCK_J * kk_pad)))
-    return min(n, max(16, 2 ** 14 // kk_pad))
+def _capped(n: int, p: Plan, kb: int, dot: str) -> int:
+    """``n`` pixels per synthesis or epilogue product, fewer for float64: its product (pixels x
+    BLOCK_J x KB, a broadcast multiply) stays within triton's 2**20 elements per tensor."""
+    return min(n, max(1, 2 ** 20 // (p.BLOCK_J * kb))) if dot == "fma" else n
+
+
+def _epilogue(p: Plan, kk_pad: int, dot: str) -> int:
+    """Pixels per epilogue product: :data:`EPILOGUE`, half that where the taps take several blocks
+    (k > 7: the products accumulate over the blocks, sm_90 spilled with 64), at most the tile."""
+    kb = _tap_block(kk_pad)
+    return _capped(min(EPILOGUE if kk_pad <= kb else EPILOGUE // 2, p.TH * p.TW), p, kb, dot)
 
 
 def _check_plane(H: int, W: int) -> None:
@@ -755,13 +812,14 @@ def filter_forward(x, src, basis, dilation: int, padding: str = "zeros") -> torc
     p = plan("fwd", B, C, H, W, J, x.device, synth=basis is not None)
     b = _Basis(basis.contiguous(), p) if basis is not None else None
     kk_pad = _kk_pad(k)
+    kb = _tap_block(kk_pad)
     dot = _dot_modes(x.dtype)[0]
     _psf_fwd_kernel[(p.programs,)](
         x, src, b.padded if b else src, y, _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
         _scratch(p, p.BLOCK_C * p.halo(k, dilation)["HALO"], x.dtype, x.device), C, H, W, J,
         *_grid_args(p, B, H, W), b.stride if b else 0, SYNTH=b is not None, PADDING=padding, KSIZE=k, DIL=dilation,
-        BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad, SYNTH_CHUNK=_capped(FWD_SYNTH_CHUNK, p, kk_pad, dot), DOT=dot,
-        ACC=acc_dtype(x), QUAD=W % 4 == 0, **p.halo(k, dilation), **p.launch_args())
+        BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad, KB=kb, SYNTH_CHUNK=_capped(FWD_SYNTH_CHUNK, p, kb, dot), DOT=dot,
+        ACC=acc_dtype(x), QUAD=W % 4 == 0, ROW_LOOP=k > UNROLLED_K, **p.halo(k, dilation), **p.launch_args())
     return y
 
 
@@ -779,13 +837,14 @@ def filter_scatter(y, src, basis, dilation: int) -> torch.Tensor:
     b = _Basis(basis.contiguous(), p) if basis is not None else None
     halo = p.halo(k, dilation)
     kk_pad = _kk_pad(k)
+    kb = _tap_block(kk_pad)
     dot = _dot_modes(y.dtype)[0]
     _psf_dx_kernel[(p.programs,)](
         y, src, b.padded if b else src, out, _scratch(p, k * k * halo["HALO"], torch_acc_dtype(y), y.device),
         _scratch(p, p.BLOCK_C * halo["HALO"], y.dtype, y.device), C, H, W, J, *_grid_args(p, B, H, W),
         b.stride if b else 0, SYNTH=b is not None, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad,
-        SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kk_pad, dot), DOT=dot, ACC=acc_dtype(y), QUAD=W % 4 == 0,
-        **halo, **p.launch_args())
+        KB=kb, SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kb, dot), DOT=dot, ACC=acc_dtype(y), QUAD=W % 4 == 0,
+        ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args())
     return out
 
 
@@ -807,6 +866,7 @@ def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, ne
     b = _Basis(basis.contiguous(), p) if basis is not None else None
     halo = p.halo(k, dilation)
     kk_pad = _kk_pad(k)
+    kb = _tap_block(kk_pad)
     dot = _dot_modes(x.dtype)[1]
     partials = b.partials(p, torch_acc_dtype(x)) if need_basis else dy  # dy: a pointer never written
     _psf_dk_kernel[(p.programs,)](
@@ -814,9 +874,9 @@ def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, ne
         _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
         _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
         b.stride if b else 0, partials[0].numel(), SYNTH=b is not None, PADDING=padding, NEED_DW=need_src,
-        NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad,
-        EPILOGUE=_capped(min(EPILOGUE, p.TH * p.TW), p, kk_pad, dot), DOT=dot, ACC=acc_dtype(x), QUAD=W % 4 == 0, **halo,
-        **p.launch_args())
+        NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad, KB=kb,
+        EPILOGUE=_epilogue(p, kk_pad, dot), DOT=dot, ACC=acc_dtype(x), QUAD=W % 4 == 0,
+        ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args())
     if need_basis:
         dbasis.copy_(b.reduce(partials))
     return dsrc, dbasis
@@ -836,7 +896,7 @@ def synthesize_forward(weights, basis) -> torch.Tensor:
     b = _Basis(basis, p)
     _synthesize_fwd_kernel[(p.programs,)](
         weights, b.padded, psf, H, W, J, *_grid_args(p, B, H, W), b.stride, KSIZE=k, KK_PAD=b.kk_pad,
-        DOT=_dot_modes(weights.dtype)[0], **p.launch_args())
+        KB=_tap_block(b.kk_pad), DOT=_dot_modes(weights.dtype)[0], **p.launch_args())
     return psf
 
 
@@ -856,8 +916,9 @@ def synthesize_backward(dpsf, weights, basis, needs):
     partials = b.partials(p, torch_acc_dtype(weights)) if needs[1] else dw
     _synthesize_bwd_kernel[(p.programs,)](
         dpsf, weights, b.padded, dw, partials, H, W, J, *_grid_args(p, B, H, W), b.stride, partials[0].numel(),
-        NEED_DW=needs[0], NEED_DBASIS=needs[1], KSIZE=k, KK_PAD=b.kk_pad,
-        EPILOGUE=_capped(min(EPILOGUE, p.TH * p.TW), p, b.kk_pad, dot), DOT=dot, **p.launch_args())
+        NEED_DW=needs[0], NEED_DBASIS=needs[1], KSIZE=k, KK_PAD=b.kk_pad, KB=_tap_block(b.kk_pad),
+        EPILOGUE=_epilogue(p, b.kk_pad, dot), DOT=dot,
+        **p.launch_args())
     if needs[1]:
         dbasis.copy_(b.reduce(partials))
     return dw, dbasis

@@ -107,7 +107,7 @@ def test_psf_conv_equals_apply_of_synthesized(device):
 @pytest.fixture
 def gpu_plans():
     """The GPU's launch plans (4x32-pixel tiles, 64-channel blocks, 128-pixel halo chunks) on 2
-    programs, in the interpreter: so tile edges, interior tiles, several tiles per program, several
+    SMs (2 programs; d(taps) 4), in the interpreter: so tile edges, interior tiles, several tiles per program, several
     channel blocks and the cross-program d(basis) reduction all run as a GPU runs them."""
     from psfops.kernels import launch_target
     from psfops.kernels import psf as kernels

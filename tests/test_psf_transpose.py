@@ -180,20 +180,20 @@ def test_per_sample_basis_equals_each_sample_alone(op, padding):
 @pytest.fixture
 def gpu_plans():
     """The GPU's launch plans (4x32 tiles, 64-channel blocks, 128-pixel halo chunks, persistent
-    grid) on 2 programs, in the interpreter (as test_psf_ops.py's fixture)."""
+    grid) on 2 SMs (2 programs, 4 for d(taps)), in the interpreter (as test_psf_ops.py's fixture)."""
     from psfops.kernels import launch_target
     from psfops.kernels import psf as kernels
     with launch_target(sm_count=2, gpu_plans=True):
         yield kernels
 
 
-# B2 H5 W37: 8 forward tiles (4x32, the last row and column partial) on 2 programs; d(taps) tiles
-# (16x32) of both images on each program, so each program adds into both samples' d(basis)
-# partials. The transpose runs C70 (two 64-channel blocks) and J80 (two 64-kernel blocks) through
+# B2 H5 W69: 12 forward tiles (4x32, the last row and column partial) on 2 programs; 6 d(taps)
+# tiles (16x32) on 4 programs (two per SM), the first two taking a tile of each image, so they add
+# into both samples' d(basis) partials. The transpose runs C70 (two 64-channel blocks) and J80 (two 64-kernel blocks) through
 # all three kernels; psf_conv, whose kernels are the same three, runs C19 and J5 (the interpreter's
 # cost is mostly the d(taps) kernel's 8-channel blocks).
-GPU_CASES = [("psf_conv_transpose", "reflect", (2, 70, 5, 37, 80, 3, 1)),
-             ("psf_conv", "circular", (2, 19, 5, 37, 5, 3, 2))]
+GPU_CASES = [("psf_conv_transpose", "reflect", (2, 70, 5, 69, 80, 3, 1)),
+             ("psf_conv", "circular", (2, 19, 5, 69, 5, 3, 2))]
 
 
 @pytest.mark.parametrize("op,padding,case", GPU_CASES, ids=[o for o, _, _ in GPU_CASES])
@@ -205,7 +205,7 @@ def test_gpu_launch_plans_padded_per_sample(op, padding, case, gpu_plans):
     p = gpu_plans.plan("fwd", B, C, H, W, J, torch.device("cpu"))
     assert (p.TH, p.TW, p.NUM_JB, p.programs) == (4, 32, 1 + (J > 64), 2)
     assert C <= 64 or -(-C // p.BLOCK_C) > 1  # C=70: several channel blocks, the last one partial
-    assert gpu_plans.plan("dk", B, C, H, W, J, torch.device("cpu")).programs == 2
+    assert gpu_plans.plan("dk", B, C, H, W, J, torch.device("cpu")).programs == 4
     torch.manual_seed(len(op) + d)
     loop = loop_psf_conv_transpose if op == "psf_conv_transpose" else loop_psf_conv
     _check_op(getattr(psfops, op), loop, case, padding, True, torch.float64, "gpu plans ")

@@ -21,6 +21,8 @@ EXPECTED_KERNELS = {
     "_blend_bwd_kernel", "_fusion_fwd_kernel", "_fusion_bwd_gate_kernel", "_fusion_bwd_input_kernel",
     "_fusion_dweight_kernel", "_lstm_fwd_kernel", "_lstm_bwd_kernel",
 }
+PSF_OPS = "psf_conv,psf_conv_transpose,apply_psf,synthesize_psf"
+PSF_KERNELS = {k for k in EXPECTED_KERNELS if k.startswith(("_psf", "_synthesize"))}
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
@@ -52,9 +54,7 @@ def records(tmp_path_factory):
 def test_every_psf_variant_compiles_for_sm90_without_spills(tmp_path):
     """Every sample variant of the psf ops (padding modes, per-sample bases, the transpose's
     zero-extended scatter) in float32 and bfloat16."""
-    records = _compile(tmp_path, "float32,bfloat16", "--ops", "psf_conv,psf_conv_transpose,apply_psf,synthesize_psf",
-                       expected={"_psf_fwd_kernel", "_psf_dx_kernel", "_psf_dk_kernel", "_synthesize_fwd_kernel",
-                                 "_synthesize_bwd_kernel"})
+    records = _compile(tmp_path, "float32,bfloat16", "--ops", PSF_OPS, expected=PSF_KERNELS)
     spills = [(r["kernel"], r["dtype"], r["stack"]) for r in records if r.get("stack", 0) > 0]
     assert not spills, spills
 
@@ -96,10 +96,57 @@ def test_psf_kernels_with_more_than_64_basis_kernels_compile_without_spills(tmp_
     """J = 80 takes two J blocks (BLOCK_J is capped at 64): the blocks are a loop, so registers do
     not grow with J."""
     records = _compile(tmp_path, "float32,bfloat16", "--ops", "psf_conv,synthesize_psf", "--basis", "80",
-                       expected={k for k in EXPECTED_KERNELS if k.startswith(("_psf", "_synthesize"))})
+                       expected=PSF_KERNELS)
     assert {r["constexprs"]["NUM_JB"] for r in records} == {"2"}
     spills = [(r["kernel"], r["dtype"], r["stack"]) for r in records if r.get("stack", 0) > 0]
     assert not spills, spills
+
+
+def _large_kernel_records(tmp_path, k: int) -> list[dict]:
+    """The psf ops' usual launches at kernel size k, float32 and bfloat16: the tap loops unroll a
+    row of k taps inside a loop over the rows, and the products take the taps in 64-tap blocks."""
+    records = _compile(tmp_path, "float32,bfloat16", "--ops", PSF_OPS, "--variants", "first", "--ksize", str(k),
+                       expected=PSF_KERNELS)
+    assert {r["constexprs"]["ROW_LOOP"] for r in records if r["kernel"].startswith("_psf")} == {"True"}
+    assert {r["constexprs"]["KB"] for r in records} == {"64"}
+    return records
+
+
+def _spills(records, synthesized: bool) -> list:
+    """(kernel, dtype, bytes) of the spilling launches among those with synthesized taps (psf_conv,
+    psf_conv_transpose, synthesize_psf) or among apply_psf's (taps loaded from the psf)."""
+    return [(r["kernel"], r["dtype"], r["stack"]) for r in records if r.get("stack", 0) > 0
+            and (r["constexprs"].get("SYNTH", "True") == "True") == synthesized]
+
+
+@pytest.fixture(scope="module")
+def k15_records(tmp_path_factory):
+    return _large_kernel_records(tmp_path_factory.mktemp("sm90k15"), 15)
+
+
+@needs_tools
+def test_psf_kernels_at_k15_compile_without_spills(k15_records):
+    """k = 15 (225 taps; the fully unrolled tap loops did not compile in 15 minutes)."""
+    assert not _spills(k15_records, synthesized=True)
+
+
+@needs_tools
+@pytest.mark.xfail(strict=True, reason=(
+    "at k = 15 under triton 3.9, ptxas spills 8-16 bytes in apply_psf's bfloat16 forward (128 registers) "
+    "and float32 d(taps) (80 registers): a value kept on the stack, not register exhaustion"))
+def test_apply_psf_kernels_at_k15_compile_without_spills(k15_records):
+    assert not _spills(k15_records, synthesized=False)
+
+
+@needs_tools
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "at k = 31 under triton 3.9 the float32 d(taps) kernel (synthesized taps) spills 16 bytes at 255 "
+    "registers (the bfloat16 one none, at 254): its tap row holds 31 x 4 sums, a 36-value window and "
+    "8 channels' dy quads"))
+def test_psf_kernels_at_k31_compile_without_spills(tmp_path):
+    """k = 31 (961 taps), several minutes of compiling on a 2-core machine."""
+    assert not _spills(_large_kernel_records(tmp_path, 31), synthesized=True)
 
 
 MAX_INNER_BARRIERS = 4  # a handful: one before and one after the staged block, a few for the taps
@@ -108,10 +155,10 @@ MAX_INNER_BARRIERS = 4  # a handful: one before and one after the staged block, 
 @needs_tools
 @pytest.mark.xfail(strict=True, reason=(
     "the psf kernels' channel-block loops hold 2 CTA barriers (the staging ones) under triton 3.9 and "
-    "3.6 since the channel sums stay in the thread and outputs are stored as whole quads (bfloat16 "
-    "d(taps) under 3.6 had 687), but the d(taps) epilogue loop (the d(weights)/d(basis) products) "
-    "still holds about 20. Strict: once it drops this XPASSes and fails, so the marker goes then "
-    "(python -m bench sm90 prints the counts per loop)."))
+    "3.6, but the d(taps) epilogue loops (the d(weights) and d(basis) tensor-core products, their "
+    "operands and results through shared memory) hold 10-12 (20-24 before they were split and the "
+    "d(basis) block kept in registers), and d(x)'s synthesis-chunk loop 6-10. Strict: once they drop "
+    "this XPASSes and fails, so the marker goes then (python -m bench sm90 prints the counts per loop)."))
 def test_psf_inner_loops_hold_a_handful_of_barriers(records):
     """Each ``BAR.SYNC`` inside a psf kernel's channel-block, tap, staging, J-block or epilogue
     loop runs once per iteration per tile and stalls the whole program (one program per SM):
