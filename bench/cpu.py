@@ -216,7 +216,7 @@ def markdown(doc: dict) -> str:
              f"{doc['load_before'][0]:.2f} before, {doc['load_after'][0]:.2f} after (1-min); torch {doc['torch']}, "
              f"deepinv {doc['deepinv']}. float32, median ms (lower is better); memory = peak extra RSS "
              "(VmHWM - VmRSS before the call) / bytes of inputs+outputs(+grads). * = one timed call "
-             f"(slower than {SLOW_MS / 1e3:.0f} s).", ""]
+             f"(slower than {SLOW_MS / 1e3:.0f} s).", ""] + ([doc["note"], ""] if doc.get("note") else [])
     for pass_ in PASSES:
         lines += [f"## {pass_}", "",
                   "| B C H W J k | " + " | ".join(f"{i} ms" for i in impls) + " | cpu vs best peer | cpu mem MB (x io) | peers' mem MB |",
