@@ -9,6 +9,7 @@
     python -m bench sm90 [--dtypes ...] [--ops ...] [--json OUT]   (compile every kernel for sm_90, no GPU)
     python -m bench sass [--dtypes ...] [--json OUT]   (psf kernels' SASS and a static time estimate)
     python -m bench cpu [--out DIR] [--shapes 0,1] [--impls ...]   (psf_conv CPU path vs peers and deepinv)
+    python -m bench cpu-fit [--shapes 0,1] [--json OUT]   (the CPU cost constants; each algorithm forced)
     python -m bench gpu-suite --out DIR [--archive FILE.tar.gz] [--dry-run]   (the GPU run book, <= 9 min)
     python -m bench gpu-check --out FILE.json [--dtypes ...] [--max-minutes M]   (psf kernels vs reference, on a GPU)
 
@@ -195,6 +196,9 @@ def main(argv=None) -> int:
     if argv and argv[0] == "cpu":
         from . import cpu
         return cpu.main(argv[1:])
+    if argv and argv[0] == "cpu-fit":
+        from . import cpu_fit
+        return cpu_fit.main(argv[1:])
     if argv and argv[0] == "model":
         return main_model(argv[1:])
     if argv and argv[0] == "gpu-check":

@@ -5,8 +5,8 @@ skipped with the reason when deepinv does not import), forward and fwd+bwd, floa
 
     python -m bench cpu [--out runs/bench] [--shapes 0,1,...] [--impls cpu,reference,...] [--reps 5]
 
-Method. Each (shape, implementation) runs in a fresh subprocess (``MALLOC_MMAP_THRESHOLD_=65536``
-so that large buffers are mmapped and go back to the system when freed). Per pass it makes the
+Method. Each (shape, implementation) runs in a fresh subprocess (glibc's default allocator: its
+heap slack counts, as it would for a user). Per pass it makes the
 inputs (and the cotangent), runs one warm-up call, ``malloc_trim``s, resets the resident-set
 high-water mark (``/proc/self/clear_refs`` 5), reads VmRSS, runs the call once more and reads
 VmHWM: **peak extra memory = VmHWM - VmRSS before the call**: everything the call made resident
@@ -216,7 +216,7 @@ def markdown(doc: dict) -> str:
              f"{doc['load_before'][0]:.2f} before, {doc['load_after'][0]:.2f} after (1-min); torch {doc['torch']}, "
              f"deepinv {doc['deepinv']}. float32, median ms (lower is better); memory = peak extra RSS "
              "(VmHWM - VmRSS before the call) / bytes of inputs+outputs(+grads). * = one timed call "
-             f"(slower than {SLOW_MS / 1e3:.0f} s).", ""]
+             f"(slower than {SLOW_MS / 1e3:.0f} s).", ""] + ([doc["note"], ""] if doc.get("note") else [])
     for pass_ in PASSES:
         lines += [f"## {pass_}", "",
                   "| B C H W J k | " + " | ".join(f"{i} ms" for i in impls) + " | cpu vs best peer | cpu mem MB (x io) | peers' mem MB |",

@@ -350,6 +350,17 @@ says which), `triton` the psfops op under `psfops.backend("triton")`.
 `x eager`/`x compile` are speed-ups of `triton` (time of the baseline / time of triton)."""
 
 
+def cpu_path_lines() -> list[str]:
+    """The newest ``python -m bench cpu`` run in ``results/cpu-path/`` as markdown, one heading level down."""
+    runs = sorted((RESULTS_DIR / "cpu-path").glob("*.json"))
+    if not runs:
+        return []
+    from .cpu import markdown
+    text = markdown(json.loads(runs[-1].read_text(encoding="utf-8")))
+    return ["#" + ln if ln.startswith("#") else ln for ln in text.splitlines()] + [
+        f"Records: `results/cpu-path/{runs[-1].name}` (`python -m bench cpu --threads 1`).", ""]
+
+
 def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path) -> str:
     """Markdown for all results files (one section each); writes the plots into ``plot_dir``."""
     lines = ["# psfops benchmarks", "",
@@ -363,15 +374,14 @@ def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path) -> str
                   "come from a CPU smoke run (`--quick`, reference paths only) and say nothing about "
                   "the Triton kernels' speed.", ""]
     static = static_table()
-    if static:
-        lines += ["## Static estimate of the psf kernels (not a measurement)", "",
+    lines += (["## Static estimate of the psf kernels (not a measurement)", "",
                   "From `python -m bench sass` (records in `results/static/`): each kernel's sm_90 SASS, "
                   "compiled on a CPU, its dynamic instruction count and bytes requested, and the "
                   "four roofs (issue, L1, math, HBM) on an H100 at the headline shape B8 C64 128x128 "
                   "J40 k7; `x` is the estimate over the HBM floor, and the binding roof is named. "
                   "psfops 0.1.0 is the first kernels, 0.2.0 the rewrite; triton 3.6 is the GPU image's "
                   "compiler (ptxas 12.8), 3.9 CI's (ptxas 13.4), and they allocate registers "
-                  "differently.", ""] + static + [""]
+                  "differently.", ""] + static + [""] if static else []) + cpu_path_lines()
     for path, recs in results.items():
         if not recs:
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import weakref
 
 import pytest
 import torch
@@ -242,19 +243,33 @@ def test_empty_inputs():
 
 # ---- memory -------------------------------------------------------------------------------------
 
-class _Largest(TorchDispatchMode):
-    """Records the largest tensor (bytes) any op creates."""
+class _Allocations(TorchDispatchMode):
+    """Records the largest tensor (bytes) any op creates and the peak bytes of the storages created
+    inside the block that are alive at once (a storage counts from the op that made it until it is
+    freed; ``known`` tensors, e.g. the inputs, never count)."""
 
-    def __init__(self):
+    def __init__(self, *known):
         super().__init__()
-        self.bytes = 0
-        self.shape = None
+        self.bytes, self.shape, self.live, self.peak = 0, None, 0, 0
+        self._seen = {t.untyped_storage().data_ptr() for t in known}
+
+    def _freed(self, ptr, n):
+        self.live -= n
+        self._seen.discard(ptr)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.numel() * t.element_size() > self.bytes:
+            if not isinstance(t, torch.Tensor):
+                continue
+            if t.numel() * t.element_size() > self.bytes:
                 self.bytes, self.shape = t.numel() * t.element_size(), (tuple(t.shape), str(func))
+            st = t.untyped_storage()
+            if st.nbytes() and st.data_ptr() not in self._seen:
+                self._seen.add(st.data_ptr())
+                self.live += st.nbytes()
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(st, self._freed, st.data_ptr(), st.nbytes())
         return out
 
 
@@ -267,12 +282,29 @@ def test_no_big_intermediates(algo, mode):
     io_fwd = (x.numel() * 2 + w.numel() + b.numel()) * 4
     unfold, stack = B * C * k * k * H * W * 4, B * C * J * H * W * 4
     for op in (cpu.psf_conv, cpu.psf_conv_transpose):
-        with _Largest() as m:
+        with _Allocations() as m:
             out = op(x, w, b, 1, mode, algo)
         assert m.bytes < min(unfold, stack) and m.bytes <= 2 * io_fwd, (op.__name__, m.bytes, m.shape)
-        with _Largest() as m:
+        with _Allocations() as m:
             out.backward(g)
         assert m.bytes < min(unfold, stack) and m.bytes <= 2 * io_fwd, (op.__name__, "backward", m.bytes, m.shape)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 256, 256, 8, 15), (4, 3, 128, 128, 40, 7)])
+def test_live_bytes_within_io(shape):
+    """At two benchmark shapes (the cost model's choice: FFT at k15, the tap loop at k7), everything
+    a call creates and holds at once (its output and gradients included) stays within the bytes of
+    its inputs and outputs (gradients included for the backward): the heap's slack on top stays
+    inside the 2x peak-RSS target of ``python -m bench cpu``."""
+    x, w, b = (t.detach().float().requires_grad_(True) for t in _inputs(*shape, False))
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    io_fwd = (x.numel() * 2 + w.numel() + b.numel()) * 4
+    with torch.no_grad(), _Allocations(x, w, b) as m:
+        cpu.psf_conv(x, w, b)
+    assert m.peak <= io_fwd, ("forward", shape, m.peak / io_fwd)
+    with _Allocations(x, w, b, g) as m:
+        cpu.psf_conv(x, w, b).backward(g)
+    assert m.peak <= 2 * io_fwd, ("forward+backward", shape, m.peak / (2 * io_fwd))
 
 
 # ---- the cost model -----------------------------------------------------------------------------

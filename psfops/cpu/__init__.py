@@ -24,7 +24,8 @@ through spectra on the fft algorithm. ``apply_psf`` always uses the tap loop (it
 Memory: every work buffer is sized from the bytes of the call's inputs and outputs (gradients
 included for a backward), :func:`work_budget`, so a call allocates at most about that much on top
 of them, at any image size (the padded image and FFT spectra, about the size of the image, come on
-top; see the README). Half inputs run in float32 (float64 stays float64); outputs have the input dtype.
+top; the FFT loops go channel chunk by channel chunk when one kernel's planes for all channels pass
+the budget). Half inputs run in float32 (float64 stays float64); outputs have the input dtype.
 
 Double backward works: a plain backward runs the hand-written one; a backward asked to build a
 graph (``create_graph=True``: gradient penalties, Hessian-vector products) takes the gradient
@@ -72,23 +73,33 @@ def _twice_differentiable(reference_fn, n_tensors: int):
 
 # ---- the four computations behind the ops -------------------------------------------------------
 
+def _synth_kernels(w, basis, W):
+    """``kernels(r0, r1, t0, t1)`` for the tap loops: taps t0..t1-1 of rows r0..r1 synthesized."""
+    k = basis.shape[-1]
+    bflat, wf = basis.reshape(*basis.shape[:-2], k * k), w.flatten(2)
+    return lambda r0, r1, t0, t1: _synth(wf[:, :, r0 * W:r1 * W], bflat, t0, t1)
+
+
+def _given_kernels(psf, W):
+    """``kernels(r0, r1, t0, t1)`` for the tap loops: slices of explicit taps (B,T,H,W)."""
+    pf = _acc(psf).flatten(2)
+    return lambda r0, r1, t0, t1: pf[:, t0:t1, r0 * W:r1 * W]
+
+
 def _forward(x, w, basis, d, padding, algo, budget):
     B, C, H, W = x.shape
     J, k = w.shape[1], basis.shape[-1]
+    if algo == "fft":
+        return _fft_forward(x, padding, w, basis, B, C, H, W, J, k, d, budget)
     P = d * (k // 2)
     xpad = _pad(x, P, P, padding)
     if algo == "stack":
         return _stack_forward(xpad, w, basis, B, C, H, W, J, k, d, budget)
-    if algo == "fft":
-        return _fft_forward(xpad, w, basis, B, C, H, W, J, k, d, budget)
-    T = k * k
-    bflat = basis.reshape(*basis.shape[:-2], T)
-    wf = w.view(B, J, H * W)
-    return _taps_forward(xpad, lambda r0, r1, t0, t1: _synth(wf[:, :, r0 * W:r1 * W], bflat, t0, t1),
-                         B, C, H, W, k, d, T, budget)
+    return _taps_forward(xpad, _synth_kernels(w, basis, W), B, C, H, W, k, d, k * k, budget)
 
 
 def _adjoint(y, w, basis, d, padding, algo, budget):
+    """The adjoint of :func:`_forward` in x, (B,C,H,W) and contiguous."""
     B, C, H, W = y.shape
     J, k = w.shape[1], basis.shape[-1]
     P = d * (k // 2)
@@ -98,21 +109,17 @@ def _adjoint(y, w, basis, d, padding, algo, budget):
     if algo == "fft":
         ext = _fft_adjoint(y, w, basis, B, C, H, W, J, k, d, budget, P)
     else:
-        T = k * k
-        bflat = basis.reshape(*basis.shape[:-2], T)
-        wf = w.view(B, J, H * W)
-        ext = _taps_scatter(y, lambda r0, r1, t0, t1: _synth(wf[:, :, r0 * W:r1 * W], bflat, t0, t1),
-                            B, C, H, W, k, d, T, budget, P)
-    return _pad_adjoint(ext, P, P, padding)
+        ext = _taps_scatter(y, _synth_kernels(w, basis, W), B, C, H, W, k, d, k * k, budget, P)
+    return _pad_adjoint(ext, P, P, padding).contiguous()  # (zeros: a crop; copied, the extended grid freed)
 
 
 def _wgrad(x, dy, w, basis, d, padding, algo, budget, need_w, need_b):
     B, C, H, W = x.shape
     J, k = w.shape[1], basis.shape[-1]
+    if algo == "fft":
+        return _fft_wgrad(x, padding, dy, w, basis, B, C, H, W, J, k, d, budget, need_w, need_b)
     P = d * (k // 2)
-    xpad = _pad(x, P, P, padding)
-    fn = _fft_wgrad if algo == "fft" else _taps_wgrad
-    return fn(xpad, dy, w, basis, B, C, H, W, J, k, d, budget, need_w, need_b)
+    return _taps_wgrad(_pad(x, P, P, padding), dy, w, basis, B, C, H, W, J, k, d, budget, need_w, need_b)
 
 
 def _shape(x, w, basis):
@@ -124,75 +131,57 @@ def _empty(*ts):
     return any(t.numel() == 0 for t in ts)
 
 
+def _zero_grads(ctx, n_opts):
+    """The gradients of an empty call: zeros for the saved tensors asked for, None for the options."""
+    needs = ctx.needs_input_grad
+    return tuple(torch.zeros_like(t) if need else None for t, need in zip(ctx.saved_tensors, needs)) + (None,) * n_opts
+
+
 def _out(t, dtype):
     return None if t is None else t.to(dtype)
 
 
-class _PsfConv(torch.autograd.Function):
-    @staticmethod
-    @_path_threads
-    def forward(ctx, x, weights, basis, dilation, padding, algorithm):
-        ctx.save_for_backward(x, weights, basis)
-        ctx.opts = (dilation, padding, algorithm)
-        if _empty(x, weights):
-            return torch.zeros_like(x, memory_format=torch.contiguous_format)
-        xa, wa, ba = _acc(x), _acc(weights), _acc(basis)
-        algo = choose("forward", *_shape(x, weights, basis), dilation, algorithm)
-        y = _forward(xa, wa, ba, dilation, padding, algo, work_budget(x, weights, x))
-        return y.to(x.dtype)
+_LINEAR = {"forward": _forward, "adjoint": _adjoint}
 
-    @staticmethod
-    @_twice_differentiable(lambda x, w, b, d, p, algorithm: reference.psf_conv.unchecked(x, w, b, d, p), 3)
-    @_path_threads
+
+def _linear_function(name, task, other, reference_fn):
+    """The autograd Function of psf_conv (``task`` "forward") or its transpose ("adjoint"): the output
+    is ``task`` of the first input; its gradient is ``other`` of the cotangent, and the gradients of
+    weights and basis come from :func:`_wgrad` (for the transpose with the operands swapped:
+    <T(y), g> = sum_j <w_j y, k_j * pad(g)>, psf_conv's wgrad with x <- g, dy <- y)."""
+    def forward(ctx, a, weights, basis, dilation, padding, algorithm):
+        ctx.save_for_backward(a, weights, basis)
+        ctx.opts = (dilation, padding, algorithm)
+        if _empty(a, weights):
+            return torch.zeros_like(a, memory_format=torch.contiguous_format)
+        algo = choose(task, *_shape(a, weights, basis), dilation, algorithm)
+        out = _LINEAR[task](_acc(a), _acc(weights), _acc(basis), dilation, padding, algo, work_budget(a, weights, a))
+        return out.to(a.dtype)
+
     def backward(ctx, g):
-        x, weights, basis = ctx.saved_tensors
+        a, weights, basis = ctx.saved_tensors
         d, padding, algorithm = ctx.opts
-        nx, nw, nb = ctx.needs_input_grad[:3]
-        if _empty(x, weights):
-            return (torch.zeros_like(x) if nx else None, torch.zeros_like(weights) if nw else None,
-                    torch.zeros_like(basis) if nb else None, None, None, None)
-        xa, wa, ba, ga = _acc(x), _acc(weights), _acc(basis), _acc(g)
-        shape = _shape(x, weights, basis)
-        budget = work_budget(x, weights, g, *([x] if nx else []), *([weights] if nw else []))
-        dx = dw = db = None
-        if nx:
-            dx = _adjoint(ga, wa, ba, d, padding, choose("adjoint", *shape, d, algorithm), budget).to(x.dtype)
+        na, nw, nb = ctx.needs_input_grad[:3]
+        if _empty(a, weights):
+            return _zero_grads(ctx, 3)
+        aa, wa, ba, ga = _acc(a), _acc(weights), _acc(basis), _acc(g)
+        shape = _shape(a, weights, basis)
+        budget = work_budget(a, weights, g, *([a] if na else []), *([weights] if nw else []))
+        da = dw = db = None
+        if na:
+            da = _LINEAR[other](ga, wa, ba, d, padding, choose(other, *shape, d, algorithm), budget).to(a.dtype)
         if nw or nb:
-            dw, db = _wgrad(xa, ga, wa, ba, d, padding, choose("wgrad", *shape, d, algorithm), budget, nw, nb)
-        return dx, _out(dw, weights.dtype), _out(db, basis.dtype), None, None, None
+            x, dy = (aa, ga) if task == "forward" else (ga, aa)
+            dw, db = _wgrad(x, dy, wa, ba, d, padding, choose("wgrad", *shape, d, algorithm), budget, nw, nb)
+        return da, _out(dw, weights.dtype), _out(db, basis.dtype), None, None, None
+
+    twice = _twice_differentiable(lambda a, w, b, d, p, algorithm: reference_fn(a, w, b, d, p), 3)
+    return type(name, (torch.autograd.Function,), dict(forward=staticmethod(_path_threads(forward)),
+                                                     backward=staticmethod(twice(_path_threads(backward)))))
 
 
-class _PsfConvTranspose(torch.autograd.Function):
-    @staticmethod
-    @_path_threads
-    def forward(ctx, y, weights, basis, dilation, padding, algorithm):
-        ctx.save_for_backward(y, weights, basis)
-        ctx.opts = (dilation, padding, algorithm)
-        if _empty(y, weights):
-            return torch.zeros_like(y, memory_format=torch.contiguous_format)
-        algo = choose("adjoint", *_shape(y, weights, basis), dilation, algorithm)
-        out = _adjoint(_acc(y), _acc(weights), _acc(basis), dilation, padding, algo, work_budget(y, weights, y))
-        return out.to(y.dtype)
-
-    @staticmethod
-    @_twice_differentiable(lambda y, w, b, d, p, algorithm: reference.psf_conv_transpose.unchecked(y, w, b, d, p), 3)
-    @_path_threads
-    def backward(ctx, g):
-        y, weights, basis = ctx.saved_tensors
-        d, padding, algorithm = ctx.opts
-        ny, nw, nb = ctx.needs_input_grad[:3]
-        if _empty(y, weights):
-            return (torch.zeros_like(y) if ny else None, torch.zeros_like(weights) if nw else None,
-                    torch.zeros_like(basis) if nb else None, None, None, None)
-        ya, wa, ba, ga = _acc(y), _acc(weights), _acc(basis), _acc(g)
-        shape = _shape(y, weights, basis)
-        budget = work_budget(y, weights, g, *([y] if ny else []), *([weights] if nw else []))
-        dy = dw = db = None
-        if ny:
-            dy = _forward(ga, wa, ba, d, padding, choose("forward", *shape, d, algorithm), budget).to(y.dtype)
-        if nw or nb:  # <T(y), g> = sum_j <w_j y, k_j * pad(g)>: psf_conv's wgrad with x <- g, dy <- y
-            dw, db = _wgrad(ga, ya, wa, ba, d, padding, choose("wgrad", *shape, d, algorithm), budget, nw, nb)
-        return dy, _out(dw, weights.dtype), _out(db, basis.dtype), None, None, None
+_PsfConv = _linear_function("_PsfConv", "forward", "adjoint", reference.psf_conv.unchecked)
+_PsfConvTranspose = _linear_function("_PsfConvTranspose", "adjoint", "forward", reference.psf_conv_transpose.unchecked)
 
 
 class _ApplyPsf(torch.autograd.Function):
@@ -207,9 +196,7 @@ class _ApplyPsf(torch.autograd.Function):
         T = psf.shape[1]
         k = math.isqrt(T)
         P = dilation * (k // 2)
-        pf = _acc(psf).view(B, T, H * W)
-        y = _taps_forward(_pad(_acc(x), P, P, padding),
-                          lambda r0, r1, t0, t1: pf[:, t0:t1, r0 * W:r1 * W],
+        y = _taps_forward(_pad(_acc(x), P, P, padding), _given_kernels(psf, W),
                           B, C, H, W, k, dilation, T, work_budget(x, psf, x))
         return y.to(x.dtype)
 
@@ -221,7 +208,7 @@ class _ApplyPsf(torch.autograd.Function):
         d, padding = ctx.opts
         nx, npsf = ctx.needs_input_grad[:2]
         if _empty(x, psf):
-            return torch.zeros_like(x) if nx else None, torch.zeros_like(psf) if npsf else None, None, None
+            return _zero_grads(ctx, 2)
         B, C, H, W = x.shape
         T = psf.shape[1]
         k = math.isqrt(T)
@@ -230,10 +217,8 @@ class _ApplyPsf(torch.autograd.Function):
         budget = work_budget(x, psf, g, *([x] if nx else []), *([psf] if npsf else []))
         dx = dpsf = None
         if nx:
-            pf = _acc(psf).view(B, T, H * W)
-            ext = _taps_scatter(ga, lambda r0, r1, t0, t1: pf[:, t0:t1, r0 * W:r1 * W],
-                                B, C, H, W, k, d, T, budget, P)
-            dx = _pad_adjoint(ext, P, P, padding).to(x.dtype)
+            ext = _taps_scatter(ga, _given_kernels(psf, W), B, C, H, W, k, d, T, budget, P)
+            dx = _pad_adjoint(ext, P, P, padding).to(x.dtype, memory_format=torch.contiguous_format)
         if npsf:
             dp = torch.empty((B, T, H, W), dtype=ga.dtype)
 

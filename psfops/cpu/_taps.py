@@ -5,27 +5,41 @@ import torch
 
 from ._util import _run_groups, _row_groups, _strips, _tap_chunk
 
+
 def _synth(w_rows: torch.Tensor, bflat: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
-    """(B,J,n) weights, (J,T)|(B,J,T) basis -> (B,t1-t0,n) taps t0..t1-1."""
-    return torch.matmul(bflat[..., t0:t1].transpose(-1, -2), w_rows)
+    """(B,J,n) weights, (J,T)|(B,J,T) basis -> (B,t1-t0,n) taps t0..t1-1. A batched product over a
+    broadcast basis (``matmul`` would fold a shared basis into one mm over a transposed copy of the
+    weights when they require grad: a weights-sized clone, and a taps-sized one for the result)."""
+    bt = bflat[..., t0:t1].transpose(-1, -2)
+    return torch.bmm(bt.expand(w_rows.shape[0], *bt.shape[-2:]), w_rows)
+
+
+def _tap_chunks(B, C, H, W, T, es, budget, g0, g1):
+    """(r0, r1, t0, t1): the row strips of [g0, g1) (:func:`_strips`), each cut into chunks of taps
+    whose (B, t1-t0, rows, W) buffers fit ``budget``."""
+    for r0, r1 in _strips(B, C, H, W, T, es, g0, g1):
+        tc = _tap_chunk(B, r1 - r0, W, T, budget, es)
+        for t0 in range(0, T, tc):
+            yield r0, r1, t0, min(T, t0 + tc)
+
+
+def _taps(kernels, B, C, H, W, k, T, es, budget, g0, g1):
+    """(r0, r1, u, v, K_t (B,1,rows,W)) per strip and tap t = u*k+v; ``kernels(r0, r1, t0, t1)`` ->
+    (B, t1-t0, rows*W) gives the taps of a chunk (one chunk alive at a time)."""
+    for r0, r1, t0, t1 in _tap_chunks(B, C, H, W, T, es, budget, g0, g1):
+        K = kernels(r0, r1, t0, t1).view(B, t1 - t0, 1, r1 - r0, W)
+        for t in range(t0, t1):
+            yield (r0, r1, *divmod(t, k), K[:, t - t0])
+        del K
 
 
 def _taps_forward(xpad, kernels, B, C, H, W, k, d, T, budget):
-    """y[b,c,p] = sum_t K_t[b,p] xpad[b,c,p+s_t]; ``kernels(r0, r1, t0, t1)`` -> (B, t1-t0, rows*W)."""
-    es = xpad.element_size()
+    """y[b,c,p] = sum_t K_t[b,p] xpad[b,c,p+s_t]; ``kernels`` as in :func:`_taps`."""
     y = xpad.new_zeros((B, C, H, W))
 
     def group(g0, g1):
-        for r0, r1 in _strips(B, C, H, W, T, es, g0, g1):
-            rows = r1 - r0
-            tc = _tap_chunk(B, rows, W, T, budget, es)
-            ys = y[:, :, r0:r1]
-            for t0 in range(0, T, tc):
-                t1 = min(T, t0 + tc)
-                K = kernels(r0, r1, t0, t1).view(B, t1 - t0, 1, rows, W)
-                for t in range(t0, t1):
-                    u, v = divmod(t, k)
-                    ys.addcmul_(xpad[:, :, r0 + u * d:r1 + u * d, v * d:v * d + W], K[:, t - t0])
+        for r0, r1, u, v, Kt in _taps(kernels, B, C, H, W, k, T, xpad.element_size(), budget, g0, g1):
+            y[:, :, r0:r1].addcmul_(xpad[:, :, r0 + u * d:r1 + u * d, v * d:v * d + W], Kt)
 
     _run_groups(group, H)
     return y
@@ -35,30 +49,21 @@ def _taps_scatter(y, kernels, B, C, H, W, k, d, T, budget, P):
     """The adjoint of :func:`_taps_forward` onto the extended (B,C,H+2P,W+2P) grid. Each row group
     writes its own extended rows; what spills into the next group's rows goes to a private halo
     (2P rows) added after the join."""
-    es = y.element_size()
     ext = y.new_zeros((B, C, H + 2 * P, W + 2 * P))
-    groups = _row_groups(H)
-    ends = [g[0] for g in groups[1:]] + [H + 2 * P]  # extended rows owned by group i: [start_i, ends[i])
+    starts = [g[0] for g in _row_groups(H)]
+    ends = dict(zip(starts, starts[1:] + [H + 2 * P]))  # extended rows owned by a group: [g0, ends[g0])
 
     def group(g0, g1):
-        R1 = ends[[g[0] for g in groups].index(g0)]
+        R1 = ends[g0]
         halo = y.new_zeros((B, C, 2 * P, W + 2 * P)) if R1 < H + 2 * P and P > 0 else None
-        for r0, r1 in _strips(B, C, H, W, T, es, g0, g1):
-            rows = r1 - r0
-            tc = _tap_chunk(B, rows, W, T, budget, es)
-            ys = y[:, :, r0:r1]
-            for t0 in range(0, T, tc):
-                t1 = min(T, t0 + tc)
-                K = kernels(r0, r1, t0, t1).view(B, t1 - t0, 1, rows, W)
-                for t in range(t0, t1):
-                    u, v = divmod(t, k)
-                    lo, hi = r0 + u * d, r1 + u * d
-                    cut = min(max(R1, lo), hi)
-                    Kt = K[:, t - t0]
-                    if cut > lo:
-                        ext[:, :, lo:cut, v * d:v * d + W].addcmul_(ys[:, :, :cut - lo], Kt[..., :cut - lo, :])
-                    if hi > cut:
-                        halo[:, :, cut - R1:hi - R1, v * d:v * d + W].addcmul_(ys[:, :, cut - lo:], Kt[..., cut - lo:, :])
+        for r0, r1, u, v, Kt in _taps(kernels, B, C, H, W, k, T, y.element_size(), budget, g0, g1):
+            lo, hi = r0 + u * d, r1 + u * d
+            cut = min(max(R1, lo), hi)
+            ys, cols = y[:, :, r0:r1], slice(v * d, v * d + W)
+            if cut > lo:
+                ext[:, :, lo:cut, cols].addcmul_(ys[:, :, :cut - lo], Kt[..., :cut - lo, :])
+            if hi > cut:
+                halo[:, :, cut - R1:hi - R1, cols].addcmul_(ys[:, :, cut - lo:], Kt[..., cut - lo:, :])
         return R1, halo
 
     for R1, halo in _run_groups(group, H):
@@ -72,26 +77,23 @@ def _tap_grads(xpad, dy, B, C, H, W, k, d, T, budget, consume):
     ``consume(g0, r0, r1, t0, t1, dK)`` with dK (B, t1-t0, rows*W), g0 the first row of the calling
     row group (groups may run in parallel: write only rows r0..r1 of shared outputs, keep
     per-group partial sums)."""
-    es = dy.element_size()
-
     def group(g0, g1):
-        for r0, r1 in _strips(B, C, H, W, T, es, g0, g1):
-            rows = r1 - r0
-            tc = _tap_chunk(B, rows, W, T, budget // 2, es)
-            dys = dy[:, :, r0:r1]
-            prod = dy.new_empty((B, C, rows, W)) if C > 1 else None
-            for t0 in range(0, T, tc):
-                t1 = min(T, t0 + tc)
-                dK = dy.new_empty((B, t1 - t0, rows, W))
-                for t in range(t0, t1):
-                    u, v = divmod(t, k)
-                    xs = xpad[:, :, r0 + u * d:r1 + u * d, v * d:v * d + W]
-                    if C == 1:
-                        torch.mul(dys[:, 0], xs[:, 0], out=dK[:, t - t0])
-                    else:
-                        torch.mul(dys, xs, out=prod)
-                        torch.sum(prod, dim=1, out=dK[:, t - t0])
-                consume(g0, r0, r1, t0, t1, dK.view(B, t1 - t0, rows * W))
+        prod = None
+        for r0, r1, t0, t1 in _tap_chunks(B, C, H, W, T, dy.element_size(), budget // 2, g0, g1):
+            rows, dys = r1 - r0, dy[:, :, r0:r1]
+            if C > 1 and (prod is None or prod.shape[2] != rows):
+                prod = dy.new_empty((B, C, rows, W))
+            dK = dy.new_empty((B, t1 - t0, rows, W))
+            for t in range(t0, t1):
+                u, v = divmod(t, k)
+                xs = xpad[:, :, r0 + u * d:r1 + u * d, v * d:v * d + W]
+                if C == 1:
+                    torch.mul(dys[:, 0], xs[:, 0], out=dK[:, t - t0])
+                else:
+                    torch.mul(dys, xs, out=prod)
+                    torch.sum(prod, dim=1, out=dK[:, t - t0])
+            consume(g0, r0, r1, t0, t1, dK.view(B, t1 - t0, rows * W))
+            del dK
 
     _run_groups(group, H)
 

@@ -6,15 +6,19 @@ MIN_WORK_BYTES = 1 << 18  # a call may always use this much scratch (tiny calls 
 STRIP_BYTES = 1 << 20     # output rows per tap-loop strip: B*C*rows*W elements of about this size
 MAX_TAP_CALLS = 20000     # strips are merged so that taps * strips stays under this (call overhead)
 
-# Cost model constants: nanoseconds per unit of work on one core of a current x86 CPU (AVX-512,
-# measured once on the development machine; only their ratios matter).
+# Cost model constants: nanoseconds per unit of work on one core, one intra-op thread, float32 (only
+# their ratios matter). Fitted by ``python -m bench cpu-fit``: each is the best CPU time
+# (process_time, steadier than wall clock on a shared machine) of one micro-op divided by its work
+# count, on the development machine (2-core Intel Xeon, AVX-512; 1-min load ~8 from other jobs while
+# fitting); the same command then times every algorithm forced on the ``python -m bench cpu`` shapes
+# and marks the model's pick (it picked the fastest on each, see docs/benchmarks.md).
 COST = dict(
-    conv=0.045,    # one multiply-add inside oneDNN's 1-input-channel direct convolution
-    mm=0.01,      # one multiply-add inside a matrix product (synthesis, dw, dbasis)
-    tap=0.35,      # one element of an elementwise tap pass (addcmul over a shifted view)
-    mix=0.5,       # one element of the weight mix (addcmul over a stack plane)
-    fft=0.25,      # one element * log2(size) of an rfft2/irfft2
-    call=8000.0,   # per Python-level op call
+    conv=0.078,    # one multiply-add inside oneDNN's 1-input-channel direct convolution (conv2d)
+    mm=0.025,      # one multiply-add inside a matrix product (synthesis, dw, dbasis; bmm)
+    tap=0.39,      # one element of an elementwise tap pass (addcmul_ over a shifted view)
+    mix=0.55,      # one element of the weight mix (addcmul_ over a stack plane)
+    fft=0.22,      # one element * log2(size) of an rfft2/irfft2
+    call=11000.0,  # one tap step of the tap loop (views, dispatch, a tiny addcmul_)
 )
 
 # The tap loops issue thousands of small ops (k*k per strip). Run with torch's OpenMP team, each op
