@@ -9,7 +9,7 @@ shared machine) runs of one op, one intra-op thread, float32, divided by its wor
 ``conv`` a 1-input-channel ``conv2d`` per multiply-add, ``mm`` a ``bmm`` per multiply-add, ``tap``
 an ``addcmul_`` over a shifted strip per element, ``mix`` an ``addcmul_`` over a stack plane per
 element, ``fft`` an ``rfft2`` + ``irfft2`` pair per element x log2(size) / 2, ``call`` a
-one-element ``addcmul_``. The check times ``_forward``/``_adjoint``/``_wgrad`` per algorithm
+one-element ``addcmul_``. The check times ``forward_pass``/``adjoint_pass``/``weight_grads`` per algorithm
 (one call each above a second) and marks the model's pick.
 """
 from __future__ import annotations
@@ -68,16 +68,16 @@ def fit() -> dict[str, float]:
 
 def check(shapes) -> list[dict]:
     """Each task of each shape timed with every algorithm forced (CPU ms) and the model's pick."""
-    from psfops.cpu import _adjoint, _forward, _wgrad
+    from psfops.cpu import adjoint_pass, forward_pass, weight_grads
     recs = []
     for B, C, H, W, J, k in shapes:
         g = torch.Generator().manual_seed(0)
         x, w, dy = (torch.randn(*s, generator=g) for s in ((B, C, H, W), (B, J, H, W), (B, C, H, W)))
         b = torch.randn(J, k, k, generator=g)
         fwd_budget, bwd_budget = cpu.work_budget(x, w, x), cpu.work_budget(x, w, dy, x, w)
-        runs = dict(forward=lambda a: _forward(x, w, b, 1, "zeros", a, fwd_budget),
-                    adjoint=lambda a: _adjoint(dy, w, b, 1, "zeros", a, bwd_budget),
-                    wgrad=lambda a: _wgrad(x, dy, w, b, 1, "zeros", a, bwd_budget, True, True))
+        runs = dict(forward=lambda a: forward_pass(x, w, b, 1, "zeros", a, fwd_budget),
+                    adjoint=lambda a: adjoint_pass(dy, w, b, 1, "zeros", a, bwd_budget),
+                    wgrad=lambda a: weight_grads(x, dy, w, b, 1, "zeros", a, bwd_budget, True, True))
         for task, run in runs.items():
             algos = ("taps", "fft") if task == "wgrad" else cpu.ALGORITHMS
             ms = {a: 1e3 * _timed(lambda: run(a)) for a in algos}

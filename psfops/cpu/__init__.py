@@ -49,7 +49,7 @@ from .config import ALGORITHMS
 from .cost import choose, forced
 
 __all__ = ["psf_conv", "psf_conv_transpose", "apply_psf", "synthesize_psf", "choose", "ALGORITHMS",
-           "forced", "work_budget", "config"]
+           "forced", "work_budget", "forward_pass", "adjoint_pass", "weight_grads", "config"]
 
 
 
@@ -86,7 +86,9 @@ def _given_kernels(psf, W):
     return lambda r0, r1, t0, t1: pf[:, t0:t1, r0 * W:r1 * W]
 
 
-def _forward(x, w, basis, d, padding, algo, budget):
+def forward_pass(x, w, basis, d, padding, algo, budget):
+    """psf_conv's output (the transpose's d(y)) with algorithm ``algo`` in a work ``budget`` of
+    bytes (:func:`work_budget`): (B,C,H,W). One of the three tasks the cost model chooses for."""
     B, C, H, W = x.shape
     J, k = w.shape[1], basis.shape[-1]
     if algo == "fft":
@@ -98,8 +100,8 @@ def _forward(x, w, basis, d, padding, algo, budget):
     return _taps_forward(xpad, _synth_kernels(w, basis, W), B, C, H, W, k, d, k * k, budget)
 
 
-def _adjoint(y, w, basis, d, padding, algo, budget):
-    """The adjoint of :func:`_forward` in x, (B,C,H,W) and contiguous."""
+def adjoint_pass(y, w, basis, d, padding, algo, budget):
+    """The adjoint of :func:`forward_pass` in x, (B,C,H,W) and contiguous."""
     B, C, H, W = y.shape
     J, k = w.shape[1], basis.shape[-1]
     P = d * (k // 2)
@@ -113,7 +115,9 @@ def _adjoint(y, w, basis, d, padding, algo, budget):
     return _pad_adjoint(ext, P, P, padding).contiguous()  # (zeros: a crop; copied, the extended grid freed)
 
 
-def _wgrad(x, dy, w, basis, d, padding, algo, budget, need_w, need_b):
+def weight_grads(x, dy, w, basis, d, padding, algo, budget, need_w, need_b):
+    """(d(weights), d(basis)) of ``<psf_conv(x), dy>`` with algorithm ``algo`` ("taps" or "fft"),
+    computing only those asked for (``need_w``, ``need_b``)."""
     B, C, H, W = x.shape
     J, k = w.shape[1], basis.shape[-1]
     if algo == "fft":
@@ -141,13 +145,13 @@ def _out(t, dtype):
     return None if t is None else t.to(dtype)
 
 
-_LINEAR = {"forward": _forward, "adjoint": _adjoint}
+_LINEAR = {"forward": forward_pass, "adjoint": adjoint_pass}
 
 
 def _linear_function(name, task, other, reference_fn):
     """The autograd Function of psf_conv (``task`` "forward") or its transpose ("adjoint"): the output
     is ``task`` of the first input; its gradient is ``other`` of the cotangent, and the gradients of
-    weights and basis come from :func:`_wgrad` (for the transpose with the operands swapped:
+    weights and basis come from :func:`weight_grads` (for the transpose with the operands swapped:
     <T(y), g> = sum_j <w_j y, k_j * pad(g)>, psf_conv's wgrad with x <- g, dy <- y)."""
     def forward(ctx, a, weights, basis, dilation, padding, algorithm):
         ctx.save_for_backward(a, weights, basis)
@@ -172,7 +176,7 @@ def _linear_function(name, task, other, reference_fn):
             da = _LINEAR[other](ga, wa, ba, d, padding, choose(other, *shape, d, algorithm), budget).to(a.dtype)
         if nw or nb:
             x, dy = (aa, ga) if task == "forward" else (ga, aa)
-            dw, db = _wgrad(x, dy, wa, ba, d, padding, choose("wgrad", *shape, d, algorithm), budget, nw, nb)
+            dw, db = weight_grads(x, dy, wa, ba, d, padding, choose("wgrad", *shape, d, algorithm), budget, nw, nb)
         return da, _out(dw, weights.dtype), _out(db, basis.dtype), None, None, None
 
     twice = _twice_differentiable(lambda a, w, b, d, p, algorithm: reference_fn(a, w, b, d, p), 3)
