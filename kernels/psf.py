@@ -153,21 +153,39 @@ def _mix_basis(w_ptr, basis_ptr, b, J, HW, pix, ok, t0, KK_PAD: tl.constexpr, BL
 def _window_taps(taps, STRIDE: tl.constexpr, src_ptr, basis_ptr, b, J, H, W, HW, r0, c0, ROW_W: tl.constexpr,
                  NPIX: tl.constexpr, CHUNK: tl.constexpr, SYNTH: tl.constexpr, KK: tl.constexpr,
                  KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KB: tl.constexpr,
-                 DOT: tl.constexpr):
+                 DOT: tl.constexpr, ROW_LOOP: tl.constexpr):
     """The taps of the NPIX pixels of a ROW_W-wide window of the image (top-left at (r0, c0),
     row-major) into ``taps[t * STRIDE + index]``, zero outside the image: synthesized (SYNTH) or
-    copied from the psf ``src_ptr``, CHUNK pixels and KB taps per product."""
-    for pix0 in range(0, NPIX, CHUNK):  # a loop, not unrolled: a large k's halo takes many chunks
-        idx = pix0 + tl.arange(0, CHUNK)
-        hh = r0 + idx // ROW_W
-        ww = c0 + idx % ROW_W
-        ok = (idx < NPIX) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-        for t0 in range(0, KK_PAD, KB):  # one block up to k = 7 (KB = KK_PAD: no loop)
-            if SYNTH:
-                k = _mix_basis(src_ptr, basis_ptr, b, J, HW, hh * W + ww, ok, t0, KK_PAD, BLOCK_J, NUM_JB, KB, DOT)
-            else:
-                k = _load_taps(src_ptr + b * KK * HW, hh * W + ww, HW, ok, t0, KK, KB)
-            _store_taps(taps, k, idx, STRIDE, idx < STRIDE, t0, KK)
+    copied from the psf ``src_ptr``, CHUNK pixels and KB taps per product. The chunks are a loop
+    (a large k's halo takes many; a synthesizing chunk's product tiles stay out of the tap loops'
+    registers: unrolled, sm_90 float32 d(x) spills 8 bytes under triton 3.6), except copied taps at
+    small k, unrolled (looped, sm_90 bfloat16 apply_psf d(x) spills 16 bytes under triton 3.6)."""
+    if ROW_LOOP or SYNTH:
+        for pix0 in range(0, NPIX, CHUNK):
+            _window_chunk(taps, STRIDE, src_ptr, basis_ptr, b, J, H, W, HW, r0, c0, pix0, ROW_W, NPIX, CHUNK,
+                          SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT)
+    else:
+        for chunk in tl.static_range((NPIX + CHUNK - 1) // CHUNK):
+            _window_chunk(taps, STRIDE, src_ptr, basis_ptr, b, J, H, W, HW, r0, c0, chunk * CHUNK, ROW_W, NPIX,
+                          CHUNK, SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT)
+
+
+@triton.jit
+def _window_chunk(taps, STRIDE: tl.constexpr, src_ptr, basis_ptr, b, J, H, W, HW, r0, c0, pix0,
+                  ROW_W: tl.constexpr, NPIX: tl.constexpr, CHUNK: tl.constexpr, SYNTH: tl.constexpr,
+                  KK: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
+                  KB: tl.constexpr, DOT: tl.constexpr):
+    """Pixels pix0 .. pix0+CHUNK-1 of :func:`_window_taps`' window."""
+    idx = pix0 + tl.arange(0, CHUNK)
+    hh = r0 + idx // ROW_W
+    ww = c0 + idx % ROW_W
+    ok = (idx < NPIX) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+    for t0 in range(0, KK_PAD, KB):  # one block up to k = 7 (KB = KK_PAD: no loop)
+        if SYNTH:
+            k = _mix_basis(src_ptr, basis_ptr, b, J, HW, hh * W + ww, ok, t0, KK_PAD, BLOCK_J, NUM_JB, KB, DOT)
+        else:
+            k = _load_taps(src_ptr + b * KK * HW, hh * W + ww, HW, ok, t0, KK, KB)
+        _store_taps(taps, k, idx, STRIDE, idx < STRIDE, t0, KK)
 
 
 @triton.jit
@@ -441,7 +459,7 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         _window_taps(taps, P, src_ptr, basis_ptr + b * basis_stride, b, J, H, W, HW, h0, w0, TW, P, SYNTH_CHUNK,
-                     SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT)
+                     SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT, ROW_LOOP)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
             _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
@@ -476,7 +494,7 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         _window_taps(taps, HALO, src_ptr, basis_ptr + b * basis_stride, b, J, H, W, HW, h0 - RD, w0 - WPAD, HALO_W,
-                     HALO, SYNTH_CHUNK, SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT)
+                     HALO, SYNTH_CHUNK, SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT, ROW_LOOP)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
