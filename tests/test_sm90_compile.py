@@ -125,12 +125,14 @@ def k15_records(tmp_path_factory):
 
 
 @needs_tools
+@pytest.mark.slow  # about 4 minutes of compiling on a 2-core machine
 def test_psf_kernels_at_k15_compile_without_spills(k15_records):
     """k = 15 (225 taps; the fully unrolled tap loops did not compile in 15 minutes)."""
     assert not _spills(k15_records, synthesized=True)
 
 
 @needs_tools
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
     "at k = 15 under triton 3.9, ptxas spills 8-16 bytes in apply_psf's bfloat16 forward (128 registers) "
     "and float32 d(taps) (80 registers): a value kept on the stack, not register exhaustion"))
