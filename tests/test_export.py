@@ -33,7 +33,11 @@ def _eager(ckpt, x):
         return model_from_checkpoint(ckpt)(x)[-1].clamp(0, 1)
 
 
-@pytest.fixture(scope="module", params=["tiny", "mspfn-tiny"])
+# MSPFN's round trips (about 2 minutes on 2 cores) run with -m slow; SD-PSFNet's in every run.
+MODELS = ["tiny", pytest.param("mspfn-tiny", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="module", params=MODELS)
 def exported(request, tmp_path_factory):
     """(name, checkpoint, .pt2) of SD-PSFNet (psf_conv and the other PSF ops) and of MSPFN (lstm_cell)."""
     folder = tmp_path_factory.mktemp(request.param)
@@ -107,7 +111,7 @@ def test_onnx_without_the_packages_says_how_to_get_them(tmp_path, capsys, monkey
     assert not (tmp_path / "m.onnx").exists()
 
 
-@pytest.mark.parametrize("name", ["tiny", "mspfn-tiny"])
+@pytest.mark.parametrize("name", MODELS)
 def test_onnx_round_trip_through_onnxruntime(name, tmp_path):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
