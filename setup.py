@@ -34,7 +34,7 @@ setup(
     extras_require={
         "onnx": ["onnx", "onnxscript"],  # sdpsfnet export --out *.onnx
         "triton": ["triton>=3.0"],        # the Triton kernels where torch did not bring triton
-        "dev": ["triton>=3.0", "pytest", "hypothesis", "pytest-benchmark", "pytest-timeout", "onnx", "onnxscript", "onnxruntime",
+        "dev": ["triton>=3.0", "pytest", "hypothesis", "pytest-benchmark", "pytest-timeout", "pytest-xdist", "onnx", "onnxscript", "onnxruntime",
                 "vulture"],
     },
     entry_points={"console_scripts": ["sdpsfnet = sdpsfnet.cli:main"]},

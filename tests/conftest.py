@@ -17,6 +17,12 @@ settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+# Under pytest-xdist (the suite's `-n auto`), each worker takes its share of the cores for torch's
+# intra-op threads, so that two workers on two cores do not run four threads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 # Device the Triton path runs on in these tests: the GPU if there is one, else the CPU interpreter.
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 

@@ -1,6 +1,8 @@
 """Shared test utilities: random inputs, float64 truth, tolerances, gradient collection."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -13,6 +15,12 @@ import torch
 FWD_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 GRAD_RTOL = {torch.float64: 1e-12, torch.float32: 1e-4, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def compiled_env() -> dict:
+    """This environment for a subprocess that compiles (no TRITON_INTERPRET) and is no pytest-xdist
+    worker (pytest-benchmark turns itself off where it sees a worker's variables)."""
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_XDIST")}
 
 
 def rand(*shape, dtype=torch.float32, device="cpu", requires_grad=False, scale=1.0) -> torch.Tensor:

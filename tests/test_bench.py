@@ -15,6 +15,7 @@ import torch
 from bench import cases as C
 from bench import harness, report
 from bench.__main__ import main as bench_main
+from helpers import compiled_env
 
 CPU = torch.device("cpu")
 FAST = dict(warmup_ms=1.0, rep_ms=5.0, min_reps=3)
@@ -247,10 +248,6 @@ def test_default_test_run_does_not_collect_the_benchmarks():
     assert (root / "bench" / "test_benchmarks.py").exists()
 
 
-def _env_without_interpreter():
-    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-
-
 def test_pytest_benchmark_suite_runs_on_cpu():
     """``pytest bench --benchmark-only``: reference rows time, Triton rows skip with a reason, and
     no tracked file changes."""
@@ -259,7 +256,7 @@ def test_pytest_benchmark_suite_runs_on_cpu():
     before = _tracked_state()
     run = subprocess.run([sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-q", "-p",
                           "no:cacheprovider", "-k", "gated_blend-fwd-", "--benchmark-max-time=0.01",
-                          "--benchmark-min-rounds=2"], cwd=root, env=_env_without_interpreter(),
+                          "--benchmark-min-rounds=2"], cwd=root, env=compiled_env(),
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "1 passed" in run.stdout and "no CUDA device" in run.stdout, run.stdout[-2000:]
@@ -491,7 +488,7 @@ def test_bench_sass_end_to_end(tmp_path):
     Triton cache: a slow test)."""
     pytest.importorskip("triton")
     out = tmp_path / "sass.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = compiled_env()
     run = subprocess.run([sys.executable, "-m", "bench", "sass", "--dtypes", "bfloat16", "--gpus", "H100",
                           "--json", str(out)], env=env, capture_output=True, text=True, timeout=900,
                          cwd=Path(__file__).parents[1])

@@ -7,12 +7,13 @@ bfloat16 inputs, tf32 passes for float32) and half-precision gated_fusion (not f
 interpreter cannot catch a kernel that only fails in, or is slowed by, the real compiler; this
 can. (The compile takes minutes: one run serves every test here.)"""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import compiled_env
 
 triton = pytest.importorskip("triton")
 EXPECTED_KERNELS = {
@@ -30,7 +31,7 @@ needs_tools = pytest.mark.skipif(not CUOBJDUMP.exists(), reason="triton ships no
 
 
 def _compile(tmp_path, dtypes: str, *options: str, expected=EXPECTED_KERNELS) -> list[dict]:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = compiled_env()
     out = tmp_path / "sm90.json"
     run = subprocess.run([sys.executable, "-m", "bench", "sm90", "--dtypes", dtypes, "--json", str(out), *options],
                          env=env, capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[1])
