@@ -14,11 +14,12 @@ product ``(pixels x J) @ (J x k*k)`` (tensor cores) and never written to device 
     synthesize_psf forward / backward: the synthesis and that epilogue alone.
 
 Three launchers serve every psf op and its gradients: :func:`filter_forward` (the gather form,
-``_psf_fwd_kernel``), :func:`filter_scatter` (its adjoint with zeros padding, the d(x) kernel) and
+``_psf_fwd_kernel``), :func:`filter_scatter` (its adjoint, the d(x) kernel) and
 :func:`tap_grads` (``_psf_dk_kernel``). psf_conv_transpose's forward is the scatter; its
 gradients are the gather (for its input) and the tap gradients with the roles of x and dy
 swapped. A padding mode other than zeros is applied where the gather kernels stage their input
-(the indices remapped, ``_source``); the scatter is zeros-only here (the op layer extends and folds).
+(the indices remapped, ``_source``); the scatter folds what it spreads outside the image back
+onto the pixels the padding copies there, inside the d(x) kernel (``_fold_band``).
 
 Work layout. Every kernel runs a persistent grid (one program per SM, two for d(taps): a fixed tile order:
 program ``pid`` takes tiles pid, pid + programs, ...). A tile is TH x TW pixels of one image (TW
@@ -73,7 +74,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, dot_mode, gradient_buffers, matmul, matmul_add, torch_acc_dtype
+from ._common import acc_dtype, dot_mode, gradient_buffers, matmul_add, torch_acc_dtype
 from .launch import gpu_plans, launcher, sm_count
 
 
@@ -472,16 +473,80 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
 
 
 @triton.jit
-def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles, tiles_w,
-                   tiles_per_img, basis_stride, SYNTH: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
+def _band_tiles(n, T: tl.constexpr, R: tl.constexpr, PADDING: tl.constexpr):
+    """On an axis of length ``n`` tiled by T from 0: the tiles (their first index) that hold a
+    band position (within R outside the axis): ``count`` of them, the first ``below`` of which lie
+    below 0 (origins -T, -2T, ..), the rest from ``above`` (the tile holding n) up. None with zeros
+    padding (nothing is folded)."""
+    below = (R + T - 1) // T
+    above = n // T * T
+    count = below + (n + R - 1) // T - n // T + 1
+    if PADDING == "zeros" or R == 0:
+        count = 0
+    return count, below, above
+
+
+@triton.jit
+def _band_tile(m, o0, below, above, T: tl.constexpr):
+    """Candidate ``m`` of an axis: 0 the owner's own tile ``o0``, then :func:`_band_tiles`' tiles."""
+    if m == 0:
+        e0 = o0
+    elif m <= below:
+        e0 = -m * T
+    else:
+        e0 = above + (m - 1 - below) * T
+    return e0
+
+
+@triton.jit
+def _folds_into(e0, o0, n, T: tl.constexpr, R: tl.constexpr, PADDING: tl.constexpr):
+    """Whether the axis tile at ``e0`` holds a band position (within R outside the axis) whose
+    source index (``_source``) lies in the owner's tile at ``o0`` (never with zeros padding)."""
+    e = e0 + tl.arange(0, T)
+    src = _source(e, n, PADDING)
+    band = ((e < 0) | (e >= n)) & (e >= -R) & (e < n + R)
+    return (tl.max((band & (src >= o0) & (src < o0 + T)).to(tl.int32), axis=0) > 0) & (PADDING != "zeros")
+
+
+@triton.jit
+def _fold_band(owner, band, eh0, ew0, oh0, ow0, H, W, R, TH: tl.constexpr, TW: tl.constexpr,
+               BLOCK_C: tl.constexpr, PADDING: tl.constexpr):
+    """The adjoint of the padding, inside the kernel: each value ``band[c, e]`` of the tile at
+    (eh0, ew0) that lies outside the image, within R of it, is added onto its source pixel (the
+    pixel the padding copies there), ``owner[c, pixel]``, where that pixel is in the owner's tile at
+    (oh0, ow0) (both blocks tile-local, TH*TW per channel). One position at a time, in a fixed
+    order: many positions fold onto one pixel (a replicate edge), so the adds are sequential and
+    deterministic, with no atomics. Each channel's load, add and store stay in the thread that
+    holds it (one 1-D layout), so the next position's read sees the write."""
+    cl = tl.arange(0, BLOCK_C) * (TH * TW)
+    for eh in range(tl.maximum(eh0, -R), tl.minimum(eh0 + TH, H + R)):
+        sh = _source(eh, H, PADDING)
+        for ew in range(tl.maximum(ew0, -R), tl.minimum(ew0 + TW, W + R)):
+            sw = _source(ew, W, PADDING)
+            outside = (eh < 0) | (eh >= H) | (ew < 0) | (ew >= W)
+            if outside & (sh >= oh0) & (sh < oh0 + TH) & (sw >= ow0) & (sw < ow0 + TW):
+                at = owner + cl + (sh - oh0) * TW + (sw - ow0)
+                tl.store(at, tl.load(at) + tl.load(band + cl + (eh - eh0) * TW + (ew - ew0)))
+
+
+@triton.jit
+def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, fold_ptr, C, H, W, J, n_tiles,
+                   tiles_w, tiles_per_img, basis_stride, SYNTH: tl.constexpr, PADDING: tl.constexpr,
+                   KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
                    TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
                    KK_PAD: tl.constexpr, KB: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
                    HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr,
                    DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr, ROW_LOOP: tl.constexpr):
-    """dx[c, q] = sum_t K_t(q - s_t) dy[c, q - s_t]. Per tile: the taps of the tile and its halo
-    (the pixels its outputs read from) go to ``taps`` in halo coordinates, synthesized (SYNTH) or
-    copied from the psf src; per channel block dy is staged with its halo and read as in the
-    forward, with the shifts reversed."""
+    """dx[c, q] = sum_t K_t(q - s_t) dy[c, q - s_t], then folded as the adjoint of PADDING. Per
+    tile: the taps of the tile and its halo (the pixels its outputs read from) go to ``taps`` in
+    halo coordinates, synthesized (SYNTH) or copied from the psf src; per channel block dy is
+    staged with its halo (zeros outside the image) and read as in the forward, with the shifts
+    reversed. PADDING other than zeros: the program that owns a tile near the border also computes
+    the same sum on every tile of the extended image (up to RD outside it, on the same tile grid)
+    that holds positions whose padding source is in its tile, and folds those positions onto
+    their sources (``_fold_band``): the adjoint of the padding, with no extended copy of anything
+    and no atomics. Such a tile is summed in ACC in this program's ``fold`` area (all its channels,
+    the band block after them) and rounded to the output dtype once."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
     if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
@@ -490,20 +555,52 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
     pid = tl.program_id(0)
     taps = taps_ptr + pid.to(tl.int64) * (KK * HALO)
     i = tl.arange(0, P)
+    cl = tl.arange(0, BLOCK_C)
+    owner = fold_ptr + pid.to(tl.int64) * ((C + BLOCK_C - 1) // BLOCK_C + 1) * (BLOCK_C * P)
+    band = owner + (C + BLOCK_C - 1) // BLOCK_C * (BLOCK_C * P)
     stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
-        b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
-        _window_taps(taps, HALO, src_ptr, basis_ptr + b * basis_stride, b, J, H, W, HW, h0 - RD, w0 - WPAD, HALO_W,
-                     HALO, SYNTH_CHUNK, SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT, ROW_LOOP)
-        h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
-        for c0 in range(0, C, BLOCK_C):
-            rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
-            _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
-                        "zeros")
-            tl.debug_barrier()
-            accs = _filter_block(staged, taps, here, i, False, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC,
+        b, oh0, ow0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
+        h, w, valid, pix = _tile_pixels(oh0, ow0, H, W, TH, TW)
+        rows_n, rows_below, rows_above = _band_tiles(H, TH, RD, PADDING)
+        cols_n, cols_below, cols_above = _band_tiles(W, TW, RD, PADDING)
+        near = ((oh0 <= RD) | (oh0 + TH >= H - RD) | (ow0 <= RD) | (ow0 + TW >= W - RD)) & (PADDING != "zeros")
+        # The owner's own tile first (m = n = 0), then the band tiles that fold into it.
+        for m in range(rows_n + 1):
+            h0 = _band_tile(m, oh0, rows_below, rows_above, TH)
+            rows_fold = _folds_into(h0, oh0, H, TH, RD, PADDING)
+            for n in range(cols_n + 1):
+                w0 = _band_tile(n, ow0, cols_below, cols_above, TW)
+                cols_fold = _folds_into(w0, ow0, W, TW, RD, PADDING)
+                own = (m == 0) & (n == 0)
+                repeat = ((m > 0) & (h0 == oh0)) | ((n > 0) & (w0 == ow0))  # the own tile, met again
+                fold = (rows_fold & (cols_fold | (n == 0))) | ((m == 0) & cols_fold)
+                if own | (fold & ~repeat):
+                    _window_taps(taps, HALO, src_ptr, basis_ptr + b * basis_stride, b, J, H, W, HW, h0 - RD,
+                                 w0 - WPAD, HALO_W, HALO, SYNTH_CHUNK, SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT,
                                  ROW_LOOP)
-            _store_quads(dx_ptr, accs, rows, cvalid, pix, valid)
+                    for c0 in range(0, C, BLOCK_C):
+                        rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
+                        _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK,
+                                    BLOCK_C, "zeros")
+                        tl.debug_barrier()
+                        accs = _filter_block(staged, taps, here, i, False, P, HALO, KSIZE, DIL, WPAD, HALO_W,
+                                             BLOCK_C, ACC, ROW_LOOP)
+                        if own & ~near:
+                            _store_quads(dx_ptr, accs, rows, cvalid, pix, valid)
+                        if own & near:
+                            _store_quads(owner + c0 * P, accs, cl * P, cl < BLOCK_C, i, i < P)
+                        if fold:
+                            _store_quads(band, accs, cl * P, cl < BLOCK_C, i, i < P)
+                            tl.debug_barrier()  # the band block (and the owner's block) are written
+                            _fold_band(owner + c0 * P, band, h0, w0, oh0, ow0, H, W, RD, TH, TW, BLOCK_C, PADDING)
+                        tl.debug_barrier()
+        if near:  # the folded tile, rounded once
+            for c0 in range(0, C, BLOCK_C):
+                rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
+                v = tl.load(owner + c0 * P + cl[:, None] * P + i[None, :])
+                tl.store(dx_ptr + rows[:, None] + pix[None, :], v.to(dx_ptr.dtype.element_ty),
+                         mask=cvalid[:, None] & valid[None, :])
             tl.debug_barrier()
 
 
@@ -842,10 +939,11 @@ def filter_forward(x, src, basis, dilation: int, padding: str = "zeros") -> torc
 
 
 @launcher
-def filter_scatter(y, src, basis, dilation: int) -> torch.Tensor:
-    """Scatter form, the adjoint of :func:`filter_forward` with zeros padding: each pixel spreads
-    ``K_t(p) y[p]`` to ``p + s_t`` (pixels outside the image dropped), computed as a gather
-    ``out[q] = sum_t K_t(q - s_t) y[q - s_t]`` (the d(x) kernel). (B,C,H,W) out."""
+def filter_scatter(y, src, basis, dilation: int, padding: str = "zeros") -> torch.Tensor:
+    """Scatter form, the adjoint of :func:`filter_forward` with the same ``padding``: each pixel
+    spreads ``K_t(p) y[p]`` to ``p + s_t``, and what lands outside the image is folded back onto
+    the pixel the padding copies there (zeros: dropped), computed as a gather ``out[q] = sum_t
+    K_t(q - s_t) y[q - s_t]`` (the d(x) kernel) plus, near the border, that fold. (B,C,H,W) out."""
     y, src = y.contiguous(), src.contiguous()
     B, C, H, W, J, k = _shapes(y, src, basis)
     out = torch.empty_like(y, memory_format=torch.contiguous_format)
@@ -857,12 +955,15 @@ def filter_scatter(y, src, basis, dilation: int) -> torch.Tensor:
     kk_pad = _kk_pad(k)
     kb = _tap_block(kk_pad)
     dot = _dot_modes(y.dtype)[0]
+    # the fold area: a border tile's channel blocks, then one band block (ACC)
+    fold = _scratch(p, (triton.cdiv(C, p.BLOCK_C) + 1) * p.BLOCK_C * p.TH * p.TW if padding != "zeros" else 1,
+                    torch_acc_dtype(y), y.device)
     _psf_dx_kernel[(p.programs,)](
         y, src, b.padded if b else src, out, _scratch(p, k * k * halo["HALO"], torch_acc_dtype(y), y.device),
-        _scratch(p, p.BLOCK_C * halo["HALO"], y.dtype, y.device), C, H, W, J, *_grid_args(p, B, H, W),
-        b.stride if b else 0, SYNTH=b is not None, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad,
-        KB=kb, SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kb, dot), DOT=dot, ACC=acc_dtype(y), QUAD=W % 4 == 0,
-        ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args())
+        _scratch(p, p.BLOCK_C * halo["HALO"], y.dtype, y.device), fold, C, H, W, J, *_grid_args(p, B, H, W),
+        b.stride if b else 0, SYNTH=b is not None, PADDING=padding, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C,
+        KK_PAD=kk_pad, KB=kb, SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kb, dot), DOT=dot, ACC=acc_dtype(y),
+        QUAD=W % 4 == 0, ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args())
     return out
 
 

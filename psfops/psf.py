@@ -8,19 +8,16 @@ shapes and its reference (``psfops.reference``).
 Orientation: the basis is applied as a correlation, ``y[p] = sum_t K_t(p) x[p + s_t]`` with
 ``s_t = ((u - k//2) d, (v - k//2) d)`` for tap ``t = u*k + v``; for a convolution kernel pass
 ``basis.flip(-1, -2)``. ``padding`` extends the op's input as ``F.pad`` would ("zeros",
-"reflect", "replicate", "circular"; any pad size, :mod:`psfops.padding`). On the Triton path the
-gather direction remaps indices inside the kernels; the scatter direction with a padding other
-than zeros runs the zeros-padding scatter on y and the per-pixel kernels extended by the halo and
-folds the extension back (``psfops.padding.pad_adjoint``): an extra copy of each, larger by the
-halo.
+"reflect", "replicate", "circular"; any pad size, :mod:`psfops.padding`). On the Triton path both
+directions apply it inside the kernels: the gather remaps the indices it reads, the scatter folds
+what lands outside the image back onto the pixels the padding copies there (no padded copy of
+any tensor).
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks, cpu, reference
-from .padding import pad_adjoint
 from ._registry import kernels, op
 from ._samples import Sample, mixing_weights, pixels, randn
 
@@ -36,14 +33,7 @@ def _like_first(image, *rest):
 
 def _scatter(y: Tensor, src: Tensor, basis: Tensor | None, dilation: int, padding: str) -> Tensor:
     """The scatter (adjoint of the gather with ``padding``) on the Triton path."""
-    if padding == "zeros":
-        return kernels.psf.filter_scatter(y, src, basis, dilation)
-    k = basis.shape[-1] if basis is not None else int(round(src.shape[1] ** 0.5))
-    r = (k // 2) * dilation
-    align = -(y.shape[-1] + 2 * r) % 16  # zero columns that keep the rows 16-aligned (vector access, no spills)
-    pads = (r, r + align, r, r)
-    extended = kernels.psf.filter_scatter(F.pad(y, pads), F.pad(src, pads), basis, dilation)
-    return pad_adjoint(extended[..., :extended.shape[-1] - align], r, r, padding)
+    return kernels.psf.filter_scatter(y, src, basis, dilation, padding)
 
 
 def _placeholder(t: Tensor) -> Tensor:

@@ -211,6 +211,31 @@ def test_gpu_launch_plans_padded_per_sample(op, padding, case, gpu_plans):
     _check_op(getattr(psfops, op), loop, case, padding, True, torch.float64, "gpu plans ")
 
 
+@pytest.mark.parametrize("padding", ["replicate", "reflect"])
+def test_padded_scatter_folds_inside_the_kernel(padding, gpu_plans, monkeypatch):
+    """The scatter's fold of a non-zero padding under the GPU's plans, with a band (RD = 5) wider
+    than a tile's 4 rows and an image that ends mid-tile: no tensor is padded on the host (F.pad
+    raises here), float32 (bitwise repeatable) and bfloat16 against the float64 truth (replicate
+    folds up to 6 x 6 positions onto a corner pixel, summed in float32, rounded once)."""
+    import torch.nn.functional as F
+
+    def no_host_pad(*args, **kwargs):
+        raise AssertionError("the Triton scatter padded a tensor on the host")
+
+    B, C, H, W, J, k, d = 1, 2, 7, 9, 2, 3, 5
+    torch.manual_seed(len(padding))
+    y, w, basis = _inputs(B, C, H, W, J, k, False, requires_grad=False)
+    truth = loop_psf_conv_transpose(y, w, basis, d, padding)
+    for dtype, rtol in ((torch.float32, 1e-5), (torch.bfloat16, 8e-3)):
+        args = (y.to(dtype), w.to(dtype), basis.to(dtype))
+        with monkeypatch.context() as m:
+            m.setattr(F, "pad", no_host_pad)
+            out = gpu_plans.filter_scatter(*args, d, padding)
+            again = gpu_plans.filter_scatter(*args, d, padding) if dtype == torch.float32 else out
+        assert_rel_close(out, truth, rtol, f"{padding} {dtype}")
+        assert torch.equal(out, again)
+
+
 # ---- 6. large kernels on tiny images ------------------------------------------------------------
 
 LARGE = [  # (op, padding, dtype, (B, C, H, W, J, k, dilation))
