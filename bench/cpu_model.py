@@ -12,7 +12,7 @@ import torch
 
 import psfops
 from sdpsfnet import build_model
-from sdpsfnet.inference import restore
+from sdpsfnet.evaluation.inference import restore
 
 from .cpu import _status_kb, _trim
 

@@ -7,7 +7,7 @@ and files.
     y = derainer(x)                                                 # (B,3,H,W) in [0,1] -> (B,3,H,W)
 
 Everything runs under ``torch.inference_mode()`` with the model in eval mode on its device.
-Images larger than ``tile`` are restored in overlapping tiles (see :mod:`sdpsfnet.inference`),
+Images larger than ``tile`` are restored in overlapping tiles (see :mod:`sdpsfnet.evaluation.inference`),
 exactly as ``sdpsfnet derain`` does: the CLI calls this class.
 """
 from __future__ import annotations

@@ -502,3 +502,13 @@ def test_bench_sass_end_to_end(tmp_path):
         assert r["estimate_us"] >= r["estimate_4roof_us"] and r["binding"] in ("issue", "l1", "l2", "math", "hbm")
     conv = {r["pass"]: r for r in records if r["op"] == "psf_conv"}
     assert conv["fwd+bwd"]["tensor_core_instructions"] > 0 and conv["bwd"]["scratch_bytes"] > 0
+
+
+def test_cpu_model_restores_an_image_and_reports_time_and_memory():
+    """``python -m bench.cpu_model BACKEND H W`` (the README's SD-PSFNet-on-the-CPU figures) on a
+    tiny image: both backends give the same image (checksum) and report seconds and peak memory."""
+    from bench import cpu_model
+    runs = [cpu_model.main([backend, "16", "24"]) for backend in ("cpu", "reference")]
+    for r in runs:
+        assert {"seconds", "peak_extra_mb", "checksum"} <= set(r) and r["seconds"] > 0
+    assert abs(runs[0]["checksum"] - runs[1]["checksum"]) <= 1e-4 * abs(runs[1]["checksum"])
