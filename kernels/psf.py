@@ -19,7 +19,8 @@ Three launchers serve every psf op and its gradients: :func:`filter_forward` (th
 gradients are the gather (for its input) and the tap gradients with the roles of x and dy
 swapped. A padding mode other than zeros is applied where the gather kernels stage their input
 (the indices remapped, ``_source``); the scatter folds what it spreads outside the image back
-onto the pixels the padding copies there, inside the d(x) kernel (``_fold_band``).
+onto the pixels the padding copies there, in a second kernel over the border tiles
+(``_psf_fold_kernel``).
 
 Work layout. Every kernel runs a persistent grid (one program per SM, two for d(taps): a fixed tile order:
 program ``pid`` takes tiles pid, pid + programs, ...). A tile is TH x TW pixels of one image (TW
@@ -530,23 +531,16 @@ def _fold_band(owner, band, eh0, ew0, oh0, ow0, H, W, R, TH: tl.constexpr, TW: t
 
 
 @triton.jit
-def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, fold_ptr, C, H, W, J, n_tiles,
-                   tiles_w, tiles_per_img, basis_stride, SYNTH: tl.constexpr, PADDING: tl.constexpr,
-                   KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
+def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles, tiles_w,
+                   tiles_per_img, basis_stride, SYNTH: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
                    TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
                    KK_PAD: tl.constexpr, KB: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
                    HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr,
                    DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr, ROW_LOOP: tl.constexpr):
-    """dx[c, q] = sum_t K_t(q - s_t) dy[c, q - s_t], then folded as the adjoint of PADDING. Per
-    tile: the taps of the tile and its halo (the pixels its outputs read from) go to ``taps`` in
-    halo coordinates, synthesized (SYNTH) or copied from the psf src; per channel block dy is
-    staged with its halo (zeros outside the image) and read as in the forward, with the shifts
-    reversed. PADDING other than zeros: the program that owns a tile near the border also computes
-    the same sum on every tile of the extended image (up to RD outside it, on the same tile grid)
-    that holds positions whose padding source is in its tile, and folds those positions onto
-    their sources (``_fold_band``): the adjoint of the padding, with no extended copy of anything
-    and no atomics. Such a tile is summed in ACC in this program's ``fold`` area (all its channels,
-    the band block after them) and rounded to the output dtype once."""
+    """dx[c, q] = sum_t K_t(q - s_t) dy[c, q - s_t]. Per tile: the taps of the tile and its halo
+    (the pixels its outputs read from) go to ``taps`` in halo coordinates, synthesized (SYNTH) or
+    copied from the psf src; per channel block dy is staged with its halo and read as in the
+    forward, with the shifts reversed."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
     if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
@@ -555,48 +549,85 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, fold
     pid = tl.program_id(0)
     taps = taps_ptr + pid.to(tl.int64) * (KK * HALO)
     i = tl.arange(0, P)
+    stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
+        _window_taps(taps, HALO, src_ptr, basis_ptr + b * basis_stride, b, J, H, W, HW, h0 - RD, w0 - WPAD, HALO_W,
+                     HALO, SYNTH_CHUNK, SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT, ROW_LOOP)
+        h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
+        for c0 in range(0, C, BLOCK_C):
+            rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
+            _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
+                        "zeros")
+            tl.debug_barrier()
+            accs = _filter_block(staged, taps, here, i, False, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC,
+                                 ROW_LOOP)
+            _store_quads(dx_ptr, accs, rows, cvalid, pix, valid)
+            tl.debug_barrier()
+
+
+@triton.jit
+def _psf_fold_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, fold_ptr, C, H, W, J, n_tiles,
+                     tiles_w, tiles_per_img, basis_stride, SYNTH: tl.constexpr, PADDING: tl.constexpr,
+                     KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                     BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr,
+                     KB: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr,
+                     HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, SYNTH_CHUNK: tl.constexpr, DOT: tl.constexpr,
+                     ACC: tl.constexpr, QUAD: tl.constexpr, ROW_LOOP: tl.constexpr):
+    """The adjoint of PADDING (not zeros), after the d(x) kernel has written the zeros-padding
+    scatter into ``dx``: the program that owns a tile near the border computes the same sum as
+    d(x) on every tile of the extended image (up to RD outside it, on the same tile grid) that
+    holds positions whose padding source is in its tile, and folds those positions onto their
+    sources (``_fold_band``), with no extended copy of anything and no atomics. The owned tile is
+    summed in ACC in this program's ``fold`` area (all its channels, then one band block) and
+    written back once. Tiles away from the border are skipped."""
+    KK: tl.constexpr = KSIZE * KSIZE
+    P: tl.constexpr = TH * TW
+    if QUAD:  # W % 4 == 0 (the launcher's check): as in the d(x) kernel
+        W = W // 4 * 4
+    HW = H * W
+    pid = tl.program_id(0)
+    taps = taps_ptr + pid.to(tl.int64) * (KK * HALO)
+    i = tl.arange(0, P)
     cl = tl.arange(0, BLOCK_C)
     owner = fold_ptr + pid.to(tl.int64) * ((C + BLOCK_C - 1) // BLOCK_C + 1) * (BLOCK_C * P)
     band = owner + (C + BLOCK_C - 1) // BLOCK_C * (BLOCK_C * P)
     stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
+    rows_n, rows_below, rows_above = _band_tiles(H, TH, RD, PADDING)
+    cols_n, cols_below, cols_above = _band_tiles(W, TW, RD, PADDING)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, oh0, ow0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
-        h, w, valid, pix = _tile_pixels(oh0, ow0, H, W, TH, TW)
-        rows_n, rows_below, rows_above = _band_tiles(H, TH, RD, PADDING)
-        cols_n, cols_below, cols_above = _band_tiles(W, TW, RD, PADDING)
-        near = ((oh0 <= RD) | (oh0 + TH >= H - RD) | (ow0 <= RD) | (ow0 + TW >= W - RD)) & (PADDING != "zeros")
-        # The owner's own tile first (m = n = 0), then the band tiles that fold into it.
-        for m in range(rows_n + 1):
-            h0 = _band_tile(m, oh0, rows_below, rows_above, TH)
-            rows_fold = _folds_into(h0, oh0, H, TH, RD, PADDING)
-            for n in range(cols_n + 1):
-                w0 = _band_tile(n, ow0, cols_below, cols_above, TW)
-                cols_fold = _folds_into(w0, ow0, W, TW, RD, PADDING)
-                own = (m == 0) & (n == 0)
-                repeat = ((m > 0) & (h0 == oh0)) | ((n > 0) & (w0 == ow0))  # the own tile, met again
-                fold = (rows_fold & (cols_fold | (n == 0))) | ((m == 0) & cols_fold)
-                if own | (fold & ~repeat):
-                    _window_taps(taps, HALO, src_ptr, basis_ptr + b * basis_stride, b, J, H, W, HW, h0 - RD,
-                                 w0 - WPAD, HALO_W, HALO, SYNTH_CHUNK, SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT,
-                                 ROW_LOOP)
-                    for c0 in range(0, C, BLOCK_C):
-                        rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
-                        _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK,
-                                    BLOCK_C, "zeros")
-                        tl.debug_barrier()
-                        accs = _filter_block(staged, taps, here, i, False, P, HALO, KSIZE, DIL, WPAD, HALO_W,
-                                             BLOCK_C, ACC, ROW_LOOP)
-                        if own & ~near:
-                            _store_quads(dx_ptr, accs, rows, cvalid, pix, valid)
-                        if own & near:
-                            _store_quads(owner + c0 * P, accs, cl * P, cl < BLOCK_C, i, i < P)
-                        if fold:
-                            _store_quads(band, accs, cl * P, cl < BLOCK_C, i, i < P)
-                            tl.debug_barrier()  # the band block (and the owner's block) are written
-                            _fold_band(owner + c0 * P, band, h0, w0, oh0, ow0, H, W, RD, TH, TW, BLOCK_C, PADDING)
-                        tl.debug_barrier()
-        if near:  # the folded tile, rounded once
+        if (oh0 <= RD) | (oh0 + TH >= H - RD) | (ow0 <= RD) | (ow0 + TW >= W - RD):  # a pixel with a band source
+            h, w, valid, pix = _tile_pixels(oh0, ow0, H, W, TH, TW)
             for c0 in range(0, C, BLOCK_C):
+                rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
+                v = tl.load(dx_ptr + rows[:, None] + pix[None, :], mask=cvalid[:, None] & valid[None, :], other=0.0)
+                tl.store(owner + c0 * P + cl[:, None] * P + i[None, :], v.to(ACC))
+            tl.debug_barrier()
+            # Candidate m (n) = 0 is the owned tile's own rows (columns), then the band tiles.
+            for m in range(rows_n + 1):
+                h0 = _band_tile(m, oh0, rows_below, rows_above, TH)
+                rows_fold = _folds_into(h0, oh0, H, TH, RD, PADDING)
+                for n in range(cols_n + 1):
+                    w0 = _band_tile(n, ow0, cols_below, cols_above, TW)
+                    repeat = ((m > 0) & (h0 == oh0)) | ((n > 0) & (w0 == ow0))  # the owned tile, met again
+                    cols_fold = _folds_into(w0, ow0, W, TW, RD, PADDING)
+                    if ((rows_fold & (cols_fold | (n == 0))) | ((m == 0) & cols_fold)) & ~repeat:
+                        _window_taps(taps, HALO, src_ptr, basis_ptr + b * basis_stride, b, J, H, W, HW, h0 - RD,
+                                     w0 - WPAD, HALO_W, HALO, SYNTH_CHUNK, SYNTH, KK, KK_PAD, BLOCK_J, NUM_JB, KB,
+                                     DOT, ROW_LOOP)
+                        for c0 in range(0, C, BLOCK_C):
+                            rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
+                            _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD,
+                                        HALO_CHUNK, BLOCK_C, "zeros")
+                            tl.debug_barrier()
+                            accs = _filter_block(staged, taps, here, i, False, P, HALO, KSIZE, DIL, WPAD, HALO_W,
+                                                 BLOCK_C, ACC, ROW_LOOP)
+                            _store_quads(band, accs, cl * P, cl < BLOCK_C, i, i < P)
+                            tl.debug_barrier()  # the band block is written
+                            _fold_band(owner + c0 * P, band, h0, w0, oh0, ow0, H, W, RD, TH, TW, BLOCK_C, PADDING)
+                            tl.debug_barrier()
+            for c0 in range(0, C, BLOCK_C):  # the folded tile, rounded once more
                 rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
                 v = tl.load(owner + c0 * P + cl[:, None] * P + i[None, :])
                 tl.store(dx_ptr + rows[:, None] + pix[None, :], v.to(dx_ptr.dtype.element_ty),
@@ -783,6 +814,7 @@ TAP_BLOCK = 64  # taps per synthesis and epilogue product (KK_PAD above it: seve
 UNROLLED_K = 7  # the tap loops unroll all k x k taps up to this k; above it, only a row's k taps (compile time)
 GPU_CHUNKS = (128, 128)  # halo pixels per staging step, per synthesis product
 FWD_SYNTH_CHUNK = 128  # the forward's tile pixels per synthesis product
+FOLD_BLOCK_C = 16  # channels per block of the padding fold (border tiles only): its bookkeeping needs registers
 
 
 BLOCK_OVERHEAD = 8  # a channel block's fixed cost (the thread's tap loads, staging), in channels' work
@@ -942,8 +974,9 @@ def filter_forward(x, src, basis, dilation: int, padding: str = "zeros") -> torc
 def filter_scatter(y, src, basis, dilation: int, padding: str = "zeros") -> torch.Tensor:
     """Scatter form, the adjoint of :func:`filter_forward` with the same ``padding``: each pixel
     spreads ``K_t(p) y[p]`` to ``p + s_t``, and what lands outside the image is folded back onto
-    the pixel the padding copies there (zeros: dropped), computed as a gather ``out[q] = sum_t
-    K_t(q - s_t) y[q - s_t]`` (the d(x) kernel) plus, near the border, that fold. (B,C,H,W) out."""
+    the pixel the padding copies there (zeros: dropped): the gather ``out[q] = sum_t K_t(q - s_t)
+    y[q - s_t]`` (the d(x) kernel), then, for another padding, the fold near the border (a second
+    kernel, with channel blocks of at most :data:`FOLD_BLOCK_C`). (B,C,H,W) out."""
     y, src = y.contiguous(), src.contiguous()
     B, C, H, W, J, k = _shapes(y, src, basis)
     out = torch.empty_like(y, memory_format=torch.contiguous_format)
@@ -955,15 +988,19 @@ def filter_scatter(y, src, basis, dilation: int, padding: str = "zeros") -> torc
     kk_pad = _kk_pad(k)
     kb = _tap_block(kk_pad)
     dot = _dot_modes(y.dtype)[0]
-    # the fold area: a border tile's channel blocks, then one band block (ACC)
-    fold = _scratch(p, (triton.cdiv(C, p.BLOCK_C) + 1) * p.BLOCK_C * p.TH * p.TW if padding != "zeros" else 1,
-                    torch_acc_dtype(y), y.device)
-    _psf_dx_kernel[(p.programs,)](
-        y, src, b.padded if b else src, out, _scratch(p, k * k * halo["HALO"], torch_acc_dtype(y), y.device),
-        _scratch(p, p.BLOCK_C * halo["HALO"], y.dtype, y.device), fold, C, H, W, J, *_grid_args(p, B, H, W),
-        b.stride if b else 0, SYNTH=b is not None, PADDING=padding, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C,
-        KK_PAD=kk_pad, KB=kb, SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kb, dot), DOT=dot, ACC=acc_dtype(y),
-        QUAD=W % 4 == 0, ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args())
+    taps = _scratch(p, k * k * halo["HALO"], torch_acc_dtype(y), y.device)
+    stage = _scratch(p, p.BLOCK_C * halo["HALO"], y.dtype, y.device)
+    args = (y, src, b.padded if b else src, out, taps, stage)
+    meta = dict(SYNTH=b is not None, KSIZE=k, DIL=dilation, KK_PAD=kk_pad, KB=kb,
+                SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kb, dot), DOT=dot, ACC=acc_dtype(y), QUAD=W % 4 == 0,
+                ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args())
+    _psf_dx_kernel[(p.programs,)](*args, C, H, W, J, *_grid_args(p, B, H, W), b.stride if b else 0,
+                                  BLOCK_C=p.BLOCK_C, **meta)
+    if padding != "zeros":
+        fold_c = min(p.BLOCK_C, FOLD_BLOCK_C)
+        fold = _scratch(p, (triton.cdiv(C, fold_c) + 1) * fold_c * p.TH * p.TW, torch_acc_dtype(y), y.device)
+        _psf_fold_kernel[(p.programs,)](*args, fold, C, H, W, J, *_grid_args(p, B, H, W), b.stride if b else 0,
+                                        PADDING=padding, BLOCK_C=fold_c, **meta)
     return out
 
 
