@@ -567,6 +567,22 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
 
 
 @triton.jit
+def _owned_tile(owner, dx_ptr, b, C, HW, pix, valid, TO_OWNER: tl.constexpr, P: tl.constexpr,
+                BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """The owned tile's d(x), every channel, from ``dx`` into the owner area in ACC (TO_OWNER), or
+    back, rounded to dx's dtype."""
+    cl = tl.arange(0, BLOCK_C)
+    for c0 in range(0, C, BLOCK_C):
+        rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
+        at = dx_ptr + rows[:, None] + pix[None, :]
+        mine = owner + c0 * P + cl[:, None] * P + tl.arange(0, P)[None, :]
+        if TO_OWNER:
+            tl.store(mine, tl.load(at, mask=cvalid[:, None] & valid[None, :], other=0.0).to(ACC))
+        else:
+            tl.store(at, tl.load(mine).to(dx_ptr.dtype.element_ty), mask=cvalid[:, None] & valid[None, :])
+
+
+@triton.jit
 def _psf_fold_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, fold_ptr, C, H, W, J, n_tiles,
                      tiles_w, tiles_per_img, basis_stride, SYNTH: tl.constexpr, PADDING: tl.constexpr,
                      KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
@@ -599,10 +615,7 @@ def _psf_fold_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, fo
         b, oh0, ow0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         if (oh0 <= RD) | (oh0 + TH >= H - RD) | (ow0 <= RD) | (ow0 + TW >= W - RD):  # a pixel with a band source
             h, w, valid, pix = _tile_pixels(oh0, ow0, H, W, TH, TW)
-            for c0 in range(0, C, BLOCK_C):
-                rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
-                v = tl.load(dx_ptr + rows[:, None] + pix[None, :], mask=cvalid[:, None] & valid[None, :], other=0.0)
-                tl.store(owner + c0 * P + cl[:, None] * P + i[None, :], v.to(ACC))
+            _owned_tile(owner, dx_ptr, b, C, HW, pix, valid, True, P, BLOCK_C, ACC)
             tl.debug_barrier()
             # Candidate m (n) = 0 is the owned tile's own rows (columns), then the band tiles.
             for m in range(rows_n + 1):
@@ -627,11 +640,7 @@ def _psf_fold_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, fo
                             tl.debug_barrier()  # the band block is written
                             _fold_band(owner + c0 * P, band, h0, w0, oh0, ow0, H, W, RD, TH, TW, BLOCK_C, PADDING)
                             tl.debug_barrier()
-            for c0 in range(0, C, BLOCK_C):  # the folded tile, rounded once more
-                rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
-                v = tl.load(owner + c0 * P + cl[:, None] * P + i[None, :])
-                tl.store(dx_ptr + rows[:, None] + pix[None, :], v.to(dx_ptr.dtype.element_ty),
-                         mask=cvalid[:, None] & valid[None, :])
+            _owned_tile(owner, dx_ptr, b, C, HW, pix, valid, False, P, BLOCK_C, ACC)  # rounded once more
             tl.debug_barrier()
 
 
