@@ -109,7 +109,7 @@ def ptx_facts(ptx: str) -> dict:
 
 def _signature(fn, args, kwargs):
     """(signature, constexprs, options) of one recorded launch, as triton.compile wants them."""
-    options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages") if key in kwargs}
+    options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in kwargs}
     kwargs.pop("grid", None)
     values = dict(zip(fn.arg_names, args))
     values.update(kwargs)
