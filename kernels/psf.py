@@ -806,13 +806,15 @@ class Plan:
         return dict(RD=rd, WPAD=wpad, HALO_W=self.TW + 2 * wpad, HALO=halo,
                     HALO_PAD=triton.cdiv(halo, self.HALO_CHUNK) * self.HALO_CHUNK, HALO_CHUNK=self.HALO_CHUNK)
 
-    def launch_args(self, k: int = 1) -> dict:
-        """The plan's constexprs and launch options; above :data:`UNROLLED_K` an explicit register
-        limit (``maxnreg``): left to itself, sm_90's ptxas kept 2-3 loop-invariant values of the
-        large-k launches on the stack at 64-128 registers (apply_psf at k = 15 and 31, 8-56 bytes
-        under triton 3.9 and 3.6); with the limit it keeps them in registers."""
+    def launch_args(self, limit_registers: bool = False) -> dict:
+        """The plan's constexprs and launch options; ``limit_registers``: an explicit register
+        limit (``maxnreg``, :data:`MAX_REGISTERS`). Left to itself, sm_90's ptxas kept 2-3
+        loop-invariant values of some launches on the stack at 64-128 registers (the large-k ones,
+        k > 7: apply_psf's at k = 15 and 31, 8-56 bytes under triton 3.9 and 3.6; apply_psf's
+        d(taps) with circular padding at k = 7, 16 bytes); with the limit it keeps them in
+        registers."""
         return dict(TH=self.TH, TW=self.TW, BLOCK_J=self.BLOCK_J, NUM_JB=self.NUM_JB, num_warps=self.num_warps,
-                    num_stages=1, **({"maxnreg": MAX_REGISTERS} if k > UNROLLED_K else {}))
+                    num_stages=1, **({"maxnreg": MAX_REGISTERS} if limit_registers else {}))
 
 
 # GPU tile shapes per kernel, (TH, TW, largest BLOCK_C (see channel_block), num_warps), read off the
@@ -825,7 +827,7 @@ PROGRAMS_PER_SM = {"fwd": 1, "dx": 1, "dk": 2, "synth": 1}
 EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the tap-gradient kernel (half that above k = 7)
 TAP_BLOCK = 64  # taps per synthesis and epilogue product (KK_PAD above it: several blocks)
 UNROLLED_K = 7  # the tap loops unroll all k x k taps up to this k; above it, only a row's k taps (compile time)
-MAX_REGISTERS = 255  # the large-k launches' explicit register limit (Plan.launch_args)
+MAX_REGISTERS = 255  # the explicit register limit of large-k launches and apply_psf's d(taps) (Plan.launch_args)
 GPU_CHUNKS = (128, 128)  # halo pixels per staging step, per synthesis product
 FWD_SYNTH_CHUNK = 128  # the forward's tile pixels per synthesis product
 FOLD_BLOCK_C = 16  # channels per block of the padding fold (border tiles only): its bookkeeping needs registers
@@ -980,7 +982,7 @@ def filter_forward(x, src, basis, dilation: int, padding: str = "zeros") -> torc
         _scratch(p, p.BLOCK_C * p.halo(k, dilation)["HALO"], x.dtype, x.device), C, H, W, J,
         *_grid_args(p, B, H, W), b.stride if b else 0, SYNTH=b is not None, PADDING=padding, KSIZE=k, DIL=dilation,
         BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad, KB=kb, SYNTH_CHUNK=_capped(FWD_SYNTH_CHUNK, p, kb, dot), DOT=dot,
-        ACC=acc_dtype(x), QUAD=W % 4 == 0, ROW_LOOP=k > UNROLLED_K, **p.halo(k, dilation), **p.launch_args(k))
+        ACC=acc_dtype(x), QUAD=W % 4 == 0, ROW_LOOP=k > UNROLLED_K, **p.halo(k, dilation), **p.launch_args(k > UNROLLED_K))
     return y
 
 
@@ -1007,7 +1009,7 @@ def filter_scatter(y, src, basis, dilation: int, padding: str = "zeros") -> torc
     args = (y, src, b.padded if b else src, out, taps, stage)
     meta = dict(SYNTH=b is not None, KSIZE=k, DIL=dilation, KK_PAD=kk_pad, KB=kb,
                 SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kb, dot), DOT=dot, ACC=acc_dtype(y), QUAD=W % 4 == 0,
-                ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args(k))
+                ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args(k > UNROLLED_K))
     _psf_dx_kernel[(p.programs,)](*args, C, H, W, J, *_grid_args(p, B, H, W), b.stride if b else 0,
                                   BLOCK_C=p.BLOCK_C, **meta)
     if padding != "zeros":
@@ -1046,7 +1048,7 @@ def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, ne
         b.stride if b else 0, partials[0].numel(), SYNTH=b is not None, PADDING=padding, NEED_DW=need_src,
         NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad, KB=kb,
         EPILOGUE=_epilogue(p, kk_pad, dot), DOT=dot, ACC=acc_dtype(x), QUAD=W % 4 == 0,
-        ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args(k))
+        ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args(k > UNROLLED_K or basis is None))
     if need_basis:
         dbasis.copy_(b.reduce(partials))
     return dsrc, dbasis
