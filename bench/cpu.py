@@ -71,6 +71,20 @@ def _trim() -> None:
         pass
 
 
+def reset_peak_rss() -> int:
+    """``malloc_trim``, reset the resident-set high-water mark (``/proc/self/clear_refs`` 5) and
+    return VmRSS now (kB): :func:`peak_extra_kb` of it after a call is what the call made resident."""
+    _trim()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kb("VmRSS")
+
+
+def peak_extra_kb(before: int) -> int:
+    """VmHWM (kB) over ``before``, a :func:`reset_peak_rss` reading."""
+    return _status_kb("VmHWM") - before
+
+
 def _import_deepinv():
     """deepinv imports torchvision; the PyPI torchvision wheel is a CUDA build whose C ops cannot
     load next to a CPU torch, and its ``_meta_registrations`` then fails on ``torchvision::nms`` and
@@ -155,14 +169,11 @@ def worker(shape, impl, reps: int, threads: int | None) -> list[dict]:
         if grad:
             for t in (x, w, b):
                 t.grad = None
-        _trim()
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _status_kb("VmRSS")
+        before = reset_peak_rss()
         t0 = time.perf_counter()
         out = step()
         times = [(time.perf_counter() - t0) * 1e3]  # the measured call is the first sample
-        peak = _status_kb("VmHWM") - before
+        peak = peak_extra_kb(before)
         del out
         t_start = time.perf_counter()
         while (len(times) < 3 and times[0] < SLOW_MS) or (len(times) < reps and time.perf_counter() - t_start < 3.0):

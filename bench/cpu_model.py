@@ -14,7 +14,7 @@ import psfops
 from sdpsfnet import build_model
 from sdpsfnet.evaluation.inference import restore
 
-from .cpu import _status_kb, _trim
+from .cpu import peak_extra_kb, reset_peak_rss
 
 
 def main(argv: list[str]) -> dict:
@@ -22,15 +22,12 @@ def main(argv: list[str]) -> dict:
     torch.manual_seed(0)
     model = build_model("sdpsfnet").eval()
     x = torch.rand(1, 3, H, W)
-    _trim()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_kb("VmRSS")
+    before = reset_peak_rss()
     t0 = time.perf_counter()
     with psfops.backend(name), torch.inference_mode():
         y = restore(model, x)
     return dict(backend=name, H=H, W=W, seconds=round(time.perf_counter() - t0, 2),
-                peak_extra_mb=round((_status_kb("VmHWM") - before) / 1024), threads=torch.get_num_threads(),
+                peak_extra_mb=round(peak_extra_kb(before) / 1024), threads=torch.get_num_threads(),
                 checksum=float(y.double().sum()))
 
 

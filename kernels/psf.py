@@ -531,6 +531,20 @@ def _fold_band(owner, band, eh0, ew0, oh0, ow0, H, W, R, TH: tl.constexpr, TW: t
 
 
 @triton.jit
+def _scatter_block(dy_ptr, rows, h0, w0, H, W, stage, staged, taps, here, i, P: tl.constexpr, KSIZE: tl.constexpr,
+                   DIL: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr,
+                   HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+                   ROW_LOOP: tl.constexpr):
+    """One channel block (planes ``rows``) of the zeros-padding scatter on the tile at (h0, w0),
+    which may lie outside the image, as its gather form: dy staged with its halo (zeros outside
+    the image), then each tap row's shifted window against the halo's taps (``taps``, written for
+    this tile). The four accumulators over the quads (the caller stores them)."""
+    _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C, "zeros")
+    tl.debug_barrier()  # the staged block (and the tile's taps) are written
+    return _filter_block(staged, taps, here, i, False, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC, ROW_LOOP)
+
+
+@triton.jit
 def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles, tiles_w,
                    tiles_per_img, basis_stride, SYNTH: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr,
                    TW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
@@ -557,11 +571,8 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
         for c0 in range(0, C, BLOCK_C):
             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
-            _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
-                        "zeros")
-            tl.debug_barrier()
-            accs = _filter_block(staged, taps, here, i, False, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC,
-                                 ROW_LOOP)
+            accs = _scatter_block(dy_ptr, rows, h0, w0, H, W, stage, staged, taps, here, i, P, KSIZE, DIL, RD, WPAD,
+                                  HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C, ACC, ROW_LOOP)
             _store_quads(dx_ptr, accs, rows, cvalid, pix, valid)
             tl.debug_barrier()
 
@@ -631,11 +642,9 @@ def _psf_fold_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, fo
                                      DOT, ROW_LOOP)
                         for c0 in range(0, C, BLOCK_C):
                             rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
-                            _stage_halo(dy_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD,
-                                        HALO_CHUNK, BLOCK_C, "zeros")
-                            tl.debug_barrier()
-                            accs = _filter_block(staged, taps, here, i, False, P, HALO, KSIZE, DIL, WPAD, HALO_W,
-                                                 BLOCK_C, ACC, ROW_LOOP)
+                            accs = _scatter_block(dy_ptr, rows, h0, w0, H, W, stage, staged, taps, here, i, P, KSIZE,
+                                                  DIL, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C, ACC,
+                                                  ROW_LOOP)
                             _store_quads(band, accs, cl * P, cl < BLOCK_C, i, i < P)
                             tl.debug_barrier()  # the band block is written
                             _fold_band(owner + c0 * P, band, h0, w0, oh0, ow0, H, W, RD, TH, TW, BLOCK_C, PADDING)
