@@ -76,6 +76,7 @@ _MMA = re.compile(r"^[HQ]?GMMA\.(\d+)x(\d+)x(\d+)\.|^HMMA\.(\d)(\d)(\d+)\.")
 # loop variable of a `for ... in range(...)` in the kernels -> its executions, from launch arguments
 TRIPS = {
     "c0": lambda a: -(-a["C"] // a["BLOCK_C"]),
+    "cs": lambda a: a["BLOCK_C"] // a["SUB_C"],  # d(taps)' channel sub-blocks
     "jb": lambda a: a["NUM_JB"],
     "chunk0": lambda a: a["HALO_PAD"] // a["HALO_CHUNK"],
     "epi0": lambda a: a["TH"] * a["TW"] // a["EPILOGUE"],

@@ -42,8 +42,9 @@ contiguous columns) and all its channels, BLOCK_C at a time (on the GPU a power 
   scratch and read back per channel block. d(x) synthesizes the taps of its tile and halo (in
   halo coordinates: the pixels its outputs read from), so it needs no taps from other programs.
 - d(taps) keeps a block of channels inside each thread, each channel a separate tensor over the
-  thread's quads (a static loop), so the channel sum is plain adds in the thread whatever layouts the
-  compiler picks (no shuffles, no shared memory, no barriers); it sums over channel blocks in
+  thread's quads (a static loop over DK_SUB_C channels, itself in a loop over the block with the
+  row's sums carried in registers), so the channel sum is plain adds in the thread whatever layouts
+  the compiler picks (no shuffles, no shared memory, no barriers); it sums over channel blocks in
   scratch, then runs the d(weights)/d(basis) epilogue in EPILOGUE-pixel matrix products (the same
   helper the synthesize backward uses), a tile's d(basis) block summed in registers over its chunks.
 - The basis is zero-padded to (NUM_JB*BLOCK_J, KK_PAD) so its blocks load without masks (one
@@ -654,14 +655,19 @@ def _psf_fold_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, fo
 
 
 @triton.jit
+def _channel_quad(dy_ptr, b, C, c, HW, pix, valid, ACC: tl.constexpr):
+    """dy of channel c at the tile's pixels as four tensors over the quads; zero past C."""
+    ok = valid & ((pix * 0 + c) < C)
+    return _quad_split(tl.load(dy_ptr + _plane(b, C, c, HW) + pix, mask=ok, other=0.0).to(ACC))
+
+
+@triton.jit
 def _channel_quads(dy_ptr, b, C, c0, HW, pix, valid, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    """dy of channels c0 .. c0+BLOCK_C-1 at the tile's pixels, one tuple of quad tensors per channel
-    (a static loop: each a separate tensor, so sums over them are adds in the thread); zero for
-    channels past C."""
+    """:func:`_channel_quad` of channels c0 .. c0+BLOCK_C-1, a tuple (a static loop: each a
+    separate tensor, so sums over them are adds in the thread)."""
     dyq = ()
     for c in tl.static_range(BLOCK_C):
-        ok = valid & ((pix * 0 + (c0 + c)) < C)
-        dyq = dyq + (_quad_split(tl.load(dy_ptr + _plane(b, C, c0 + c, HW) + pix, mask=ok, other=0.0).to(ACC)),)
+        dyq = dyq + (_channel_quad(dy_ptr, b, C, c0 + c, HW, pix, valid, ACC),)
     return dyq
 
 
@@ -680,19 +686,29 @@ def _store_psf_grads(taps, dpsf_ptr, h0, w0, H, W, TH: tl.constexpr, TW: tl.cons
 
 
 @triton.jit
-def _tap_row_block(taps, stage, here, i, dyq, u, c0, P: tl.constexpr, HALO: tl.constexpr, KSIZE: tl.constexpr,
-                   DIL: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr, BLOCK_C: tl.constexpr,
-                   ACC: tl.constexpr):
-    """Tap row u of d(taps) for one staged channel block (``dyq``: its dy quads per channel), summed
-    over the block's channels in the thread and added to the tile's sums in ``taps`` (written over
-    by the first block, c0 = 0)."""
+def _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, P: tl.constexpr,
+                   HALO: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, WPAD: tl.constexpr,
+                   HALO_W: tl.constexpr, BLOCK_C: tl.constexpr, SUB_C: tl.constexpr, ACC: tl.constexpr):
+    """Tap row u of d(taps) for one staged channel block, summed over the block's channels in the
+    thread and added to the tile's sums in ``taps`` (written over by the first block, c0 = 0).
+    The channels run SUB_C at a time (unrolled) in a loop over the block, the row's sums carried
+    in registers: registers and compile time grow with SUB_C, not BLOCK_C (16 channels unrolled:
+    4x the sm_90 compile time, and float32 spilled). A block of one sub-block takes its channels'
+    dy quads held across the rows (``dyq``); with several (``dyq`` None) each channel's are loaded
+    where they are used, once per row (L1 hits after the first)."""
     zero = tl.zeros((P // 4,), ACC)
     dks = ()
     for v in tl.static_range(KSIZE):
         dks = dks + ((zero, zero, zero, zero),)
-    for c in tl.static_range(BLOCK_C):
-        dks = _tap_row_grads(dks, dyq[c], _window(stage + c * HALO + (u - KSIZE // 2) * DIL * HALO_W + here,
-                                                  1 + 2 * WPAD // 4, ACC), WPAD, KSIZE, DIL)
+    for cs in range(0, BLOCK_C, SUB_C):
+        for c in tl.static_range(SUB_C):
+            if dyq is None:
+                dy = _channel_quad(dy_ptr, b, C, c0 + cs + c, HW, dy_pix, valid, ACC)
+            else:
+                dy = dyq[c]
+            dks = _tap_row_grads(dks, dy,
+                                 _window(stage + (cs + c) * HALO + (u - KSIZE // 2) * DIL * HALO_W + here,
+                                         1 + 2 * WPAD // 4, ACC), WPAD, KSIZE, DIL)
     for v in tl.static_range(KSIZE):
         at = taps + (u * KSIZE + v) * P + i
         dk = _quad_join(dks[v][0], dks[v][1], dks[v][2], dks[v][3])
@@ -706,14 +722,13 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
                    KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, KB: tl.constexpr, RD: tl.constexpr,
                    WPAD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr, HALO_PAD: tl.constexpr,
-                   HALO_CHUNK: tl.constexpr, EPILOGUE: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr,
-                   QUAD: tl.constexpr, ROW_LOOP: tl.constexpr):
+                   HALO_CHUNK: tl.constexpr, SUB_C: tl.constexpr, EPILOGUE: tl.constexpr, DOT: tl.constexpr,
+                   ACC: tl.constexpr, QUAD: tl.constexpr, ROW_LOOP: tl.constexpr):
     """dK_t(p) = sum_c dy[c, p] x[c, p + s_t]: x staged as in the forward, each tap row read as a
     window per quad; a thread holds its quads' pixels for all BLOCK_C channels (the tile has as
-    many quads as threads), each channel a separate tensor over the quads (a static loop), so the
-    channel sum is plain adds in the thread by construction, whatever layouts the compiler picks.
-    Summed over channel blocks in
-    ``taps``; then, EPILOGUE pixels at a time, d(psf) = dK (apply_psf) or d(weights) and this
+    many quads as threads), each channel a separate tensor over the quads (SUB_C channels at a
+    time: :func:`_tap_row_block`), so the channel sum is plain adds in the thread by construction,
+    whatever layouts the compiler picks. Summed over channel blocks in ``taps``; then, EPILOGUE pixels at a time, d(psf) = dK (apply_psf) or d(weights) and this
     program's d(basis) partial (psf_conv)."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
@@ -736,14 +751,16 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
             # The channel block as a static loop over 1-D tensors over the quads: each thread sums its
             # own quads over the block's channels with plain adds, so no layout can spread the channel
             # sum over threads (a (BLOCK_C, P) tensor did under triton 3.6: shared memory, barriers).
-            dyq = _channel_quads(dy_ptr, b, C, c0, HW, dy_pix, valid, BLOCK_C, ACC)
+            dyq = _channel_quads(dy_ptr, b, C, c0, HW, dy_pix, valid, BLOCK_C, ACC) if SUB_C == BLOCK_C else None
             tl.debug_barrier()
             if ROW_LOOP:
                 for u in range(KSIZE):
-                    _tap_row_block(taps, stage, here, i, dyq, u, c0, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC)
+                    _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, P, HALO, KSIZE, DIL,
+                                   WPAD, HALO_W, BLOCK_C, SUB_C, ACC)
             else:
                 for u in tl.static_range(KSIZE):
-                    _tap_row_block(taps, stage, here, i, dyq, u, c0, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC)
+                    _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, P, HALO, KSIZE, DIL,
+                                   WPAD, HALO_W, BLOCK_C, SUB_C, ACC)
             tl.debug_barrier()
         if SYNTH:
             _tile_basis_grads(taps, True, P, w_ptr, basis_ptr + b * basis_stride, dsrc_ptr, part + b * basis_stride,
@@ -828,13 +845,22 @@ class Plan:
 
 # GPU tile shapes per kernel, (TH, TW, largest BLOCK_C (see channel_block), num_warps), read off the
 # sm_90 SASS (``python -m bench sass``): aligned vector loads, no layout conversions through shared memory, no spills.
-GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 8, 4), "synth": (4, 16, 1, 4)}
+# d(taps) read-modify-writes a tile's tap sums once per channel block: 16-channel blocks (in 8-channel
+# sub-blocks) halve that traffic against 8 (the L2 estimate at the headline, float32: 122 -> 85 us) and
+# their staged halo and dy (88 KB float32) still fit L1 twice. The forward and d(x) keep 4-row tiles:
+# at 8 x 32 pixels the (channels, quads) block no longer matches the 1-D tap layout (100-200 barriers in
+# the channel loop).
+GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 16, 4), "synth": (4, 16, 1, 4)}
 # Programs per SM in the GPU's persistent grids: two d(taps) programs (4 warps, at most 255 registers
 # a thread: two fit an SM's registers) hide each other's latency and barriers; the forward and d(x)
 # (8 warps, 170-250 registers) fit one.
 PROGRAMS_PER_SM = {"fwd": 1, "dx": 1, "dk": 2, "synth": 1}
 EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the tap-gradient kernel (half that above k = 7)
 TAP_BLOCK = 64  # taps per synthesis and epilogue product (KK_PAD above it: several blocks)
+DK_SUB_C = 8  # channels d(taps) unrolls at a time inside its channel blocks (_tap_row_block's SUB_C)
+# d(taps)' largest channel block above UNROLLED_K: one sub-block, no loop carrying a row's k x 4 sums
+# (16-channel blocks at k = 31: 40-80 bytes of spills on sm_90, float32 and bfloat16)
+LARGE_K_DK_BLOCK_C = 8
 UNROLLED_K = 7  # the tap loops unroll all k x k taps up to this k; above it, only a row's k taps (compile time)
 MAX_REGISTERS = 255  # the explicit register limit of large-k launches and apply_psf's d(taps) (Plan.launch_args)
 GPU_CHUNKS = (128, 128)  # halo pixels per staging step, per synthesis product
@@ -862,7 +888,8 @@ def channel_block(C: int, largest: int, smallest: int = 1) -> int:
                key=cost)
 
 
-def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device, synth: bool = True) -> Plan:
+def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device, synth: bool = True,
+         k: int = 1) -> Plan:
     """The launch plan of kernel ``kind`` ("fwd", "dx", "dk", "synth"). The GPU's plans (also in
     the interpreter inside ``launch_target(gpu_plans=True)``): the tile shapes of
     :data:`GPU_SHAPES` and :data:`PROGRAMS_PER_SM` programs per SM (fewer if there are fewer
@@ -871,7 +898,8 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
     (a few), so the persistent loop always runs. ``synth`` False (apply_psf: taps loaded, not
     synthesized) quarters the forward's and d(taps)'s largest channel block: at C=64 sm_90 spilled
     24 bytes in the bfloat16 forward and 32 in the float32 d(taps) with the full blocks, and 16 to
-    24 with half blocks; a quarter spills nothing (``python -m bench sm90 --ops apply_psf``)."""
+    24 with half blocks; a quarter spills nothing (``python -m bench sm90 --ops apply_psf``).
+    Above k = UNROLLED_K (``k``) d(taps) takes at most :data:`LARGE_K_DK_BLOCK_C` channels."""
     block_j = max(16, min(64, triton.next_power_of_2(max(J, 1))))
     if not gpu_plans():
         tw = max(16, min(32, triton.next_power_of_2(max(W, 1))))
@@ -880,6 +908,7 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
         per_sm = 1
     else:
         th, tw, bc, warps = GPU_SHAPES[kind]
+        bc = min(bc, LARGE_K_DK_BLOCK_C) if kind == "dk" and k > UNROLLED_K else bc
         bc = bc if synth or kind == "dx" else bc // 4
         # d(taps) holds channels in a static loop (any count); the others a (BLOCK_C, TH*TW/4) tensor
         bc = channel_block(C, bc, 1 if kind == "dk" else max(1, warps * 32 // (th * tw // 4)))
@@ -1043,7 +1072,7 @@ def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, ne
         return dsrc.zero_(), dbasis.zero_()
     if not (need_src or need_basis):
         return dsrc, dbasis
-    p = plan("dk", B, C, H, W, J, x.device, synth=basis is not None)
+    p = plan("dk", B, C, H, W, J, x.device, synth=basis is not None, k=k)
     b = _Basis(basis.contiguous(), p) if basis is not None else None
     halo = p.halo(k, dilation)
     kk_pad = _kk_pad(k)
@@ -1055,7 +1084,8 @@ def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, ne
         _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
         _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
         b.stride if b else 0, partials[0].numel(), SYNTH=b is not None, PADDING=padding, NEED_DW=need_src,
-        NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad, KB=kb,
+        NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, SUB_C=min(p.BLOCK_C, DK_SUB_C),
+        KK_PAD=kk_pad, KB=kb,
         EPILOGUE=_epilogue(p, kk_pad, dot), DOT=dot, ACC=acc_dtype(x), QUAD=W % 4 == 0,
         ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args(k > UNROLLED_K or basis is None))
     if need_basis:

@@ -139,6 +139,15 @@ def test_gpu_launch_plans_float32(gpu_plans, device):
     check_against_truth(psfops.synthesize_psf, truth_synthesize, (w, b), torch.float32, "synthesize_psf")
 
 
+def test_gpu_launch_plans_tap_gradients_in_channel_sub_blocks(gpu_plans, device):
+    """d(taps) at C=30 takes 16-channel blocks, each run as two unrolled sub-blocks of
+    ``DK_SUB_C`` in a loop (the row's sums carried over them), the last two channels past C."""
+    p = gpu_plans.plan("dk", 1, 30, 9, 40, 6, torch.device(device))
+    assert p.BLOCK_C == 16 == 2 * gpu_plans.DK_SUB_C
+    x, w, b = psf_inputs(1, 30, 9, 40, 6, 5, torch.float64, device)
+    check_against_truth(psfops.psf_conv, truth_psf_conv, (x, w, b), torch.float64, "psf_conv")
+
+
 @settings(max_examples=12, deadline=None)
 @given(B=st.integers(1, 2), C=st.integers(1, 6), H=st.integers(1, 14), W=st.integers(1, 14),
        J=st.integers(1, 9), r=st.integers(0, 3), d=st.integers(1, 3))
