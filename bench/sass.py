@@ -77,6 +77,7 @@ _MMA = re.compile(r"^[HQ]?GMMA\.(\d+)x(\d+)x(\d+)\.|^HMMA\.(\d)(\d)(\d+)\.")
 TRIPS = {
     "c0": lambda a: -(-a["C"] // a["BLOCK_C"]),
     "cs": lambda a: a["BLOCK_C"] // a["SUB_C"],  # d(taps)' channel sub-blocks
+    "v0": lambda a: -(-a["KSIZE"] // a["TAP_GROUP"]),  # d(taps)' tap groups of a row (one up to k = 7)
     "jb": lambda a: a["NUM_JB"],
     "chunk0": lambda a: a["HALO_PAD"] // a["HALO_CHUNK"],
     "epi0": lambda a: a["TH"] * a["TW"] // a["EPILOGUE"],

@@ -308,16 +308,16 @@ def _add_taps(accs, taps, values, OFFSET: tl.constexpr, SIGN: tl.constexpr, KSIZ
 
 
 @triton.jit
-def _tap_row_grads(dks, dyq, values, WPAD: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr):
-    """One channel's share of one tap row of d(taps): ``dks[v][j] += dyq[j] * values[WPAD + j + (v -
-    k//2) * DIL]`` for the quads' pixels 4q + j (every operand a tensor over the quads: plain
-    multiply-adds in the thread, no reduction over a tensor axis)."""
+def _tap_row_grads(dks, dyq, values, OFFSET: tl.constexpr, NT: tl.constexpr, DIL: tl.constexpr):
+    """One channel's share of NT taps of one tap row of d(taps): ``dks[v][j] += dyq[j] *
+    values[OFFSET + j + v * DIL]`` for the quads' pixels 4q + j (every operand a tensor over the
+    quads: plain multiply-adds in the thread, no reduction over a tensor axis)."""
     out = ()
-    for v in tl.static_range(KSIZE):
-        out = out + ((dks[v][0] + dyq[0] * values[WPAD + (v - KSIZE // 2) * DIL],
-                      dks[v][1] + dyq[1] * values[WPAD + 1 + (v - KSIZE // 2) * DIL],
-                      dks[v][2] + dyq[2] * values[WPAD + 2 + (v - KSIZE // 2) * DIL],
-                      dks[v][3] + dyq[3] * values[WPAD + 3 + (v - KSIZE // 2) * DIL]),)
+    for v in tl.static_range(NT):
+        out = out + ((dks[v][0] + dyq[0] * values[OFFSET + v * DIL],
+                      dks[v][1] + dyq[1] * values[OFFSET + 1 + v * DIL],
+                      dks[v][2] + dyq[2] * values[OFFSET + 2 + v * DIL],
+                      dks[v][3] + dyq[3] * values[OFFSET + 3 + v * DIL]),)
     return out
 
 
@@ -688,17 +688,38 @@ def _store_psf_grads(taps, dpsf_ptr, h0, w0, H, W, TH: tl.constexpr, TW: tl.cons
 @triton.jit
 def _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, P: tl.constexpr,
                    HALO: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, WPAD: tl.constexpr,
-                   HALO_W: tl.constexpr, BLOCK_C: tl.constexpr, SUB_C: tl.constexpr, ACC: tl.constexpr):
+                   HALO_W: tl.constexpr, BLOCK_C: tl.constexpr, SUB_C: tl.constexpr, TAP_GROUP: tl.constexpr,
+                   ACC: tl.constexpr):
     """Tap row u of d(taps) for one staged channel block, summed over the block's channels in the
-    thread and added to the tile's sums in ``taps`` (written over by the first block, c0 = 0).
-    The channels run SUB_C at a time (unrolled) in a loop over the block, the row's sums carried
-    in registers: registers and compile time grow with SUB_C, not BLOCK_C (16 channels unrolled:
-    4x the sm_90 compile time, and float32 spilled). A block of one sub-block takes its channels'
-    dy quads held across the rows (``dyq``); with several (``dyq`` None) each channel's are loaded
-    where they are used, once per row (L1 hits after the first)."""
+    thread and added to the tile's sums in ``taps`` (written over by the first block, c0 = 0): the
+    whole row at once, or (TAP_GROUP < k) TAP_GROUP taps at a time in a loop over the row, so a
+    thread holds 4 x TAP_GROUP sums, not 4 x k (at k = 31 sm_90 spilled with the whole row)."""
+    if TAP_GROUP < KSIZE:
+        for v0 in range(0, KSIZE, TAP_GROUP):
+            _tap_group(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, tl.multiple_of(v0, 4),
+                       TAP_GROUP, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, SUB_C, ACC)
+    else:
+        _tap_group(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, 0, KSIZE, P, HALO, KSIZE,
+                   DIL, WPAD, HALO_W, BLOCK_C, SUB_C, ACC)
+
+
+@triton.jit
+def _tap_group(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, v0, NT: tl.constexpr,
+               P: tl.constexpr, HALO: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, WPAD: tl.constexpr,
+               HALO_W: tl.constexpr, BLOCK_C: tl.constexpr, SUB_C: tl.constexpr, ACC: tl.constexpr):
+    """Taps v0 .. v0+NT-1 of :func:`_tap_row_block`'s row (those below k stored; ``v0`` a multiple
+    of 4, so each channel's window is NV aligned 4-vectors from ``v0 * DIL`` columns in; past the
+    row's last tap they read the next staged values, or the staging area's tail, for sums that are
+    never stored). The channels run SUB_C at a time (unrolled) in a loop over the block, the sums
+    carried in registers: registers and compile time grow with SUB_C, not BLOCK_C (16 channels
+    unrolled: 4x the sm_90 compile time, and float32 spilled). A block of one sub-block takes its
+    channels' dy quads held across the rows (``dyq``); with several (``dyq`` None) each channel's
+    are loaded where they are used, once per row (L1 hits after the first)."""
+    OFFSET: tl.constexpr = WPAD - (KSIZE // 2) * DIL  # window index of tap v0's first pixel
+    NV: tl.constexpr = (OFFSET + 3 + (NT - 1) * DIL) // 4 + 1
     zero = tl.zeros((P // 4,), ACC)
     dks = ()
-    for v in tl.static_range(KSIZE):
+    for v in tl.static_range(NT):
         dks = dks + ((zero, zero, zero, zero),)
     for cs in range(0, BLOCK_C, SUB_C):
         for c in tl.static_range(SUB_C):
@@ -706,13 +727,13 @@ def _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u
                 dy = _channel_quad(dy_ptr, b, C, c0 + cs + c, HW, dy_pix, valid, ACC)
             else:
                 dy = dyq[c]
-            dks = _tap_row_grads(dks, dy,
-                                 _window(stage + (cs + c) * HALO + (u - KSIZE // 2) * DIL * HALO_W + here,
-                                         1 + 2 * WPAD // 4, ACC), WPAD, KSIZE, DIL)
-    for v in tl.static_range(KSIZE):
-        at = taps + (u * KSIZE + v) * P + i
-        dk = _quad_join(dks[v][0], dks[v][1], dks[v][2], dks[v][3])
-        tl.store(at, dk + tl.load(at, mask=_everywhere(c0, i), other=0.0))
+            dks = _tap_row_grads(dks, dy, _window(stage + (cs + c) * HALO + (u - KSIZE // 2) * DIL * HALO_W
+                                                  + v0 * DIL + here, NV, ACC), OFFSET, NT, DIL)
+    for v in tl.static_range(NT):
+        if v0 + v < KSIZE:
+            at = taps + (u * KSIZE + v0 + v) * P + i
+            dk = _quad_join(dks[v][0], dks[v][1], dks[v][2], dks[v][3])
+            tl.store(at, dk + tl.load(at, mask=_everywhere(c0, i), other=0.0))
 
 
 @triton.jit
@@ -722,7 +743,8 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
                    KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, KB: tl.constexpr, RD: tl.constexpr,
                    WPAD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr, HALO_PAD: tl.constexpr,
-                   HALO_CHUNK: tl.constexpr, SUB_C: tl.constexpr, EPILOGUE: tl.constexpr, DOT: tl.constexpr,
+                   HALO_CHUNK: tl.constexpr, SUB_C: tl.constexpr, TAP_GROUP: tl.constexpr, EPILOGUE: tl.constexpr,
+                   DOT: tl.constexpr,
                    ACC: tl.constexpr, QUAD: tl.constexpr, ROW_LOOP: tl.constexpr):
     """dK_t(p) = sum_c dy[c, p] x[c, p + s_t]: x staged as in the forward, each tap row read as a
     window per quad; a thread holds its quads' pixels for all BLOCK_C channels (the tile has as
@@ -756,11 +778,11 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
             if ROW_LOOP:
                 for u in range(KSIZE):
                     _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, P, HALO, KSIZE, DIL,
-                                   WPAD, HALO_W, BLOCK_C, SUB_C, ACC)
+                                   WPAD, HALO_W, BLOCK_C, SUB_C, TAP_GROUP, ACC)
             else:
                 for u in tl.static_range(KSIZE):
                     _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, P, HALO, KSIZE, DIL,
-                                   WPAD, HALO_W, BLOCK_C, SUB_C, ACC)
+                                   WPAD, HALO_W, BLOCK_C, SUB_C, TAP_GROUP, ACC)
             tl.debug_barrier()
         if SYNTH:
             _tile_basis_grads(taps, True, P, w_ptr, basis_ptr + b * basis_stride, dsrc_ptr, part + b * basis_stride,
@@ -861,6 +883,7 @@ DK_SUB_C = 8  # channels d(taps) unrolls at a time inside its channel blocks (_t
 # d(taps)' largest channel block above UNROLLED_K: one sub-block, no loop carrying a row's k x 4 sums
 # (16-channel blocks at k = 31: 40-80 bytes of spills on sm_90, float32 and bfloat16)
 LARGE_K_DK_BLOCK_C = 8
+DK_TAP_GROUP = 8  # d(taps)' taps per group above UNROLLED_K (a multiple of 4: the groups' windows stay aligned)
 UNROLLED_K = 7  # the tap loops unroll all k x k taps up to this k; above it, only a row's k taps (compile time)
 MAX_REGISTERS = 255  # the explicit register limit of large-k launches and apply_psf's d(taps) (Plan.launch_args)
 GPU_CHUNKS = (128, 128)  # halo pixels per staging step, per synthesis product
@@ -941,9 +964,10 @@ def _grid_args(p: Plan, B: int, H: int, W: int) -> tuple[int, int, int]:
     return B * tiles_per_img, tiles_w, tiles_per_img
 
 
-def _scratch(p: Plan, per_program: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """Per-program work area (taps or a staged halo block), read back by the same program."""
-    return torch.empty((p.programs, per_program), device=device, dtype=dtype)
+def _scratch(p: Plan, per_program: int, dtype: torch.dtype, device, tail: int = 0) -> torch.Tensor:
+    """Per-program work areas (taps or a staged halo block), each read back by the program that
+    wrote it, and ``tail`` elements after the last (for reads past an area's end)."""
+    return torch.empty(p.programs * per_program + tail, device=device, dtype=dtype)
 
 
 class _Basis:
@@ -1079,13 +1103,14 @@ def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, ne
     kb = _tap_block(kk_pad)
     dot = _dot_modes(x.dtype)[1]
     partials = b.partials(p, torch_acc_dtype(x)) if need_basis else dy  # dy: a pointer never written
+    group = k if k <= UNROLLED_K else DK_TAP_GROUP
     _psf_dk_kernel[(p.programs,)](
         x, dy, src, b.padded if b else src, dsrc if need_src else dy, partials,
         _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
-        _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device), C, H, W, J, *_grid_args(p, B, H, W),
-        b.stride if b else 0, partials[0].numel(), SYNTH=b is not None, PADDING=padding, NEED_DW=need_src,
-        NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C, SUB_C=min(p.BLOCK_C, DK_SUB_C),
-        KK_PAD=kk_pad, KB=kb,
+        _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device, tail=(group + 1) * dilation + 4), C, H, W, J,
+        *_grid_args(p, B, H, W), b.stride if b else 0, partials[0].numel(), SYNTH=b is not None, PADDING=padding,
+        NEED_DW=need_src, NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C,
+        SUB_C=min(p.BLOCK_C, DK_SUB_C), TAP_GROUP=group, KK_PAD=kk_pad, KB=kb,
         EPILOGUE=_epilogue(p, kk_pad, dot), DOT=dot, ACC=acc_dtype(x), QUAD=W % 4 == 0,
         ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args(k > UNROLLED_K or basis is None))
     if need_basis:
