@@ -922,7 +922,9 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
     synthesized) quarters the forward's and d(taps)'s largest channel block: at C=64 sm_90 spilled
     24 bytes in the bfloat16 forward and 32 in the float32 d(taps) with the full blocks, and 16 to
     24 with half blocks; a quarter spills nothing (``python -m bench sm90 --ops apply_psf``).
-    Above k = UNROLLED_K (``k``) d(taps) takes at most :data:`LARGE_K_DK_BLOCK_C` channels."""
+    Above k = UNROLLED_K (``k``) d(taps) takes at most :data:`LARGE_K_DK_BLOCK_C` channels, and
+    apply_psf's forward an eighth of the largest block (a quarter: 8 bytes spilled in bfloat16 at
+    k = 31 under triton 3.6)."""
     block_j = max(16, min(64, triton.next_power_of_2(max(J, 1))))
     if not gpu_plans():
         tw = max(16, min(32, triton.next_power_of_2(max(W, 1))))
@@ -931,8 +933,10 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
         per_sm = 1
     else:
         th, tw, bc, warps = GPU_SHAPES[kind]
-        bc = min(bc, LARGE_K_DK_BLOCK_C) if kind == "dk" and k > UNROLLED_K else bc
-        bc = bc if synth or kind == "dx" else bc // 4
+        if kind == "dk" and k > UNROLLED_K:
+            bc = min(bc, LARGE_K_DK_BLOCK_C)
+        if not synth and kind != "dx":
+            bc //= 8 if kind == "fwd" and k > UNROLLED_K else 4
         # d(taps) holds channels in a static loop (any count); the others a (BLOCK_C, TH*TW/4) tensor
         bc = channel_block(C, bc, 1 if kind == "dk" else max(1, warps * 32 // (th * tw // 4)))
         chunks, per_sm = GPU_CHUNKS, PROGRAMS_PER_SM[kind]
@@ -1034,7 +1038,7 @@ def filter_forward(x, src, basis, dilation: int, padding: str = "zeros") -> torc
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0 or src.numel() == 0:
         return y.zero_()
-    p = plan("fwd", B, C, H, W, J, x.device, synth=basis is not None)
+    p = plan("fwd", B, C, H, W, J, x.device, synth=basis is not None, k=k)
     b = _Basis(basis.contiguous(), p) if basis is not None else None
     kk_pad = _kk_pad(k)
     kb = _tap_block(kk_pad)
