@@ -744,14 +744,14 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
                    BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, KB: tl.constexpr, RD: tl.constexpr,
                    WPAD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr, HALO_PAD: tl.constexpr,
                    HALO_CHUNK: tl.constexpr, SUB_C: tl.constexpr, TAP_GROUP: tl.constexpr, EPILOGUE: tl.constexpr,
-                   DOT: tl.constexpr,
-                   ACC: tl.constexpr, QUAD: tl.constexpr, ROW_LOOP: tl.constexpr):
+                   DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr, ROW_LOOP: tl.constexpr):
     """dK_t(p) = sum_c dy[c, p] x[c, p + s_t]: x staged as in the forward, each tap row read as a
     window per quad; a thread holds its quads' pixels for all BLOCK_C channels (the tile has as
     many quads as threads), each channel a separate tensor over the quads (SUB_C channels at a
     time: :func:`_tap_row_block`), so the channel sum is plain adds in the thread by construction,
-    whatever layouts the compiler picks. Summed over channel blocks in ``taps``; then, EPILOGUE pixels at a time, d(psf) = dK (apply_psf) or d(weights) and this
-    program's d(basis) partial (psf_conv)."""
+    whatever layouts the compiler picks. Summed over channel blocks in ``taps``; then, EPILOGUE
+    pixels at a time, d(psf) = dK (apply_psf) or d(weights) and this program's d(basis) partial
+    (psf_conv)."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
     if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
@@ -777,12 +777,12 @@ def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr
             tl.debug_barrier()
             if ROW_LOOP:
                 for u in range(KSIZE):
-                    _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, P, HALO, KSIZE, DIL,
-                                   WPAD, HALO_W, BLOCK_C, SUB_C, TAP_GROUP, ACC)
+                    _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, P, HALO, KSIZE,
+                                   DIL, WPAD, HALO_W, BLOCK_C, SUB_C, TAP_GROUP, ACC)
             else:
                 for u in tl.static_range(KSIZE):
-                    _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, P, HALO, KSIZE, DIL,
-                                   WPAD, HALO_W, BLOCK_C, SUB_C, TAP_GROUP, ACC)
+                    _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, P, HALO, KSIZE,
+                                   DIL, WPAD, HALO_W, BLOCK_C, SUB_C, TAP_GROUP, ACC)
             tl.debug_barrier()
         if SYNTH:
             _tile_basis_grads(taps, True, P, w_ptr, basis_ptr + b * basis_stride, dsrc_ptr, part + b * basis_stride,
@@ -1108,10 +1108,11 @@ def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, ne
     dot = _dot_modes(x.dtype)[1]
     partials = b.partials(p, torch_acc_dtype(x)) if need_basis else dy  # dy: a pointer never written
     group = k if k <= UNROLLED_K else DK_TAP_GROUP
+    tail = (group + 1) * dilation + 4  # the last tap group reads at most 3 + (group - 1) * dilation past a row
     _psf_dk_kernel[(p.programs,)](
         x, dy, src, b.padded if b else src, dsrc if need_src else dy, partials,
         _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
-        _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device, tail=(group + 1) * dilation + 4), C, H, W, J,
+        _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device, tail=tail), C, H, W, J,
         *_grid_args(p, B, H, W), b.stride if b else 0, partials[0].numel(), SYNTH=b is not None, PADDING=padding,
         NEED_DW=need_src, NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C,
         SUB_C=min(p.BLOCK_C, DK_SUB_C), TAP_GROUP=group, KK_PAD=kk_pad, KB=kb,
