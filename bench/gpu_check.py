@@ -38,9 +38,12 @@ import torch
 
 PSF_OPS = ("psf_conv", "psf_conv_transpose", "apply_psf", "synthesize_psf")
 DTYPES = ("float32", "bfloat16", "float16")
+# large: k = 15, the large-kernel launches (tap rows in a loop, d(taps)' tap groups, apply_psf's smaller
+# forward blocks), which the interpreter tests run but only a GPU runs compiled
 SHAPES = {"full": dict(B=8, C=64, H=128, W=128, J=40, k=7), "ragged": dict(B=4, C=36, H=130, W=100, J=40, k=7),
+          "large": dict(B=2, C=20, H=70, W=68, J=12, k=15),
           "smoke": dict(B=1, C=3, H=9, W=10, J=3, k=3)}  # smoke: the CPU test of the plumbing (interpreter)
-DEFAULT_SHAPES = ("full", "ragged")
+DEFAULT_SHAPES = ("full", "ragged", "large")
 FWD_RTOL = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}
 GRAD_RTOL = {"float32": 1e-4, "float16": 1e-3, "bfloat16": 8e-3}
 REPO = Path(__file__).resolve().parents[1]

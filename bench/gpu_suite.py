@@ -9,7 +9,7 @@ over is recorded and the next one starts), all within a budget of ``--budget`` m
     env       the environment record: GPU, driver, CUDA, torch, triton, SMs, L2, where psfops and
               its kernels import from                                             -> env.json
     check     ``python -m bench gpu-check``: every psf kernel at full size (the headline's
-              launches) and on a ragged shape, float32/bfloat16/float16, forward and every
+              launches), on a ragged shape and at k = 15, float32/bfloat16/float16, forward and every
               gradient set (frozen inputs too), run twice and compared bitwise, outputs poisoned
               with NaN, against the float64 reference                            -> check.json
     headline  ``python -m bench headline``: psf_conv and its transpose fwd+bwd vs eager and
@@ -57,7 +57,7 @@ BUDGET_MINUTES = 9.0    # the whole suite's wall time: a 15-minute lease less th
 ARCHIVE_MINUTES = 0.25  # kept back from the budget for the last archive
 STEPS = (
     Step("env", 0.25, "environment record"),
-    Step("check", 3.25, "psf kernels vs the float64 reference: full size and ragged, 3 dtypes, "
+    Step("check", 3.25, "psf kernels vs the float64 reference: full size, ragged and k = 15, 3 dtypes, "
                         "every gradient set, bitwise repeat, NaN-poisoned outputs"),
     Step("headline", 3.0, "psf_conv and psf_conv_transpose fwd+bwd headline vs eager and torch.compile, "
                            "peak memory"),
