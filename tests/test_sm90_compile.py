@@ -166,8 +166,9 @@ def test_apply_psf_kernels_at_k31_compile_without_spills(k31_records):
 
 MAX_INNER_BARRIERS = 4  # a handful: one before and one after the staged block, a few for the taps
 # The loops a psf kernel runs per channel block or tap row (the channel-block loop holds the staging
-# loop, the tap-row loop above k = 7 and d(taps)' channel sub-blocks: its count includes theirs).
-CHANNEL_LOOPS = ("c0", "chunk0", "u", "cs")
+# loop, the tap-row loop above k = 7 and d(taps)' channel sub-blocks and tap groups: its count
+# includes theirs).
+CHANNEL_LOOPS = ("c0", "chunk0", "u", "cs", "v0")
 # The loops it runs once per tile: the synthesis chunks and the epilogue's J-block, tap-block and
 # pixel-chunk products.
 TILE_PRODUCT_LOOPS = ("pix0", "jb", "t0", "epi0")
