@@ -879,9 +879,9 @@ GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 16, 4)
 PROGRAMS_PER_SM = {"fwd": 1, "dx": 1, "dk": 2, "synth": 1}
 EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the tap-gradient kernel (half that above k = 7)
 TAP_BLOCK = 64  # taps per synthesis and epilogue product (KK_PAD above it: several blocks)
-DK_SUB_C = 8  # channels d(taps) unrolls at a time inside its channel blocks (_tap_row_block's SUB_C)
-# d(taps)' largest channel block above UNROLLED_K: one sub-block, no loop carrying a row's k x 4 sums
-# (16-channel blocks at k = 31: 40-80 bytes of spills on sm_90, float32 and bfloat16)
+DK_SUB_C = 8  # channels d(taps) unrolls at a time inside its channel blocks (_tap_group's SUB_C)
+# d(taps)' largest channel block above UNROLLED_K: one sub-block (16-channel blocks, measured before the
+# tap groups, with whole tap rows: 40-80 bytes of spills on sm_90 at k = 31, float32 and bfloat16)
 LARGE_K_DK_BLOCK_C = 8
 DK_TAP_GROUP = 8  # d(taps)' taps per group above UNROLLED_K (a multiple of 4: the groups' windows stay aligned)
 UNROLLED_K = 7  # the tap loops unroll all k x k taps up to this k; above it, only a row's k taps (compile time)
@@ -974,6 +974,11 @@ def _scratch(p: Plan, per_program: int, dtype: torch.dtype, device, tail: int = 
     return torch.empty(p.programs * per_program + tail, device=device, dtype=dtype)
 
 
+def _staging(p: Plan, halo: dict, x: torch.Tensor, tail: int = 0) -> torch.Tensor:
+    """The staging areas (one channel block of ``x``'s halo planes per program, :meth:`Plan.halo`)."""
+    return _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device, tail)
+
+
 class _Basis:
     """The basis, (J, k, k) shared or (B, J, k, k) per sample, as the kernels read it: zero-padded
     (NB, NUM_JB*BLOCK_J, KK_PAD) blocks (NB = 1 shared, B per sample; no masks in the kernels),
@@ -1045,7 +1050,7 @@ def filter_forward(x, src, basis, dilation: int, padding: str = "zeros") -> torc
     dot = _dot_modes(x.dtype)[0]
     _psf_fwd_kernel[(p.programs,)](
         x, src, b.padded if b else src, y, _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
-        _scratch(p, p.BLOCK_C * p.halo(k, dilation)["HALO"], x.dtype, x.device), C, H, W, J,
+        _staging(p, p.halo(k, dilation), x), C, H, W, J,
         *_grid_args(p, B, H, W), b.stride if b else 0, SYNTH=b is not None, PADDING=padding, KSIZE=k, DIL=dilation,
         BLOCK_C=p.BLOCK_C, KK_PAD=kk_pad, KB=kb, SYNTH_CHUNK=_capped(FWD_SYNTH_CHUNK, p, kb, dot), DOT=dot,
         ACC=acc_dtype(x), QUAD=W % 4 == 0, ROW_LOOP=k > UNROLLED_K, **p.halo(k, dilation), **p.launch_args(k > UNROLLED_K))
@@ -1071,7 +1076,7 @@ def filter_scatter(y, src, basis, dilation: int, padding: str = "zeros") -> torc
     kb = _tap_block(kk_pad)
     dot = _dot_modes(y.dtype)[0]
     taps = _scratch(p, k * k * halo["HALO"], torch_acc_dtype(y), y.device)
-    stage = _scratch(p, p.BLOCK_C * halo["HALO"], y.dtype, y.device)
+    stage = _staging(p, halo, y)
     args = (y, src, b.padded if b else src, out, taps, stage)
     meta = dict(SYNTH=b is not None, KSIZE=k, DIL=dilation, KK_PAD=kk_pad, KB=kb,
                 SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kb, dot), DOT=dot, ACC=acc_dtype(y), QUAD=W % 4 == 0,
@@ -1112,7 +1117,7 @@ def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, ne
     _psf_dk_kernel[(p.programs,)](
         x, dy, src, b.padded if b else src, dsrc if need_src else dy, partials,
         _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
-        _scratch(p, p.BLOCK_C * halo["HALO"], x.dtype, x.device, tail=tail), C, H, W, J,
+        _staging(p, halo, x, tail), C, H, W, J,
         *_grid_args(p, B, H, W), b.stride if b else 0, partials[0].numel(), SYNTH=b is not None, PADDING=padding,
         NEED_DW=need_src, NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C,
         SUB_C=min(p.BLOCK_C, DK_SUB_C), TAP_GROUP=group, KK_PAD=kk_pad, KB=kb,
