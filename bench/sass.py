@@ -34,8 +34,10 @@ Roofs per kernel, per GPU (:data:`GPUS`; every constant of the model is named in
             for the psf kernels: the bound if L1 kept nothing)
     math  = FMA/FADD/FMUL FLOPs / the CUDA-core fp32 peak + tensor-core FLOPs (HGMMA/HMMA shapes) /
             that dtype's tensor peak
-    HBM   = the pass's fewest bytes (each input read once, each output written once) / bandwidth
-A pass's estimate is max(sum over its kernels of max(issue, L1, L2, math), HBM); ``binding`` names
+    HBM   = per kernel, its own tensors beyond work areas once (inputs, outputs, and a pass's
+            intermediates, such as d(taps)' d(psf) that the synthesize backward reads) / bandwidth;
+            per pass, the pass's fewest bytes (each input read once, each output written once)
+A pass's estimate is max(sum over its kernels of max(issue, L1, L2, math, HBM), pass HBM); ``binding`` names
 the roof that sets it (the largest of the roofs summed over the pass's kernels, or hbm), and each
 kernel record names its own. Every record also keeps the earlier four-roof estimate
 (``estimate_4roof_us``, ``binding_4roof``: issue without occupancy or stalls, L1 of loads only, no
@@ -76,7 +78,7 @@ _MMA = re.compile(r"^[HQ]?GMMA\.(\d+)x(\d+)x(\d+)\.|^HMMA\.(\d)(\d)(\d+)\.")
 # loop variable of a `for ... in range(...)` in the kernels -> its executions, from launch arguments
 TRIPS = {
     "c0": lambda a: -(-a["C"] // a["BLOCK_C"]),
-    "cs": lambda a: a["BLOCK_C"] // a["SUB_C"],  # d(taps)' channel sub-blocks
+    "c": lambda a: a["C"] / -(-a["C"] // a["BLOCK_C"]),  # d(taps)' channels of a block (C over the blocks)
     "v0": lambda a: -(-a["KSIZE"] // a["TAP_GROUP"]),  # d(taps)' tap groups of a row (one up to k = 7)
     "jb": lambda a: a["NUM_JB"],
     "chunk0": lambda a: a["HALO_PAD"] // a["HALO_CHUNK"],
@@ -316,6 +318,7 @@ def analyse(dtype: torch.dtype, shape=None, gpus=GPUS) -> list[dict]:
                                                                              launch["programs"]),
                                           launch["num_warps"])
                     prof["l2_bytes_every_access"] = prof["l2_bytes"]
+                    prof["hbm_bytes"] = io_bytes(fn, args)
                     modelled = l2_traffic(launch["kernel"], launch["args"])
                     if modelled is not None:
                         prof["l2_bytes"] = modelled
@@ -351,10 +354,20 @@ def scratch_bytes(fn, args, kwargs) -> int:
                if name in used and isinstance(a, torch.Tensor))
 
 
+def io_bytes(fn, args) -> int:
+    """Bytes of a launch's tensors beyond its work areas (inputs, outputs, a pass's intermediates),
+    each tensor once: what the launch moves to or from HBM at the least."""
+    seen = {}
+    for name, a in zip(fn.arg_names, args):
+        if isinstance(a, torch.Tensor) and name not in SCRATCH_ARGS:
+            seen[(a.data_ptr(), a.numel())] = a.numel() * a.element_size()
+    return sum(seen.values())
+
+
 KERNEL_FIELDS = ("kernel", "programs", "num_warps", "registers", "shared_bytes", "resident_programs",
                  "warps_per_scheduler", "occupancy", "spill_bytes", "scratch_bytes", "warp_instructions",
-                 "load_bytes", "store_bytes", "l2_bytes", "l2_bytes_every_access", "barriers", "wgmma_waits", "barrier_sites",
-                 "issue_4roof_us", "l1_4roof_us", "sync_us", "issue_us", "l1_us", "l2_us", "math_us", "binding",
+                 "load_bytes", "store_bytes", "l2_bytes", "l2_bytes_every_access", "hbm_bytes", "barriers", "wgmma_waits", "barrier_sites",
+                 "issue_4roof_us", "l1_4roof_us", "sync_us", "issue_us", "l1_us", "l2_us", "math_us", "hbm_us", "binding",
                  "tensor_core_instructions")
 
 
@@ -389,7 +402,8 @@ STATIC_PREAMBLE = (
     f"(BAR.SYNC) and {WGMMA_WAIT_CYCLES} per wgmma wait (WARPGROUP.DEPBAR) of each program; L1 with the "
     "stores; an L2 roof (every global load and store once, the scratch round trips of the staged halos "
     f"and tap tiles included, in whole {SECTOR}-byte sectors, at {GPUS['H100']['l2_tbs']} TB/s); math; "
-    "HBM. Static estimates from instruction counts, not measurements.")
+    "HBM per kernel (its own inputs, outputs and intermediates once) and per pass (the floor). Static "
+    "estimates from instruction counts, not measurements.")
 
 
 def static_table(paths=None, gpu: str = "H100") -> list[str]:

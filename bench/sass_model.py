@@ -1,7 +1,8 @@
 """The time model of ``bench sass`` (:mod:`bench.sass`): the GPUs, every constant of the honest
 estimate in one place, and the roofs of a kernel from its dynamic profile: issue (with the
 occupancy factor and the barrier and wgmma-wait stalls), L1, L2 (:func:`l2_traffic`: the psf
-launches' global traffic with the scratch round trips, in whole sectors), math; a pass's estimate
+launches' global traffic with the scratch round trips, in whole sectors), math, HBM (the launch's
+own inputs and outputs); a pass's estimate
 and binding roof (:func:`pass_estimate`)."""
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def resident_programs(gpu: dict, num_warps: int, registers: int | None, shared_b
 
 def roofs(profile: dict, gpu: dict, num_warps: int = 4, resident: int = 1, programs: int | None = None) -> dict:
     """The roofs (us) of one kernel on ``gpu``: issue (with the occupancy factor and the
-    synchronisation stalls), L1 (loads and stores), L2, math; and the four-roof model's issue and
+    synchronisation stalls), L1 (loads and stores), L2, math, HBM (the launch's own inputs and
+    outputs once: a pass's intermediates between its kernels count where written and where read); and the four-roof model's issue and
     L1 (``issue_4roof_us``, ``l1_4roof_us``). ``resident`` programs of ``num_warps`` warps share an
     SM; ``programs`` (default: one per SM) run on min(programs, SMs) SMs."""
     clock = gpu["clock_ghz"] * 1e9
@@ -77,11 +79,12 @@ def roofs(profile: dict, gpu: dict, num_warps: int = 4, resident: int = 1, progr
            "issue_us": issue / occupancy + sync,
            "l1_us": 1e6 * l1_bytes / (gpu["sms"] * L1_BYTES_PER_CLOCK * clock),
            "l2_us": 1e6 * profile.get("l2_bytes", 0.0) / (gpu["l2_tbs"] * 1e12) if "l2_tbs" in gpu else 0.0,
-           "math_us": 1e6 * math}
+           "math_us": 1e6 * math,
+           "hbm_us": 1e6 * profile.get("hbm_bytes", 0.0) / (gpu["hbm_tbs"] * 1e12) if "hbm_tbs" in gpu else 0.0}
     return out
 
 
-ROOFS = ("issue", "l1", "l2", "math")
+ROOFS = ("issue", "l1", "l2", "math", "hbm")
 
 
 def binding_roof(k: dict, names=ROOFS) -> str:
@@ -99,14 +102,15 @@ def l2_traffic(kernel: str, args: dict) -> float | None:
     """Bytes between the SMs and L2 of one psf launch, from its launch arguments: every global
     load and store once (loads of the same bytes again within a tile are L1 hits: the staged
     block and the tap tile fit in L1), the scratch round trips included (the staged halo block
-    written and read back, the tap tile written and read back per channel block; d(taps)
-    read-modifies-writes its tap sums per channel block), each contiguous run in whole 32-byte
-    sectors (the halo rows start WPAD columns left of a 32-byte-aligned tile column). None for a
-    kernel without such a model (then the L2 roof counts every global access of the SASS)."""
+    written and read back, the tap tile written and read back per channel block; d(taps) writes
+    its d(psf) tile once, or above k = 7 read-modifies-writes it per channel block), each
+    contiguous run in whole 32-byte sectors (the halo rows start WPAD columns left of a
+    32-byte-aligned tile column). None for a kernel without such a model (then the L2 roof counts
+    every global access of the SASS)."""
     if kernel not in ("_psf_fwd_kernel", "_psf_dx_kernel", "_psf_dk_kernel", "_synthesize_fwd_kernel",
                       "_synthesize_bwd_kernel"):
         return None
-    tiles, J, th, tw, k = args["n_tiles"], args["J"], args["TH"], args["TW"], args["KSIZE"]
+    tiles, J, th, tw, k = args["n_tiles"], args.get("J"), args["TH"], args["TW"], args["KSIZE"]
     kk, P = k * k, th * tw
     if kernel.startswith("_synthesize"):
         es = args["w_ptr"].element_size()
@@ -114,28 +118,25 @@ def l2_traffic(kernel: str, args: dict) -> float | None:
         if kernel == "_synthesize_bwd_kernel" and args.get("NEED_DW"):
             moved += J * th * _sectors(tw * es)
         return tiles * moved
-    es, acc = args["stage_ptr"].element_size(), args["taps_ptr"].element_size()
+    es = args["stage_ptr"].element_size()
     C, bc, halo_rows, halo_w = args["C"], args["BLOCK_C"], th + 2 * args["RD"], args["HALO_W"]
     blocks = -(-C // bc)
     halo_src = bc * halo_rows * _sectors(halo_w * es, -args["WPAD"] * es)   # a channel block's halo, read
     staged = bc * _sectors(args["HALO"] * es)                                # written, then read back once
     plane = bc * th * _sectors(tw * es)                                      # a channel block of the tile
-    src_es = args["src_ptr" if "src_ptr" in args else "w_ptr"].element_size()  # (d(taps) names it w_ptr)
+    if kernel == "_psf_dk_kernel":  # x staged, dy read; the tile's d(psf) (ACC dtype) written once with
+        # the sums held over all channels, or read-modify-written per channel block (the row loop, large k)
+        dpsf = kk * th * _sectors(tw * args["dpsf_ptr"].element_size())
+        return tiles * (blocks * (halo_src + 2 * staged + plane) + (2 * blocks - 1 if args["ROW_LOOP"] else 1) * dpsf)
+    acc, src_es = args["taps_ptr"].element_size(), args["src_ptr"].element_size()
     src_planes = J if args["SYNTH"] else kk  # weights (synthesis) or the psf's taps
     if kernel == "_psf_fwd_kernel":
         taps = kk * _sectors(P * acc)
         per_tile = src_planes * th * _sectors(tw * src_es) + taps + blocks * (halo_src + 2 * staged + taps + plane)
-    elif kernel == "_psf_dx_kernel":
+    else:  # d(x): the taps of the tile's halo synthesized (or copied) into scratch
         taps = kk * _sectors(args["HALO"] * acc)
         src = src_planes * halo_rows * _sectors(halo_w * src_es, -args["WPAD"] * src_es)
         per_tile = src + taps + blocks * (halo_src + 2 * staged + taps + plane)
-    else:  # d(taps): x staged, dy read, tap sums read-modify-written per block, then the epilogue
-        taps = kk * _sectors(P * acc)
-        per_tile = blocks * (halo_src + 2 * staged + plane) + (2 * blocks - 1) * taps + taps
-        if args["SYNTH"]:  # weights in, d(weights) out
-            per_tile += J * th * _sectors(tw * src_es) * (2 if args.get("NEED_DW") else 1)
-        else:  # d(psf) out
-            per_tile += kk * th * _sectors(tw * src_es)
     return tiles * per_tile
 
 

@@ -9,21 +9,22 @@ product ``(pixels x J) @ (J x k*k)`` (tensor cores) and never written to device 
     forward    y[c, p]   = sum_t K_t(p) x[c, p + s_t]                            _psf_fwd_kernel
     d(x)       dx[c, q]  = sum_t K_t(q - s_t) dy[c, q - s_t]   (gather form)     _psf_dx_kernel
     d(taps)    dK_t(p)   = sum_c dy[c, p] x[c, p + s_t]                          _psf_dk_kernel
-               apply_psf: d(psf) = dK.  psf_conv: d(weights)[:, p] = basis @ dK[p, :] and
-               d(basis) = sum_p weights[:, p] (x) dK[p, :], both matrix products per tile.
-    synthesize_psf forward / backward: the synthesis and that epilogue alone.
+               apply_psf: d(psf) = dK.  psf_conv: dK (a (B, k*k, H, W) float32 buffer, the psf's
+               size) through the synthesize backward, d(weights)[:, p] = basis @ dK[p, :] and
+               d(basis) = sum_p weights[:, p] (x) dK[p, :], matrix products per tile.
+    synthesize_psf forward / backward: the synthesis and that backward.
 
 Three launchers serve every psf op and its gradients: :func:`filter_forward` (the gather form,
 ``_psf_fwd_kernel``), :func:`filter_scatter` (its adjoint, the d(x) kernel) and
-:func:`tap_grads` (``_psf_dk_kernel``). psf_conv_transpose's forward is the scatter; its
+:func:`tap_grads` (``_psf_dk_kernel``, then ``_synthesize_bwd_kernel`` for psf_conv). psf_conv_transpose's forward is the scatter; its
 gradients are the gather (for its input) and the tap gradients with the roles of x and dy
 swapped. A padding mode other than zeros is applied where the gather kernels stage their input
 (the indices remapped, ``_source``); the scatter folds what it spreads outside the image back
 onto the pixels the padding copies there, in a second kernel over the border tiles
 (``_psf_fold_kernel``).
 
-Work layout. Every kernel runs a persistent grid (one program per SM, two for d(taps): a fixed tile order:
-program ``pid`` takes tiles pid, pid + programs, ...). A tile is TH x TW pixels of one image (TW
+Work layout. Every kernel runs a persistent grid (:data:`PROGRAMS_PER_SM` programs per SM; a fixed
+tile order: program ``pid`` takes tiles pid, pid + programs, ...). A tile is TH x TW pixels of one image (TW
 contiguous columns) and all its channels, BLOCK_C at a time (on the GPU a power of two chosen from C,
 :func:`channel_block`: C=40 takes 16-channel blocks, not 64).
 
@@ -41,12 +42,15 @@ contiguous columns) and all its channels, BLOCK_C at a time (on the GPU a power 
 - Taps: the tile's per-pixel taps (synthesized, or the psf tensor's) are written once per tile to
   scratch and read back per channel block. d(x) synthesizes the taps of its tile and halo (in
   halo coordinates: the pixels its outputs read from), so it needs no taps from other programs.
-- d(taps) keeps a block of channels inside each thread, each channel a separate tensor over the
-  thread's quads (a static loop over DK_SUB_C channels, itself in a loop over the block with the
-  row's sums carried in registers), so the channel sum is plain adds in the thread whatever layouts
-  the compiler picks (no shuffles, no shared memory, no barriers); it sums over channel blocks in
-  scratch, then runs the d(weights)/d(basis) epilogue in EPILOGUE-pixel matrix products (the same
-  helper the synthesize backward uses), a tile's d(basis) block summed in registers over its chunks.
+- d(taps) sums over channels inside each thread, each channel a separate tensor over the thread's
+  quads, so the channel sum is plain adds in the thread whatever layouts the compiler picks (no
+  shuffles, no shared memory, no barriers). Up to k = UNROLLED_K the tap rows are split over groups
+  of threads (``dk_row_groups``, at most two rows a thread) and each thread's sums stay in registers
+  over all C channels: d(psf) is written once per tile, and each channel's dy quad is loaded once.
+  Above, a block of channels is unrolled per tap-row group and added into the d(psf) planes.
+  psf_conv's d(weights)/d(basis) products then run in the synthesize backward, in EPILOGUE-pixel
+  matrix products, a tile's d(basis) block summed in registers over its chunks (fused into the
+  16-warp d(taps), they spilled 600 bytes at its 128 registers a thread on sm_90).
 - The basis is zero-padded to (NUM_JB*BLOCK_J, KK_PAD) so its blocks load without masks (one
   such matrix per sample for a per-sample (B,J,k,k) basis). d(basis) is summed per program, over
   its tiles in a fixed order, into a (programs, NB, NUM_JB*BLOCK_J, KK_PAD) buffer (NB = 1, or B
@@ -59,7 +63,8 @@ contiguous columns) and all its channels, BLOCK_C at a time (on the GPU a power 
   registers and compile time grow with k, not k*k (sm_90, k = 31: see docs/kernels.md).
 
 Scratch is per program, so its size depends on the tile shape and C but not on the image size:
-on an H100 at C=64, k=7, about 17 MB for the forward and 24 MB (float32) for d(x).
+on an H100 at C=64, k=7, about 17 MB for the forward, 24 MB (float32) for d(x) and 15 MB for
+d(taps)' staging; psf_conv's backward also holds the (B, k*k, H, W) float32 dK.
 
 Precision: float32 inputs multiply in float32 (the matrix products as three tf32 tensor-core
 passes, ``tf32x3``, accurate to float32 rounding); half inputs run the synthesis on their own
@@ -334,52 +339,45 @@ def _store_quads(ptr, accs, rows, cvalid, pix, valid):
 
 
 @triton.jit
-def _epilogue_pixels(epi0, h0, w0, H, W, TH: tl.constexpr, TW: tl.constexpr, EPILOGUE: tl.constexpr,
-                     LOCAL: tl.constexpr):
-    """Epilogue chunk ``epi0`` of a TH x TW tile (EPILOGUE pixels): the index of its pixels' tap
-    gradients (tile-local for a LOCAL scratch area, else in-plane) and where they are real; their
-    in-plane index and in-image mask."""
+def _epilogue_pixels(epi0, h0, w0, H, W, TW: tl.constexpr, EPILOGUE: tl.constexpr):
+    """Epilogue chunk ``epi0`` of a tile TW pixels wide (EPILOGUE pixels): their in-plane index and
+    in-image mask."""
     idx = epi0 + tl.arange(0, EPILOGUE)
     hc = h0 + idx // TW
     wc = w0 + idx % TW
-    valid = (hc < H) & (wc < W)
-    if LOCAL:
-        return idx, idx < TH * TW, hc * W + wc, valid
-    else:
-        return hc * W + wc, valid, hc * W + wc, valid
+    return hc * W + wc, (hc < H) & (wc < W)
 
 
 @triton.jit
-def _tile_basis_grads(dk_ptr, LOCAL: tl.constexpr, DK_STRIDE, w_ptr, basis_ptr, dw_ptr, part, b, h0, w0, H, W, J,
-                      not_first, TH: tl.constexpr, TW: tl.constexpr, EPILOGUE: tl.constexpr, NEED_DW: tl.constexpr,
-                      NEED_DBASIS: tl.constexpr, KK: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr,
-                      NUM_JB: tl.constexpr, KB: tl.constexpr, DOT: tl.constexpr):
-    """From a TH x TW tile's tap gradients ``dk[p, t] = dk_ptr[t * DK_STRIDE + index of p]`` (at the
-    tile-local pixel index in a LOCAL scratch area, else at the in-plane index of a d(psf) plane):
-    ``d(weights)[b, :, p] = basis @ dk[p, :]`` (stored) and this program's padded d(basis) partial
-    ``part[j, t] += sum_p weights[b, j, p] dk[p, t]`` (read back unless ``not_first`` is 0: this
-    program's first tile; per-sample partials start zeroed and pass a nonzero ``not_first``). Loops,
-    none unrolled: J blocks, KB-tap blocks (one up to k = 7) and EPILOGUE-pixel chunks, so
+def _tile_basis_grads(dpsf, w_ptr, basis_ptr, dw_ptr, part, b, h0, w0, H, W, J, not_first, TH: tl.constexpr,
+                      TW: tl.constexpr, EPILOGUE: tl.constexpr, NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr,
+                      KK: tl.constexpr, KK_PAD: tl.constexpr, BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr,
+                      KB: tl.constexpr, DOT: tl.constexpr):
+    """From a TH x TW tile of image b's tap gradients ``dk[p, t] = dpsf[t * H * W + p]`` (its d(psf)
+    planes): ``d(weights)[b, :, p] = basis @ dk[p, :]`` (stored) and this program's padded d(basis)
+    partial ``part[j, t] += sum_p weights[b, j, p] dk[p, t]`` (read back unless ``not_first`` is 0:
+    this program's first tile; per-sample partials start zeroed and pass a nonzero ``not_first``).
+    Loops, none unrolled: J blocks, KB-tap blocks (one up to k = 7) and EPILOGUE-pixel chunks, so
     registers grow with none of J, k and the tile. The d(basis) block is summed over the tile's
     chunks in registers and read-modify-written once per tile."""
     for jb in range(NUM_JB):
         jj = jb * BLOCK_J + tl.arange(0, BLOCK_J)
         if NEED_DW:
             for epi0 in range(0, TH * TW, EPILOGUE):
-                src, ok, pix, valid = _epilogue_pixels(epi0, h0, w0, H, W, TH, TW, EPILOGUE, LOCAL)
+                pix, valid = _epilogue_pixels(epi0, h0, w0, H, W, TW, EPILOGUE)
                 dw = tl.zeros((BLOCK_J, EPILOGUE), tl.float64 if DOT == "fma" else tl.float32)
                 for t0 in range(0, KK_PAD, KB):
                     dw = matmul_add(dw, _basis_block(basis_ptr, jb, t0, KK_PAD, BLOCK_J, KB),
-                                    tl.trans(_load_taps(dk_ptr, src, DK_STRIDE, ok, t0, KK, KB)), DOT)
+                                    tl.trans(_load_taps(dpsf, pix, H * W, valid, t0, KK, KB)), DOT)
                 tl.store(dw_ptr + ((b * J + jj) * H * W)[:, None] + pix[None, :], dw.to(dw_ptr.dtype.element_ty),
                          mask=(jj < J)[:, None] & valid[None, :])
         if NEED_DBASIS:
             for t0 in range(0, KK_PAD, KB):
                 acc = tl.zeros((BLOCK_J, KB), tl.float64 if DOT == "fma" else tl.float32)
                 for epi0 in range(0, TH * TW, EPILOGUE):
-                    src, ok, pix, valid = _epilogue_pixels(epi0, h0, w0, H, W, TH, TW, EPILOGUE, LOCAL)
+                    pix, valid = _epilogue_pixels(epi0, h0, w0, H, W, TW, EPILOGUE)
                     acc = matmul_add(acc, tl.trans(_weights_block(w_ptr, jb, b, J, H * W, pix, valid, BLOCK_J)),
-                                     _load_taps(dk_ptr, src, DK_STRIDE, ok, t0, KK, KB), DOT)
+                                     _load_taps(dpsf, pix, H * W, valid, t0, KK, KB), DOT)
                 offs = jj[:, None] * KK_PAD + t0 + tl.arange(0, KB)[None, :]
                 # The partial was written by the previous tile in the store's layout and is read here
                 # in the load's (other threads): the writes must be complete and visible to the whole
@@ -672,125 +670,119 @@ def _channel_quads(dy_ptr, b, C, c0, HW, pix, valid, BLOCK_C: tl.constexpr, ACC:
 
 
 @triton.jit
-def _store_psf_grads(taps, dpsf_ptr, h0, w0, H, W, TH: tl.constexpr, TW: tl.constexpr, EPILOGUE: tl.constexpr,
-                     KK: tl.constexpr, KK_PAD: tl.constexpr, KB: tl.constexpr):
-    """apply_psf's d(psf): the tile's summed tap gradients (tap-major scratch) into the (k*k, H, W)
-    plane of the image, EPILOGUE pixels at a time."""
-    for epi0 in range(0, TH * TW, EPILOGUE):
-        idx = epi0 + tl.arange(0, EPILOGUE)
-        hc = h0 + idx // TW
-        wc = w0 + idx % TW
-        for t0 in range(0, KK_PAD, KB):
-            _store_taps(dpsf_ptr, _load_taps(taps, idx, TH * TW, idx < TH * TW, t0, KK, KB), hc * W + wc, H * W,
-                        (hc < H) & (wc < W), t0, KK)
-
-
-@triton.jit
-def _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, P: tl.constexpr,
-                   HALO: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, WPAD: tl.constexpr,
-                   HALO_W: tl.constexpr, BLOCK_C: tl.constexpr, SUB_C: tl.constexpr, TAP_GROUP: tl.constexpr,
-                   ACC: tl.constexpr):
-    """Tap row u of d(taps) for one staged channel block, summed over the block's channels in the
-    thread and added to the tile's sums in ``taps`` (written over by the first block, c0 = 0): the
-    whole row at once, or (TAP_GROUP < k) TAP_GROUP taps at a time in a loop over the row, so a
-    thread holds 4 x TAP_GROUP sums, not 4 x k (at k = 31 sm_90 spilled with the whole row)."""
-    if TAP_GROUP < KSIZE:
-        for v0 in range(0, KSIZE, TAP_GROUP):
-            _tap_group(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, tl.multiple_of(v0, 4),
-                       TAP_GROUP, P, HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, SUB_C, ACC)
-    else:
-        _tap_group(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, 0, KSIZE, P, HALO, KSIZE,
-                   DIL, WPAD, HALO_W, BLOCK_C, SUB_C, ACC)
-
-
-@triton.jit
-def _tap_group(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, v0, NT: tl.constexpr,
-               P: tl.constexpr, HALO: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, WPAD: tl.constexpr,
-               HALO_W: tl.constexpr, BLOCK_C: tl.constexpr, SUB_C: tl.constexpr, ACC: tl.constexpr):
-    """Taps v0 .. v0+NT-1 of :func:`_tap_row_block`'s row (those below k stored; ``v0`` a multiple
-    of 4, so each channel's window is NV aligned 4-vectors from ``v0 * DIL`` columns in; past the
-    row's last tap they read the next staged values, or the staging area's tail, for sums that are
-    never stored). The channels run SUB_C at a time (unrolled) in a loop over the block, the sums
-    carried in registers: registers and compile time grow with SUB_C, not BLOCK_C (16 channels
-    unrolled: 4x the sm_90 compile time, and float32 spilled). A block of one sub-block takes its
-    channels' dy quads held across the rows (``dyq``); with several (``dyq`` None) each channel's
-    are loaded where they are used, once per row (L1 hits after the first)."""
+def _tap_group(dpsf, stage, here, dyq, pix, valid, HW, u, c0, v0, NT: tl.constexpr, HALO: tl.constexpr,
+               KSIZE: tl.constexpr, DIL: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
+               BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """Large k: taps v0 .. v0+NT-1 of tap row u (a loop index) for one staged channel block (its dy
+    quads ``dyq``), summed over the block's channels in the thread and added to the d(psf) planes
+    (written over by the first block, c0 = 0; a thread reads back only what it wrote). ``v0`` is a
+    multiple of 4, so each channel's window is NV aligned 4-vectors from ``v0 * DIL`` columns in;
+    past the row's last tap they read the next staged values, or the staging area's tail, for sums
+    that are never stored: a thread holds 4 x NT sums, not 4 x k."""
     OFFSET: tl.constexpr = WPAD - (KSIZE // 2) * DIL  # window index of tap v0's first pixel
     NV: tl.constexpr = (OFFSET + 3 + (NT - 1) * DIL) // 4 + 1
-    zero = tl.zeros((P // 4,), ACC)
+    zero = tl.zeros((pix.shape[0] // 4,), ACC)
     dks = ()
     for v in tl.static_range(NT):
         dks = dks + ((zero, zero, zero, zero),)
-    for cs in range(0, BLOCK_C, SUB_C):
-        for c in tl.static_range(SUB_C):
-            if dyq is None:
-                dy = _channel_quad(dy_ptr, b, C, c0 + cs + c, HW, dy_pix, valid, ACC)
-            else:
-                dy = dyq[c]
-            dks = _tap_row_grads(dks, dy, _window(stage + (cs + c) * HALO + (u - KSIZE // 2) * DIL * HALO_W
-                                                  + v0 * DIL + here, NV, ACC), OFFSET, NT, DIL)
+    for c in tl.static_range(BLOCK_C):
+        dks = _tap_row_grads(dks, dyq[c], _window(stage + c * HALO + (u - KSIZE // 2) * DIL * HALO_W + v0 * DIL
+                                                  + here, NV, ACC), OFFSET, NT, DIL)
     for v in tl.static_range(NT):
         if v0 + v < KSIZE:
-            at = taps + (u * KSIZE + v0 + v) * P + i
+            at = dpsf + (u * KSIZE + v0 + v) * HW.to(tl.int64) + pix
             dk = _quad_join(dks[v][0], dks[v][1], dks[v][2], dks[v][3])
-            tl.store(at, dk + tl.load(at, mask=_everywhere(c0, i), other=0.0))
+            tl.store(at, dk + tl.load(at, mask=valid & (c0 != 0), other=0.0), mask=valid)
 
 
 @triton.jit
-def _psf_dk_kernel(x_ptr, dy_ptr, w_ptr, basis_ptr, dsrc_ptr, part_ptr, taps_ptr, stage_ptr, C, H, W, J, n_tiles,
-                   tiles_w, tiles_per_img, basis_stride, part_stride, SYNTH: tl.constexpr, PADDING: tl.constexpr,
-                   NEED_DW: tl.constexpr, NEED_DBASIS: tl.constexpr,
-                   KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BLOCK_C: tl.constexpr,
-                   BLOCK_J: tl.constexpr, NUM_JB: tl.constexpr, KK_PAD: tl.constexpr, KB: tl.constexpr, RD: tl.constexpr,
-                   WPAD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr, HALO_PAD: tl.constexpr,
-                   HALO_CHUNK: tl.constexpr, SUB_C: tl.constexpr, TAP_GROUP: tl.constexpr, EPILOGUE: tl.constexpr,
-                   DOT: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr, ROW_LOOP: tl.constexpr):
-    """dK_t(p) = sum_c dy[c, p] x[c, p + s_t]: x staged as in the forward, each tap row read as a
-    window per quad; a thread holds its quads' pixels for all BLOCK_C channels (the tile has as
-    many quads as threads), each channel a separate tensor over the quads (SUB_C channels at a
-    time: :func:`_tap_row_block`), so the channel sum is plain adds in the thread by construction,
-    whatever layouts the compiler picks. Summed over channel blocks in ``taps``; then, EPILOGUE
-    pixels at a time, d(psf) = dK (apply_psf) or d(weights) and this program's d(basis) partial
-    (psf_conv)."""
+def _held_tap_sums(x_ptr, dy_ptr, dpsf, stage, here, b, C, H, W, HW, h0, w0, pix, valid, P: tl.constexpr,
+                   HALO: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr,
+                   HALO_W: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
+                   ROW_GROUPS: tl.constexpr, PADDING: tl.constexpr, ACC: tl.constexpr):
+    """Up to k = UNROLLED_K: a tile's tap gradients summed over all C channels in registers, then
+    stored once into the d(psf) planes. The tap rows are split over ROW_GROUPS groups of threads (a
+    (ROW_GROUPS, P) tensor: group g takes rows g*RPG .. g*RPG+RPG-1, RPG = ceil(k / ROW_GROUPS) <= 2),
+    so a thread holds 4 x k x RPG sums, its quad's share of its rows, across every channel. Per
+    staged channel block, a loop over its real channels loads each channel's dy quad once and adds it
+    times the window of each of the group's rows (rows past k, in the last group, repeat row k-1:
+    sums never stored)."""
+    R: tl.constexpr = KSIZE // 2
+    RPG: tl.constexpr = (KSIZE + ROW_GROUPS - 1) // ROW_GROUPS
+    OFFSET: tl.constexpr = WPAD - R * DIL  # window index of the row's first tap's first pixel
+    NV: tl.constexpr = (OFFSET + 3 + (KSIZE - 1) * DIL) // 4 + 1
+    g = tl.arange(0, ROW_GROUPS)[:, None]
+    windows = ()  # per group row: (ROW_GROUPS, P) pointers to its window in channel 0 of the staged block
+    for r in tl.static_range(RPG):
+        u = tl.minimum(g * RPG + r, KSIZE - 1)
+        windows = windows + (stage + (u - R) * DIL * HALO_W + here[None, :],)
+    at = pix[None, :] + g * 0
+    in_image = valid[None, :] & (g >= 0)
+    zero = tl.zeros((ROW_GROUPS, P // 4), ACC)
+    sums = ()
+    for t in tl.static_range(RPG * KSIZE):
+        sums = sums + ((zero, zero, zero, zero),)
+    for c0 in range(0, C, BLOCK_C):
+        rows, _ = _channel_rows(b, C, c0, HW, BLOCK_C)
+        _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
+                    PADDING)
+        tl.debug_barrier()  # the staged block is written
+        for c in range(0, tl.minimum(BLOCK_C, C - c0)):
+            dy = _channel_quad(dy_ptr, b, C, c0 + c, HW, at, in_image, ACC)
+            out = ()
+            for r in tl.static_range(RPG):
+                out = out + _tap_row_grads(sums[r * KSIZE:(r + 1) * KSIZE], dy,
+                                           _window(windows[r] + c * HALO, NV, ACC), OFFSET, KSIZE, DIL)
+            sums = out
+        tl.debug_barrier()  # every read of the staged block is done
+    for r in tl.static_range(RPG):
+        u = g * RPG + r
+        for v in tl.static_range(KSIZE):
+            s = sums[r * KSIZE + v]
+            tl.store(dpsf + (u * KSIZE + v).to(tl.int64) * HW + at,
+                     _quad_join(s[0], s[1], s[2], s[3]).to(dpsf.dtype.element_ty), mask=in_image & (u < KSIZE))
+
+
+@triton.jit
+def _psf_dk_kernel(x_ptr, dy_ptr, dpsf_ptr, stage_ptr, C, H, W, n_tiles, tiles_w, tiles_per_img,
+                   PADDING: tl.constexpr, KSIZE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                   BLOCK_C: tl.constexpr, RD: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
+                   HALO: tl.constexpr, HALO_PAD: tl.constexpr, HALO_CHUNK: tl.constexpr, TAP_GROUP: tl.constexpr,
+                   ROW_GROUPS: tl.constexpr, ACC: tl.constexpr, QUAD: tl.constexpr, ROW_LOOP: tl.constexpr):
+    """d(psf)[b, t, p] = dK_t(p) = sum_c dy[c, p] x[c, p + s_t] (summed in ACC; the planes in ACC for
+    the row loop, which adds into them, else in their own dtype): x staged as in the
+    forward, each tap row read as a window per quad, each channel a separate tensor over the quads,
+    so the channel sum is plain adds in the thread by construction, whatever layouts the compiler
+    picks. Up to k = UNROLLED_K the sums stay in registers over all channels
+    (:func:`_held_tap_sums`); above, each channel block's sums over a tap row's groups of TAP_GROUP
+    taps are added into the planes (:func:`_tap_group`)."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
     if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
         W = W // 4 * 4  # the compiler vectorizes a quad's global loads and stores at any such W
     HW = H * W
     pid = tl.program_id(0)
-    i = tl.arange(0, P)
-    taps = taps_ptr + pid.to(tl.int64) * (KK * P)
-    stage, here, _ = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
-    part = part_ptr + pid.to(tl.int64) * part_stride
+    stage, here, _ = _staging_area(stage_ptr, pid, tl.arange(0, P), TW, RD, HALO_W, HALO, BLOCK_C)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
-        dy_pix = tl.max_contiguous(pix, 4)
-        for c0 in range(0, C, BLOCK_C):
-            rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)
-            _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
-                        PADDING)
-            # The channel block as a static loop over 1-D tensors over the quads: each thread sums its
-            # own quads over the block's channels with plain adds, so no layout can spread the channel
-            # sum over threads (a (BLOCK_C, P) tensor did under triton 3.6: shared memory, barriers).
-            dyq = _channel_quads(dy_ptr, b, C, c0, HW, dy_pix, valid, BLOCK_C, ACC) if SUB_C == BLOCK_C else None
-            tl.debug_barrier()
-            if ROW_LOOP:
+        pix = tl.max_contiguous(pix, 4)
+        dpsf = dpsf_ptr + b * KK * HW
+        if ROW_LOOP:
+            for c0 in range(0, C, BLOCK_C):
+                rows, _ = _channel_rows(b, C, c0, HW, BLOCK_C)
+                _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
+                            PADDING)
+                dyq = _channel_quads(dy_ptr, b, C, c0, HW, pix, valid, BLOCK_C, ACC)
+                tl.debug_barrier()  # the staged block is written
                 for u in range(KSIZE):
-                    _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, P, HALO, KSIZE,
-                                   DIL, WPAD, HALO_W, BLOCK_C, SUB_C, TAP_GROUP, ACC)
-            else:
-                for u in tl.static_range(KSIZE):
-                    _tap_row_block(taps, stage, here, i, dyq, dy_ptr, b, C, HW, dy_pix, valid, u, c0, P, HALO, KSIZE,
-                                   DIL, WPAD, HALO_W, BLOCK_C, SUB_C, TAP_GROUP, ACC)
-            tl.debug_barrier()
-        if SYNTH:
-            _tile_basis_grads(taps, True, P, w_ptr, basis_ptr + b * basis_stride, dsrc_ptr, part + b * basis_stride,
-                              b, h0, w0, H, W, J, tile - pid + basis_stride, TH, TW, EPILOGUE, NEED_DW, NEED_DBASIS, KK,
-                              KK_PAD, BLOCK_J, NUM_JB, KB, DOT)
+                    for v0 in range(0, KSIZE, TAP_GROUP):
+                        _tap_group(dpsf, stage, here, dyq, pix, valid, HW, u, c0, tl.multiple_of(v0, 4), TAP_GROUP,
+                                   HALO, KSIZE, DIL, WPAD, HALO_W, BLOCK_C, ACC)
+                tl.debug_barrier()  # every read of the staged block is done
         else:
-            _store_psf_grads(taps, dsrc_ptr + b * KK * HW, h0, w0, H, W, TH, TW, EPILOGUE, KK, KK_PAD, KB)
-        tl.debug_barrier()
+            _held_tap_sums(x_ptr, dy_ptr, dpsf, stage, here, b, C, H, W, HW, h0, w0, pix, valid, P, HALO, KSIZE, DIL,
+                           RD, WPAD, HALO_W, HALO_PAD, HALO_CHUNK, BLOCK_C, ROW_GROUPS, PADDING, ACC)
 
 
 @triton.jit
@@ -819,7 +811,7 @@ def _synthesize_bwd_kernel(dpsf_ptr, w_ptr, basis_ptr, dw_ptr, part_ptr, H, W, J
     part = part_ptr + pid.to(tl.int64) * part_stride
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
-        _tile_basis_grads(dpsf_ptr + b * KK * HW, False, HW, w_ptr, basis_ptr + b * basis_stride, dw_ptr,
+        _tile_basis_grads(dpsf_ptr + b * KK * HW, w_ptr, basis_ptr + b * basis_stride, dw_ptr,
                           part + b * basis_stride, b, h0, w0, H, W, J, tile - pid + basis_stride, TH, TW, EPILOGUE,
                           NEED_DW, NEED_DBASIS, KK, KK_PAD, BLOCK_J, NUM_JB, KB, DOT)
 
@@ -867,25 +859,25 @@ class Plan:
 
 # GPU tile shapes per kernel, (TH, TW, largest BLOCK_C (see channel_block), num_warps), read off the
 # sm_90 SASS (``python -m bench sass``): aligned vector loads, no layout conversions through shared memory, no spills.
-# d(taps) read-modify-writes a tile's tap sums once per channel block: 16-channel blocks (in 8-channel
-# sub-blocks) halve that traffic against 8 (the L2 estimate at the headline, float32: 122 -> 85 us) and
-# their staged halo and dy (88 KB float32) still fit L1 twice. The forward and d(x) keep 4-row tiles:
-# at 8 x 32 pixels the (channels, quads) block no longer matches the 1-D tap layout (100-200 barriers in
-# the channel loop).
-GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 16, 4), "synth": (4, 16, 1, 4)}
-# Programs per SM in the GPU's persistent grids: two d(taps) programs (4 warps, at most 255 registers
-# a thread: two fit an SM's registers) hide each other's latency and barriers; the forward and d(x)
-# (8 warps, 170-250 registers) fit one.
-PROGRAMS_PER_SM = {"fwd": 1, "dx": 1, "dk": 2, "synth": 1}
-EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the tap-gradient kernel (half that above k = 7)
+# The forward and d(x) keep 4-row tiles: at 8 x 32 pixels the (channels, quads) block no longer matches the
+# 1-D tap layout (100-200 barriers in the channel loop). d(taps): up to k = UNROLLED_K, num_warps per row
+# group (dk_row_groups: 16 warps at k = 5 and 7, a quad per thread per group), its sums held in registers
+# over all channels, so its channel block sets only how much is staged between barriers.
+GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 32, 4), "synth": (4, 16, 1, 4)}
+# Programs per SM in the GPU's persistent grids: d(taps) up to k = UNROLLED_K fills an SM with 16 warps
+# (at most 128 registers a thread); above it, two 4-warp programs (at most 255 registers) hide each
+# other's latency and barriers; the forward and d(x) (8 warps, 170-250 registers) fit one; the
+# synthesis and its gradient (4 warps, up to 224 registers) two.
+PROGRAMS_PER_SM = {"fwd": 1, "dx": 1, "dk": 2, "synth": 2}
+DK_WARPS_PER_SM = 16
+EPILOGUE = 64  # pixels per d(weights)/d(basis) product of the synthesize backward (half that above k = 7)
 TAP_BLOCK = 64  # taps per synthesis and epilogue product (KK_PAD above it: several blocks)
-DK_SUB_C = 8  # channels d(taps) unrolls at a time inside its channel blocks (_tap_group's SUB_C)
-# d(taps)' largest channel block above UNROLLED_K: one sub-block (16-channel blocks, measured before the
-# tap groups, with whole tap rows: 40-80 bytes of spills on sm_90 at k = 31, float32 and bfloat16)
+# d(taps)' largest channel block above UNROLLED_K, unrolled in the thread (16 channels with whole tap
+# rows spilled 40-80 bytes on sm_90 at k = 31, float32 and bfloat16)
 LARGE_K_DK_BLOCK_C = 8
 DK_TAP_GROUP = 8  # d(taps)' taps per group above UNROLLED_K (a multiple of 4: the groups' windows stay aligned)
 UNROLLED_K = 7  # the tap loops unroll all k x k taps up to this k; above it, only a row's k taps (compile time)
-MAX_REGISTERS = 255  # the explicit register limit of large-k launches and apply_psf's d(taps) (Plan.launch_args)
+MAX_REGISTERS = 255  # the explicit register limit of the large-k launches (Plan.launch_args)
 GPU_CHUNKS = (128, 128)  # halo pixels per staging step, per synthesis product
 FWD_SYNTH_CHUNK = 128  # the forward's tile pixels per synthesis product
 FOLD_BLOCK_C = 16  # channels per block of the padding fold (border tiles only): its bookkeeping needs registers
@@ -919,12 +911,12 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
     tiles). The interpreter's, which runs programs one after the other in Python: tiles as large as the image (up to 16 x 32
     pixels, so fewer, larger programs) and as many programs as :func:`launch.sm_count` gives a CPU
     (a few), so the persistent loop always runs. ``synth`` False (apply_psf: taps loaded, not
-    synthesized) quarters the forward's and d(taps)'s largest channel block: at C=64 sm_90 spilled
-    24 bytes in the bfloat16 forward and 32 in the float32 d(taps) with the full blocks, and 16 to
-    24 with half blocks; a quarter spills nothing (``python -m bench sm90 --ops apply_psf``).
-    Above k = UNROLLED_K (``k``) d(taps) takes at most :data:`LARGE_K_DK_BLOCK_C` channels, and
-    apply_psf's forward an eighth of the largest block (a quarter: 8 bytes spilled in bfloat16 at
-    k = 31 under triton 3.6)."""
+    synthesized) quarters the forward's largest channel block: at C=64 sm_90 spilled 24 bytes in
+    bfloat16 with the full block, and 16 with half; a quarter spills nothing (``python -m bench
+    sm90 --ops apply_psf``). Above k = UNROLLED_K (``k``) d(taps) takes at most
+    :data:`LARGE_K_DK_BLOCK_C` channels, and apply_psf's forward an eighth of the largest block (a
+    quarter: 8 bytes spilled in bfloat16 at k = 31 under triton 3.6); up to it, d(taps) runs
+    :func:`dk_row_groups` groups of GPU_SHAPES' warps."""
     block_j = max(16, min(64, triton.next_power_of_2(max(J, 1))))
     if not gpu_plans():
         tw = max(16, min(32, triton.next_power_of_2(max(W, 1))))
@@ -933,16 +925,26 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
         per_sm = 1
     else:
         th, tw, bc, warps = GPU_SHAPES[kind]
-        if kind == "dk" and k > UNROLLED_K:
-            bc = min(bc, LARGE_K_DK_BLOCK_C)
-        if not synth and kind != "dx":
-            bc //= 8 if kind == "fwd" and k > UNROLLED_K else 4
+        per_sm = PROGRAMS_PER_SM[kind]
+        if kind == "dk" and k <= UNROLLED_K:
+            warps *= dk_row_groups(k)
+            per_sm = DK_WARPS_PER_SM // warps
+        if kind == "fwd" and not synth:
+            bc //= 8 if k > UNROLLED_K else 4
         # d(taps) holds channels in a static loop (any count); the others a (BLOCK_C, TH*TW/4) tensor
         bc = channel_block(C, bc, 1 if kind == "dk" else max(1, warps * 32 // (th * tw // 4)))
-        chunks, per_sm = GPU_CHUNKS, PROGRAMS_PER_SM[kind]
+        chunks = GPU_CHUNKS
+    if kind == "dk" and k > UNROLLED_K:
+        bc = min(bc, LARGE_K_DK_BLOCK_C)
     n_tiles = B * triton.cdiv(H, th) * triton.cdiv(W, tw)
     return Plan(th, tw, bc, block_j, triton.cdiv(J, block_j), *chunks, warps,
                 max(1, min(n_tiles, per_sm * sm_count(device))))
+
+
+def dk_row_groups(k: int) -> int:
+    """d(taps)' groups of threads that split a tile's tap rows up to k = UNROLLED_K: the fewest
+    (a power of two) that leave each thread at most two rows' sums (8k registers); 1 above."""
+    return 1 if k > UNROLLED_K else min(4, triton.next_power_of_2(triton.cdiv(k, 2)))
 
 
 def _kk_pad(k: int) -> int:
@@ -1096,36 +1098,28 @@ def tap_grads(x, dy, src, basis, dilation: int, padding: str, need_src: bool, ne
     """The gradients through the per-pixel taps of :func:`filter_forward` (x extended by
     ``padding``), ``dK_t(p) = sum_c dy[c, p] x[c, p + s_t]``: (d(src), d(basis)) where asked for
     (0-element placeholders elsewhere): d(psf) = dK (no ``basis``), or d(weights) and d(basis)
-    (reduced deterministically)."""
+    (reduced deterministically) from dK by the synthesize backward. For the latter, and above
+    k = UNROLLED_K (the kernel adds into it per channel block), dK is a (B, k*k, H, W) buffer in the
+    accumulation dtype (float32 for half inputs): the psf's size, no C and no J in it."""
     x, dy, src = x.contiguous(), dy.contiguous(), src.contiguous()
     B, C, H, W, J, k = _shapes(x, src, basis)
     need_basis = need_basis and basis is not None
-    dsrc, dbasis = gradient_buffers((need_src, need_basis), src, src if basis is None else basis)
-    if x.numel() == 0 or src.numel() == 0:
+    if x.numel() == 0 or src.numel() == 0 or not (need_src or need_basis):
+        dsrc, dbasis = gradient_buffers((need_src, need_basis), src, src if basis is None else basis)
         return dsrc.zero_(), dbasis.zero_()
-    if not (need_src or need_basis):
-        return dsrc, dbasis
-    p = plan("dk", B, C, H, W, J, x.device, synth=basis is not None, k=k)
-    b = _Basis(basis.contiguous(), p) if basis is not None else None
+    p = plan("dk", B, C, H, W, J, x.device, k=k)
     halo = p.halo(k, dilation)
-    kk_pad = _kk_pad(k)
-    kb = _tap_block(kk_pad)
-    dot = _dot_modes(x.dtype)[1]
-    partials = b.partials(p, torch_acc_dtype(x)) if need_basis else dy  # dy: a pointer never written
     group = k if k <= UNROLLED_K else DK_TAP_GROUP
     tail = (group + 1) * dilation + 4  # the last tap group reads at most 3 + (group - 1) * dilation past a row
+    direct = basis is None and k <= UNROLLED_K  # d(psf) written once, from sums in registers
+    dk = torch.empty((B, k * k, H, W), device=x.device, dtype=src.dtype if direct else torch_acc_dtype(x))
     _psf_dk_kernel[(p.programs,)](
-        x, dy, src, b.padded if b else src, dsrc if need_src else dy, partials,
-        _scratch(p, k * k * p.TH * p.TW, torch_acc_dtype(x), x.device),
-        _staging(p, halo, x, tail), C, H, W, J,
-        *_grid_args(p, B, H, W), b.stride if b else 0, partials[0].numel(), SYNTH=b is not None, PADDING=padding,
-        NEED_DW=need_src, NEED_DBASIS=need_basis, KSIZE=k, DIL=dilation, BLOCK_C=p.BLOCK_C,
-        SUB_C=min(p.BLOCK_C, DK_SUB_C), TAP_GROUP=group, KK_PAD=kk_pad, KB=kb,
-        EPILOGUE=_epilogue(p, kk_pad, dot), DOT=dot, ACC=acc_dtype(x), QUAD=W % 4 == 0,
-        ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args(k > UNROLLED_K or basis is None))
-    if need_basis:
-        dbasis.copy_(b.reduce(partials))
-    return dsrc, dbasis
+        x, dy, dk, _staging(p, halo, x, tail), C, H, W, *_grid_args(p, B, H, W), PADDING=padding, KSIZE=k,
+        DIL=dilation, BLOCK_C=p.BLOCK_C, TAP_GROUP=group, ROW_GROUPS=dk_row_groups(k), ACC=acc_dtype(x),
+        QUAD=W % 4 == 0, ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args(k > UNROLLED_K))
+    if basis is None:
+        return dk.to(src.dtype), src.new_empty(0)  # (a copy only above UNROLLED_K with half inputs)
+    return _basis_grads(dk, src, basis, (need_src, need_basis), _dot_modes(x.dtype)[1])
 
 
 @launcher
@@ -1149,6 +1143,13 @@ def synthesize_forward(weights, basis) -> torch.Tensor:
 @launcher
 def synthesize_backward(dpsf, weights, basis, needs):
     """Gradients of :func:`synthesize_forward`: (d(weights), d(basis)) where ``needs`` asks."""
+    weights = weights.contiguous()
+    return _basis_grads(dpsf, weights, basis, needs, _dot_modes(weights.dtype)[0])
+
+
+def _basis_grads(dpsf, weights, basis, needs, dot: str):
+    """(d(weights), d(basis)) from d(psf) (B, k*k, H, W) where ``needs`` asks (placeholders
+    elsewhere), the products in ``dot`` mode (d(psf) may be in a wider dtype than the weights)."""
     dpsf, weights, basis = dpsf.contiguous(), weights.contiguous(), basis.contiguous()
     B, J, H, W = weights.shape
     _check_plane(H, W)
@@ -1158,13 +1159,11 @@ def synthesize_backward(dpsf, weights, basis, needs):
         return dw.zero_(), dbasis.zero_()
     p = plan("synth", B, 1, H, W, J, weights.device)
     b = _Basis(basis, p)
-    dot = _dot_modes(weights.dtype)[0]
     partials = b.partials(p, torch_acc_dtype(weights)) if needs[1] else dw
     _synthesize_bwd_kernel[(p.programs,)](
         dpsf, weights, b.padded, dw, partials, H, W, J, *_grid_args(p, B, H, W), b.stride, partials[0].numel(),
         NEED_DW=needs[0], NEED_DBASIS=needs[1], KSIZE=k, KK_PAD=b.kk_pad, KB=_tap_block(b.kk_pad),
-        EPILOGUE=_epilogue(p, b.kk_pad, dot), DOT=dot,
-        **p.launch_args())
+        EPILOGUE=_epilogue(p, b.kk_pad, dot), DOT=dot, **p.launch_args())
     if needs[1]:
         dbasis.copy_(b.reduce(partials))
     return dw, dbasis

@@ -434,19 +434,28 @@ def test_sass_estimate_counts_loops_bytes_and_flops_of_a_listing(tmp_path):
     assert sass.resident_programs(h100, 8, 128, 1024, 1000) == 2     # registers: 128 x 32 x 8 x 2 = 64 K
     assert sass.resident_programs(h100, 4, 32, 120 * 1024, 1000) == 1  # shared memory
     # the modelled L2 traffic of a d(taps) launch: halo rows start WPAD columns left of an
-    # aligned tile column (partial sectors), the tap sums are read-modified-written per block
+    # aligned tile column (partial sectors); its d(psf) tile is written once with the sums held in
+    # registers, read-modified-written per channel block in the row loop (large k)
     f32 = torch.empty(0)
-    args = dict(n_tiles=1, J=2, TH=1, TW=8, KSIZE=3, C=4, BLOCK_C=4, RD=1, WPAD=4, HALO_W=16, HALO=48,
-                SYNTH=True, NEED_DW=True, stage_ptr=f32, taps_ptr=f32, w_ptr=f32)
+    args = dict(n_tiles=1, TH=1, TW=8, KSIZE=3, C=4, BLOCK_C=4, RD=1, WPAD=4, HALO_W=16, HALO=48, ROW_LOOP=False,
+                stage_ptr=f32, dpsf_ptr=f32)
     halo = 4 * 3 * 96   # 4 channels x 3 rows x 64 bytes from 16 bytes into a sector: 3 sectors
     staged = 4 * 192    # 48 values a plane, written and read back
-    plane, taps, weights = 4 * 32, 9 * 32, 2 * 32
-    assert sass.l2_traffic("_psf_dk_kernel", args) == halo + 2 * staged + plane + taps + taps + 2 * weights
+    plane, dpsf = 4 * 32, 9 * 32
+    assert sass.l2_traffic("_psf_dk_kernel", args) == halo + 2 * staged + plane + dpsf
+    two_blocks = dict(args, BLOCK_C=2, ROW_LOOP=True)  # written by the first block, read and written by the second
+    assert sass.l2_traffic("_psf_dk_kernel", two_blocks) == halo + 2 * staged + plane + 3 * dpsf
     assert sass.l2_traffic("_blend_fwd_kernel", args) is None
     fn = SimpleNamespace(arg_names=["x_ptr", "taps_ptr", "part_ptr"])  # work areas: taps, and partials if used
     args = [torch.empty(10), torch.empty(4), torch.empty(3, dtype=torch.float64)]
     assert sass.scratch_bytes(fn, args, {"NEED_DBASIS": True}) == 4 * 4 + 3 * 8
     assert sass.scratch_bytes(fn, args, {"NEED_DBASIS": False}) == sass.scratch_bytes(fn, args, {}) == 4 * 4
+    # the HBM roof's bytes: a launch's tensors beyond its work areas, each once (a placeholder
+    # argument that is another argument is not counted twice)
+    x = torch.empty(10)
+    fn = SimpleNamespace(arg_names=["x_ptr", "dy_ptr", "stage_ptr", "dpsf_ptr"])
+    assert sass.io_bytes(fn, [x, x, torch.empty(7), torch.empty(3, dtype=torch.float64)]) == 10 * 4 + 3 * 8
+    assert sass.roofs(dict(prof, hbm_bytes=2e6), dict(gpu, hbm_tbs=0.5))["hbm_us"] == pytest.approx(1e6 * 2e6 / 0.5e12)
 
 
 def test_static_table_has_before_and_after_columns(tmp_path):

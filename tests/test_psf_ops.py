@@ -139,13 +139,24 @@ def test_gpu_launch_plans_float32(gpu_plans, device):
     check_against_truth(psfops.synthesize_psf, truth_synthesize, (w, b), torch.float32, "synthesize_psf")
 
 
-def test_gpu_launch_plans_tap_gradients_in_channel_sub_blocks(gpu_plans, device):
-    """d(taps) at C=30 takes 16-channel blocks, each run as two unrolled sub-blocks of
-    ``DK_SUB_C`` in a loop (the row's sums carried over them), the last two channels past C."""
-    p = gpu_plans.plan("dk", 1, 30, 9, 40, 6, torch.device(device))
-    assert p.BLOCK_C == 16 == 2 * gpu_plans.DK_SUB_C
-    x, w, b = psf_inputs(1, 30, 9, 40, 6, 5, torch.float64, device)
+@pytest.mark.parametrize("k,C,groups", [(7, 30, 4), (5, 36, 4), (3, 19, 2), (1, 3, 1)])
+def test_gpu_launch_plans_tap_gradients_held_in_row_groups(k, C, groups, gpu_plans, device):
+    """d(taps) up to k = 7 splits the tap rows over thread groups (at most two rows each: at k = 7
+    the last group's second row and at k = 5 its last group's both rows repeat row k-1, never
+    stored) and sums every channel in registers: C = 30 in one 32-channel block (its loop stops at
+    C), C = 36 in three blocks, the last partial; d(psf) of apply_psf straight from the sums,
+    psf_conv's through the synthesize backward."""
+    assert gpu_plans.dk_row_groups(k) == groups
+    p = gpu_plans.plan("dk", 1, C, 9, 40, 6, torch.device(device), k=k)
+    assert p.num_warps == 4 * groups and (p.TH, p.TW) == (16, 32)
+    if C == 30:
+        assert p.BLOCK_C == 32
+    if C == 36:
+        assert p.BLOCK_C == 16
+    x, w, b = psf_inputs(1, C, 9, 40, 6, k, torch.float64, device)
     check_against_truth(psfops.psf_conv, truth_psf_conv, (x, w, b), torch.float64, "psf_conv")
+    psf = rand(1, k * k, 9, 40, dtype=torch.float64, device=device, requires_grad=True)
+    check_against_truth(psfops.apply_psf, truth_apply, (x, psf), torch.float64, "apply_psf")
 
 
 @settings(max_examples=12, deadline=None)

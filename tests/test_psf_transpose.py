@@ -188,10 +188,11 @@ def gpu_plans():
 
 
 # B2 H5 W69: 12 forward tiles (4x32, the last row and column partial) on 2 programs; 6 d(taps)
-# tiles (16x32) on 4 programs (two per SM), the first two taking a tile of each image, so they add
-# into both samples' d(basis) partials. The transpose runs C70 (two 64-channel blocks) and J80 (two 64-kernel blocks) through
-# all three kernels; psf_conv, whose kernels are the same three, runs C19 and J5 (the interpreter's
-# cost is mostly the d(taps) kernel's 8-channel blocks).
+# tiles (16x32, k = 3: two 4-warp row groups) on 4 programs (two per SM); 20 tiles (4x16) of the
+# synthesize backward that turns d(taps) into d(weights) and d(basis) on 4 programs, each taking
+# tiles of both images, so they add into both samples' d(basis) partials. The transpose runs C70 (two
+# 64-channel blocks) and J80 (two 64-kernel blocks) through all four kernels; psf_conv, whose kernels
+# are the same, runs C19 and J5.
 GPU_CASES = [("psf_conv_transpose", "reflect", (2, 70, 5, 69, 80, 3, 1)),
              ("psf_conv", "circular", (2, 19, 5, 69, 5, 3, 2))]
 
@@ -205,7 +206,8 @@ def test_gpu_launch_plans_padded_per_sample(op, padding, case, gpu_plans):
     p = gpu_plans.plan("fwd", B, C, H, W, J, torch.device("cpu"))
     assert (p.TH, p.TW, p.NUM_JB, p.programs) == (4, 32, 1 + (J > 64), 2)
     assert C <= 64 or -(-C // p.BLOCK_C) > 1  # C=70: several channel blocks, the last one partial
-    assert gpu_plans.plan("dk", B, C, H, W, J, torch.device("cpu")).programs == 4
+    assert gpu_plans.plan("dk", B, C, H, W, J, torch.device("cpu"), k=k).programs == 4
+    assert gpu_plans.plan("synth", B, 1, H, W, J, torch.device("cpu")).programs == 4
     torch.manual_seed(len(op) + d)
     loop = loop_psf_conv_transpose if op == "psf_conv_transpose" else loop_psf_conv
     _check_op(getattr(psfops, op), loop, case, padding, True, torch.float64, "gpu plans ")
