@@ -770,7 +770,7 @@ def _psf_dk_kernel(x_ptr, dy_ptr, dpsf_ptr, stage_ptr, C, H, W, n_tiles, tiles_w
         dpsf = dpsf_ptr + b * KK * HW
         if ROW_LOOP:
             for c0 in range(0, C, BLOCK_C):
-                rows, _ = _channel_rows(b, C, c0, HW, BLOCK_C)
+                rows, cvalid = _channel_rows(b, C, c0, HW, BLOCK_C)  # (not ``_``: triton takes it for the one above)
                 _stage_halo(x_ptr, rows, h0, w0, H, W, stage, RD, WPAD, HALO_W, HALO, HALO_PAD, HALO_CHUNK, BLOCK_C,
                             PADDING)
                 dyq = _channel_quads(dy_ptr, b, C, c0, HW, pix, valid, BLOCK_C, ACC)

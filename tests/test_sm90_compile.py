@@ -128,6 +128,17 @@ def _spills(records, synthesized: bool) -> list:
             and (r["constexprs"].get("SYNTH", "True") == "True") == synthesized]
 
 
+@needs_tools
+def test_large_kernel_tap_gradients_compile(tmp_path):
+    """The large-k path of every psf kernel (rows in a loop; d(taps) adds channel blocks into its
+    planes) compiles, quickly checked at k = 9 on apply_psf's launches (no products): a type error
+    the interpreter accepted once failed only here (a loop-carried ``_`` of two types)."""
+    records = _compile(tmp_path, "float32,bfloat16", "--ops", "apply_psf", "--variants", "first", "--ksize", "9",
+                       expected={"_psf_fwd_kernel", "_psf_dx_kernel", "_psf_dk_kernel"})
+    assert {r["constexprs"]["ROW_LOOP"] for r in records} == {"True"}
+    assert not [(r["kernel"], r["dtype"], r["stack"]) for r in records if r.get("stack", 0) > 0]
+
+
 @pytest.fixture(scope="module")
 def k15_records(tmp_path_factory):
     return _large_kernel_records(tmp_path_factory.mktemp("sm90k15"), 15)
