@@ -63,7 +63,7 @@ contiguous columns) and all its channels, BLOCK_C at a time (on the GPU a power 
   registers and compile time grow with k, not k*k (sm_90, k = 31: see docs/kernels.md).
 
 Scratch is per program, so its size depends on the tile shape and C but not on the image size:
-on an H100 at C=64, k=7, about 17 MB for the forward, 24 MB (float32) for d(x) and 15 MB for
+on an H100 at C=64, k=7, about 15 MB for the forward, 20 MB (float32) for d(x) and 15 MB for
 d(taps)' staging; psf_conv's backward also holds the (B, k*k, H, W) float32 dK.
 
 Precision: float32 inputs multiply in float32 (the matrix products as three tf32 tensor-core
@@ -850,20 +850,26 @@ class Plan:
         """The plan's constexprs and launch options; ``limit_registers``: an explicit register
         limit (``maxnreg``, :data:`MAX_REGISTERS`). Left to itself, sm_90's ptxas kept 2-3
         loop-invariant values of some launches on the stack at 64-128 registers (the large-k ones,
-        k > 7: apply_psf's at k = 15 and 31, 8-56 bytes under triton 3.9 and 3.6; apply_psf's
-        d(taps) with circular padding at k = 7, 16 bytes); with the limit it keeps them in
-        registers."""
+        k > 7: apply_psf's at k = 15 and 31, 8-56 bytes under triton 3.9 and 3.6); with the limit it
+        keeps them in registers. Not at k <= 7: there the limit made ptxas take all 255 registers and
+        spill 8-96 bytes in the forward, d(x) and fold launches (triton 3.9); nor for a 16-warp
+        launch (255 registers a thread would not fit an SM)."""
         return dict(TH=self.TH, TW=self.TW, BLOCK_J=self.BLOCK_J, NUM_JB=self.NUM_JB, num_warps=self.num_warps,
                     num_stages=1, **({"maxnreg": MAX_REGISTERS} if limit_registers else {}))
 
 
 # GPU tile shapes per kernel, (TH, TW, largest BLOCK_C (see channel_block), num_warps), read off the
 # sm_90 SASS (``python -m bench sass``): aligned vector loads, no layout conversions through shared memory, no spills.
-# The forward and d(x) keep 4-row tiles: at 8 x 32 pixels the (channels, quads) block no longer matches the
-# 1-D tap layout (100-200 barriers in the channel loop). d(taps): up to k = UNROLLED_K, num_warps per row
+# The forward and d(x) take 8 x 16 tiles: 32 quads, as 4 x 32 (the (channels, quads) block matches the 1-D
+# tap layout; at 8 x 32 it did not: 100-200 barriers in the channel loop), and a halo of 2.6 pixels per
+# output pixel at k = 7, not 3.1 (L2 estimate at the headline, float32: forward 80 -> 73 us, d(x)
+# 111 -> 97). d(taps): up to k = UNROLLED_K, num_warps per row
 # group (dk_row_groups: 16 warps at k = 5 and 7, a quad per thread per group), its sums held in registers
 # over all channels, so its channel block sets only how much is staged between barriers.
-GPU_SHAPES = {"fwd": (4, 32, 64, 8), "dx": (4, 32, 64, 8), "dk": (16, 32, 32, 4), "synth": (4, 16, 1, 4)}
+GPU_SHAPES = {"fwd": (8, 16, 64, 8), "dx": (8, 16, 64, 8), "dk": (16, 32, 32, 4), "synth": (4, 16, 1, 4)}
+# apply_psf's forward and d(x) (taps loaded, not synthesized) keep 4 x 32 tiles: at 8 x 16 its float32
+# d(x) spilled 24 bytes and its bfloat16 forward 8 under triton 3.6, its float32 circular fold 24 under 3.9
+LOADED_TAPS_TILE = (4, 32)
 # Programs per SM in the GPU's persistent grids: d(taps) up to k = UNROLLED_K fills an SM with 16 warps
 # (at most 128 registers a thread); above it, two 4-warp programs (at most 255 registers) hide each
 # other's latency and barriers; the forward and d(x) (8 warps, 170-250 registers) fit one; the
@@ -911,7 +917,8 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
     tiles). The interpreter's, which runs programs one after the other in Python: tiles as large as the image (up to 16 x 32
     pixels, so fewer, larger programs) and as many programs as :func:`launch.sm_count` gives a CPU
     (a few), so the persistent loop always runs. ``synth`` False (apply_psf: taps loaded, not
-    synthesized) quarters the forward's largest channel block: at C=64 sm_90 spilled 24 bytes in
+    synthesized) keeps the forward and d(x) on :data:`LOADED_TAPS_TILE` tiles and quarters the
+    forward's largest channel block: at C=64 sm_90 spilled 24 bytes in
     bfloat16 with the full block, and 16 with half; a quarter spills nothing (``python -m bench
     sm90 --ops apply_psf``). Above k = UNROLLED_K (``k``) d(taps) takes at most
     :data:`LARGE_K_DK_BLOCK_C` channels, and apply_psf's forward an eighth of the largest block (a
@@ -925,6 +932,8 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
         per_sm = 1
     else:
         th, tw, bc, warps = GPU_SHAPES[kind]
+        if kind in ("fwd", "dx") and not synth:
+            th, tw = LOADED_TAPS_TILE
         per_sm = PROGRAMS_PER_SM[kind]
         if kind == "dk" and k <= UNROLLED_K:
             warps *= dk_row_groups(k)
@@ -1071,7 +1080,7 @@ def filter_scatter(y, src, basis, dilation: int, padding: str = "zeros") -> torc
     out = torch.empty_like(y, memory_format=torch.contiguous_format)
     if y.numel() == 0 or src.numel() == 0:
         return out.zero_()
-    p = plan("dx", B, C, H, W, J, y.device)
+    p = plan("dx", B, C, H, W, J, y.device, synth=basis is not None)
     b = _Basis(basis.contiguous(), p) if basis is not None else None
     halo = p.halo(k, dilation)
     kk_pad = _kk_pad(k)
@@ -1082,14 +1091,14 @@ def filter_scatter(y, src, basis, dilation: int, padding: str = "zeros") -> torc
     args = (y, src, b.padded if b else src, out, taps, stage)
     meta = dict(SYNTH=b is not None, KSIZE=k, DIL=dilation, KK_PAD=kk_pad, KB=kb,
                 SYNTH_CHUNK=_capped(p.SYNTH_CHUNK, p, kb, dot), DOT=dot, ACC=acc_dtype(y), QUAD=W % 4 == 0,
-                ROW_LOOP=k > UNROLLED_K, **halo, **p.launch_args(k > UNROLLED_K))
+                ROW_LOOP=k > UNROLLED_K, **halo)
     _psf_dx_kernel[(p.programs,)](*args, C, H, W, J, *_grid_args(p, B, H, W), b.stride if b else 0,
-                                  BLOCK_C=p.BLOCK_C, **meta)
+                                  BLOCK_C=p.BLOCK_C, **meta, **p.launch_args(k > UNROLLED_K))
     if padding != "zeros":
         fold_c = min(p.BLOCK_C, FOLD_BLOCK_C)
         fold = _scratch(p, (triton.cdiv(C, fold_c) + 1) * fold_c * p.TH * p.TW, torch_acc_dtype(y), y.device)
         _psf_fold_kernel[(p.programs,)](*args, fold, C, H, W, J, *_grid_args(p, B, H, W), b.stride if b else 0,
-                                        PADDING=padding, BLOCK_C=fold_c, **meta)
+                                        PADDING=padding, BLOCK_C=fold_c, **meta, **p.launch_args(k > UNROLLED_K))
     return out
 
 

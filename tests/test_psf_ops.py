@@ -106,7 +106,7 @@ def test_psf_conv_equals_apply_of_synthesized(device):
 
 @pytest.fixture
 def gpu_plans():
-    """The GPU's launch plans (4x32-pixel tiles, 64-channel blocks, 128-pixel halo chunks) on 2
+    """The GPU's launch plans (8x16-pixel tiles, 64-channel blocks, 128-pixel halo chunks) on 2
     SMs (2 programs; d(taps) 4), in the interpreter: so tile edges, interior tiles, several tiles per program, several
     channel blocks and the cross-program d(basis) reduction all run as a GPU runs them."""
     from psfops.kernels import launch_target
@@ -118,11 +118,11 @@ def gpu_plans():
 @pytest.mark.parametrize("k,d,J,B,H", [(3, 1, 40, 2, 9), (7, 1, 5, 1, 9), (5, 2, 1, 1, 9), (1, 1, 3, 2, 9),
                                        (9, 1, 2, 1, 5), (3, 1, 80, 2, 9), (3, 3, 128, 2, 9)], ids=lambda v: str(v))
 def test_gpu_launch_plans(k, d, J, B, H, gpu_plans, device):
-    """Odd sizes (the last row and column of tiles partial), 4 to 12 tiles on 2 programs, C over
-    two channel blocks (the last one clamped), J of 1, not a power of two, and over 64 (several
+    """Odd sizes (the last row and column of tiles partial), 3 to 12 tiles on 2 programs, C = 19
+    in one 32-channel block (13 channels clamped), J of 1, not a power of two, and over 64 (several
     basis blocks), k from 1 to 9, dilation up to 3."""
     p = gpu_plans.plan("fwd", B, 19, H, 40, J, torch.device(device))
-    assert (p.TH, p.TW, p.programs) == (4, 32, 2)
+    assert (p.TH, p.TW, p.programs) == (8, 16, 2)
     x, w, b = psf_inputs(B, 19, H, 40, J, k, torch.float64, device)
     check_against_truth(lambda x, w, b: psfops.psf_conv(x, w, b, d), lambda x, w, b: truth_psf_conv(x, w, b, d),
                         (x, w, b), torch.float64, "psf_conv")

@@ -179,7 +179,7 @@ def test_per_sample_basis_equals_each_sample_alone(op, padding):
 
 @pytest.fixture
 def gpu_plans():
-    """The GPU's launch plans (4x32 tiles, 64-channel blocks, 128-pixel halo chunks, persistent
+    """The GPU's launch plans (8x16 tiles, 64-channel blocks, 128-pixel halo chunks, persistent
     grid) on 2 SMs (2 programs, 4 for d(taps)), in the interpreter (as test_psf_ops.py's fixture)."""
     from psfops.kernels import launch_target
     from psfops.kernels import psf as kernels
@@ -187,7 +187,7 @@ def gpu_plans():
         yield kernels
 
 
-# B2 H5 W69: 12 forward tiles (4x32, the last row and column partial) on 2 programs; 6 d(taps)
+# B2 H5 W69: 10 forward tiles (8x16, the last row and column partial) on 2 programs; 6 d(taps)
 # tiles (16x32, k = 3: two 4-warp row groups) on 4 programs (two per SM); 20 tiles (4x16) of the
 # synthesize backward that turns d(taps) into d(weights) and d(basis) on 4 programs, each taking
 # tiles of both images, so they add into both samples' d(basis) partials. The transpose runs C70 (two
@@ -204,7 +204,7 @@ def test_gpu_launch_plans_padded_per_sample(op, padding, case, gpu_plans):
     with SYNTH off; its GPU plans are covered with zeros in test_psf_ops.py.)"""
     B, C, H, W, J, k, d = case
     p = gpu_plans.plan("fwd", B, C, H, W, J, torch.device("cpu"))
-    assert (p.TH, p.TW, p.NUM_JB, p.programs) == (4, 32, 1 + (J > 64), 2)
+    assert (p.TH, p.TW, p.NUM_JB, p.programs) == (8, 16, 1 + (J > 64), 2)
     assert C <= 64 or -(-C // p.BLOCK_C) > 1  # C=70: several channel blocks, the last one partial
     assert gpu_plans.plan("dk", B, C, H, W, J, torch.device("cpu"), k=k).programs == 4
     assert gpu_plans.plan("synth", B, 1, H, W, J, torch.device("cpu")).programs == 4
@@ -215,16 +215,16 @@ def test_gpu_launch_plans_padded_per_sample(op, padding, case, gpu_plans):
 
 @pytest.mark.parametrize("padding", ["replicate", "reflect"])
 def test_padded_scatter_folds_inside_the_kernel(padding, gpu_plans, monkeypatch):
-    """The scatter's fold of a non-zero padding under the GPU's plans, with a band (RD = 5) wider
-    than a tile's 4 rows and an image that ends mid-tile: no tensor is padded on the host (F.pad
+    """The scatter's fold of a non-zero padding under the GPU's plans, with a band (RD = 9) wider
+    than a tile's 8 rows and an image that ends mid-tile: no tensor is padded on the host (F.pad
     raises here), float32 (bitwise repeatable) and bfloat16 against the float64 truth (replicate
-    folds up to 6 x 6 positions onto a corner pixel, summed in float32, rounded once)."""
+    folds up to 10 x 10 positions onto a corner pixel, summed in float32, rounded once)."""
     import torch.nn.functional as F
 
     def no_host_pad(*args, **kwargs):
         raise AssertionError("the Triton scatter padded a tensor on the host")
 
-    B, C, H, W, J, k, d = 1, 2, 7, 9, 2, 3, 5
+    B, C, H, W, J, k, d = 1, 2, 9, 17, 2, 3, 9  # 4 tiles (8x16, the last row and column 1 pixel) on 2 programs
     torch.manual_seed(len(padding))
     y, w, basis = _inputs(B, C, H, W, J, k, False, requires_grad=False)
     truth = loop_psf_conv_transpose(y, w, basis, d, padding)
