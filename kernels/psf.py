@@ -867,9 +867,10 @@ class Plan:
 # group (dk_row_groups: 16 warps at k = 5 and 7, a quad per thread per group), its sums held in registers
 # over all channels, so its channel block sets only how much is staged between barriers.
 GPU_SHAPES = {"fwd": (8, 16, 64, 8), "dx": (8, 16, 64, 8), "dk": (16, 32, 32, 4), "synth": (4, 16, 1, 4)}
-# apply_psf's forward and d(x) (taps loaded, not synthesized) keep 4 x 32 tiles: at 8 x 16 its float32
-# d(x) spilled 24 bytes and its bfloat16 forward 8 under triton 3.6, its float32 circular fold 24 under 3.9
-LOADED_TAPS_TILE = (4, 32)
+# The forward and d(x) of apply_psf (taps loaded, not synthesized) and of every op above k = UNROLLED_K
+# keep 4 x 32 tiles: at 8 x 16 apply_psf's float32 d(x) spilled 24 bytes and its bfloat16 forward 8 under
+# triton 3.6, its float32 circular fold 24 under 3.9, and psf_conv's float32 d(x) 8 at k = 15 under 3.6
+WIDE_TILE = (4, 32)
 # Programs per SM in the GPU's persistent grids: d(taps) up to k = UNROLLED_K fills an SM with 16 warps
 # (at most 128 registers a thread); above it, two 4-warp programs (at most 255 registers) hide each
 # other's latency and barriers; the forward and d(x) (8 warps, 170-250 registers) fit one; the
@@ -917,10 +918,10 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
     tiles). The interpreter's, which runs programs one after the other in Python: tiles as large as the image (up to 16 x 32
     pixels, so fewer, larger programs) and as many programs as :func:`launch.sm_count` gives a CPU
     (a few), so the persistent loop always runs. ``synth`` False (apply_psf: taps loaded, not
-    synthesized) keeps the forward and d(x) on :data:`LOADED_TAPS_TILE` tiles and quarters the
-    forward's largest channel block: at C=64 sm_90 spilled 24 bytes in
-    bfloat16 with the full block, and 16 with half; a quarter spills nothing (``python -m bench
-    sm90 --ops apply_psf``). Above k = UNROLLED_K (``k``) d(taps) takes at most
+    synthesized) keeps the forward and d(x) on :data:`WIDE_TILE` tiles (so does k > UNROLLED_K)
+    and quarters the forward's largest channel block: at C=64 sm_90 spilled 24 bytes in bfloat16
+    with the full block, and 16 with half; a quarter spills nothing (``python -m bench sm90 --ops
+    apply_psf``). Above k = UNROLLED_K (``k``) d(taps) takes at most
     :data:`LARGE_K_DK_BLOCK_C` channels, and apply_psf's forward an eighth of the largest block (a
     quarter: 8 bytes spilled in bfloat16 at k = 31 under triton 3.6); up to it, d(taps) runs
     :func:`dk_row_groups` groups of GPU_SHAPES' warps."""
@@ -932,8 +933,8 @@ def plan(kind: str, B: int, C: int, H: int, W: int, J: int, device: torch.device
         per_sm = 1
     else:
         th, tw, bc, warps = GPU_SHAPES[kind]
-        if kind in ("fwd", "dx") and not synth:
-            th, tw = LOADED_TAPS_TILE
+        if kind in ("fwd", "dx") and (not synth or k > UNROLLED_K):
+            th, tw = WIDE_TILE
         per_sm = PROGRAMS_PER_SM[kind]
         if kind == "dk" and k <= UNROLLED_K:
             warps *= dk_row_groups(k)
@@ -1080,7 +1081,7 @@ def filter_scatter(y, src, basis, dilation: int, padding: str = "zeros") -> torc
     out = torch.empty_like(y, memory_format=torch.contiguous_format)
     if y.numel() == 0 or src.numel() == 0:
         return out.zero_()
-    p = plan("dx", B, C, H, W, J, y.device, synth=basis is not None)
+    p = plan("dx", B, C, H, W, J, y.device, synth=basis is not None, k=k)
     b = _Basis(basis.contiguous(), p) if basis is not None else None
     halo = p.halo(k, dilation)
     kk_pad = _kk_pad(k)
