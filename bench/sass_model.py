@@ -118,11 +118,11 @@ def l2_traffic(kernel: str, args: dict) -> float | None:
         if kernel == "_synthesize_bwd_kernel" and args.get("NEED_DW"):
             moved += J * th * _sectors(tw * es)
         return tiles * moved
-    es = args["stage_ptr"].element_size()
+    es = args["x_ptr" if "x_ptr" in args else "dy_ptr"].element_size()  # the staged input's
     C, bc, halo_rows, halo_w = args["C"], args["BLOCK_C"], th + 2 * args["RD"], args["HALO_W"]
     blocks = -(-C // bc)
     halo_src = bc * halo_rows * _sectors(halo_w * es, -args["WPAD"] * es)   # a channel block's halo, read
-    staged = bc * _sectors(args["HALO"] * es)                                # written, then read back once
+    staged = bc * _sectors(args["HALO"] * args["stage_ptr"].element_size())  # written, then read back once
     plane = bc * th * _sectors(tw * es)                                      # a channel block of the tile
     if kernel == "_psf_dk_kernel":  # x staged, dy read; the tile's d(psf) (ACC dtype) written once with
         # the sums held over all channels, or read-modify-written per channel block (the row loop, large k)

@@ -438,13 +438,16 @@ def test_sass_estimate_counts_loops_bytes_and_flops_of_a_listing(tmp_path):
     # registers, read-modified-written per channel block in the row loop (large k)
     f32 = torch.empty(0)
     args = dict(n_tiles=1, TH=1, TW=8, KSIZE=3, C=4, BLOCK_C=4, RD=1, WPAD=4, HALO_W=16, HALO=48, ROW_LOOP=False,
-                stage_ptr=f32, dpsf_ptr=f32)
+                x_ptr=f32, stage_ptr=f32, dpsf_ptr=f32)
     halo = 4 * 3 * 96   # 4 channels x 3 rows x 64 bytes from 16 bytes into a sector: 3 sectors
     staged = 4 * 192    # 48 values a plane, written and read back
     plane, dpsf = 4 * 32, 9 * 32
     assert sass.l2_traffic("_psf_dk_kernel", args) == halo + 2 * staged + plane + dpsf
     two_blocks = dict(args, BLOCK_C=2, ROW_LOOP=True)  # written by the first block, read and written by the second
     assert sass.l2_traffic("_psf_dk_kernel", two_blocks) == halo + 2 * staged + plane + 3 * dpsf
+    # half inputs staged in float32: the halo and dy in 2-byte values, the staged block in 4-byte ones
+    half = dict(args, x_ptr=torch.empty(0, dtype=torch.bfloat16))
+    assert sass.l2_traffic("_psf_dk_kernel", half) == 4 * 3 * 64 + 2 * staged + 4 * 32 + dpsf
     assert sass.l2_traffic("_blend_fwd_kernel", args) is None
     fn = SimpleNamespace(arg_names=["x_ptr", "taps_ptr", "part_ptr"])  # work areas: taps, and partials if used
     args = [torch.empty(10), torch.empty(4), torch.empty(3, dtype=torch.float64)]
