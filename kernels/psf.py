@@ -16,17 +16,17 @@ product ``(pixels x J) @ (J x k*k)`` (tensor cores) and never written to device 
 
 Three launchers serve every psf op and its gradients: :func:`filter_forward` (the gather form,
 ``_psf_fwd_kernel``), :func:`filter_scatter` (its adjoint, the d(x) kernel) and
-:func:`tap_grads` (``_psf_dk_kernel``, then ``_synthesize_bwd_kernel`` for psf_conv). psf_conv_transpose's forward is the scatter; its
-gradients are the gather (for its input) and the tap gradients with the roles of x and dy
-swapped. A padding mode other than zeros is applied where the gather kernels stage their input
+:func:`tap_grads` (``_psf_dk_kernel``, then ``_synthesize_bwd_kernel`` for psf_conv).
+psf_conv_transpose's forward is the scatter; its gradients are the gather (for its input) and the
+tap gradients with the roles of x and dy swapped. A padding mode other than zeros is applied where the gather kernels stage their input
 (the indices remapped, ``_source``); the scatter folds what it spreads outside the image back
 onto the pixels the padding copies there, in a second kernel over the border tiles
 (``_psf_fold_kernel``).
 
 Work layout. Every kernel runs a persistent grid (:data:`PROGRAMS_PER_SM` programs per SM; a fixed
-tile order: program ``pid`` takes tiles pid, pid + programs, ...). A tile is TH x TW pixels of one image (TW
-contiguous columns) and all its channels, BLOCK_C at a time (on the GPU a power of two chosen from C,
-:func:`channel_block`: C=40 takes 16-channel blocks, not 64).
+tile order: program ``pid`` takes tiles pid, pid + programs, ...). A tile is TH x TW pixels of one
+image (TW contiguous columns; :data:`GPU_SHAPES`) and all its channels, BLOCK_C at a time (on the GPU
+a power of two chosen from C, :func:`channel_block`: C=40 takes 16-channel blocks, not 64).
 
 - Quads: a thread holds aligned runs of 4 contiguous pixels (``_quad_split``), so one 16-byte
   vector load brings a quad's values and a tap row of width k is read as a few aligned windows

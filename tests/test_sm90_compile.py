@@ -78,9 +78,8 @@ def test_tensor_cores_and_vector_accesses(records):
                 # d(taps) too) as tf32 passes
                 half = dtype == "bfloat16" and r["constexprs"]["DOT"] == "half"
                 assert r["mma"] == (["wgmma.bf16"] if half else ["wgmma.tf32"]), r
-            # a quad of 4 pixels per vector: 16 bytes in float32; d(taps) loads only its inputs'
-            # quads (no float32 taps or products), 8 bytes in half
-            assert r["load_bits"] == (64 if name.startswith("_psf_dk") and dtype != "float32" else 128), r
+            # a quad of 4 pixels per vector: 16 bytes in float32 (d(taps) stages half inputs in float32)
+            assert r["load_bits"] == 128, r
         gpu_tile = {"_blend": {"float32": "128", "bfloat16": "256"},
                     "_lstm": {"float32": "512", "bfloat16": "1024"}}.get(name[:6], {}).get(dtype)
         if gpu_tile and block == gpu_tile:
