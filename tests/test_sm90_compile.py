@@ -104,7 +104,7 @@ def test_psf_kernels_with_more_than_64_basis_kernels_compile_without_spills(tmp_
     keeps 56 bytes on the stack at 255 registers (189 registers, none, at J = 40); more fails."""
     records = _compile(tmp_path, "float32,bfloat16", "--ops", "psf_conv,synthesize_psf", "--basis", "80",
                        expected=PSF_KERNELS | {"_psf_fold_kernel"})
-    assert {r["constexprs"]["NUM_JB"] for r in records} == {"2"}
+    assert {r["constexprs"]["NUM_JB"] for r in records if r["kernel"] != "_psf_dk_kernel"} == {"2"}  # (d(taps): no J)
     spills = [(r["kernel"], r["dtype"], r["stack"]) for r in records if r.get("stack", 0) > 0]
     assert [s for s in spills if s[0] != "_psf_fold_kernel"] == [], spills
     assert all(s[2] <= 56 for s in spills), spills
@@ -116,7 +116,7 @@ def _large_kernel_records(tmp_path, k: int) -> list[dict]:
     records = _compile(tmp_path, "float32,bfloat16", "--ops", PSF_OPS, "--variants", "first", "--ksize", str(k),
                        expected=PSF_KERNELS)
     assert {r["constexprs"]["ROW_LOOP"] for r in records if r["kernel"].startswith("_psf")} == {"True"}
-    assert {r["constexprs"]["KB"] for r in records} == {"64"}
+    assert {r["constexprs"]["KB"] for r in records if "KB" in r["constexprs"]} == {"64"}  # (d(taps) has no products)
     return records
 
 
