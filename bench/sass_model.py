@@ -58,9 +58,10 @@ def resident_programs(gpu: dict, num_warps: int, registers: int | None, shared_b
 def roofs(profile: dict, gpu: dict, num_warps: int = 4, resident: int = 1, programs: int | None = None) -> dict:
     """The roofs (us) of one kernel on ``gpu``: issue (with the occupancy factor and the
     synchronisation stalls), L1 (loads and stores), L2, math, HBM (the launch's own inputs and
-    outputs once: a pass's intermediates between its kernels count where written and where read); and the four-roof model's issue and
-    L1 (``issue_4roof_us``, ``l1_4roof_us``). ``resident`` programs of ``num_warps`` warps share an
-    SM; ``programs`` (default: one per SM) run on min(programs, SMs) SMs."""
+    outputs once: a pass's intermediates between its kernels count where written and where read);
+    and the four-roof model's issue and L1 (``issue_4roof_us``, ``l1_4roof_us``). ``resident``
+    programs of ``num_warps`` warps share an SM; ``programs`` (default: one per SM) run on
+    min(programs, SMs) SMs."""
     clock = gpu["clock_ghz"] * 1e9
     math = profile["fp32_flops"] / (gpu["fp32_tflops"] * 1e12)
     for kind, flops in profile["tensor_flops"].items():
@@ -124,7 +125,7 @@ def l2_traffic(kernel: str, args: dict) -> float | None:
     halo_src = bc * halo_rows * _sectors(halo_w * es, -args["WPAD"] * es)   # a channel block's halo, read
     staged = bc * _sectors(args["HALO"] * args["stage_ptr"].element_size())  # written, then read back once
     plane = bc * th * _sectors(tw * es)                                      # a channel block of the tile
-    if kernel == "_psf_dk_kernel":  # x staged, dy read; the tile's d(psf) (ACC dtype) written once with
+    if kernel == "_psf_dk_kernel":  # x staged, dy read; the tile's d(psf) planes written once with
         # the sums held over all channels, or read-modify-written per channel block (the row loop, large k)
         dpsf = kk * th * _sectors(tw * args["dpsf_ptr"].element_size())
         return tiles * (blocks * (halo_src + 2 * staged + plane) + (2 * blocks - 1 if args["ROW_LOOP"] else 1) * dpsf)
