@@ -331,15 +331,40 @@ def _ddp_worker(rank, world, port, out):
     torch.save([p.detach() for p in model.parameters()], os.path.join(out, f"params{rank}.pt"))
 
 
-def test_ddp_two_cpu_processes(tmp_path):
+DDP_DEADLINE_S = 180  # the two ranks take about 10 s
+
+
+def _run_ddp(out) -> bool:
+    """Two gloo ranks training into ``out``; False if they are not done by :data:`DDP_DEADLINE_S`
+    (then killed). A rank's failure raises."""
     import socket
+    import time
 
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="spawn")
+    ctx = mp.start_processes(_ddp_worker, args=(2, port, str(out)), nprocs=2, start_method="spawn", join=False)
+    deadline = time.monotonic() + DDP_DEADLINE_S
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+                proc.join()
+            return False
+    return True
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    """Two CPU ranks: one checkpoint with both ranks' RNG states, rank 0's log, identical replicas.
+    Once in four fresh-clone CI runs (2026-12-07) one rank never finished after the other had (not
+    reproduced; the cause is still open): a run past the deadline is retried once in a new folder,
+    and a second one fails."""
+    if not _run_ddp(tmp_path):
+        tmp_path = tmp_path / "retry"
+        tmp_path.mkdir()
+        assert _run_ddp(tmp_path), f"two DDP runs in a row did not finish within {DDP_DEADLINE_S} s"
     ck = load_checkpoint(tmp_path / "last.pt")
     assert ck["step"] == 3 and len(ck["rng"]) == 2  # both ranks' RNG states
     assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # per-rank augmentation
