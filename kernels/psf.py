@@ -672,6 +672,12 @@ def _channel_quads(dy_ptr, b, C, c0, HW, pix, valid, BLOCK_C: tl.constexpr, ACC:
 
 
 @triton.jit
+def _tap_plane(dpsf, t, HW):
+    """Tap t's plane of an image's d(psf) planes (offset in int64: k*k planes may pass 2**31)."""
+    return dpsf + t * HW.to(tl.int64)
+
+
+@triton.jit
 def _tap_group(dpsf, stage, here, dyq, pix, valid, HW, u, c0, v0, NT: tl.constexpr, HALO: tl.constexpr,
                KSIZE: tl.constexpr, DIL: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr,
                BLOCK_C: tl.constexpr, ACC: tl.constexpr):
@@ -692,7 +698,7 @@ def _tap_group(dpsf, stage, here, dyq, pix, valid, HW, u, c0, v0, NT: tl.constex
                                                   + here, NV, ACC), OFFSET, NT, DIL)
     for v in tl.static_range(NT):
         if v0 + v < KSIZE:
-            at = dpsf + (u * KSIZE + v0 + v) * HW.to(tl.int64) + pix
+            at = _tap_plane(dpsf, u * KSIZE + v0 + v, HW) + pix
             dk = _quad_join(dks[v][0], dks[v][1], dks[v][2], dks[v][3])
             tl.store(at, dk + tl.load(at, mask=valid & (c0 != 0), other=0.0), mask=valid)
 
@@ -741,7 +747,7 @@ def _held_tap_sums(x_ptr, dy_ptr, dpsf, stage, here, b, C, H, W, HW, h0, w0, pix
         u = g * RPG + r
         for v in tl.static_range(KSIZE):
             s = sums[r * KSIZE + v]
-            tl.store(dpsf + (u * KSIZE + v).to(tl.int64) * HW + at,
+            tl.store(_tap_plane(dpsf, u * KSIZE + v, HW) + at,
                      _quad_join(s[0], s[1], s[2], s[3]).to(dpsf.dtype.element_ty), mask=in_image & (u < KSIZE))
 
 
