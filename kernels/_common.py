@@ -64,9 +64,13 @@ def tanh(x):
 # How a tile product runs (the DOT constexpr of :func:`matmul` and the kernels), one vocabulary for every kernel:
 #   "half"   float16/bfloat16 operands as they are, on the tensor cores (exact products, float32 sums);
 #   "tf32x3" float32 operands as three tf32 tensor-core passes (accurate to float32 rounding);
+#   "tf32x2" a float16/bfloat16 first operand (exact in tf32) times a float32 second as two tf32
+#            passes, the second split into its leading tf32 bits and the rest (as accurate as
+#            tf32x3 there, with a third fewer products and only one operand split; a non-finite
+#            value in the second operand gives NaN);
 #   "ieee"   float32 operands in IEEE float32 (no tensor-core rounding; every product in the interpreter);
 #   "fma"    a broadcast multiply and sum (float64, which tl.dot does not take on every GPU).
-DOT_MODES = ("half", "tf32x3", "ieee", "fma")
+DOT_MODES = ("half", "tf32x3", "tf32x2", "ieee", "fma")
 
 
 def dot_mode(dtype: torch.dtype, float32: str = "ieee") -> str:
@@ -83,6 +87,13 @@ def dot_mode(dtype: torch.dtype, float32: str = "ieee") -> str:
 
 
 @triton.jit
+def _tf32_lead(v):
+    """float32 ``v`` with its low 13 mantissa bits cleared: its leading bits, exact in tf32 (the
+    rest, ``v - lead``, is exact in float32)."""
+    return (v.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def matmul(a, b, DOT: tl.constexpr):
     """(M, K) @ (K, N), accumulated in float32 (float64 for "fma"); see :data:`DOT_MODES`. tl.dot
     needs M, N, K >= 16."""
@@ -90,6 +101,8 @@ def matmul(a, b, DOT: tl.constexpr):
         return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
     elif DOT == "half":
         return tl.dot(a, b)
+    elif DOT == "tf32x2":
+        return matmul_add(tl.zeros((a.shape[0], b.shape[1]), tl.float32), a, b, DOT)
     else:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=DOT)
 
@@ -102,6 +115,10 @@ def matmul_add(acc, a, b, DOT: tl.constexpr):
         return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
     elif DOT == "half":
         return tl.dot(a, b, acc)
+    elif DOT == "tf32x2":
+        a, b = a.to(tl.float32), b.to(tl.float32)
+        lead = _tf32_lead(b)
+        return tl.dot(a, lead, tl.dot(a, b - lead, acc, input_precision="tf32"), input_precision="tf32")
     else:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=DOT)
 

@@ -70,8 +70,9 @@ d(taps)' staging; psf_conv's backward also holds the (B, k*k, H, W) float32 dK.
 
 Precision: float32 inputs multiply in float32 (the matrix products as three tf32 tensor-core
 passes, ``tf32x3``, accurate to float32 rounding); half inputs run the synthesis on their own
-dtype on tensor cores (exact products, float32 accumulation) and the products with float32
-accumulated gradients in tf32x3; float64 uses plain multiply-adds. Under the interpreter every
+dtype on tensor cores (exact products, float32 accumulation) and psf_conv's d(weights)/d(basis)
+products, an input (exact in tf32) times the float32 dK, in two tf32 passes (``tf32x2``: dK split,
+as accurate as tf32x3); float64 uses plain multiply-adds. Under the interpreter every
 product is an exact float32 (float64) ``tl.dot``. Channel planes are addressed in int64; in-plane
 pixel indices in int32, so a plane may hold up to 2**31 - 1 pixels.
 """
@@ -976,9 +977,10 @@ def _tap_block(kk_pad: int) -> int:
 
 
 def _dot_modes(dtype: torch.dtype) -> tuple[str, str]:
-    """(products of inputs, products with a float32 accumulated operand): see the module docstring."""
-    accumulated = torch.float64 if dtype == torch.float64 else torch.float32
-    return dot_mode(dtype, float32="tf32x3"), dot_mode(accumulated, float32="tf32x3")
+    """(products of inputs, products of an input with a float32 accumulated operand, the input
+    first): see the module docstring."""
+    inputs = dot_mode(dtype, float32="tf32x3")
+    return inputs, {"half": "tf32x2"}.get(inputs, inputs)
 
 
 def _grid_args(p: Plan, B: int, H: int, W: int) -> tuple[int, int, int]:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import psfops
 from psfops import reference
+from psfops.kernels._common import matmul_add
 from helpers import (FWD_RTOL, GRAD_RTOL, DTYPES, assert_rel_close, check_triton_against_truth, rand, value_and_grads)
 
 
@@ -94,6 +97,39 @@ def test_reference_matches_truth():
         assert_rel_close(reference.psf_conv(x, w, b, d), truth_psf_conv(x, w, b, d), 1e-13, "reference.psf_conv")
         assert_rel_close(reference.psf_conv_convstack(x, w, b, d), truth_psf_conv(x, w, b, d), 1e-13, "convstack")
     assert_rel_close(reference.synthesize_psf(w, b), truth_synthesize(w, b), 1e-13, "reference.synthesize_psf")
+
+
+@triton.jit
+def _product_kernel(a_ptr, b_ptr, out_ptr, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr, DOT: tl.constexpr):
+    m, kk, n = tl.arange(0, M), tl.arange(0, K), tl.arange(0, N)
+    product = matmul_add(tl.full((M, N), 1.0, tl.float32), tl.load(a_ptr + m[:, None] * K + kk[None, :]),
+                         tl.load(b_ptr + kk[:, None] * N + n[None, :]), DOT)
+    tl.store(out_ptr + m[:, None] * N + n[None, :], product)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_tf32x2_products_keep_float32_accuracy(dtype):
+    """psf_conv's half-input d(weights)/d(basis) products: a half operand times a float32 one in two
+    tf32 passes, the float32 operand split into its leading tf32 bits and the rest. Both passes
+    count: the leading bits alone are ~1e-3 off on these operands, the two passes within float32
+    rounding (the split is plain float32 arithmetic, the same on a GPU)."""
+    a, b = rand(32, 64, dtype=dtype, device="cpu"), rand(64, 16, dtype=torch.float32, device="cpu")
+    out = torch.empty(32, 16)
+    _product_kernel[(1,)](a, b, out, 32, 64, 16, DOT="tf32x2")
+    truth = 1 + a.double() @ b.double()
+    lead = (b.view(torch.int32) & -8192).view(torch.float32)
+    assert (1 + a.double() @ lead.double() - truth).abs().max() > 1e-4 * truth.abs().max()
+    torch.testing.assert_close(out.double(), truth, rtol=2e-6, atol=2e-6 * truth.abs().max().item())
+
+
+def test_half_inputs_take_tf32x2_for_float32_gradient_products(monkeypatch):
+    """On a GPU a half input's products run on its dtype and its products with the float32 d(taps)
+    in tf32x2; float32 takes tf32x3 for both, float64 multiply-adds; the interpreter exact float32."""
+    from psfops.kernels.psf import _dot_modes
+    assert _dot_modes(torch.bfloat16) == ("ieee", "ieee")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert _dot_modes(torch.bfloat16) == _dot_modes(torch.float16) == ("half", "tf32x2")
+    assert _dot_modes(torch.float32) == ("tf32x3", "tf32x3") and _dot_modes(torch.float64) == ("fma", "fma")
 
 
 def test_psf_conv_equals_apply_of_synthesized(device):
