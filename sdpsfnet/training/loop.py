@@ -37,6 +37,7 @@ config field (:mod:`.config`); ``clip`` is the global L2 norm (None: no clipping
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import random
@@ -145,6 +146,19 @@ def init_distributed(device: torch.device, world: int) -> bool:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     dist.barrier()  # every rank has checked the run folder before rank 0 writes into it
     return created
+
+
+def leave_group() -> None:
+    """Destroy the process group :func:`init_distributed` created, once nothing else (no DDP
+    wrapper: the caller drops its own first) holds it. Its last owner must be the Python group
+    object, whose destructor releases the GIL while it joins gloo's worker threads. Were it DDP's
+    C++ reducer, freed with the wrapper, the join would hold the GIL while a worker waits for it to
+    free a finished collective's tensors: a deadlock (one run in two or three of two CPU ranks,
+    seen with torch 2.13)."""
+    group = dist.group.WORLD
+    gc.collect()  # a DDP wrapper in a reference cycle goes now, while ``group`` still holds the group
+    dist.destroy_process_group()
+    del group
 
 
 def setup(cfg: TrainConfig, rank: int, world: int, device: torch.device, model: nn.Module | None,
@@ -443,4 +457,5 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
             return fit(run)
         finally:
             if own_group:
-                dist.destroy_process_group()
+                run = None  # (see leave_group: the DDP wrapper goes before the group)
+                leave_group()
