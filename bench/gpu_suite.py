@@ -189,7 +189,18 @@ def plan_boxes(steps, boxes: dict, budget: float) -> list[tuple[Step, float]]:
              else boxes[s.name]) for s in chosen]
 
 
-def main(argv=None) -> int:
+def save_suite(suite: dict, out: Path, archive: Path) -> None:
+    """suite.json (atomically) and the archive, rewritten after every step."""
+    with atomic_write(out / "suite.json") as f:
+        f.write((json.dumps(suite, indent=1) + "\n").encode())
+    try:
+        write_archive(out, archive)
+    except OSError as err:  # the records stay in the folder
+        print(f"archive not written: {err}", flush=True)
+
+
+def parse_args(argv) -> tuple[argparse.Namespace, list[tuple[Step, float]], Path, Path]:
+    """The command line: (arguments, plan of (step, time box), output folder, archive)."""
     p = argparse.ArgumentParser(prog="python -m bench gpu-suite", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
@@ -219,85 +230,88 @@ def main(argv=None) -> int:
             p.error(f"--box {item}: unknown step {name!r}")
         boxes[name] = float(minutes)
     out = a.out.resolve()
-    archive = (a.archive or out.with_name(out.name + ".tar.gz")).resolve()
-    plan = plan_boxes(wanted, boxes, a.budget)
+    return a, plan_boxes(wanted, boxes, a.budget), out, (a.archive or out.with_name(out.name + ".tar.gz")).resolve()
 
+
+def print_plan(plan, out: Path, archive: Path, a: argparse.Namespace) -> None:
+    """The dry run: each step's time box and command, and the boxes' total."""
+    print(f"gpu-suite plan (dry run: nothing runs, nothing is written), output folder {out}, "
+          f"archive {archive}, budget {a.budget:g} min:")
+    print(f"  (first, once, in the clone: {INSTALL})")
+    for s, box in plan:
+        cmd = command(s.name, out, a.sweep, box)
+        shown = "(in this process)" if cmd is None else shlex.join(cmd)
+        print(f"  {s.name:<9} <= {box:4.2f} min  {s.what}: {shown}")
+    print(f"  archive   <= {ARCHIVE_MINUTES:4.2f} min  {archive} and suite.json beside it")
+    total = sum(box for _, box in plan) + ARCHIVE_MINUTES
+    print(f"time boxes add up to {total:.2f} min ({60 * total:.0f} s) of a {a.budget:g} min budget")
+    print("afterwards, on any machine (no GPU): tar xzf the archive, then "
+          "`python -m bench report DIR/*.json --md DIR/RESULTS.md` and `python -m bench sass`")
+
+
+def env_step(out: Path, rec: dict, log) -> None:
+    """The env step, in this process: env.json, and a failure if psfops does not import."""
+    try:
+        env = environment()
+        (out / "env.json").write_text(json.dumps(env, indent=1) + "\n", encoding="utf-8")
+        log(json.dumps(env, indent=1))
+        rec["status"] = "ok"
+        if "error" in env.get("psfops", {}):
+            rec.update(status="failed", reason=f"psfops does not import: {env['psfops']['error']} "
+                                               f"(run `{INSTALL}` first)")
+    except Exception as err:  # noqa: BLE001  (the other steps still run)
+        rec.update(status="failed", reason=f"{type(err).__name__}: {err}")
+
+
+def run_step(s: Step, box: float, left: float, out: Path, a: argparse.Namespace, log) -> dict:
+    """One step of the plan within ``box`` minutes (``left``: the budget's minutes left); its record."""
+    log(f"=== {s.name}: {s.what} (time box {box:.2f} min)")
+    rec = {"step": s.name, "what": s.what, "box_minutes": round(box, 2), "command": None,
+           "status": None, "exit_code": None, "reason": None}
+    why = skip_reason(s.name, out, a.sweep)
+    if why is None and left < MIN_STEP_MINUTES and s.name != "env":  # (env: seconds, and always useful)
+        why = f"no time left in the {a.budget:g}-minute budget ({max(left, 0):.2f} min)"
+    if why:
+        rec.update(status="skipped", reason=why)
+    elif s.name == "env":
+        env_step(out, rec, log)
+    else:
+        cmd = command(s.name, out, a.sweep, box)
+        rec["command"] = shlex.join(cmd)
+        log("$ " + rec["command"])
+        rec["status"], rec["exit_code"] = run_boxed(cmd, box, log)
+    return rec
+
+
+def main(argv=None) -> int:
+    a, plan, out, archive = parse_args(argv)
     if a.dry_run:
-        print(f"gpu-suite plan (dry run: nothing runs, nothing is written), output folder {out}, "
-              f"archive {archive}, budget {a.budget:g} min:")
-        print(f"  (first, once, in the clone: {INSTALL})")
-        for s, box in plan:
-            cmd = command(s.name, out, a.sweep, box)
-            shown = "(in this process)" if cmd is None else shlex.join(cmd)
-            print(f"  {s.name:<9} <= {box:4.2f} min  {s.what}: {shown}")
-        print(f"  archive   <= {ARCHIVE_MINUTES:4.2f} min  {archive} and suite.json beside it")
-        total = sum(box for _, box in plan) + ARCHIVE_MINUTES
-        print(f"time boxes add up to {total:.2f} min ({60 * total:.0f} s) of a {a.budget:g} min budget")
-        print("afterwards, on any machine (no GPU): tar xzf the archive, then "
-              "`python -m bench report DIR/*.json --md DIR/RESULTS.md` and `python -m bench sass`")
+        print_plan(plan, out, archive, a)
         return 0
-
     t_start = time.monotonic()
     deadline = t_start + 60 * (a.budget - ARCHIVE_MINUTES)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "logs").mkdir(exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
     suite = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "budget_minutes": a.budget, "sweep": a.sweep, "archive": str(archive), "steps": []}
     main_log = open(out / "gpu-suite.log", "a", encoding="utf-8")
-
-    def save():
-        with atomic_write(out / "suite.json") as f:
-            f.write((json.dumps(suite, indent=1) + "\n").encode())
-        try:
-            write_archive(out, archive)
-        except OSError as err:  # the records stay in the folder
-            print(f"archive not written: {err}", flush=True)
-
     for s, box in plan:
         t0 = time.monotonic()
         left = (deadline - t0) / 60
-        if s.name == "sweep":
-            box = left  # the sweep takes whatever time is left
-        box = min(box, left)
-        step_log = open(out / "logs" / f"{s.name}.log", "w", encoding="utf-8")
+        box = min(left if s.name == "sweep" else box, left)  # the sweep takes whatever time is left
+        with open(out / "logs" / f"{s.name}.log", "w", encoding="utf-8") as step_log:
+            def log(line, step_log=step_log):
+                for f in (step_log, main_log):
+                    f.write(line + "\n")
+                    f.flush()
+                print(line, flush=True)
 
-        def log(line, step_log=step_log):
-            for f in (step_log, main_log):
-                f.write(line + "\n")
-                f.flush()
-            print(line, flush=True)
-
-        log(f"=== {s.name}: {s.what} (time box {box:.2f} min)")
-        rec = {"step": s.name, "what": s.what, "box_minutes": round(box, 2), "command": None,
-               "status": None, "exit_code": None, "reason": None}
-        why = skip_reason(s.name, out, a.sweep)
-        if why is None and left < MIN_STEP_MINUTES and s.name != "env":  # (env: seconds, and always useful)
-            why = f"no time left in the {a.budget:g}-minute budget ({max(left, 0):.2f} min)"
-        if why:
-            rec.update(status="skipped", reason=why)
-        elif s.name == "env":
-            try:
-                env = environment()
-                (out / "env.json").write_text(json.dumps(env, indent=1) + "\n", encoding="utf-8")
-                log(json.dumps(env, indent=1))
-                rec["status"] = "ok"
-                if "error" in env.get("psfops", {}):
-                    rec.update(status="failed", reason=f"psfops does not import: {env['psfops']['error']} "
-                                                       f"(run `{INSTALL}` first)")
-            except Exception as err:  # noqa: BLE001  (the other steps still run)
-                rec.update(status="failed", reason=f"{type(err).__name__}: {err}")
-        else:
-            cmd = command(s.name, out, a.sweep, box)
-            rec["command"] = shlex.join(cmd)
-            log("$ " + rec["command"])
-            rec["status"], rec["exit_code"] = run_boxed(cmd, box, log)
-        rec["seconds"] = round(time.monotonic() - t0, 1)
-        log(f"=== {s.name}: {rec['status']}" + (f" ({rec['reason']})" if rec["reason"] else "")
-            + f" in {rec['seconds']} s")
-        step_log.close()
+            rec = run_step(s, box, left, out, a, log)
+            rec["seconds"] = round(time.monotonic() - t0, 1)
+            log(f"=== {s.name}: {rec['status']}" + (f" ({rec['reason']})" if rec["reason"] else "")
+                + f" in {rec['seconds']} s")
         suite["steps"].append(rec)
         suite["seconds"] = round(time.monotonic() - t_start, 1)
-        save()
+        save_suite(suite, out, archive)
     main_log.close()
     print("\nstep       status    seconds")
     for rec in suite["steps"]:
