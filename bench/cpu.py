@@ -111,7 +111,6 @@ def _ref_estimate_gb(shape, pass_) -> float:
 
 
 def _make(impl, shape):
-    import torch
     import psfops
     from psfops import cpu
     B, C, H, W, J, k = shape
@@ -129,13 +128,76 @@ def _make(impl, shape):
     return run
 
 
+def _inputs(shape, grad: bool):
+    """Seeded x, weights, basis (leaves that require grad for fwd+bwd), dy (fwd+bwd) and the bytes of
+    the call's inputs and outputs (and gradients)."""
+    import torch
+    B, C, H, W, J, k = shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, C, H, W, generator=g).requires_grad_(grad)
+    w = torch.randn(B, J, H, W, generator=g).requires_grad_(grad)
+    b = torch.randn(J, k, k, generator=g).requires_grad_(grad)
+    dy = torch.randn(B, C, H, W, generator=g) if grad else None
+    io = (2 * x.numel() + w.numel() + b.numel()) * 4 * (2 if grad else 1)  # + y (+ dy, grads)
+    return (x, w, b), dy, io
+
+
+def _timed(fn, inputs, dy, reps: int) -> dict:
+    """Median ms of ``fn`` (forward, or forward+backward with ``dy``) after a warm-up call, the first
+    timed call's peak extra memory (KB), and the number of timed calls: at least 3 unless the first
+    takes over SLOW_MS, at most ``reps`` within about 3 s."""
+    import torch
+
+    def step():
+        if dy is not None:
+            for t in inputs:
+                t.grad = None
+            fn(*inputs).backward(dy)
+            return None
+        with torch.no_grad():
+            return fn(*inputs)
+
+    step()  # warm-up (libraries, oneDNN primitives, FFT plans)
+    for t in inputs:
+        t.grad = None
+    before = reset_peak_rss()
+    t0 = time.perf_counter()
+    out = step()
+    times = [(time.perf_counter() - t0) * 1e3]  # the measured call is the first sample
+    peak = peak_extra_kb(before)
+    del out
+    t_start = time.perf_counter()
+    while (len(times) < 3 and times[0] < SLOW_MS) or (len(times) < reps and time.perf_counter() - t_start < 3.0):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return dict(ms=statistics.median(times), samples=len(times), peak_kb=peak)
+
+
+def _errors_vs_cpu(fn, inputs, dy, impl: str) -> dict:
+    """Relative errors of ``fn``'s output (and, for fwd+bwd, its gradients, left in ``.grad`` by the
+    timed calls) against the CPU path's."""
+    import torch
+    from psfops import cpu
+    plain = [t.detach() for t in inputs]
+    errs = {}
+    with torch.no_grad():
+        y, yt = fn(*plain), cpu.psf_conv(*plain)
+        errs["rel_err_vs_cpu"] = ((y - yt).norm() / yt.norm()).item()
+    if dy is not None and impl != "cpu":
+        leaves = [t.detach().requires_grad_(True) for t in inputs]
+        truth = torch.autograd.grad(cpu.psf_conv(*leaves), leaves, dy)
+        errs["grad_rel_err_vs_cpu"] = max(((t.grad - c).norm() / c.norm()).item() for t, c in zip(inputs, truth))
+    return errs
+
+
 def worker(shape, impl, reps: int, threads: int | None) -> list[dict]:
+    """Records of one implementation on one shape, each pass: time, peak memory, errors vs the CPU path."""
     import torch
     if threads:
         torch.set_num_threads(threads)
     from psfops import cpu
     recs = []
-    B, C, H, W, J, k = shape
     for pass_ in PASSES:
         rec = dict(shape=list(shape), impl=impl, pass_=pass_)
         recs.append(rec)
@@ -148,52 +210,12 @@ def worker(shape, impl, reps: int, threads: int | None) -> list[dict]:
         except Exception as e:  # deepinv missing or broken
             rec.update(status="skipped", reason=f"{type(e).__name__}: {e}")
             continue
-        g = torch.Generator().manual_seed(0)
-        grad = pass_ == "fwd+bwd"
-        x = torch.randn(B, C, H, W, generator=g).requires_grad_(grad)
-        w = torch.randn(B, J, H, W, generator=g).requires_grad_(grad)
-        b = torch.randn(J, k, k, generator=g).requires_grad_(grad)
-        dy = torch.randn(B, C, H, W, generator=g) if grad else None
-        io = (2 * x.numel() + w.numel() + b.numel()) * 4 * (2 if grad else 1)  # + y (+ dy, grads)
-
-        def step():
-            if grad:
-                for t in (x, w, b):
-                    t.grad = None
-                fn(x, w, b).backward(dy)
-                return None
-            with torch.no_grad():
-                return fn(x, w, b)
-
-        step()  # warm-up (libraries, oneDNN primitives, FFT plans)
-        if grad:
-            for t in (x, w, b):
-                t.grad = None
-        before = reset_peak_rss()
-        t0 = time.perf_counter()
-        out = step()
-        times = [(time.perf_counter() - t0) * 1e3]  # the measured call is the first sample
-        peak = peak_extra_kb(before)
-        del out
-        t_start = time.perf_counter()
-        while (len(times) < 3 and times[0] < SLOW_MS) or (len(times) < reps and time.perf_counter() - t_start < 3.0):
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
-        rec.update(status="ok", ms=statistics.median(times), samples=len(times),
-                   peak_extra_mb=peak * 1024 / MB, io_mb=io / MB, peak_over_io=peak * 1024 / io)
-        if grad:
-            grads = [t.grad.clone() for t in (x, w, b)]
-        with torch.no_grad():
-            y = fn(x.detach(), w.detach(), b.detach())
-            yt = cpu.psf_conv(x.detach(), w.detach(), b.detach())
-            rec["rel_err_vs_cpu"] = ((y - yt).norm() / yt.norm()).item()
-        if grad and impl != "cpu":
-            xs, ws, bs = (t.detach().requires_grad_(True) for t in (x, w, b))
-            gt = torch.autograd.grad(cpu.psf_conv(xs, ws, bs), (xs, ws, bs), dy)
-            rec["grad_rel_err_vs_cpu"] = max(((a - c).norm() / c.norm()).item() for a, c in zip(grads, gt))
+        inputs, dy, io = _inputs(shape, pass_ == "fwd+bwd")
+        t = _timed(fn, inputs, dy, reps)
+        rec.update(status="ok", ms=t["ms"], samples=t["samples"], peak_extra_mb=t["peak_kb"] * 1024 / MB,
+                   io_mb=io / MB, peak_over_io=t["peak_kb"] * 1024 / io, **_errors_vs_cpu(fn, inputs, dy, impl))
         if impl == "cpu":
-            rec["algorithms"] = {t: cpu.choose(t, B, C, H, W, J, k) for t in ("forward", "adjoint", "wgrad")}
+            rec["algorithms"] = {t: cpu.choose(t, *shape) for t in ("forward", "adjoint", "wgrad")}
     return recs
 
 
