@@ -7,7 +7,7 @@ is not installed (a top-level ``bench`` would collide the same way): it runs fro
 """
 import re
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 VERSION = re.search(r'__version__ = "([^"]+)"', open("psfops/version.py", encoding="utf-8").read()).group(1)
 
@@ -18,8 +18,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["psfops", "psfops.kernels", "sdpsfnet", "sdpsfnet.models", "sdpsfnet.data", "sdpsfnet.training",
-              "sdpsfnet.evaluation"],
+    # every package under psfops/ and sdpsfnet/ (psfops.cpu was missing from a hand-written list, so a
+    # wheel or a non-editable install had no CPU path), and kernels/ as psfops.kernels
+    packages=find_packages(include=["psfops", "psfops.*", "sdpsfnet", "sdpsfnet.*"]) + ["psfops.kernels"],
     package_dir={"psfops.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",  # a CUDA build of torch brings its own matching triton; CPU users need none
