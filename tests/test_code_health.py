@@ -91,3 +91,20 @@ def test_packages_meet_only_at_public_names():
                 if private:
                     offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module} {names}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_every_package_ships(monkeypatch):
+    """setup.py installs every package folder of psfops/ and sdpsfnet/ (and kernels/ as
+    psfops.kernels): a folder it leaves out is missing from a wheel and from a non-editable install,
+    while the editable installs of the README and CI still import it (psfops.cpu once was)."""
+    import runpy
+
+    import setuptools
+    setup_args = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: setup_args.update(kwargs))
+    monkeypatch.chdir(ROOT)
+    runpy.run_path(str(ROOT / "setup.py"))
+    shipped = set(setup_args["packages"])
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for pkg in ("psfops", "sdpsfnet")
+               for p in (ROOT / pkg).rglob("__init__.py")}
+    assert shipped == folders | {"psfops.kernels"}
