@@ -154,12 +154,14 @@ def main_report(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m bench report",
                                 description="Regenerate RESULTS.md and plots from results files.")
     p.add_argument("json", nargs="*", type=Path,
-                   help="default: every bench/results/*.json (then --publish is implied)")
+                   help="results files, or folders of them (the gpu-suite's DIR: its env, check and suite "
+                        "files are left out); default: every bench/results/*.json (then --publish is implied)")
     p.add_argument("--md", type=Path, default=None,
                    help="default: RESULTS.md beside the first JSON file; bench/RESULTS.md without JSON files")
     p.add_argument("--plots", type=Path, default=None, help="default: <first json's folder>/plots")
     a = p.parse_args(argv)
-    md = a.md or (a.json[0].parent / "RESULTS.md" if a.json else report.RESULTS_MD)
+    first = a.json[0] if a.json else None
+    md = a.md or (report.RESULTS_MD if first is None else (first if first.is_dir() else first.parent) / "RESULTS.md")
     print(f"report -> {report.write_report(a.json or None, md, a.plots)}")
     return 0
 

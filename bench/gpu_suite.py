@@ -246,7 +246,7 @@ def print_plan(plan, out: Path, archive: Path, a: argparse.Namespace) -> None:
     total = sum(box for _, box in plan) + ARCHIVE_MINUTES
     print(f"time boxes add up to {total:.2f} min ({60 * total:.0f} s) of a {a.budget:g} min budget")
     print("afterwards, on any machine (no GPU): tar xzf the archive, then "
-          "`python -m bench report DIR/*.json --md DIR/RESULTS.md` and `python -m bench sass`")
+          "`python -m bench report DIR` (DIR/RESULTS.md) and `python -m bench sass`")
 
 
 def env_step(out: Path, rec: dict, log) -> None:

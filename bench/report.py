@@ -34,7 +34,8 @@ def load(paths: Iterable[str | os.PathLike]) -> dict[str, list[dict]]:
         with open(p, encoding="utf-8") as f:
             recs = json.load(f)
         if not isinstance(recs, list):
-            raise ValueError(f"{p}: a results file must hold a JSON list of records")
+            raise ValueError(f"{p}: a results file must hold a JSON list of records (give the run book's "
+                             "folder itself to leave out its env.json, check.json and suite.json)")
         out[str(p)] = recs
     return out
 
@@ -58,6 +59,19 @@ def order_results(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Results files in report order: GPU runs first, then newest first (by file name)."""
     files = sorted((Path(p) for p in paths), key=lambda p: p.name, reverse=True)
     return sorted(files, key=lambda p: p.name.startswith("cpu"))
+
+
+def results_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The results files ``paths`` name: a file as given; for a folder, each ``*.json`` in it that
+    holds a JSON list (the run book's env.json, check.json and suite.json hold objects)."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += [f for f in sorted(p.glob("*.json"))
+                      if isinstance(json.loads(f.read_text(encoding="utf-8")), list)]
+        else:
+            files.append(p)
+    return files
 
 
 def default_results() -> list[Path]:
@@ -423,10 +437,12 @@ def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path) -> str
 def write_report(json_paths: Sequence[str | os.PathLike] | None = None,
                  md_path: str | os.PathLike = RESULTS_MD,
                  plot_dir: str | os.PathLike | None = None) -> Path:
-    """Regenerate the markdown (and plots) from results files (default: all in bench/results)."""
-    paths = order_results(json_paths) if json_paths else default_results()
+    """Regenerate the markdown (and plots) from results files or folders of them (:func:`results_files`;
+    default: all in bench/results)."""
+    paths = order_results(results_files(json_paths)) if json_paths else default_results()
     if not paths:
-        raise FileNotFoundError(f"no results files given and none in {RESULTS_DIR}")
+        where = ", ".join(map(str, json_paths)) if json_paths else RESULTS_DIR
+        raise FileNotFoundError(f"no results files (JSON lists of records) in {where}")
     md_path = Path(md_path)
     plot_dir = Path(plot_dir) if plot_dir else Path(paths[0]).parent / "plots"
     text = render(load(paths), md_path, plot_dir)

@@ -124,6 +124,14 @@ def test_one_tiny_case_end_to_end_then_report(tmp_path, monkeypatch):
     assert "| float32 | B1 C2 8x8 J3 k3 |" in text
     assert "peak MB" not in text.split("### psf_conv")[1]  # no memory column on CPU
 
+    # the run book's folder: its env, check and suite files (JSON objects) are not results
+    for name in ("env.json", "check.json", "suite.json"):
+        (tmp_path / name).write_text(json.dumps({"device": "cpu", "results": []}))
+    assert bench_main(["report", str(tmp_path)]) == 0
+    assert md.read_text() == text  # the same report: only cpu-test.json is results
+    with pytest.raises(ValueError, match="folder itself"):
+        bench_main(["report", str(tmp_path / "check.json"), "--md", str(md)])
+
 
 def test_headline_targets_are_judged_from_the_records(tmp_path):
     env = {**_env(), "device_type": "cuda"}
