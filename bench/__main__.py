@@ -3,9 +3,10 @@
     python -m bench [--quick | --sweep small|full] [--ops psf_conv,...] [--dtypes float32,...]
                     [--impls ...] [--axes B,C,H,J,k] [--compile dynamic|static] [--out runs/bench]
                     [--publish] [--resume] [--max-minutes M] [--no-model] [--no-graphs]
-    python -m bench headline [--dtypes float32,bfloat16] [--out DIR]
+    python -m bench headline [--dtypes float32,bfloat16] [--out DIR]   (on a GPU also DIR/kernels.json:
+                    each psf kernel's measured time beside its static estimate, bench.kernel_times)
     python -m bench model [--quick] [--out DIR]        (the SD-PSFNet training step alone)
-    python -m bench report [JSON ...] [--md OUT.md]
+    python -m bench report [JSON or DIR ...] [--md OUT.md]
     python -m bench sm90 [--dtypes ...] [--ops ...] [--json OUT]   (compile every kernel for sm_90, no GPU)
     python -m bench sass [--dtypes ...] [--json OUT]   (psf kernels' SASS and a static time estimate)
     python -m bench cpu [--out DIR] [--shapes 0,1] [--impls ...]   (psf_conv CPU path vs peers and deepinv)
@@ -22,11 +23,14 @@ with ``--publish`` (which writes there).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from sdpsfnet.files import atomic_write
 
 from . import cases as C
 from . import harness, headline, model_step, report
@@ -147,6 +151,14 @@ def main_headline(argv) -> int:
     headline.run(device, a.dtypes, on_record=None if path is None else lambda r: report.save([r], path))
     if path is not None:
         print(f"records -> {path}")
+    if device.type != "cuda":
+        return 0
+    from . import kernel_times  # per-kernel device times beside the static estimate
+    kernels = kernel_times.run(device, a.dtypes)
+    if a.out is not None:  # a JSON object, not a results list: `bench report DIR` leaves it out
+        with atomic_write(a.out / "kernels.json") as f:
+            f.write((json.dumps({"kernels": kernels}, indent=1) + "\n").encode())
+        print(f"kernel times -> {a.out / 'kernels.json'}")
     return 0
 
 

@@ -13,7 +13,9 @@ over is recorded and the next one starts), all within a budget of ``--budget`` m
               gradient set (frozen inputs too), run twice and compared bitwise, outputs poisoned
               with NaN, against the float64 reference                            -> check.json
     headline  ``python -m bench headline``: psf_conv and its transpose fwd+bwd vs eager and
-              torch.compile, with peak memory                                                         -> <device>-<date>.json
+              torch.compile, with peak memory                                     -> <device>-<date>.json;
+              then each psf kernel's device time (torch.profiler) beside its static estimate
+                                                                                  -> kernels.json
     model     ``python -m bench model``: the SD-PSFNet training step, Triton vs reference ops
     sweep     ``python -m bench --sweep small``, with whatever time is left (stops cleanly)
 
@@ -60,7 +62,7 @@ STEPS = (
     Step("check", 3.25, "psf kernels vs the float64 reference: full size, ragged and k = 15, 3 dtypes, "
                         "every gradient set, bitwise repeat, NaN-poisoned outputs"),
     Step("headline", 3.0, "psf_conv and psf_conv_transpose fwd+bwd headline vs eager and torch.compile, "
-                           "peak memory"),
+                           "peak memory; each psf kernel's time beside its static estimate"),
     Step("model", 1.25, "SD-PSFNet training step, Triton vs reference ops"),
     Step("sweep", 1.0, "benchmark sweep (small), with the time left"),
     Step("tests", 4.0, "pytest -m gpu (only when named in --steps)"),

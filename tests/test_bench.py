@@ -532,3 +532,39 @@ def test_cpu_model_restores_an_image_and_reports_time_and_memory():
     for r in runs:
         assert {"seconds", "peak_extra_mb", "checksum"} <= set(r) and r["seconds"] > 0
     assert abs(runs[0]["checksum"] - runs[1]["checksum"]) <= 1e-4 * abs(runs[1]["checksum"])
+
+
+def test_kernel_times_set_each_kernel_beside_its_static_estimate(monkeypatch):
+    """The run book's per-kernel GPU times: the profiler's averages per call (psf kernels only; the
+    older torch's field name too), each beside the static estimate of the same launch at the
+    running triton's version, and the whole step on a tiny shape with the profiler stood in for
+    (no GPU here)."""
+    import types
+
+    import triton
+
+    from bench import kernel_times as kt
+    ev = lambda key, count, **t: types.SimpleNamespace(key=key, count=count, **t)  # noqa: E731
+    got = kt.per_call([ev("_psf_fwd_kernel", 40, device_time_total=2000.0),
+                       ev("_synthesize_bwd_kernel", 20, device_time_total=None, cuda_time_total=600.0),
+                       ev("aten::softmax", 20, device_time_total=99.0)], calls=20)
+    assert got == {"_psf_fwd_kernel": {"us": 100.0, "launches": 2.0}, "_synthesize_bwd_kernel": {"us": 30.0, "launches": 1.0}}
+
+    est = kt.static_estimates("psf_conv", "float32", "3.6.0", "0.3.0")
+    assert set(est) == {"_psf_fwd_kernel", "_psf_dx_kernel", "_psf_dk_kernel", "_synthesize_bwd_kernel"}
+    assert est["_psf_fwd_kernel"]["binding"] == "l2" and 60 < est["_psf_fwd_kernel"]["estimate_us"] < 90
+    assert kt.static_estimates("psf_conv", "float32", "0.0", "0.3.0") == {}
+    recs = kt.compare({"_psf_fwd_kernel": {"us": 146.0, "launches": 1.0}, "_other": {"us": 1.0, "launches": 1.0}},
+                      est, op="psf_conv")
+    by = {r["kernel"]: r for r in recs}
+    assert by["_psf_fwd_kernel"]["measured_over_estimate"] == pytest.approx(146.0 / est["_psf_fwd_kernel"]["estimate_us"])
+    assert by["_psf_fwd_kernel"]["op"] == "psf_conv" and "estimate_us" not in by["_other"]
+
+    monkeypatch.setattr(kt.C, "HEADLINE", dict(op="psf_conv", B=1, C=2, H=8, J=3, k=3))
+    monkeypatch.setattr(kt, "profile", lambda fn: (fn(), {"_psf_fwd_kernel": {"us": 7.0, "launches": 1.0}})[1])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "stand-in")
+    lines = []
+    recs = kt.run(torch.device("cpu"), ("float32",), log=lines.append)
+    assert [(r["op"], r["kernel"]) for r in recs] == [("psf_conv", "_psf_fwd_kernel"), ("apply_psf", "_psf_fwd_kernel")]
+    assert all(r["triton"] == triton.__version__ and r["device"] == "stand-in" for r in recs)
+    assert len(lines) == 3 and "binding" in lines[0]
