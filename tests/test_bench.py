@@ -129,6 +129,15 @@ def test_one_tiny_case_end_to_end_then_report(tmp_path, monkeypatch):
         (tmp_path / name).write_text(json.dumps({"device": "cpu", "results": []}))
     assert bench_main(["report", str(tmp_path)]) == 0
     assert md.read_text() == text  # the same report: only cpu-test.json is results
+    kernels = [{"device": "NVIDIA H100", "triton": "3.6.0", "op": "psf_conv", "dtype": "float32", "kernel": k,
+                "measured_us": 90.0, **est} for k, est in
+               (("_psf_fwd_kernel", {"estimate_us": 72.6, "binding": "l2", "measured_over_estimate": 90 / 72.6}),
+                ("_psf_new_kernel", {}))]
+    (tmp_path / "kernels.json").write_text(json.dumps({"kernels": kernels}))
+    assert bench_main(["report", str(tmp_path)]) == 0
+    section = md.read_text().split("## Each psf kernel on the GPU beside its static estimate")[1]
+    assert "| NVIDIA H100 | 3.6.0 | psf_conv | float32 | `_psf_fwd_kernel` | 90.0 | 72.6 | 1.24 | l2 |" in section
+    assert "| `_psf_new_kernel` | 90.0 | - | - | - |" in section
     with pytest.raises(ValueError, match="folder itself"):
         bench_main(["report", str(tmp_path / "check.json"), "--md", str(md)])
 
