@@ -83,7 +83,7 @@ def kernel_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
     return recs
 
 
-def kernel_lines(recs: list[dict]) -> list[str]:
+def kernel_lines(recs: Sequence[dict]) -> list[str]:
     """Markdown: each psf kernel's measured time beside its static estimate."""
     lines = ["| device | triton | op | dtype | kernel | measured us | estimate us | measured / estimate | binding |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -396,7 +396,7 @@ def cpu_path_lines() -> list[str]:
         f"Records: `results/cpu-path/{runs[-1].name}` (`python -m bench cpu --threads 1`).", ""]
 
 
-def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path, kernels: list[dict] = ()) -> str:
+def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path, kernels: Sequence[dict] = ()) -> str:
     """Markdown for all results files (one section each) and the per-kernel GPU times ``kernels``;
     writes the plots into ``plot_dir``."""
     lines = ["# psfops benchmarks", "",
@@ -423,7 +423,7 @@ def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path, kernel
                   "From the run book's `kernels.json` (`bench.kernel_times`): psf_conv's and apply_psf's "
                   "forward+backward at the headline under `torch.profiler`, each kernel's device time per "
                   "call beside the honest estimate of the same launch (H100 constants) at the same triton "
-                  "and psfops versions.", ""] + kernel_lines(list(kernels)) + [""]
+                  "and psfops versions.", ""] + kernel_lines(kernels) + [""]
     for path, recs in results.items():
         if not recs:
             continue
