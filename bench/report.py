@@ -83,16 +83,23 @@ def kernel_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
     return recs
 
 
-def kernel_lines(recs: Sequence[dict]) -> list[str]:
-    """Markdown: each psf kernel's measured time beside its static estimate."""
-    lines = ["| device | triton | op | dtype | kernel | measured us | estimate us | measured / estimate | binding |",
+def kernel_section(recs: Sequence[dict]) -> list[str]:
+    """Markdown: each psf kernel's measured time beside its static estimate (nothing without records)."""
+    if not recs:
+        return []
+    lines = ["## Each psf kernel on the GPU beside its static estimate", "",
+             "From the run book's `kernels.json` (`bench.kernel_times`): psf_conv's and apply_psf's "
+             "forward+backward at the headline under `torch.profiler`, each kernel's device time per "
+             "call beside the honest estimate of the same launch (H100 constants) at the same triton "
+             "and psfops versions.", "",
+             "| device | triton | op | dtype | kernel | measured us | estimate us | measured / estimate | binding |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         est = (f"{r['estimate_us']:.1f} | {r['measured_over_estimate']:.2f} | {r['binding']}" if "estimate_us" in r
                else "- | - | -")
         lines.append(f"| {r['device']} | {r['triton']} | {r['op']} | {r['dtype']} | `{r['kernel']}` | "
                      f"{r['measured_us']:.1f} | {est} |")
-    return lines
+    return lines + [""]
 
 
 def default_results() -> list[Path]:
@@ -418,12 +425,7 @@ def render(results: dict[str, list[dict]], md_path: Path, plot_dir: Path, kernel
                   "psfops 0.1.0 is the first kernels, 0.2.0 the rewrite; triton 3.6 is the GPU image's "
                   "compiler (ptxas 12.8), 3.9 CI's (ptxas 13.4), and they allocate registers "
                   "differently.", ""] + static + [""] if static else []) + cpu_path_lines()
-    if kernels:
-        lines += ["## Each psf kernel on the GPU beside its static estimate", "",
-                  "From the run book's `kernels.json` (`bench.kernel_times`): psf_conv's and apply_psf's "
-                  "forward+backward at the headline under `torch.profiler`, each kernel's device time per "
-                  "call beside the honest estimate of the same launch (H100 constants) at the same triton "
-                  "and psfops versions.", ""] + kernel_lines(kernels) + [""]
+    lines += kernel_section(kernels)
     for path, recs in results.items():
         if not recs:
             continue
