@@ -7,9 +7,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .psf_tiles import (_channel_rows, _filter_block, _mix_basis, _plane, _quad_join, _quad_split, _source,
-                        _stage_halo, _staging_area, _store_quads, _store_taps, _tap_row_grads, _tile_basis_grads,
-                        _tile_origin, _tile_pixels, _window, _window_taps)
+from .psf_tiles import (_channel_rows, _filter_block, _mix_basis, _plane, _plane_width, _quad_join, _quad_split,
+                        _source, _stage_halo, _staging_area, _store_quads, _store_taps, _tap_row_grads,
+                        _tile_basis_grads, _tile_origin, _tile_pixels, _window, _window_taps)
 
 
 @triton.jit
@@ -24,9 +24,7 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
     aligned 4-vectors once for the four pixels of every quad."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
-    if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
-        W = W // 4 * 4  # the compiler vectorizes a quad's global loads and stores at any such W
-    HW = H * W
+    W, HW = _plane_width(H, W, QUAD)
     pid = tl.program_id(0)
     i = tl.arange(0, P)
     taps = taps_ptr + pid.to(tl.int64) * (KK * P)
@@ -131,9 +129,7 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
     forward, with the shifts reversed."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
-    if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
-        W = W // 4 * 4  # the compiler vectorizes a quad's global loads and stores at any such W
-    HW = H * W
+    W, HW = _plane_width(H, W, QUAD)
     pid = tl.program_id(0)
     taps = taps_ptr + pid.to(tl.int64) * (KK * HALO)
     i = tl.arange(0, P)
@@ -184,9 +180,7 @@ def _psf_fold_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, fo
     written back once. Tiles away from the border are skipped."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
-    if QUAD:  # W % 4 == 0 (the launcher's check): as in the d(x) kernel
-        W = W // 4 * 4
-    HW = H * W
+    W, HW = _plane_width(H, W, QUAD)
     pid = tl.program_id(0)
     taps = taps_ptr + pid.to(tl.int64) * (KK * HALO)
     i = tl.arange(0, P)
@@ -339,9 +333,7 @@ def _psf_dk_kernel(x_ptr, dy_ptr, dpsf_ptr, stage_ptr, C, H, W, n_tiles, tiles_w
     taps are added into the planes (:func:`_tap_group`)."""
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
-    if QUAD:  # W % 4 == 0 (the launcher's check): rows, planes and quads start 4-aligned; said so,
-        W = W // 4 * 4  # the compiler vectorizes a quad's global loads and stores at any such W
-    HW = H * W
+    W, HW = _plane_width(H, W, QUAD)
     pid = tl.program_id(0)
     stage, here, _ = _staging_area(stage_ptr, pid, tl.arange(0, P), TW, RD, HALO_W, HALO, BLOCK_C)
     for tile in range(pid, n_tiles, tl.num_programs(0)):

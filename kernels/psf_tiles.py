@@ -34,6 +34,16 @@ def _tile_pixels(h0, w0, H, W, TH: tl.constexpr, TW: tl.constexpr):
 
 
 @triton.jit
+def _plane_width(H, W, QUAD: tl.constexpr):
+    """(W, H*W) as the kernels index with them. QUAD (W % 4 == 0, the launcher's check): W written
+    as W // 4 * 4, so the compiler knows rows, planes and quads start 4-aligned and vectorizes a
+    quad's global loads and stores at any such W."""
+    if QUAD:
+        W = W // 4 * 4
+    return W, H * W
+
+
+@triton.jit
 def _channel_rows(b, C, c0, HW, BLOCK_C: tl.constexpr):
     """int64 offsets of channel planes c0 .. c0+BLOCK_C-1 of image b, clamped to the last channel
     (so loads need no channel mask), and the mask of the real channels (for stores and sums)."""
