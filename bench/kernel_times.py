@@ -22,7 +22,7 @@ from .sass_model import ROOFS
 
 OPS = ("psf_conv", "apply_psf")
 DTYPES = ("float32", "bfloat16")
-CALLS = 20  # profiled forward+backward calls per op and dtype (about 0.5 ms each at the headline)
+CALLS = 20  # profiled forward+backward calls per op and dtype (0.18-0.25 ms each at the headline by the static estimate)
 KERNEL_PREFIXES = ("_psf_", "_synthesize_")
 
 
