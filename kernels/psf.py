@@ -32,7 +32,11 @@ a power of two chosen from C, :func:`channel_block`: C=40 takes 16-channel block
 
 - Quads: a thread holds aligned runs of 4 contiguous pixels (``_quad_split``), so one 16-byte
   vector load brings a quad's values and a tap row of width k is read as a few aligned windows
-  reused across its k horizontal taps (registers, not reloads). Outputs are stored as whole quads
+  reused across its k horizontal taps (registers, not reloads). In half precision a thread holds
+  two adjacent quads, whose windows share all but one vector: the tap loops load each vector once
+  (``_paired_window``) rather than leave the repeats for ptxas to merge (triton 3.9's does, 3.6's
+  does not: +50% window loads and conversions, bfloat16 forward 54 -> 61 us at the headline).
+  Outputs are stored as whole quads
   (the four accumulators joined back into the pixel axis): one 16-byte (float32) or 8-byte (half)
   store per quad where W % 4 == 0 (``QUAD``: the kernels then tell the compiler the rows are
   4-aligned); other widths store pixel by pixel (their rows are not aligned in memory).
@@ -97,7 +101,7 @@ from .psf_kernels import (_psf_dk_kernel, _psf_dx_kernel, _psf_fold_kernel, _psf
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Launch shape of one psf kernel: TH x TW pixel tiles (TW a multiple of 4: quads), channels
+    """Launch shape of one psf kernel: TH x TW pixel tiles (TW a multiple of 8: pairs of quads), channels
     per block, basis kernels per block (and blocks), halo pixels per staging step and per
     synthesis product, warps per program, programs in the persistent grid."""
     TH: int
@@ -109,6 +113,10 @@ class Plan:
     SYNTH_CHUNK: int
     num_warps: int
     programs: int
+
+    def __post_init__(self):
+        if self.TW % 8:
+            raise ValueError(f"tile width TW={self.TW} must be a multiple of 8 (pairs of quads)")
 
     def halo(self, k: int, dilation: int) -> dict:
         """The staged halo of a tile for taps of size k at ``dilation``: RD rows above and below,

@@ -176,6 +176,30 @@ def test_gpu_launch_plans_float32(gpu_plans, device):
     check_against_truth(psfops.synthesize_psf, truth_synthesize, (w, b), torch.float32, "synthesize_psf")
 
 
+def test_plan_tiles_hold_pairs_of_quads():
+    """The tap loops take a thread's two adjacent quads from one row: a tile width that is not a
+    multiple of 8 is refused, not filtered wrong."""
+    from psfops.kernels.psf import Plan
+    assert Plan(8, 16, 64, 64, 1, 128, 128, 8, 132).TW == 16
+    with pytest.raises(ValueError, match="TW=12"):
+        Plan(8, 12, 64, 64, 1, 128, 128, 8, 132)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gpu_launch_plans_half(dtype, gpu_plans, device):
+    """Half inputs on the GPU's tiles, where a thread's two adjacent quads share their windows' vectors
+    (loaded once, each quad's odd vectors taken from its neighbour's even ones): psf_conv's 8 x 16
+    tiles (C = 20 in two 16-channel blocks, the last partial) and apply_psf's 4 x 32, with interior,
+    edge and partial tiles (40 x 20 pixels), k = 7 and, at dilation 2, windows of five vectors."""
+    x, w, b = psf_inputs(1, 20, 20, 40, 6, 7, dtype, device)
+    assert gpu_plans.plan("fwd", 1, 20, 20, 40, 6, torch.device(device)).TW == 16
+    for d in (1, 2):
+        check_against_truth(lambda x, w, b: psfops.psf_conv(x, w, b, d), lambda x, w, b: truth_psf_conv(x, w, b, d),
+                            (x, w, b), dtype, "psf_conv")
+    psf = rand(1, 49, 20, 40, dtype=dtype, device=device, requires_grad=True, scale=0.3)
+    check_against_truth(psfops.apply_psf, truth_apply, (x, psf), dtype, "apply_psf")
+
+
 @pytest.mark.parametrize("k,C,groups", [(7, 30, 4), (5, 36, 4), (3, 19, 2), (1, 3, 1)])
 def test_gpu_launch_plans_tap_gradients_held_in_row_groups(k, C, groups, gpu_plans, device):
     """d(taps) up to k = 7 splits the tap rows over thread groups (at most two rows each: at k = 7
