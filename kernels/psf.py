@@ -35,10 +35,9 @@ a power of two chosen from C, :func:`channel_block`: C=40 takes 16-channel block
   reused across its k horizontal taps (registers, not reloads). In half precision a thread holds
   two adjacent quads, whose windows share all but one vector: the tap loops load each vector once
   (``_paired_window``) rather than leave the repeats for ptxas to merge (triton 3.9's does, 3.6's
-  does not: +50% window loads and conversions, bfloat16 forward 54 -> 61 us at the headline).
-  Outputs are stored as whole quads
-  (the four accumulators joined back into the pixel axis): one 16-byte (float32) or 8-byte (half)
-  store per quad where W % 4 == 0 (``QUAD``: the kernels then tell the compiler the rows are
+  does not: +50% window loads and conversions, a bfloat16 forward estimated at 61 us instead of 54).
+  Outputs are stored as whole quads (the four accumulators joined back into the pixel axis): one
+  16-byte (float32) or 8-byte (half) store per quad where W % 4 == 0 (``QUAD``: the kernels then tell the compiler the rows are
   4-aligned); other widths store pixel by pixel (their rows are not aligned in memory).
 - Staging: per channel block, the input planes the tap loop reads (x in the forward and d(taps),
   dy in d(x)) are copied with their halo into a per-program scratch area, zeros outside the image
