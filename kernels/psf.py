@@ -37,8 +37,9 @@ a power of two chosen from C, :func:`channel_block`: C=40 takes 16-channel block
   (``_paired_window``) rather than leave the repeats for ptxas to merge (triton 3.9's does, 3.6's
   does not: +50% window loads and conversions, a bfloat16 forward estimated at 61 us instead of 54).
   Outputs are stored as whole quads (the four accumulators joined back into the pixel axis): one
-  16-byte (float32) or 8-byte (half) store per quad where W % 4 == 0 (``QUAD``: the kernels then tell the compiler the rows are
-  4-aligned); other widths store pixel by pixel (their rows are not aligned in memory).
+  16-byte (float32) or 8-byte (half) store per quad where W % 4 == 0 (``QUAD``: the kernels then
+  tell the compiler the rows are 4-aligned); other widths store pixel by pixel (their rows are not
+  aligned in memory).
 - Staging: per channel block, the input planes the tap loop reads (x in the forward and d(taps),
   dy in d(x)) are copied with their halo into a per-program scratch area, zeros outside the image
   (``_stage_halo``: RD = (k//2)*dilation rows above and below, WPAD = RD rounded up to a
@@ -100,8 +101,8 @@ from .psf_kernels import (_psf_dk_kernel, _psf_dx_kernel, _psf_fold_kernel, _psf
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Launch shape of one psf kernel: TH x TW pixel tiles (TW a multiple of 8: pairs of quads), channels
-    per block, basis kernels per block (and blocks), halo pixels per staging step and per
+    """Launch shape of one psf kernel: TH x TW pixel tiles (TW a multiple of 8: pairs of quads),
+    channels per block, basis kernels per block (and blocks), halo pixels per staging step and per
     synthesis product, warps per program, programs in the persistent grid."""
     TH: int
     TW: int

@@ -237,9 +237,10 @@ def _paired_window(ptr, NV: tl.constexpr, ACC: tl.constexpr):
     """:func:`_window` for an odd NV over quads that come in horizontal pairs (quad 2o + 1 starts 4
     pixels right of quad 2o: tile rows a multiple of 8 pixels wide), loading only the even vectors:
     vector m (odd) of quad 2o is vector m - 1 of quad 2o + 1, and of quad 2o + 1 vector m + 1 of quad
-    2o. A thread holds a pair (8 contiguous pixels), so each distinct vector is loaded and converted
-    once by construction; ptxas merges the repeated loads of :func:`_window` under triton 3.9's
-    version but not 3.6's (+50% window loads in half precision)."""
+    2o. Each distinct vector is loaded and converted once by construction, and where a thread holds
+    a pair (8 contiguous pixels: half precision on sm_90) the neighbour's vectors are its own
+    registers; ptxas merges the repeated loads of :func:`_window` under triton 3.9's version but not
+    3.6's (+50% window loads in half precision)."""
     even = ()
     for n in tl.static_range(0, NV, 2):
         even = even + (_quad_split(tl.load(ptr + 4 * n).to(ACC)),)

@@ -189,10 +189,13 @@ def test_plan_tiles_hold_pairs_of_quads():
 def test_gpu_launch_plans_half(dtype, gpu_plans, device):
     """Half inputs on the GPU's tiles, where a thread's two adjacent quads share their windows' vectors
     (loaded once, each quad's odd vectors taken from its neighbour's even ones): psf_conv's 8 x 16
-    tiles (C = 20 in two 16-channel blocks, the last partial) and apply_psf's 4 x 32, with interior,
-    edge and partial tiles (40 x 20 pixels), k = 7 and, at dilation 2, windows of five vectors."""
+    tiles (C = 20 in one 32-channel block, 12 clamped) and apply_psf's forward on 4 x 32 (three
+    8-channel blocks, the last partial), with interior, edge and partial tiles (40 x 20 pixels),
+    k = 7 and, at dilation 2, windows of five vectors."""
     x, w, b = psf_inputs(1, 20, 20, 40, 6, 7, dtype, device)
-    assert gpu_plans.plan("fwd", 1, 20, 20, 40, 6, torch.device(device)).TW == 16
+    conv = gpu_plans.plan("fwd", 1, 20, 20, 40, 6, torch.device(device), k=7)
+    apply = gpu_plans.plan("fwd", 1, 20, 20, 40, 6, torch.device(device), synth=False, k=7)
+    assert (conv.TH, conv.TW, conv.BLOCK_C, apply.TH, apply.TW, apply.BLOCK_C) == (8, 16, 32, 4, 32, 8)
     for d in (1, 2):
         check_against_truth(lambda x, w, b: psfops.psf_conv(x, w, b, d), lambda x, w, b: truth_psf_conv(x, w, b, d),
                             (x, w, b), dtype, "psf_conv")
