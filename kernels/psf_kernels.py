@@ -7,8 +7,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .psf_tiles import (_channel_rows, _filter_block, _mix_basis, _plane, _plane_width, _quad_join, _quad_split,
-                        _source, _stage_halo, _staging_area, _store_quads, _store_taps, _tap_row_grads,
+from .psf_tiles import (_channel_rows, _filter_block, _mix_basis, _plane, _plane_width, _program_areas, _quad_join,
+                        _quad_split, _source, _stage_halo, _staging_area, _store_quads, _store_taps, _tap_row_grads,
                         _tile_basis_grads, _tile_origin, _tile_pixels, _window, _window_taps)
 
 
@@ -25,10 +25,7 @@ def _psf_fwd_kernel(x_ptr, src_ptr, basis_ptr, y_ptr, taps_ptr, stage_ptr, C, H,
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
     W, HW = _plane_width(H, W, QUAD)
-    pid = tl.program_id(0)
-    i = tl.arange(0, P)
-    taps = taps_ptr + pid.to(tl.int64) * (KK * P)
-    stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
+    pid, i, taps, stage, here, staged = _program_areas(taps_ptr, stage_ptr, P, KK, P, TW, RD, HALO_W, HALO, BLOCK_C)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         h, w, valid, pix = _tile_pixels(h0, w0, H, W, TH, TW)
@@ -130,10 +127,8 @@ def _psf_dx_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, C, H
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
     W, HW = _plane_width(H, W, QUAD)
-    pid = tl.program_id(0)
-    taps = taps_ptr + pid.to(tl.int64) * (KK * HALO)
-    i = tl.arange(0, P)
-    stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
+    pid, i, taps, stage, here, staged = _program_areas(taps_ptr, stage_ptr, HALO, KK, P, TW, RD, HALO_W, HALO,
+                                                       BLOCK_C)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         b, h0, w0 = _tile_origin(tile, tiles_w, tiles_per_img, TH, TW)
         _window_taps(taps, HALO, src_ptr, basis_ptr + b * basis_stride, b, J, H, W, HW, h0 - RD, w0 - WPAD, HALO_W,
@@ -181,13 +176,11 @@ def _psf_fold_kernel(dy_ptr, src_ptr, basis_ptr, dx_ptr, taps_ptr, stage_ptr, fo
     KK: tl.constexpr = KSIZE * KSIZE
     P: tl.constexpr = TH * TW
     W, HW = _plane_width(H, W, QUAD)
-    pid = tl.program_id(0)
-    taps = taps_ptr + pid.to(tl.int64) * (KK * HALO)
-    i = tl.arange(0, P)
+    pid, i, taps, stage, here, staged = _program_areas(taps_ptr, stage_ptr, HALO, KK, P, TW, RD, HALO_W, HALO,
+                                                       BLOCK_C)
     cl = tl.arange(0, BLOCK_C)
     owner = fold_ptr + pid.to(tl.int64) * ((C + BLOCK_C - 1) // BLOCK_C + 1) * (BLOCK_C * P)
     band = owner + (C + BLOCK_C - 1) // BLOCK_C * (BLOCK_C * P)
-    stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
     rows_n, rows_below, rows_above = _band_tiles(H, TH, RD, PADDING)
     cols_n, cols_below, cols_above = _band_tiles(W, TW, RD, PADDING)
     for tile in range(pid, n_tiles, tl.num_programs(0)):

@@ -357,6 +357,18 @@ def _staging_area(stage_ptr, pid, i, TW: tl.constexpr, RD: tl.constexpr, HALO_W:
 
 
 @triton.jit
+def _program_areas(taps_ptr, stage_ptr, TAP_PLANE: tl.constexpr, KK: tl.constexpr, P: tl.constexpr, TW: tl.constexpr,
+                   RD: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Of the forward, d(x) and fold programs: the program id, the tile's pixel indices (P), this
+    program's tap scratch (KK planes of TAP_PLANE pixels: the tile's, or its halo's) and its staging
+    area (:func:`_staging_area`: area, window starts, their pointers per channel)."""
+    pid = tl.program_id(0)
+    i = tl.arange(0, P)
+    stage, here, staged = _staging_area(stage_ptr, pid, i, TW, RD, HALO_W, HALO, BLOCK_C)
+    return pid, i, taps_ptr + pid.to(tl.int64) * (KK * TAP_PLANE), stage, here, staged
+
+
+@triton.jit
 def _filter_row(accs, u, staged, taps, here, i, FORWARD: tl.constexpr, P: tl.constexpr, HALO: tl.constexpr,
                 KSIZE: tl.constexpr, DIL: tl.constexpr, WPAD: tl.constexpr, HALO_W: tl.constexpr, ACC: tl.constexpr,
                 PAIRED: tl.constexpr):
